@@ -1,0 +1,139 @@
+//! The batch object handed from preprocess workers to the trainer through the
+//! store: a safetensors file with `images` (u8, `[B, H, W, 3]`, RGB) and
+//! `labels` (i64, `[B]`). Pixels are stored as bytes (4x smaller than f32);
+//! the consumer maps them to [-1, 1] with `(x / 255 - 0.5) * 2`, the
+//! original's final scaling. Any safetensors reader can open it.
+
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub image_size: u32,
+    /// `batch * size * size * 3` bytes, NHWC.
+    pub images: Vec<u8>,
+    pub labels: Vec<i64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("batch object is malformed: {0}")]
+    Malformed(String),
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let b = self.labels.len();
+        let s = self.image_size as usize;
+        let img_len = self.images.len();
+        let header = json!({
+            "images": {"dtype": "U8", "shape": [b, s, s, 3], "data_offsets": [0, img_len]},
+            "labels": {"dtype": "I64", "shape": [b], "data_offsets": [img_len, img_len + 8 * b]},
+        })
+        .to_string();
+        // safetensors pads the header with spaces to a multiple of 8.
+        let mut header = header.into_bytes();
+        while header.len() % 8 != 0 {
+            header.push(b' ');
+        }
+        let mut out = Vec::with_capacity(8 + header.len() + img_len + 8 * b);
+        out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&self.images);
+        for l in &self.labels {
+            out.extend_from_slice(&l.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, BatchError> {
+        let bad = |m: &str| BatchError::Malformed(m.to_string());
+        if bytes.len() < 8 {
+            return Err(bad("shorter than its header length"));
+        }
+        let mut n = [0u8; 8];
+        n.copy_from_slice(&bytes[..8]);
+        let n = usize::try_from(u64::from_le_bytes(n)).map_err(|_| bad("header length"))?;
+        let data_start = 8usize.checked_add(n).ok_or_else(|| bad("header length"))?;
+        if data_start > bytes.len() {
+            return Err(bad("header runs past the end"));
+        }
+        let header: Value =
+            serde_json::from_slice(&bytes[8..data_start]).map_err(|e| BatchError::Malformed(e.to_string()))?;
+        let data = &bytes[data_start..];
+        let tensor = |name: &str, dtype: &str| -> Result<(Vec<usize>, &[u8]), BatchError> {
+            let t = header.get(name).ok_or_else(|| bad(&format!("no tensor {name}")))?;
+            if t.get("dtype").and_then(Value::as_str) != Some(dtype) {
+                return Err(bad(&format!("{name} is not {dtype}")));
+            }
+            let shape: Vec<usize> = t
+                .get("shape")
+                .and_then(Value::as_array)
+                .ok_or_else(|| bad("shape"))?
+                .iter()
+                .map(|v| v.as_u64().map(|x| x as usize))
+                .collect::<Option<_>>()
+                .ok_or_else(|| bad("shape"))?;
+            let offs = t
+                .get("data_offsets")
+                .and_then(Value::as_array)
+                .filter(|a| a.len() == 2)
+                .ok_or_else(|| bad("data_offsets"))?;
+            let (a, b) = (
+                offs[0].as_u64().ok_or_else(|| bad("data_offsets"))? as usize,
+                offs[1].as_u64().ok_or_else(|| bad("data_offsets"))? as usize,
+            );
+            if a > b || b > data.len() {
+                return Err(bad(&format!("{name} lies outside the file")));
+            }
+            Ok((shape, &data[a..b]))
+        };
+        let (ishape, images) = tensor("images", "U8")?;
+        let (lshape, labels) = tensor("labels", "I64")?;
+        let [b, h, w, c] = ishape[..] else {
+            return Err(bad("images must be 4-D"));
+        };
+        if h != w || c != 3 || lshape != [b] || images.len() != b * h * w * 3 || labels.len() != 8 * b {
+            return Err(bad("tensor shapes disagree with their sizes"));
+        }
+        Ok(Batch {
+            image_size: h as u32,
+            images: images.to_vec(),
+            labels: labels
+                .chunks_exact(8)
+                .map(|c| {
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(c);
+                    i64::from_le_bytes(a)
+                })
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_rejects_garbage() {
+        let batch = Batch {
+            image_size: 2,
+            images: (0..24).collect(),
+            labels: vec![1, 5],
+        };
+        let bytes = batch.to_bytes();
+        assert_eq!((u64::from_le_bytes(bytes[..8].try_into().unwrap()) % 8), 0);
+        assert_eq!(Batch::from_bytes(&bytes).unwrap(), batch);
+        assert!(Batch::from_bytes(&bytes[..bytes.len() - 1]).is_err());
+        assert!(Batch::from_bytes(b"\x10\0\0\0\0\0\0\0{}").is_err());
+        assert!(Batch::from_bytes(&[]).is_err());
+    }
+}

@@ -1,0 +1,57 @@
+//! Flags every service binary shares, and the start-up they all do.
+
+use std::path::PathBuf;
+
+use crate::settings::{Settings, SettingsError};
+use crate::shutdown::{self, CancellationToken};
+use crate::telemetry::{self, Readiness};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// Configuration file layered over config/default.toml (also INCEPTION_CONFIG).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Override one setting, e.g. `--set train.max_steps=100` (repeatable; wins over everything).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = parse_key_value)]
+    pub set: Vec<(String, String)>,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not SECTION.KEY=VALUE"))?;
+    if !k.contains('.') {
+        return Err(format!("{k:?} must name a section and a key, e.g. train.max_steps"));
+    }
+    Ok((k.trim().to_string(), v.trim().to_string()))
+}
+
+impl CommonArgs {
+    /// Loads settings; `extra` are flag-specific overrides applied before `--set`.
+    pub fn settings(&self, extra: Vec<(String, String)>) -> Result<Settings, SettingsError> {
+        let mut overrides = extra;
+        overrides.extend(self.set.iter().cloned());
+        Settings::load(self.config.as_deref(), &overrides)
+    }
+}
+
+/// A running service's shared handles.
+pub struct Service {
+    pub shutdown: CancellationToken,
+    pub readiness: Readiness,
+}
+
+/// Logging, signal handling, and the metrics/health endpoints on `metrics_addr`.
+pub async fn start_service(name: &'static str, metrics_addr: &str) -> anyhow::Result<Service> {
+    let shutdown = shutdown::on_signals();
+    let readiness = Readiness::default();
+    telemetry::serve(name, metrics_addr, readiness.clone(), shutdown.clone()).await?;
+    Ok(Service { shutdown, readiness })
+}
+
+/// Adds an override when a flag was given.
+pub fn flag<T: ToString>(overrides: &mut Vec<(String, String)>, key: &str, value: &Option<T>) {
+    if let Some(v) = value {
+        overrides.push((key.to_string(), v.to_string()));
+    }
+}

@@ -1,0 +1,196 @@
+//! NATS and JetStream: connecting with retries, the pipeline's streams and
+//! subjects, and publishing that waits for the server's acknowledgement.
+//!
+//! Streams (names upper-case the subject prefix):
+//! * `<P>_SHARDS`      `<p>.shards.<dataset>.<split>`  limits retention: history for late joiners
+//! * `<P>_BATCHES`     `<p>.batches.<dataset>`         work queue, `max_messages` = queue
+//!   capacity, `discard: new`: a full queue refuses publishes, which is the back-pressure
+//! * `<P>_CHECKPOINTS` `<p>.checkpoints.<run>`         limits retention
+//! * `<P>_EVALS`       `<p>.evals.<run>`               limits retention
+
+use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
+use std::time::Duration;
+
+use crate::settings::NatsSettings;
+use crate::shutdown::{sleep_or_cancel, CancellationToken};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error("stopped while waiting for NATS")]
+    Cancelled,
+    #[error("JetStream stream {stream}: {message}")]
+    Stream { stream: String, message: String },
+    #[error("JetStream consumer {consumer}: {message}")]
+    Consumer { consumer: String, message: String },
+    #[error("NATS request failed: {0}")]
+    Other(String),
+}
+
+/// Subject and stream names of one pipeline (one `subject_prefix`).
+#[derive(Debug, Clone)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+        }
+    }
+    pub fn shards(&self, dataset: &str, split: &str) -> String {
+        format!("{}.shards.{dataset}.{split}", self.prefix)
+    }
+    pub fn batches(&self, dataset: &str) -> String {
+        format!("{}.batches.{dataset}", self.prefix)
+    }
+    pub fn checkpoints(&self, run: &str) -> String {
+        format!("{}.checkpoints.{run}", self.prefix)
+    }
+    pub fn evals(&self, run: &str) -> String {
+        format!("{}.evals.{run}", self.prefix)
+    }
+    pub fn stream_name(&self, kind: &str) -> String {
+        format!("{}_{}", self.prefix.to_uppercase().replace('-', "_"), kind)
+    }
+}
+
+/// Connects, retrying with exponential back-off (logging each failure with the
+/// URL and reason) until connected or `shutdown` fires. Never panics.
+pub async fn connect(
+    settings: &NatsSettings,
+    client_name: &str,
+    shutdown: &CancellationToken,
+) -> Result<async_nats::Client, NatsError> {
+    let mut delay = Duration::from_secs_f64(settings.connect_retry_secs.max(0.05));
+    let max_delay = Duration::from_secs_f64(settings.connect_retry_max_secs.max(0.05));
+    loop {
+        let attempt = async_nats::ConnectOptions::new()
+            .name(client_name)
+            .connection_timeout(Duration::from_secs(5))
+            .connect(settings.url.as_str())
+            .await;
+        match attempt {
+            Ok(client) => {
+                tracing::info!(url = %settings.url, "connected to NATS");
+                return Ok(client);
+            }
+            Err(e) => {
+                tracing::error!(
+                    "cannot reach NATS at {}: {e}; retrying in {:.1}s",
+                    settings.url,
+                    delay.as_secs_f64()
+                );
+                if !sleep_or_cancel(shutdown, delay).await {
+                    return Err(NatsError::Cancelled);
+                }
+                delay = (delay * 2).min(max_delay);
+            }
+        }
+    }
+}
+
+/// The pipeline's streams, created if missing.
+#[derive(Clone)]
+pub struct Streams {
+    pub subjects: Subjects,
+    pub context: jetstream::Context,
+}
+
+impl Streams {
+    pub fn new(client: async_nats::Client, prefix: &str) -> Self {
+        Self {
+            subjects: Subjects::new(prefix),
+            context: jetstream::new(client),
+        }
+    }
+
+    async fn ensure(&self, config: stream::Config) -> Result<stream::Stream, NatsError> {
+        let name = config.name.clone();
+        self.context
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| NatsError::Stream {
+                stream: name,
+                message: e.to_string(),
+            })
+    }
+
+    fn limits(&self, kind: &str, what: &str) -> stream::Config {
+        stream::Config {
+            name: self.subjects.stream_name(kind),
+            subjects: vec![format!("{}.{what}.>", self.subjects.prefix)],
+            retention: stream::RetentionPolicy::Limits,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        }
+    }
+
+    pub async fn shards(&self) -> Result<stream::Stream, NatsError> {
+        self.ensure(self.limits("SHARDS", "shards")).await
+    }
+
+    pub async fn checkpoints(&self) -> Result<stream::Stream, NatsError> {
+        self.ensure(self.limits("CHECKPOINTS", "checkpoints")).await
+    }
+
+    pub async fn evals(&self) -> Result<stream::Stream, NatsError> {
+        self.ensure(self.limits("EVALS", "evals")).await
+    }
+
+    /// The bounded batch queue. `capacity` only applies when the stream is new.
+    pub async fn batches(&self, capacity: u32) -> Result<stream::Stream, NatsError> {
+        self.ensure(stream::Config {
+            name: self.subjects.stream_name("BATCHES"),
+            subjects: vec![format!("{}.batches.>", self.subjects.prefix)],
+            retention: stream::RetentionPolicy::WorkQueue,
+            max_messages: i64::from(capacity),
+            discard: stream::DiscardPolicy::New,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Publishes and waits for JetStream's acknowledgement, retrying (with
+    /// back-off) while the stream is full or NATS is unavailable, until
+    /// acknowledged or `shutdown` fires. `message_id` makes retries idempotent.
+    /// Returns the number of times a full stream refused the message.
+    pub async fn publish_acked(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        message_id: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<u64, NatsError> {
+        let mut refusals = 0u64;
+        let mut delay = Duration::from_millis(20);
+        loop {
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(message_id);
+            let outcome = match self.context.send_publish(subject.to_string(), publish).await {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match outcome {
+                Ok(()) => return Ok(refusals),
+                Err(e) if is_full(&e) => {
+                    refusals += 1;
+                    tracing::debug!(subject, "queue full; waiting");
+                }
+                Err(e) => tracing::warn!("publish to {subject} not acknowledged ({e}); retrying"),
+            }
+            if !sleep_or_cancel(shutdown, delay).await {
+                return Err(NatsError::Cancelled);
+            }
+            delay = (delay * 2).min(Duration::from_millis(500));
+        }
+    }
+}
+
+/// JetStream's answer when a `discard: new` stream is at `max_messages` (10077).
+fn is_full(error: &str) -> bool {
+    error.contains("maximum messages") || error.contains("10077")
+}

@@ -1,0 +1,278 @@
+//! Layered configuration: the embedded `config/default.toml`, then an optional
+//! file, then `INCEPTION__SECTION__KEY` environment variables, then overrides
+//! given by the caller (command-line flags).
+
+use serde::Deserialize;
+use std::path::Path;
+
+/// The defaults, compiled in so that every binary runs with no file at all.
+pub const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
+
+/// Environment variable that names an extra configuration file.
+pub const CONFIG_FILE_ENV: &str = "INCEPTION_CONFIG";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("configuration file {path}: {source}")]
+    File {
+        path: String,
+        source: config::ConfigError,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] config::ConfigError),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub nats: NatsSettings,
+    pub store: StoreSettings,
+    pub dataset: DatasetSettings,
+    pub ingest: IngestSettings,
+    pub model: ModelSettings,
+    pub preprocess: PreprocessSettings,
+    pub train: TrainSettings,
+    pub eval: EvalSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSettings {
+    pub url: String,
+    pub connect_retry_secs: f64,
+    pub connect_retry_max_secs: f64,
+    pub subject_prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    pub url: String,
+    pub s3_endpoint: String,
+    pub s3_allow_http: bool,
+    pub s3_region: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSettings {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSettings {
+    pub train_directory: String,
+    pub validation_directory: String,
+    pub labels_file: String,
+    pub train_shards: u32,
+    pub validation_shards: u32,
+    pub num_threads: u32,
+    pub max_image_pixels: u64,
+    pub metrics_addr: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSettings {
+    pub image_size: u32,
+    pub depth_multiplier: f64,
+    pub min_depth: u32,
+    pub dropout: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreprocessSettings {
+    pub batch_size: u32,
+    pub queue_capacity: u32,
+    pub seed: u64,
+    pub worker_id: String,
+    pub metrics_addr: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSettings {
+    pub run: String,
+    pub max_steps: u64,
+    pub initial_learning_rate: f64,
+    pub num_epochs_per_decay: f64,
+    pub learning_rate_decay_factor: f64,
+    pub rmsprop_decay: f64,
+    pub rmsprop_momentum: f64,
+    pub rmsprop_epsilon: f64,
+    pub examples_per_epoch: u64,
+    pub log_every_steps: u64,
+    pub checkpoint_every_steps: u64,
+    pub keep_checkpoints: usize,
+    pub device: String,
+    pub seed: i64,
+    pub metrics_addr: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSettings {
+    pub eval_interval_secs: u64,
+    pub num_examples: u64,
+    pub batch_size: u32,
+    pub run_once: bool,
+    pub device: String,
+    pub metrics_addr: String,
+}
+
+impl Settings {
+    /// Loads the layers. `file` wins over `INCEPTION_CONFIG`; `overrides` are
+    /// `("section.key", "value")` pairs applied last.
+    pub fn load(file: Option<&Path>, overrides: &[(String, String)]) -> Result<Self, SettingsError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        let env_file = std::env::var(CONFIG_FILE_ENV).ok().filter(|s| !s.is_empty());
+        let file = file
+            .map(|p| p.to_string_lossy().into_owned())
+            .or(env_file);
+        if let Some(path) = &file {
+            // Parse the file alone first so a mistake in it is reported with its name.
+            config::Config::builder()
+                .add_source(config::File::new(path, config::FileFormat::Toml))
+                .build()
+                .map_err(|source| SettingsError::File {
+                    path: path.clone(),
+                    source,
+                })?;
+            builder = builder.add_source(config::File::new(path, config::FileFormat::Toml));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("INCEPTION")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        for (key, value) in overrides {
+            builder = builder.set_override(key.as_str(), value.as_str())?;
+        }
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The defaults alone (no file, no environment): for tests.
+    pub fn defaults() -> Result<Self, SettingsError> {
+        let settings: Settings = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml))
+            .build()?
+            .try_deserialize()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), config::ConfigError> {
+        let fail = |m: String| Err(config::ConfigError::Message(m));
+        if self.preprocess.batch_size == 0 {
+            return fail("preprocess.batch_size must be at least 1".into());
+        }
+        if self.preprocess.queue_capacity == 0 {
+            return fail("preprocess.queue_capacity must be at least 1".into());
+        }
+        if self.model.image_size < 75 {
+            return fail(format!(
+                "model.image_size = {} is too small: Inception-v3 needs at least 75 pixels",
+                self.model.image_size
+            ));
+        }
+        if !(self.model.depth_multiplier > 0.0) {
+            return fail("model.depth_multiplier must be positive".into());
+        }
+        if !(0.0..1.0).contains(&self.model.dropout) {
+            return fail("model.dropout must be in [0, 1)".into());
+        }
+        if self.ingest.num_threads == 0
+            || self.ingest.train_shards % self.ingest.num_threads != 0
+            || self.ingest.validation_shards % self.ingest.num_threads != 0
+        {
+            return fail(format!(
+                "ingest.train_shards ({}) and ingest.validation_shards ({}) must be multiples of ingest.num_threads ({})",
+                self.ingest.train_shards, self.ingest.validation_shards, self.ingest.num_threads
+            ));
+        }
+        if self.eval.batch_size == 0 {
+            return fail("eval.batch_size must be at least 1".into());
+        }
+        if self.train.checkpoint_every_steps == 0 || self.train.log_every_steps == 0 {
+            return fail("train.checkpoint_every_steps and train.log_every_steps must be at least 1".into());
+        }
+        if self.nats.subject_prefix.is_empty()
+            || !self
+                .nats
+                .subject_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return fail("nats.subject_prefix must be non-empty and use only [A-Za-z0-9_-]".into());
+        }
+        for (what, name) in [("dataset.name", &self.dataset.name), ("train.run", &self.train.run)] {
+            if !is_safe_token(name) {
+                return fail(format!(
+                    "{what} = {name:?}: use only letters, digits, '_' and '-' (it becomes a path and a subject)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A name usable both as an object-path segment and as a NATS subject token.
+pub fn is_safe_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_original() {
+        let s = Settings::defaults().unwrap();
+        assert_eq!(s.model.image_size, 299);
+        assert_eq!(s.preprocess.batch_size, 32);
+        assert_eq!(s.train.initial_learning_rate, 0.1);
+        assert_eq!(s.train.learning_rate_decay_factor, 0.16);
+        assert_eq!(s.ingest.train_shards, 2);
+        assert_eq!(s.eval.eval_interval_secs, 300);
+    }
+
+    #[test]
+    fn file_then_overrides_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("my.toml");
+        std::fs::write(&path, "[train]\nmax_steps = 7\n[model]\nimage_size = 96\n").unwrap();
+        let s = Settings::load(Some(&path), &[("model.image_size".into(), "128".into())]).unwrap();
+        assert_eq!(s.train.max_steps, 7);
+        assert_eq!(s.model.image_size, 128);
+    }
+
+    #[test]
+    fn a_bad_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broken.toml");
+        std::fs::write(&path, "[train\nmax_steps = ").unwrap();
+        let err = Settings::load(Some(&path), &[]).unwrap_err().to_string();
+        assert!(err.contains("broken.toml"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        let err = Settings::load(None, &[("ingest.train_shards".into(), "3".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("multiples of ingest.num_threads"), "{err}");
+        let err = Settings::load(None, &[("dataset.name".into(), "../etc".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dataset.name"), "{err}");
+    }
+}

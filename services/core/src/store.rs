@@ -1,0 +1,241 @@
+//! The shared object store: shards, batches and checkpoints all live here.
+//!
+//! Keys are `/`-separated paths relative to the configured URL's prefix.
+//! Objects that others wait for (shards, checkpoints) are written with
+//! `PutMode::Create`, so a reader never sees a partial or replaced object.
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use std::sync::Arc;
+use url::Url;
+
+use crate::settings::StoreSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object store URL {url:?}: {message}")]
+    Url { url: String, message: String },
+    #[error("object {key} not found in {url}")]
+    NotFound { url: String, key: String },
+    #[error("object {key} already exists in {url}")]
+    AlreadyExists { url: String, key: String },
+    #[error("object store {url}, {op} {key}: {source}")]
+    Io {
+        url: String,
+        op: &'static str,
+        key: String,
+        source: object_store::Error,
+    },
+}
+
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    root: Path,
+    url: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("url", &self.url).finish()
+    }
+}
+
+impl Store {
+    /// Opens `file:///abs/dir` (created if missing), `memory:///` or `s3://bucket/prefix`.
+    pub fn open(settings: &StoreSettings) -> Result<Self, StoreError> {
+        let url_err = |message: String| StoreError::Url {
+            url: settings.url.clone(),
+            message,
+        };
+        let url = Url::parse(&settings.url).map_err(|e| url_err(e.to_string()))?;
+        let (inner, root): (Arc<dyn ObjectStore>, Path) = match url.scheme() {
+            "file" => {
+                let dir = url
+                    .to_file_path()
+                    .map_err(|_| url_err("not an absolute local path".into()))?;
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| url_err(format!("cannot create {}: {e}", dir.display())))?;
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                    .map_err(|e| url_err(e.to_string()))?;
+                (Arc::new(fs), Path::default())
+            }
+            "memory" => (Arc::new(object_store::memory::InMemory::new()), Path::default()),
+            "s3" => {
+                let bucket = url
+                    .host_str()
+                    .ok_or_else(|| url_err("missing bucket name".into()))?;
+                let mut builder = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_region(&settings.s3_region)
+                    .with_allow_http(settings.s3_allow_http);
+                if !settings.s3_endpoint.is_empty() {
+                    builder = builder.with_endpoint(&settings.s3_endpoint);
+                }
+                let s3 = builder.build().map_err(|e| url_err(e.to_string()))?;
+                let prefix = url.path().trim_matches('/');
+                (Arc::new(s3), Path::from(prefix))
+            }
+            other => {
+                return Err(url_err(format!(
+                    "unsupported scheme {other:?} (use file://, memory:// or s3://)"
+                )))
+            }
+        };
+        Ok(Self {
+            inner,
+            root,
+            url: settings.url.clone(),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn path(&self, key: &str) -> Path {
+        if self.root.as_ref().is_empty() {
+            Path::from(key)
+        } else {
+            Path::from(format!("{}/{key}", self.root))
+        }
+    }
+
+    fn io(&self, op: &'static str, key: &str, source: object_store::Error) -> StoreError {
+        match source {
+            object_store::Error::NotFound { .. } => StoreError::NotFound {
+                url: self.url.clone(),
+                key: key.to_string(),
+            },
+            object_store::Error::AlreadyExists { .. } => StoreError::AlreadyExists {
+                url: self.url.clone(),
+                key: key.to_string(),
+            },
+            source => StoreError::Io {
+                url: self.url.clone(),
+                op,
+                key: key.to_string(),
+                source,
+            },
+        }
+    }
+
+    /// Writes an object that must not exist yet; it appears whole or not at all.
+    pub async fn put_new(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        self.inner
+            .put_opts(&self.path(key), PutPayload::from(bytes), opts)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.io("put", key, e))
+    }
+
+    /// Writes (or replaces) an object atomically.
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+        self.inner
+            .put(&self.path(key), PutPayload::from(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.io("put", key, e))
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        let got = self
+            .inner
+            .get(&self.path(key))
+            .await
+            .map_err(|e| self.io("get", key, e))?;
+        got.bytes().await.map_err(|e| self.io("get", key, e))
+    }
+
+    pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        match self.inner.head(&self.path(key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.io("head", key, e)),
+        }
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self.inner.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.io("delete", key, e)),
+        }
+    }
+
+    /// Keys (relative to the store's prefix) under `prefix`, sorted.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let full = self.path(prefix.trim_end_matches('/'));
+        let metas: Vec<_> = match self.inner.list(Some(&full)).try_collect().await {
+            Ok(m) => m,
+            Err(object_store::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(self.io("list", prefix, e)),
+        };
+        let root = self.root.as_ref();
+        let mut keys: Vec<String> = metas
+            .into_iter()
+            .map(|m| {
+                let loc = m.location.as_ref();
+                if root.is_empty() {
+                    loc.to_string()
+                } else {
+                    loc.strip_prefix(root)
+                        .unwrap_or(loc)
+                        .trim_start_matches('/')
+                        .to_string()
+                }
+            })
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local(dir: &std::path::Path) -> Store {
+        Store::open(&StoreSettings {
+            url: format!("file://{}", dir.join("store").display()),
+            s3_endpoint: String::new(),
+            s3_allow_http: false,
+            s3_region: "us-east-1".into(),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn put_new_refuses_to_replace_and_list_is_relative() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = local(dir.path());
+        store.put_new("a/b/one", Bytes::from_static(b"1")).await.unwrap();
+        let err = store.put_new("a/b/one", Bytes::from_static(b"2")).await.unwrap_err();
+        assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err}");
+        assert_eq!(store.get("a/b/one").await.unwrap(), Bytes::from_static(b"1"));
+        store.put("a/c", Bytes::from_static(b"3")).await.unwrap();
+        assert_eq!(store.list("a/").await.unwrap(), vec!["a/b/one", "a/c"]);
+        assert!(store.list("nothing").await.unwrap().is_empty());
+        store.delete("a/c").await.unwrap();
+        assert!(!store.exists("a/c").await.unwrap());
+        let err = store.get("a/c").await.unwrap_err();
+        assert!(err.to_string().contains("a/c"), "{err}");
+    }
+
+    #[test]
+    fn unsupported_scheme_is_named() {
+        let err = Store::open(&StoreSettings {
+            url: "ftp://x/y".into(),
+            s3_endpoint: String::new(),
+            s3_allow_http: false,
+            s3_region: String::new(),
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("ftp"), "{err}");
+    }
+}

@@ -1,0 +1,138 @@
+//! Logging, Prometheus metrics and the health endpoints every service serves.
+//!
+//! One small HTTP listener per service answers `/metrics` (Prometheus text),
+//! `/healthz` (the process is alive) and `/readyz` (the service says it can
+//! work: NATS connected, store reachable).
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::shutdown::CancellationToken;
+
+/// Starts `tracing` output on stderr; `RUST_LOG` filters (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Buckets (seconds) for every `_seconds` histogram: 1 ms to about 2 minutes.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("cannot install the metrics recorder: {0}")]
+    Recorder(String),
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// Readiness flag a service flips once its dependencies are usable.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Installs the Prometheus recorder (histograms with real buckets), records
+/// `inception_build_info`, and serves the endpoints on `addr` until `shutdown`.
+/// Returns the bound address (useful with port 0).
+pub async fn serve(
+    service: &'static str,
+    addr: &str,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> Result<SocketAddr, TelemetryError> {
+    let handle = install_recorder()?;
+    metrics::gauge!(
+        "inception_build_info",
+        "service" => service,
+        "version" => env!("CARGO_PKG_VERSION")
+    )
+    .set(1.0);
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| TelemetryError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| TelemetryError::Bind {
+        addr: addr.to_string(),
+        source,
+    })?;
+    tracing::info!(%bound, "metrics and health endpoints listening");
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = shutdown.cancelled() => break,
+            };
+            let Ok((stream, _)) = accepted else { continue };
+            let handle = handle.clone();
+            let readiness = readiness.clone();
+            tokio::spawn(async move {
+                let _ = answer(stream, &handle, &readiness).await;
+            });
+        }
+    });
+    Ok(bound)
+}
+
+fn install_recorder() -> Result<PrometheusHandle, TelemetryError> {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+        .map_err(|e| TelemetryError::Recorder(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| TelemetryError::Recorder(e.to_string()))?;
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+async fn answer(
+    mut stream: tokio::net::TcpStream,
+    handle: &PrometheusHandle,
+    readiness: &Readiness,
+) -> std::io::Result<()> {
+    let mut buf = [0u8; 2048];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    let request = String::from_utf8_lossy(&buf[..n]);
+    let path = request.split_whitespace().nth(1).unwrap_or("/");
+    let (status, content_type, body) = match path {
+        "/metrics" => ("200 OK", "text/plain; version=0.0.4", handle.render()),
+        "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+        "/readyz" if readiness.get() => ("200 OK", "text/plain", "ready\n".to_string()),
+        "/readyz" => ("503 Service Unavailable", "text/plain", "not ready\n".to_string()),
+        _ => ("404 Not Found", "text/plain", "try /metrics, /healthz or /readyz\n".to_string()),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}

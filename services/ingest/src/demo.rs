@@ -1,0 +1,122 @@
+//! A deterministic generator of a small labelled image folder, the "flowers"
+//! of the demo and the tests: five classes of procedurally drawn scenes, each
+//! class with its own palette and shape, in varied sizes, saved as JPEG and PNG.
+//!
+//! Layout: `<dir>/train/<label>/<file>` and `<dir>/validation/<label>/<file>`.
+
+use image::{Rgb, RgbImage};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::path::{Path, PathBuf};
+
+/// Class names, borrowed from the flowers data set the original used.
+pub const DEMO_LABELS: [&str; 5] = ["daisy", "dandelion", "roses", "sunflowers", "tulips"];
+
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    Disc,
+    Dots,
+    Square,
+    Rings,
+    Triangle,
+}
+
+struct Style {
+    background: [f32; 3],
+    foreground: [f32; 3],
+    shape: Shape,
+}
+
+fn style(class: usize) -> Style {
+    match class {
+        0 => Style { background: [40.0, 110.0, 40.0], foreground: [245.0, 245.0, 240.0], shape: Shape::Disc },
+        1 => Style { background: [60.0, 140.0, 60.0], foreground: [250.0, 215.0, 30.0], shape: Shape::Dots },
+        2 => Style { background: [30.0, 30.0, 40.0], foreground: [210.0, 20.0, 40.0], shape: Shape::Square },
+        3 => Style { background: [90.0, 160.0, 230.0], foreground: [250.0, 160.0, 20.0], shape: Shape::Rings },
+        _ => Style { background: [230.0, 220.0, 200.0], foreground: [200.0, 40.0, 160.0], shape: Shape::Triangle },
+    }
+}
+
+fn draw(class: usize, rng: &mut ChaCha8Rng) -> RgbImage {
+    let s = style(class);
+    let width = rng.random_range(72..=200u32);
+    let height = rng.random_range(72..=200u32);
+    let jitter: [f32; 3] = [rng.random_range(-25.0..25.0), rng.random_range(-25.0..25.0), rng.random_range(-25.0..25.0)];
+    let (cx, cy) = (
+        rng.random_range(0.35..0.65) * width as f32,
+        rng.random_range(0.35..0.65) * height as f32,
+    );
+    let radius = rng.random_range(0.25..0.45) * width.min(height) as f32;
+    let period = rng.random_range(9.0..16.0f32);
+    let mut img = RgbImage::new(width, height);
+    for (x, y, px) in img.enumerate_pixels_mut() {
+        let (fx, fy) = (x as f32, y as f32);
+        let (dx, dy) = (fx - cx, fy - cy);
+        let dist = (dx * dx + dy * dy).sqrt();
+        let inside = match s.shape {
+            Shape::Disc => dist < radius,
+            Shape::Dots => ((fx / period).fract() - 0.5).hypot((fy / period).fract() - 0.5) < 0.3,
+            Shape::Square => dx.abs() < radius && dy.abs() < radius,
+            Shape::Rings => ((dist / period) as i32) % 2 == 0,
+            Shape::Triangle => dy > -radius && dy < radius && dx.abs() < (dy + radius) * 0.6,
+        };
+        let base = if inside { s.foreground } else { s.background };
+        let noise = rng.random_range(-12.0..12.0f32);
+        *px = Rgb(std::array::from_fn(|c| (base[c] + jitter[c] + noise).clamp(0.0, 255.0) as u8));
+    }
+    img
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write demo image {path}: {message}")]
+pub struct DemoError {
+    path: PathBuf,
+    message: String,
+}
+
+/// Writes `train_per_class` and `validation_per_class` images of each of the
+/// five classes under `dir`. The same seed always gives the same files.
+pub fn generate(dir: &Path, train_per_class: usize, validation_per_class: usize, seed: u64) -> Result<usize, DemoError> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut written = 0;
+    for (split, count) in [("train", train_per_class), ("validation", validation_per_class)] {
+        for (class, label) in DEMO_LABELS.iter().enumerate() {
+            let folder = dir.join(split).join(label);
+            std::fs::create_dir_all(&folder).map_err(|e| DemoError { path: folder.clone(), message: e.to_string() })?;
+            for i in 0..count {
+                let img = draw(class, &mut rng);
+                // Mostly JPEG; every third image a PNG, some with an upper-case
+                // extension, as real folders have.
+                let name = match i % 6 {
+                    2 => format!("{label}_{i:04}.png"),
+                    5 => format!("{label}_{i:04}.PNG"),
+                    _ => format!("{label}_{i:04}.jpg"),
+                };
+                let path = folder.join(name);
+                let format = if i % 3 == 2 { image::ImageFormat::Png } else { image::ImageFormat::Jpeg };
+                img.save_with_format(&path, format)
+                    .map_err(|e| DemoError { path: path.clone(), message: e.to_string() })?;
+                written += 1;
+            }
+        }
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_and_laid_out_by_label() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        assert_eq!(generate(a.path(), 3, 1, 9).unwrap(), 20);
+        generate(b.path(), 3, 1, 9).unwrap();
+        let f = "train/roses/roses_0002.png";
+        assert_eq!(std::fs::read(a.path().join(f)).unwrap(), std::fs::read(b.path().join(f)).unwrap());
+        let png = std::fs::read(a.path().join(f)).unwrap();
+        assert_eq!(image::guess_format(&png).unwrap(), image::ImageFormat::Png);
+        assert!(a.path().join("validation/tulips/tulips_0000.jpg").is_file());
+    }
+}

@@ -1,0 +1,69 @@
+//! Label names: from a labels file (one per line, as build_image_data.py's
+//! `--labels_file`) or, by default, the sorted sub-folder names. Label i+1 is
+//! line i; 0 is left for the background class.
+
+use std::path::Path;
+
+use crate::IngestError;
+
+pub fn read_labels(labels_file: &str, train_directory: &Path) -> Result<Vec<String>, IngestError> {
+    let labels: Vec<String> = if labels_file.is_empty() {
+        let entries = std::fs::read_dir(train_directory).map_err(|e| IngestError::Input {
+            path: train_directory.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let mut names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        names
+    } else {
+        let text = std::fs::read_to_string(labels_file).map_err(|e| IngestError::Input {
+            path: labels_file.to_string(),
+            message: e.to_string(),
+        })?;
+        text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect()
+    };
+    if labels.is_empty() {
+        let source = if labels_file.is_empty() { train_directory.display().to_string() } else { labels_file.to_string() };
+        return Err(IngestError::Input { path: source, message: "no labels found".into() });
+    }
+    for label in &labels {
+        if label.contains('/') || label.contains('\\') || label == ".." || label.chars().any(char::is_control) {
+            return Err(IngestError::Input {
+                path: labels_file.to_string(),
+                message: format!("label {label:?} is not a plain folder name"),
+            });
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = labels.iter().find(|l| !seen.insert(l.as_str())) {
+        return Err(IngestError::Input { path: labels_file.to_string(), message: format!("label {dup:?} appears twice") });
+    }
+    Ok(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorted_folders_by_default_and_file_order_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["tulips", "daisy", "roses"] {
+            std::fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        std::fs::write(dir.path().join("LICENSE.txt"), "x").unwrap();
+        assert_eq!(read_labels("", dir.path()).unwrap(), vec!["daisy", "roses", "tulips"]);
+        let file = dir.path().join("labels.txt");
+        std::fs::write(&file, "tulips\n\n daisy \n").unwrap();
+        assert_eq!(read_labels(file.to_str().unwrap(), dir.path()).unwrap(), vec!["tulips", "daisy"]);
+        std::fs::write(&file, "a\na\n").unwrap();
+        assert!(read_labels(file.to_str().unwrap(), dir.path()).unwrap_err().to_string().contains("twice"));
+        let err = read_labels("/no/such/labels.txt", dir.path()).unwrap_err().to_string();
+        assert!(err.contains("/no/such/labels.txt"), "{err}");
+    }
+}

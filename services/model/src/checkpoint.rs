@@ -1,0 +1,150 @@
+//! Checkpoints: a safetensors file of named tensors (model variables with
+//! torchvision names, optimizer slots under `optimizer/…`) and a JSON file of
+//! metadata (step, labels, model shape). The JSON is written after the
+//! weights, and the run's `checkpoint` pointer after both, so a reader that
+//! follows the pointer or an announcement never finds half a checkpoint.
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use tch::nn::VarStore;
+use tch::Tensor;
+
+use crate::config::ModelConfig;
+
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    pub format_version: u32,
+    pub run: String,
+    /// Global step: optimizer updates applied.
+    pub step: u64,
+    /// Label names; label i+1 is `labels[i]`, 0 is background.
+    pub labels: Vec<String>,
+    pub model: ModelConfig,
+    /// Batch-norm moving-average updates so far (for zero-debiasing).
+    pub bn_updates: u64,
+    pub examples_seen: u64,
+    /// Object key of the safetensors file.
+    pub weights: String,
+    pub created_unix: i64,
+}
+
+/// The `checkpoint` pointer object: which metadata file is the latest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointPointer {
+    pub step: u64,
+    pub metadata: String,
+    /// Older checkpoints still kept, oldest first.
+    pub all: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint tensors: {0}")]
+    Tensors(String),
+    #[error("checkpoint metadata: {0}")]
+    Metadata(String),
+    #[error("checkpoint does not fit the model: missing {missing:?}; wrong shape {mismatched:?}")]
+    Mismatch { missing: Vec<String>, mismatched: Vec<String> },
+}
+
+/// Serialises named tensors (moved to CPU) to safetensors bytes.
+pub fn tensors_to_bytes(named: &[(String, Tensor)]) -> Result<Vec<u8>, CheckpointError> {
+    let err = |e: String| CheckpointError::Tensors(e);
+    let dir = tempfile::tempdir().map_err(|e| err(e.to_string()))?;
+    let path = dir.path().join("t.safetensors");
+    let cpu: Vec<(String, Tensor)> = named.iter().map(|(n, t)| (n.clone(), t.to_device(tch::Device::Cpu).contiguous())).collect();
+    Tensor::write_safetensors(&cpu, &path).map_err(|e| err(e.to_string()))?;
+    std::fs::read(&path).map_err(|e| err(e.to_string()))
+}
+
+pub fn tensors_from_bytes(bytes: &[u8]) -> Result<HashMap<String, Tensor>, CheckpointError> {
+    let err = |e: String| CheckpointError::Tensors(e);
+    let dir = tempfile::tempdir().map_err(|e| err(e.to_string()))?;
+    let path = dir.path().join("t.safetensors");
+    std::fs::write(&path, bytes).map_err(|e| err(e.to_string()))?;
+    Ok(Tensor::read_safetensors(&path).map_err(|e| err(e.to_string()))?.into_iter().collect())
+}
+
+/// Copies `tensors` into the variables of `vs` by name. Every variable must
+/// be present with its shape; extra tensors are returned (unexpected keys).
+pub fn load_into(vs: &VarStore, tensors: &HashMap<String, Tensor>) -> Result<Vec<String>, CheckpointError> {
+    let vars = vs.variables();
+    let mut missing = Vec::new();
+    let mut mismatched = Vec::new();
+    for (name, var) in &vars {
+        match tensors.get(name) {
+            None => missing.push(name.clone()),
+            Some(t) if t.size() != var.size() => mismatched.push(format!("{name}: {:?} vs {:?}", t.size(), var.size())),
+            Some(_) => {}
+        }
+    }
+    if !missing.is_empty() || !mismatched.is_empty() {
+        missing.sort();
+        mismatched.sort();
+        return Err(CheckpointError::Mismatch { missing, mismatched });
+    }
+    tch::no_grad(|| {
+        for (name, var) in &vars {
+            let mut v = var.shallow_clone();
+            v.copy_(&tensors[name]);
+        }
+    });
+    let mut unexpected: Vec<String> = tensors.keys().filter(|k| !vars.contains_key(*k)).cloned().collect();
+    unexpected.sort();
+    Ok(unexpected)
+}
+
+/// The step of `model.ckpt-<step>.json` style keys.
+pub fn step_of(key: &str) -> Option<u64> {
+    let stem = key.rsplit('/').next()?.strip_prefix("model.ckpt-")?;
+    stem.split('.').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inception::InceptionV3;
+    use tch::Device;
+
+    fn cfg(classes: i64) -> ModelConfig {
+        ModelConfig { num_classes: classes, image_size: 75, depth_multiplier: 0.1, min_depth: 8, dropout: 0.2, aux_logits: true }
+    }
+
+    #[test]
+    fn round_trip_restores_every_variable() {
+        let a = VarStore::new(Device::Cpu);
+        let _ = InceptionV3::new(&a.root(), &cfg(6));
+        let named: Vec<(String, Tensor)> = a.variables().into_iter().collect();
+        let bytes = tensors_to_bytes(&named).unwrap();
+        let b = VarStore::new(Device::Cpu);
+        let _ = InceptionV3::new(&b.root(), &cfg(6));
+        let mut tensors = tensors_from_bytes(&bytes).unwrap();
+        tensors.insert("optimizer/ms/fc.weight".into(), Tensor::zeros([1], (tch::Kind::Float, Device::Cpu)));
+        let unexpected = load_into(&b, &tensors).unwrap();
+        assert_eq!(unexpected, vec!["optimizer/ms/fc.weight"]);
+        let (va, vb) = (a.variables(), b.variables());
+        assert!(va["fc.weight"].equal(&vb["fc.weight"]));
+        assert!(va["Mixed_6b.branch7x7_2.conv.weight"].equal(&vb["Mixed_6b.branch7x7_2.conv.weight"]));
+    }
+
+    #[test]
+    fn another_shape_is_refused_with_names() {
+        let a = VarStore::new(Device::Cpu);
+        let _ = InceptionV3::new(&a.root(), &cfg(6));
+        let bytes = tensors_to_bytes(&a.variables().into_iter().collect::<Vec<_>>()).unwrap();
+        let b = VarStore::new(Device::Cpu);
+        let _ = InceptionV3::new(&b.root(), &cfg(11));
+        let err = load_into(&b, &tensors_from_bytes(&bytes).unwrap()).unwrap_err().to_string();
+        assert!(err.contains("fc.weight"), "{err}");
+        assert!(tensors_from_bytes(b"not safetensors").is_err());
+    }
+
+    #[test]
+    fn steps_are_parsed_from_keys() {
+        assert_eq!(step_of("checkpoints/r/model.ckpt-120.json"), Some(120));
+        assert_eq!(step_of("checkpoints/r/model.ckpt-7.safetensors"), Some(7));
+        assert_eq!(step_of("checkpoints/r/checkpoint"), None);
+    }
+}

@@ -1,0 +1,28 @@
+//! Inception-v3 on libtorch: the network, the original's loss, and the
+//! checkpoint format shared by the trainer, the evaluator and `classify`.
+
+pub mod checkpoint;
+pub mod config;
+pub mod inception;
+pub mod loss;
+
+pub use config::ModelConfig;
+pub use inception::{images_to_input, InceptionV3, Mode};
+
+/// Picks the device named by a `device` setting: `auto`, `cpu` or `cuda:N`.
+pub fn device_from_setting(setting: &str) -> Result<tch::Device, String> {
+    match setting {
+        "auto" => Ok(tch::Device::cuda_if_available()),
+        "cpu" => Ok(tch::Device::Cpu),
+        s => {
+            let n = s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<usize>().ok())
+                .ok_or_else(|| format!("device {s:?}: use auto, cpu or cuda:N"))?;
+            if n >= tch::Cuda::device_count() as usize {
+                return Err(format!("device {s}: only {} CUDA devices visible", tch::Cuda::device_count()));
+            }
+            Ok(tch::Device::Cuda(n))
+        }
+    }
+}

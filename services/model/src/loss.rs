@@ -1,0 +1,51 @@
+//! The original's loss (`inception_model.loss` + slim's regularisers):
+//! softmax cross-entropy with label smoothing 0.1 on the logits, the same
+//! with weight 0.4 on the auxiliary logits, plus `4e-5 * sum(w^2) / 2` over
+//! every conv and fully connected weight.
+
+use tch::{Reduction, Tensor};
+
+pub const LABEL_SMOOTHING: f64 = 0.1;
+pub const AUX_LOSS_WEIGHT: f64 = 0.4;
+pub const WEIGHT_DECAY: f64 = 0.00004;
+
+/// `labels` are class indices (int64) with 0 the background class.
+pub fn total_loss(logits: &Tensor, aux: Option<&Tensor>, labels: &Tensor, regularized: &[Tensor]) -> Tensor {
+    let ce = |l: &Tensor| l.cross_entropy_loss::<Tensor>(labels, None, Reduction::Mean, -100, LABEL_SMOOTHING);
+    let mut loss = ce(logits);
+    if let Some(a) = aux {
+        loss = loss + ce(a) * AUX_LOSS_WEIGHT;
+    }
+    if !regularized.is_empty() {
+        let l2: Tensor = regularized.iter().map(|w| w.square().sum(tch::Kind::Float)).sum();
+        loss = loss + l2 * (WEIGHT_DECAY / 2.0);
+    }
+    loss
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn smoothing_and_aux_weight_match_hand_computation() {
+        let logits = Tensor::from_slice(&[2.0f32, 0.0, -1.0]).view([1, 3]);
+        let labels = Tensor::from_slice(&[0i64]);
+        // Smoothed target y = 0.9 * onehot + 0.1 / 3.
+        let logp: Vec<f64> = {
+            let z = [2.0f64, 0.0, -1.0];
+            let lse = z.iter().map(|v| v.exp()).sum::<f64>().ln();
+            z.iter().map(|v| v - lse).collect()
+        };
+        let target = [0.9 + 0.1 / 3.0, 0.1 / 3.0, 0.1 / 3.0];
+        let ce: f64 = -target.iter().zip(&logp).map(|(t, l)| t * l).sum::<f64>();
+        let got = total_loss(&logits, None, &labels, &[]).double_value(&[]);
+        assert!((got - ce).abs() < 1e-5, "{got} vs {ce}");
+        let with_aux = total_loss(&logits, Some(&logits), &labels, &[]).double_value(&[]);
+        assert!((with_aux - 1.4 * ce).abs() < 1e-5);
+        let w = Tensor::from_slice(&[3.0f32, 4.0]).to_device(Device::Cpu).to_kind(Kind::Float);
+        let with_l2 = total_loss(&logits, None, &labels, &[w]).double_value(&[]);
+        assert!((with_l2 - (ce + 0.00004 * 25.0 / 2.0)).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,142 @@
+//! Preprocess workers: TFRecord shards to distorted, batched images.
+//!
+//! Each worker follows the train-shard announcements, reads a random known
+//! shard from the store, shuffles its records, turns them into batches and
+//! hands each batch to the trainer by claim check: the batch goes to the
+//! store (`batches/<dataset>/…`), a small `BatchReady` goes to the work-queue
+//! stream. That stream holds at most `preprocess.queue_capacity` messages; a
+//! full queue makes the worker wait (back-pressure), never drop.
+//! Any number of workers can run; they need no coordination beyond NATS.
+
+pub mod batcher;
+pub mod shard_set;
+
+use bytes::Bytes;
+use inception_core::nats::{NatsError, Streams};
+use inception_core::shutdown::CancellationToken;
+use inception_core::store::StoreError;
+use inception_core::{keys, tfrecord, Settings, Store};
+use inception_proto::pipeline::BatchReady;
+use inception_proto::Message;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::sync::Arc;
+use std::time::Instant;
+
+use shard_set::ShardSet;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PreprocessError {
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("worker task failed: {0}")]
+    Worker(String),
+}
+
+/// Identifier of this worker: the configured one, else host name and pid.
+pub fn worker_id(configured: &str) -> String {
+    if !configured.is_empty() {
+        return configured.to_string();
+    }
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let host: String = host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+    format!("{}-{}", if host.is_empty() { "worker" } else { &host }, std::process::id())
+}
+
+/// Runs one worker until `shutdown`. Returns the number of batches handed over.
+pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown: &CancellationToken) -> Result<u64, PreprocessError> {
+    let dataset = settings.dataset.name.clone();
+    let cfg = &settings.preprocess;
+    let id = worker_id(&cfg.worker_id);
+    streams.batches(cfg.queue_capacity).await?;
+    let shards = Arc::new(ShardSet::default());
+    let follower = {
+        let (streams_ctx, dataset, shards, stop) = (streams.clone(), dataset.clone(), shards.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = shard_set::follow(&streams_ctx, &dataset, shards, stop).await {
+                tracing::error!("cannot follow shard announcements: {e}");
+            }
+        })
+    };
+    let seed = cfg.seed ^ id.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let subject = streams.subjects.batches(&dataset);
+    let mut sequence = 0u64;
+    let mut pending: Vec<Vec<u8>> = Vec::new();
+    tracing::info!(worker = %id, "waiting for train shards of {dataset}");
+    'outer: while shards.wait_nonempty(shutdown).await {
+        let known = shards.snapshot();
+        let Some(shard) = known.get(rng.random_range(0..known.len())) else { continue };
+        let bytes = match store.get(&shard.uri).await {
+            Ok(b) => b,
+            Err(e) => {
+                metrics::counter!("inception_preprocess_errors_total", "kind" => "shard").increment(1);
+                tracing::error!("cannot read shard {}: {e}; trying another in 1s", shard.uri);
+                if !inception_core::shutdown::sleep_or_cancel(shutdown, std::time::Duration::from_secs(1)).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        let mut records = Vec::new();
+        for r in tfrecord::records(&bytes) {
+            match r {
+                Ok(data) => records.push(data.to_vec()),
+                Err(e) => {
+                    metrics::counter!("inception_preprocess_errors_total", "kind" => "framing").increment(1);
+                    tracing::error!("shard {}: {e}; using the records before it", shard.uri);
+                }
+            }
+        }
+        records.shuffle(&mut rng);
+        pending.extend(records);
+        while pending.len() >= cfg.batch_size as usize {
+            let chunk: Vec<Vec<u8>> = pending.drain(..cfg.batch_size as usize).collect();
+            let started = Instant::now();
+            let (size, max_pixels, mut local_rng) = (settings.model.image_size, settings.ingest.max_image_pixels, ChaCha8Rng::seed_from_u64(rng.random()));
+            let batch = tokio::task::spawn_blocking(move || batcher::build_batch(&chunk, size, max_pixels, &mut local_rng))
+                .await
+                .map_err(|e| PreprocessError::Worker(e.to_string()))?;
+            if batch.is_empty() {
+                continue;
+            }
+            let key = keys::batch(&dataset, &id, sequence);
+            store.put(&key, Bytes::from(batch.to_bytes())).await?;
+            metrics::histogram!("inception_preprocess_batch_seconds").record(started.elapsed().as_secs_f64());
+            let message = BatchReady {
+                uri: key.clone(),
+                batch_size: batch.len() as u32,
+                image_size: batch.image_size,
+                producer: id.clone(),
+                sequence,
+                labels: batch.labels.clone(),
+            };
+            let waited = Instant::now();
+            match streams.publish_acked(&subject, Bytes::from(message.encode_to_vec()), &key, shutdown).await {
+                Ok(refusals) => {
+                    if refusals > 0 {
+                        metrics::histogram!("inception_preprocess_queue_wait_seconds").record(waited.elapsed().as_secs_f64());
+                    }
+                }
+                Err(NatsError::Cancelled) => {
+                    // Nobody will consume it: remove the object we wrote.
+                    store.delete(&key).await.ok();
+                    break 'outer;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            metrics::counter!("inception_preprocess_examples_total").increment(batch.len() as u64);
+            metrics::counter!("inception_preprocess_batches_total").increment(1);
+            sequence += 1;
+            if shutdown.is_cancelled() {
+                break 'outer;
+            }
+        }
+    }
+    follower.abort();
+    tracing::info!(worker = %id, "stopped after {sequence} batches");
+    Ok(sequence)
+}

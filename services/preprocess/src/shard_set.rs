@@ -1,0 +1,139 @@
+//! The train shards a worker knows of, learnt from `ShardReady`
+//! announcements (the full history first, then live ones), so shards ingested
+//! while training runs are used without a restart.
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use futures::StreamExt;
+use inception_core::nats::{NatsError, Streams};
+use inception_core::shutdown::CancellationToken;
+use inception_proto::pipeline::ShardReady;
+use inception_proto::Message;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+
+#[derive(Default)]
+pub struct ShardSet {
+    shards: Mutex<Vec<ShardReady>>,
+    changed: Notify,
+}
+
+impl ShardSet {
+    /// Adds a shard unless one with the same object path is known.
+    pub fn add(&self, shard: ShardReady) -> bool {
+        let Ok(mut shards) = self.shards.lock() else { return false };
+        if shards.iter().any(|s| s.uri == shard.uri) {
+            return false;
+        }
+        shards.push(shard);
+        drop(shards);
+        self.changed.notify_waiters();
+        true
+    }
+
+    pub fn snapshot(&self) -> Vec<ShardReady> {
+        self.shards.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Waits until at least one shard is known (or shutdown: false).
+    pub async fn wait_nonempty(&self, shutdown: &CancellationToken) -> bool {
+        loop {
+            let notified = self.changed.notified();
+            if !self.snapshot().is_empty() {
+                return true;
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = shutdown.cancelled() => return false,
+            }
+        }
+    }
+}
+
+/// Checks that an announced shard is one of this dataset's, so a message
+/// cannot point the worker at an arbitrary object.
+pub fn accept(shard: &ShardReady, dataset: &str) -> Result<(), String> {
+    let dir = format!("{}/", inception_core::keys::dataset_dir(dataset));
+    let name = shard.uri.strip_prefix(&dir).ok_or_else(|| format!("{} is outside {dir}", shard.uri))?;
+    if name.contains('/') || name.contains("..") || !name.starts_with("train-") {
+        return Err(format!("{} is not a train shard of {dataset}", shard.uri));
+    }
+    Ok(())
+}
+
+/// Follows the dataset's train announcements into `set` until shutdown.
+pub async fn follow(
+    streams: &Streams,
+    dataset: &str,
+    set: Arc<ShardSet>,
+    shutdown: CancellationToken,
+) -> Result<(), NatsError> {
+    let stream = streams.shards().await?;
+    let consumer_err = |e: String| NatsError::Consumer { consumer: "shard follower".into(), message: e };
+    let consumer = stream
+        .create_consumer(pull::Config {
+            filter_subject: streams.subjects.shards(dataset, "train"),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::None,
+            inactive_threshold: std::time::Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| consumer_err(e.to_string()))?;
+    let mut messages = consumer.messages().await.map_err(|e| consumer_err(e.to_string()))?;
+    loop {
+        let next = tokio::select! {
+            m = messages.next() => m,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        let Some(next) = next else { return Ok(()) };
+        let message = match next {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!("shard announcements: {e}");
+                continue;
+            }
+        };
+        match ShardReady::decode(message.payload.as_ref()) {
+            Ok(shard) => match accept(&shard, dataset) {
+                Ok(()) => {
+                    if set.add(shard.clone()) {
+                        tracing::info!("new train shard {} ({} records)", shard.uri, shard.records);
+                    }
+                }
+                Err(reason) => {
+                    metrics::counter!("inception_preprocess_rejected_messages_total").increment(1);
+                    tracing::warn!("ignoring shard announcement: {reason}");
+                }
+            },
+            Err(e) => {
+                metrics::counter!("inception_preprocess_rejected_messages_total").increment(1);
+                tracing::warn!("ignoring malformed shard announcement on {}: {e}", message.subject);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(uri: &str) -> ShardReady {
+        ShardReady { uri: uri.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn only_this_datasets_train_shards_are_accepted() {
+        assert!(accept(&shard("datasets/flowers/train-00000-of-00002"), "flowers").is_ok());
+        assert!(accept(&shard("datasets/flowers/validation-00000-of-00002"), "flowers").is_err());
+        assert!(accept(&shard("datasets/other/train-00000-of-00002"), "flowers").is_err());
+        assert!(accept(&shard("datasets/flowers/../../etc/passwd"), "flowers").is_err());
+    }
+
+    #[test]
+    fn duplicates_are_ignored() {
+        let set = ShardSet::default();
+        assert!(set.add(shard("a")));
+        assert!(!set.add(shard("a")));
+        assert_eq!(set.snapshot().len(), 1);
+    }
+}
