@@ -153,6 +153,43 @@ impl Streams {
         .await
     }
 
+    /// Every message now in `stream` on `subject`, oldest first (an
+    /// ephemeral consumer reads the history and goes away).
+    pub async fn history(&self, stream: &stream::Stream, subject: &str) -> Result<Vec<Bytes>, NatsError> {
+        use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+        use futures::StreamExt;
+        let err = |e: String| NatsError::Consumer { consumer: format!("history of {subject}"), message: e };
+        let consumer = stream
+            .create_consumer(pull::Config {
+                filter_subject: subject.to_string(),
+                deliver_policy: DeliverPolicy::All,
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let total = consumer.get_info().await.map_err(|e| err(e.to_string()))?.num_pending as usize;
+        let mut out = Vec::with_capacity(total);
+        while out.len() < total {
+            let mut batch = consumer
+                .fetch()
+                .max_messages((total - out.len()).min(256))
+                .expires(Duration::from_secs(2))
+                .messages()
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            let before = out.len();
+            while let Some(m) = batch.next().await {
+                out.push(m.map_err(|e| err(e.to_string()))?.payload.clone());
+            }
+            if out.len() == before {
+                break; // messages removed meanwhile (limits): what we have is the history
+            }
+        }
+        Ok(out)
+    }
+
     /// Publishes and waits for JetStream's acknowledgement, retrying (with
     /// back-off) while the stream is full or NATS is unavailable, until
     /// acknowledged or `shutdown` fires. `message_id` makes retries idempotent.

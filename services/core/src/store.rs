@@ -168,9 +168,12 @@ impl Store {
         }
     }
 
-    /// Keys (relative to the store's prefix) under `prefix`, sorted.
+    /// Keys (relative to the store's prefix) that start with `prefix`, sorted.
+    /// `prefix` may end inside a name (`datasets/x/validation-`).
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let full = self.path(prefix.trim_end_matches('/'));
+        // object_store lists whole path segments: list the folder, then filter.
+        let folder = prefix.rsplit_once('/').map_or("", |(dir, _)| dir);
+        let full = self.path(folder);
         let metas: Vec<_> = match self.inner.list(Some(&full)).try_collect().await {
             Ok(m) => m,
             Err(object_store::Error::NotFound { .. }) => Vec::new(),
@@ -190,6 +193,7 @@ impl Store {
                         .to_string()
                 }
             })
+            .filter(|k: &String| k.starts_with(prefix))
             .collect();
         keys.sort();
         Ok(keys)
@@ -220,6 +224,8 @@ mod tests {
         assert_eq!(store.get("a/b/one").await.unwrap(), Bytes::from_static(b"1"));
         store.put("a/c", Bytes::from_static(b"3")).await.unwrap();
         assert_eq!(store.list("a/").await.unwrap(), vec!["a/b/one", "a/c"]);
+        assert_eq!(store.list("a/b/o").await.unwrap(), vec!["a/b/one"]);
+        assert_eq!(store.list("a/c").await.unwrap(), vec!["a/c"]);
         assert!(store.list("nothing").await.unwrap().is_empty());
         store.delete("a/c").await.unwrap();
         assert!(!store.exists("a/c").await.unwrap());

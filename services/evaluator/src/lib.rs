@@ -1,0 +1,298 @@
+//! The evaluator: precision@1 and recall@5 of each new checkpoint on the
+//! validation shards, with the original's central-crop preprocessing and
+//! output lines.
+//!
+//! It learns of checkpoints from `CheckpointReady` announcements and also
+//! polls the run's `checkpoint` pointer every `eval.eval_interval_secs`.
+//! Each checkpoint is evaluated once: a result object
+//! `eval/<run>/step-<N>.json` marks it done, also across restarts. A
+//! checkpoint that cannot be loaded is reported and skipped, not retried.
+
+pub mod topk;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use bytes::Bytes;
+use futures::StreamExt;
+use inception_core::example::parse_image_example;
+use inception_core::nats::{NatsError, Streams};
+use inception_core::shutdown::CancellationToken;
+use inception_core::store::StoreError;
+use inception_core::{keys, tfrecord, Settings, Store};
+use inception_model::checkpoint::{self, CheckpointMeta, CheckpointPointer};
+use inception_model::{images_to_input, InceptionV3, Mode};
+use inception_proto::pipeline::{CheckpointReady, EvalResult};
+use inception_proto::Message;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("checkpoint {key}: {message}")]
+    Checkpoint { key: String, message: String },
+    #[error("no validation shards under {0}")]
+    NoData(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// What one evaluation found; also the JSON written to the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub run: String,
+    pub step: u64,
+    pub checkpoint: String,
+    pub precision_at_1: f64,
+    pub recall_at_5: f64,
+    pub examples: u64,
+    pub evaluated_at_unix: i64,
+}
+
+impl Evaluation {
+    /// The original's final line, without the leading timestamp.
+    pub fn line(&self) -> String {
+        format!("precision @ 1 = {:.4} recall @ 5 = {:.4} [{} examples]", self.precision_at_1, self.recall_at_5, self.examples)
+    }
+}
+
+/// Validation images after eval preprocessing, kept between evaluations.
+struct ValidationSet {
+    shards: Vec<String>,
+    image_size: u32,
+    pixels: Vec<u8>,
+    labels: Vec<i64>,
+}
+
+pub struct Evaluator {
+    settings: Settings,
+    store: Store,
+    device: Device,
+    cache: Option<ValidationSet>,
+    failed: HashSet<String>,
+}
+
+fn now() -> String {
+    chrono::Local::now().format("%Y-%m-%d %H:%M:%S%.6f").to_string()
+}
+
+impl Evaluator {
+    pub fn new(settings: Settings, store: Store) -> Result<Self, EvalError> {
+        let device = inception_model::device_from_setting(&settings.eval.device).map_err(EvalError::Config)?;
+        Ok(Self { settings, store, device, cache: None, failed: HashSet::new() })
+    }
+
+    async fn validation(&mut self, image_size: u32) -> Result<&ValidationSet, EvalError> {
+        let dataset = &self.settings.dataset.name;
+        let prefix = format!("{}/validation-", keys::dataset_dir(dataset));
+        let shards = self.store.list(&prefix).await?;
+        if shards.is_empty() {
+            return Err(EvalError::NoData(prefix));
+        }
+        let fresh = matches!(&self.cache, Some(c) if c.shards == shards && c.image_size == image_size);
+        if !fresh {
+            let mut pixels = Vec::new();
+            let mut labels = Vec::new();
+            let max_pixels = self.settings.ingest.max_image_pixels;
+            for shard in &shards {
+                let bytes = self.store.get(shard).await?;
+                let (p, l) = tokio::task::block_in_place(|| preprocess_shard(shard, &bytes, image_size, max_pixels));
+                pixels.extend(p);
+                labels.extend(l);
+            }
+            self.cache = Some(ValidationSet { shards, image_size, pixels, labels });
+        }
+        self.cache.as_ref().ok_or_else(|| EvalError::NoData(prefix))
+    }
+
+    /// Evaluates the checkpoint whose metadata is at `metadata_key`.
+    pub async fn evaluate(&mut self, metadata_key: &str) -> Result<Evaluation, EvalError> {
+        let fail = |message: String| EvalError::Checkpoint { key: metadata_key.to_string(), message };
+        let meta: CheckpointMeta = serde_json::from_slice(&self.store.get(metadata_key).await?).map_err(|e| fail(e.to_string()))?;
+        let weights = self.store.get(&meta.weights).await?;
+        let tensors = checkpoint::tensors_from_bytes(&weights).map_err(|e| fail(e.to_string()))?;
+        meta.model.validate().map_err(&fail)?;
+        let vs = VarStore::new(self.device);
+        let model = InceptionV3::new(&vs.root(), &meta.model);
+        checkpoint::load_into(&vs, &tensors).map_err(|e| fail(e.to_string()))?;
+        println!("{}: Successfully loaded model from {metadata_key} at step={}.", now(), meta.step);
+
+        let size = meta.model.image_size as u32;
+        let batch_size = self.settings.eval.batch_size as usize;
+        let wanted = self.settings.eval.num_examples as usize;
+        let device = self.device;
+        let data = self.validation(size).await?;
+        let available = data.labels.len();
+        let total = if wanted == 0 { available } else { wanted.min(available) };
+        if total == 0 {
+            return Err(EvalError::NoData(format!("{} (no readable validation record)", metadata_key)));
+        }
+        let per_image = (size as usize).pow(2) * 3;
+        let num_batches = total.div_ceil(batch_size);
+        let (mut top1, mut top5) = (0i64, 0i64);
+        let started = Instant::now();
+        let mut window = Instant::now();
+        for b in 0..num_batches {
+            let (lo, hi) = (b * batch_size, ((b + 1) * batch_size).min(total));
+            let n = (hi - lo) as i64;
+            let images = Tensor::from_slice(&data.pixels[lo * per_image..hi * per_image]).view([n, size as i64, size as i64, 3]);
+            let labels = Tensor::from_slice(&data.labels[lo..hi]).to_device(device);
+            let (logits, _) = tch::no_grad(|| model.forward(&images_to_input(&images.to_device(device)), Mode::Eval));
+            top1 += topk::in_top_k(&logits, &labels, 1).sum(Kind::Int64).int64_value(&[]);
+            top5 += topk::in_top_k(&logits, &labels, 5).sum(Kind::Int64).int64_value(&[]);
+            if (b + 1) % 20 == 0 {
+                let secs = window.elapsed().as_secs_f64() / 20.0;
+                println!(
+                    "{}: [{} batches out of {}] ({:.1} examples/sec; {:.3}sec/batch)",
+                    now(), b + 1, num_batches, batch_size as f64 / secs, secs
+                );
+                window = Instant::now();
+            }
+        }
+        metrics::histogram!("inception_eval_duration_seconds").record(started.elapsed().as_secs_f64());
+        Ok(Evaluation {
+            run: meta.run.clone(),
+            step: meta.step,
+            checkpoint: metadata_key.to_string(),
+            precision_at_1: top1 as f64 / total as f64,
+            recall_at_5: top5 as f64 / total as f64,
+            examples: total as u64,
+            evaluated_at_unix: chrono::Utc::now().timestamp(),
+        })
+    }
+
+    /// Evaluates, prints, records and announces; skips checkpoints done before.
+    /// Returns `None` when skipped.
+    pub async fn evaluate_and_report(&mut self, streams: &Streams, metadata_key: &str, force: bool) -> Result<Option<Evaluation>, EvalError> {
+        let run = self.settings.train.run.clone();
+        let Some(step) = checkpoint::step_of(metadata_key) else {
+            return Err(EvalError::Checkpoint { key: metadata_key.into(), message: "not a model.ckpt-<step>.json key".into() });
+        };
+        let result_key = keys::eval_result(&run, step);
+        if !force && (self.failed.contains(metadata_key) || self.store.exists(&result_key).await?) {
+            return Ok(None);
+        }
+        let evaluation = match self.evaluate(metadata_key).await {
+            Ok(e) => e,
+            Err(e @ (EvalError::Checkpoint { .. } | EvalError::Store(StoreError::NotFound { .. }))) => {
+                self.failed.insert(metadata_key.to_string());
+                metrics::counter!("inception_eval_failures_total").increment(1);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        println!("{}: {}", now(), evaluation.line());
+        let json = serde_json::to_vec_pretty(&evaluation).map_err(|e| EvalError::Config(e.to_string()))?;
+        self.store.put(&result_key, Bytes::from(json)).await?;
+        metrics::gauge!("inception_eval_precision_at_1").set(evaluation.precision_at_1);
+        metrics::gauge!("inception_eval_recall_at_5").set(evaluation.recall_at_5);
+        metrics::gauge!("inception_eval_checkpoint_step").set(evaluation.step as f64);
+        metrics::gauge!("inception_eval_last_evaluation_timestamp_seconds").set(evaluation.evaluated_at_unix as f64);
+        metrics::counter!("inception_eval_evaluations_total").increment(1);
+        let message = EvalResult {
+            run: run.clone(),
+            step: evaluation.step,
+            checkpoint_uri: metadata_key.to_string(),
+            precision_at_1: evaluation.precision_at_1,
+            recall_at_5: evaluation.recall_at_5,
+            examples: evaluation.examples,
+            evaluated_at_unix: evaluation.evaluated_at_unix,
+        };
+        let shutdown = CancellationToken::new();
+        let id = format!("{run}-{}-{}", evaluation.step, evaluation.evaluated_at_unix);
+        streams.publish_acked(&streams.subjects.evals(&run), Bytes::from(message.encode_to_vec()), &id, &shutdown).await?;
+        Ok(Some(evaluation))
+    }
+
+    async fn latest(&self) -> Result<Option<CheckpointPointer>, EvalError> {
+        let key = keys::checkpoint_pointer(&self.settings.train.run);
+        match self.store.get(&key).await {
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| EvalError::Checkpoint { key, message: e.to_string() }),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `--run-once`: evaluates the latest checkpoint and returns.
+    pub async fn run_once(&mut self, streams: &Streams) -> Result<Option<Evaluation>, EvalError> {
+        match self.latest().await? {
+            Some(p) => self.evaluate_and_report(streams, &p.metadata, true).await,
+            None => {
+                println!("{}: No checkpoint file found at {}", now(), keys::checkpoint_pointer(&self.settings.train.run));
+                Ok(None)
+            }
+        }
+    }
+
+    /// Watches announcements and polls the pointer until shutdown.
+    pub async fn watch(&mut self, streams: &Streams, shutdown: &CancellationToken) -> Result<(), EvalError> {
+        let run = self.settings.train.run.clone();
+        let stream = streams.checkpoints().await?;
+        streams.evals().await?;
+        let consumer_err = |e: String| NatsError::Consumer { consumer: "checkpoint watcher".into(), message: e };
+        let consumer = stream
+            .create_consumer(pull::Config {
+                filter_subject: streams.subjects.checkpoints(&run),
+                deliver_policy: DeliverPolicy::New,
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| consumer_err(e.to_string()))?;
+        let mut messages = consumer.messages().await.map_err(|e| consumer_err(e.to_string()))?;
+        let mut poll = tokio::time::interval(Duration::from_secs(self.settings.eval.eval_interval_secs.max(1)));
+        let prefix = format!("{}/", keys::checkpoint_dir(&run));
+        loop {
+            let key = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = poll.tick() => match self.latest().await {
+                    Ok(Some(p)) => p.metadata,
+                    Ok(None) => continue,
+                    Err(e) => { tracing::error!("{e}"); continue }
+                },
+                m = messages.next() => match m {
+                    None => return Ok(()),
+                    Some(Err(e)) => { tracing::warn!("checkpoint announcements: {e}"); continue }
+                    Some(Ok(m)) => match CheckpointReady::decode(m.payload.as_ref()) {
+                        Ok(c) if c.metadata_uri.starts_with(&prefix) && !c.metadata_uri.contains("..") => c.metadata_uri,
+                        Ok(c) => { tracing::warn!("ignoring announcement of {} outside {prefix}", c.metadata_uri); continue }
+                        Err(e) => { tracing::warn!("ignoring malformed checkpoint announcement: {e}"); continue }
+                    },
+                },
+            };
+            match self.evaluate_and_report(streams, &key, false).await {
+                Ok(_) => {}
+                Err(e) => tracing::error!("evaluation skipped: {e}"),
+            }
+        }
+    }
+}
+
+/// Eval preprocessing of every record of one shard (bad records are counted
+/// and skipped): returns the pixels (HWC u8, concatenated) and labels.
+fn preprocess_shard(name: &str, bytes: &[u8], size: u32, max_pixels: u64) -> (Vec<u8>, Vec<i64>) {
+    let mut pixels = Vec::new();
+    let mut labels = Vec::new();
+    for (i, record) in tfrecord::records(bytes).enumerate() {
+        let outcome = record
+            .map_err(|e| e.to_string())
+            .and_then(|r| parse_image_example(r).map_err(|e| e.to_string()))
+            .and_then(|p| inception_vision::decode_rgb(&p.encoded, max_pixels).map(|d| (d, p.label)).map_err(|e| e.to_string()));
+        match outcome {
+            Ok((decoded, label)) => {
+                pixels.extend(inception_vision::eval_image(&decoded.image, size));
+                labels.push(label);
+            }
+            Err(reason) => {
+                metrics::counter!("inception_eval_errors_total", "kind" => "record").increment(1);
+                tracing::warn!("{name}, record {i}: {reason}; skipped");
+            }
+        }
+    }
+    (pixels, labels)
+}

@@ -1,0 +1,322 @@
+//! The trainer: Inception-v3 on batches from the queue.
+//!
+//! It waits for the dataset's labels, builds the model (resuming from the
+//! run's latest complete checkpoint when there is one), then takes batches
+//! from the `BATCHES` work queue one at a time: fetch the batch object, one
+//! optimizer step, acknowledge, delete the object. Checkpoints are written
+//! every `train.checkpoint_every_steps` and at the end, and announced.
+
+pub mod optimizer;
+pub mod saver;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy};
+use futures::StreamExt;
+use inception_core::batch::Batch;
+use inception_core::nats::{NatsError, Streams};
+use inception_core::shutdown::{sleep_or_cancel, CancellationToken};
+use inception_core::store::StoreError;
+use inception_core::{keys, Settings, Store};
+use inception_model::checkpoint::CheckpointMeta;
+use inception_model::inception::debiased_momentum;
+use inception_model::{images_to_input, loss, InceptionV3, Mode, ModelConfig};
+use inception_proto::pipeline::{BatchReady, ShardReady};
+use inception_proto::Message;
+use std::time::{Duration, Instant};
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+use optimizer::RmsProp;
+
+/// `BATCHNORM_MOVING_AVERAGE_DECAY` of the original.
+pub const BN_DECAY: f64 = 0.9997;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Saver(#[from] saver::SaverError),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("Model diverged with loss = {loss} at step {step}")]
+    Diverged { step: u64, loss: f64 },
+    #[error("cannot resume from {key}: {message}")]
+    Resume { key: String, message: String },
+    #[error("batch queue: {0}")]
+    Queue(String),
+}
+
+/// Everything that changes as training goes.
+pub struct TrainState {
+    pub vs: VarStore,
+    pub model: InceptionV3,
+    pub optimizer: RmsProp,
+    pub labels: Vec<String>,
+    pub step: u64,
+    pub bn_updates: u64,
+    pub examples_seen: u64,
+}
+
+impl TrainState {
+    pub fn new(cfg: &ModelConfig, labels: Vec<String>, settings: &Settings, device: Device) -> Self {
+        tch::manual_seed(settings.train.seed);
+        let vs = VarStore::new(device);
+        let model = InceptionV3::new(&vs.root(), cfg);
+        let mut trainable: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        trainable.sort_by(|a, b| a.0.cmp(&b.0));
+        let t = &settings.train;
+        let optimizer = RmsProp::new(trainable, t.rmsprop_decay, t.rmsprop_momentum, t.rmsprop_epsilon);
+        Self { vs, model, optimizer, labels, step: 0, bn_updates: 0, examples_seen: 0 }
+    }
+
+    /// One optimizer update on `images` (`[N, S, S, 3]` u8) and `labels`.
+    /// Returns the loss before the update.
+    pub fn train_step(&mut self, images: &Tensor, labels: &Tensor, lr: f64) -> Result<f64, TrainError> {
+        let device = self.vs.device();
+        let x = images_to_input(&images.to_device(device));
+        let y = labels.to_device(device);
+        let momentum = debiased_momentum(BN_DECAY, self.bn_updates + 1);
+        let (logits, aux) = self.model.forward(&x, Mode::Train { bn_momentum: momentum });
+        let regularized = InceptionV3::regularized_weights(&self.vs);
+        let total = loss::total_loss(&logits, aux.as_ref(), &y, &regularized);
+        let value = total.double_value(&[]);
+        if !value.is_finite() {
+            return Err(TrainError::Diverged { step: self.step, loss: value });
+        }
+        self.optimizer.zero_grad();
+        total.backward();
+        self.optimizer.step(lr);
+        self.step += 1;
+        self.bn_updates += 1;
+        self.examples_seen += images.size()[0] as u64;
+        Ok(value)
+    }
+
+    /// Named tensors for a checkpoint: model variables and optimizer slots.
+    pub fn checkpoint_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut named: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        named.extend(self.optimizer.state());
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        named
+    }
+}
+
+/// The model shape this run trains, from settings and labels.
+pub fn model_config(settings: &Settings, labels: usize) -> ModelConfig {
+    ModelConfig {
+        num_classes: labels as i64 + 1,
+        image_size: i64::from(settings.model.image_size),
+        depth_multiplier: settings.model.depth_multiplier,
+        min_depth: i64::from(settings.model.min_depth),
+        dropout: settings.model.dropout,
+        aux_logits: true,
+    }
+}
+
+/// Waits for `datasets/<name>/labels.txt`, which ingest writes before any shard.
+pub async fn wait_for_labels(store: &Store, dataset: &str, shutdown: &CancellationToken) -> Result<Option<Vec<String>>, TrainError> {
+    let key = keys::labels(dataset);
+    let mut announced = false;
+    loop {
+        match store.get(&key).await {
+            Ok(bytes) => {
+                let labels: Vec<String> =
+                    String::from_utf8_lossy(&bytes).lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
+                if labels.is_empty() {
+                    return Err(TrainError::Config(format!("{key} lists no labels")));
+                }
+                return Ok(Some(labels));
+            }
+            Err(StoreError::NotFound { .. }) => {
+                if !announced {
+                    tracing::info!("waiting for {key} (run ingest first)");
+                    announced = true;
+                }
+            }
+            Err(e) => tracing::warn!("{e}; retrying"),
+        }
+        if !sleep_or_cancel(shutdown, Duration::from_millis(500)).await {
+            return Ok(None);
+        }
+    }
+}
+
+/// Train examples per epoch: configured, else the records announced so far.
+async fn examples_per_epoch(settings: &Settings, streams: &Streams) -> Result<u64, TrainError> {
+    if settings.train.examples_per_epoch > 0 {
+        return Ok(settings.train.examples_per_epoch);
+    }
+    let stream = streams.shards().await?;
+    let subject = streams.subjects.shards(&settings.dataset.name, "train");
+    let mut seen = std::collections::HashMap::new();
+    for payload in streams.history(&stream, &subject).await? {
+        if let Ok(s) = ShardReady::decode(payload.as_ref()) {
+            seen.insert(s.uri, s.records);
+        }
+    }
+    Ok(seen.values().sum::<u64>().max(1))
+}
+
+fn now() -> String {
+    chrono::Local::now().format("%Y-%m-%d %H:%M:%S%.6f").to_string()
+}
+
+/// Trains until `train.max_steps` or shutdown; returns the final step.
+pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown: &CancellationToken) -> Result<u64, TrainError> {
+    let t = &settings.train;
+    let dataset = &settings.dataset.name;
+    let device = inception_model::device_from_setting(&t.device).map_err(TrainError::Config)?;
+    let Some(labels) = wait_for_labels(store, dataset, shutdown).await? else { return Ok(0) };
+    let cfg = model_config(settings, labels.len());
+    cfg.validate().map_err(TrainError::Config)?;
+    let mut state = TrainState::new(&cfg, labels.clone(), settings, device);
+    resume(store, &t.run, &cfg, &mut state).await?;
+    tracing::info!(
+        "training {} classes (+ background) at {}px, depth multiplier {}, on {:?}, from step {}",
+        labels.len(), cfg.image_size, cfg.depth_multiplier, device, state.step
+    );
+    let stream = streams.batches(settings.preprocess.queue_capacity).await?;
+    let consumer = stream
+        .get_or_create_consumer(
+            "trainer",
+            pull::Config {
+                durable_name: Some("trainer".into()),
+                filter_subject: streams.subjects.batches(dataset),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(600),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| TrainError::Queue(e.to_string()))?;
+    let epoch = examples_per_epoch(settings, streams).await?;
+    let decay_steps = optimizer::decay_steps(epoch, u64::from(settings.preprocess.batch_size), t.num_epochs_per_decay);
+    tracing::info!("{epoch} examples per epoch: learning rate decays every {decay_steps} steps");
+
+    let mut last_saved = state.step;
+    let mut wait_started = Instant::now();
+    while state.step < t.max_steps && !shutdown.is_cancelled() {
+        let mut fetched = match consumer.fetch().max_messages(1).expires(Duration::from_secs(1)).messages().await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!("fetching from the batch queue: {e}");
+                sleep_or_cancel(shutdown, Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let Some(message) = fetched.next().await else { continue };
+        let message = match message {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!("batch queue: {e}");
+                continue;
+            }
+        };
+        let waited = wait_started.elapsed();
+        metrics::histogram!("inception_trainer_data_wait_seconds").record(waited.as_secs_f64());
+        let started = Instant::now();
+        let batch = match receive_batch(store, dataset, &message.payload, cfg.image_size as u32, cfg.num_classes).await {
+            Ok(b) => b,
+            Err(reason) => {
+                metrics::counter!("inception_trainer_rejected_batches_total").increment(1);
+                tracing::error!("dropping a batch message: {reason}");
+                message.ack().await.ok();
+                continue;
+            }
+        };
+        let (key, batch) = batch;
+        let n = batch.len() as i64;
+        let s = cfg.image_size;
+        let images = Tensor::from_slice(&batch.images).view([n, s, s, 3]);
+        let targets = Tensor::from_slice(&batch.labels).to_kind(Kind::Int64);
+        let lr = optimizer::learning_rate(t.initial_learning_rate, t.learning_rate_decay_factor, decay_steps, state.step);
+        let loss = state.train_step(&images, &targets, lr)?;
+        if let Err(e) = message.ack().await {
+            tracing::warn!("ack of {key} failed ({e}); it may be trained on again");
+        }
+        store.delete(&key).await.ok();
+        let elapsed = started.elapsed().as_secs_f64();
+        metrics::histogram!("inception_trainer_step_seconds").record(elapsed);
+        metrics::gauge!("inception_trainer_global_step").set(state.step as f64);
+        metrics::gauge!("inception_trainer_loss").set(loss);
+        metrics::gauge!("inception_trainer_learning_rate").set(lr);
+        metrics::counter!("inception_trainer_examples_total").increment(n as u64);
+        if state.step % t.log_every_steps == 0 || state.step == 1 {
+            println!(
+                "{}: step {}, loss = {:.2} ({:.1} examples/sec; {:.3} sec/batch)",
+                now(), state.step, loss, n as f64 / elapsed, elapsed
+            );
+        }
+        if state.step % t.checkpoint_every_steps == 0 {
+            checkpoint(store, streams, settings, &state, &cfg, shutdown).await?;
+            last_saved = state.step;
+        }
+        wait_started = Instant::now();
+    }
+    if state.step > last_saved {
+        // Also on SIGTERM: the work done so far is kept.
+        checkpoint(store, streams, settings, &state, &cfg, &CancellationToken::new()).await?;
+    }
+    Ok(state.step)
+}
+
+async fn receive_batch(store: &Store, dataset: &str, payload: &[u8], image_size: u32, num_classes: i64) -> Result<(String, Batch), String> {
+    let ready = BatchReady::decode(payload).map_err(|e| format!("malformed BatchReady: {e}"))?;
+    let prefix = format!("batches/{dataset}/");
+    if !ready.uri.starts_with(&prefix) || ready.uri.contains("..") {
+        return Err(format!("{} is outside {prefix}", ready.uri));
+    }
+    let bytes = store.get(&ready.uri).await.map_err(|e| e.to_string())?;
+    let batch = Batch::from_bytes(&bytes).map_err(|e| format!("{}: {e}", ready.uri))?;
+    if batch.image_size != image_size {
+        return Err(format!("{} has {}px images; the model takes {image_size}px", ready.uri, batch.image_size));
+    }
+    if let Some(bad) = batch.labels.iter().find(|l| **l < 0 || **l >= num_classes) {
+        return Err(format!("{} has label {bad}, outside 0..{num_classes}", ready.uri));
+    }
+    Ok((ready.uri, batch))
+}
+
+async fn resume(store: &Store, run: &str, cfg: &ModelConfig, state: &mut TrainState) -> Result<(), TrainError> {
+    let Some(pointer) = saver::read_pointer(store, run).await? else { return Ok(()) };
+    let fail = |message: String| TrainError::Resume { key: pointer.metadata.clone(), message };
+    let (meta, tensors) = saver::load(store, &pointer.metadata).await?;
+    if &meta.model != cfg {
+        return Err(fail(format!(
+            "it was trained with {:?}, but the settings now ask for {:?}; use another train.run",
+            meta.model, cfg
+        )));
+    }
+    inception_model::checkpoint::load_into(&state.vs, &tensors).map_err(|e| fail(e.to_string()))?;
+    let slots = state.optimizer.load_state(&tensors);
+    state.step = meta.step;
+    state.bn_updates = meta.bn_updates;
+    state.examples_seen = meta.examples_seen;
+    tracing::info!("resumed from {} at step {} ({slots} optimizer slots)", pointer.metadata, meta.step);
+    Ok(())
+}
+
+async fn checkpoint(
+    store: &Store,
+    streams: &Streams,
+    settings: &Settings,
+    state: &TrainState,
+    cfg: &ModelConfig,
+    shutdown: &CancellationToken,
+) -> Result<(), TrainError> {
+    let run = &settings.train.run;
+    let meta = CheckpointMeta {
+        format_version: inception_model::checkpoint::FORMAT_VERSION,
+        run: run.clone(),
+        step: state.step,
+        labels: state.labels.clone(),
+        model: cfg.clone(),
+        bn_updates: state.bn_updates,
+        examples_seen: state.examples_seen,
+        weights: keys::checkpoint_weights(run, state.step),
+        created_unix: chrono::Utc::now().timestamp(),
+    };
+    saver::save(store, streams, &meta, &state.checkpoint_tensors(), settings.train.keep_checkpoints, shutdown).await?;
+    Ok(())
+}

@@ -1,1 +1,45 @@
-fn main(){}
+//! `inception-trainer`: trains Inception-v3 from the batch queue.
+
+use clap::Parser;
+use inception_core::cli::{flag, start_service, CommonArgs};
+use inception_core::nats::{self, Streams};
+use inception_core::{telemetry, Store};
+
+/// Trains Inception-v3 on batches from the preprocess workers, writing and
+/// announcing checkpoints; resumes from the run's latest checkpoint.
+#[derive(Debug, Parser)]
+#[command(name = "inception-trainer", version)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Stop after this many steps (train.max_steps).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Name of the training run (train.run).
+    #[arg(long)]
+    run: Option<String>,
+    /// auto, cpu or cuda:N (train.device).
+    #[arg(long)]
+    device: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init_logging();
+    let args = Args::parse();
+    let mut o = Vec::new();
+    flag(&mut o, "train.max_steps", &args.max_steps);
+    flag(&mut o, "train.run", &args.run);
+    flag(&mut o, "train.device", &args.device);
+    let settings = args.common.settings(o)?;
+    let service = start_service("trainer", &settings.train.metrics_addr).await?;
+    let store = Store::open(&settings.store)?;
+    let Ok(client) = nats::connect(&settings.nats, "inception-trainer", &service.shutdown).await else {
+        return Ok(());
+    };
+    let streams = Streams::new(client, &settings.nats.subject_prefix);
+    service.readiness.set(true);
+    let step = inception_trainer::run(&settings, &store, &streams, &service.shutdown).await?;
+    tracing::info!("trainer stopped at step {step}");
+    Ok(())
+}
