@@ -17,7 +17,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "var/demo")]
     workdir: PathBuf,
     /// Training steps.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 900)]
     steps: u64,
     /// Square input size of the model (the published model uses 299).
     #[arg(long, default_value_t = 75)]

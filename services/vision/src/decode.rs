@@ -20,6 +20,8 @@ pub enum VisionError {
     },
     #[error("cannot decode {format:?} image: {message}")]
     Decode { format: ImageFormat, message: String },
+    #[error("truncated JPEG: no end-of-image marker after the last scan")]
+    TruncatedJpeg,
     #[error("cannot encode JPEG: {0}")]
     Encode(String),
 }
@@ -39,6 +41,10 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage, VisionE
         return Err(VisionError::Empty);
     }
     let format = image::guess_format(bytes).map_err(|_| VisionError::UnknownFormat)?;
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        // The JPEG decoder fills a cut-off scan with grey instead of failing.
+        return Err(VisionError::TruncatedJpeg);
+    }
     let decode_err = |e: image::ImageError| VisionError::Decode {
         format,
         message: e.to_string(),
@@ -67,6 +73,17 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage, VisionE
         format,
         was_rgb8,
     })
+}
+
+/// True when an end-of-image marker (FFD9) follows the last start-of-scan
+/// (FFDA). Inside entropy-coded data a 0xFF byte is always followed by 0x00
+/// or a restart marker, so FFD9 there means the real end.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_scan = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    match last_scan {
+        Some(at) => bytes[at..].windows(2).any(|w| w == [0xFF, 0xD9]),
+        None => false,
+    }
 }
 
 /// The bytes a record stores: the original bytes when they already are an
@@ -132,7 +149,8 @@ mod tests {
         let rgb = image::DynamicImage::ImageRgb8(RgbImage::new(100, 100));
         let jpeg = encode(rgb, ImageFormat::Jpeg);
         assert!(matches!(decode_rgb(&jpeg, 9_999), Err(VisionError::TooLarge { pixels: 10_000, .. })));
-        let truncated = &jpeg[..jpeg.len() / 3];
-        assert!(decode_rgb(truncated, 1_000_000).is_err());
+        let truncated = &jpeg[..jpeg.len() - 40];
+        assert!(matches!(decode_rgb(truncated, 1_000_000), Err(VisionError::TruncatedJpeg)));
+        assert!(decode_rgb(&jpeg, 1_000_000).is_ok());
     }
 }

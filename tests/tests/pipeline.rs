@@ -1,0 +1,197 @@
+//! The whole pipeline as separate processes: a real nats-server, a local
+//! object store, the four built service binaries, generated images.
+
+use futures::StreamExt;
+use inception_core::example::parse_image_example;
+use inception_core::local_nats::LocalNats;
+use inception_core::tfrecord;
+use inception_integration_tests::{free_port, http_get, wait_for_file, Proc};
+use inception_proto::pipeline::{CheckpointReady, EvalResult, ShardReady};
+use inception_proto::Message;
+use std::path::Path;
+use std::time::Duration;
+
+const STEPS: u64 = 300;
+
+fn write_bad_inputs(train: &Path) {
+    let roses = train.join("roses");
+    std::fs::write(roses.join("notes.jpg"), b"this is text, not a JPEG").unwrap();
+    std::fs::write(roses.join("empty.jpg"), b"").unwrap();
+    let good = std::fs::read(roses.join("roses_0000.jpg")).unwrap();
+    std::fs::write(roses.join("truncated.jpg"), &good[..good.len() / 4]).unwrap();
+}
+
+fn env(nats: &LocalNats, store: &Path) -> Vec<(String, String)> {
+    [
+        ("NATS__URL", nats.url()),
+        ("STORE__URL", format!("file://{}", store.display())),
+        ("DATASET__NAME", "shapes".to_string()),
+        ("MODEL__IMAGE_SIZE", "75".to_string()),
+        ("MODEL__DEPTH_MULTIPLIER", "0.25".to_string()),
+        ("MODEL__MIN_DEPTH", "8".to_string()),
+        ("PREPROCESS__BATCH_SIZE", "32".to_string()),
+        ("PREPROCESS__QUEUE_CAPACITY", "4".to_string()),
+        ("TRAIN__MAX_STEPS", STEPS.to_string()),
+        ("TRAIN__CHECKPOINT_EVERY_STEPS", (STEPS / 2).to_string()),
+        ("TRAIN__INITIAL_LEARNING_RATE", "0.05".to_string()),
+        ("EVAL__NUM_EXAMPLES", "0".to_string()),
+        ("EVAL__EVAL_INTERVAL_SECS", "5".to_string()),
+        ("INGEST__METRICS_ADDR", "127.0.0.1:0".to_string()),
+        ("PREPROCESS__METRICS_ADDR", "127.0.0.1:0".to_string()),
+        ("TRAIN__METRICS_ADDR", "127.0.0.1:0".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("INCEPTION__{k}"), v))
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_services_train_and_evaluate_over_nats() {
+    let dir = tempfile::tempdir().unwrap();
+    let (images, store, logs) = (dir.path().join("images"), dir.path().join("store"), dir.path().join("logs"));
+    std::fs::create_dir_all(&logs).unwrap();
+    inception_ingest::demo::generate(&images, 60, 20, 7).unwrap();
+    write_bad_inputs(&images.join("train"));
+    let nats = LocalNats::start(&dir.path().join("nats")).unwrap();
+    let env = env(&nats, &store);
+
+    // Watch every announcement as a bystander would.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut announcements = client.subscribe("inception.>").await.unwrap();
+
+    // Ingest: the three bad files are skipped and named; the rest is written.
+    let mut ingest = Proc::spawn(
+        "inception-ingest",
+        &[
+            "--train-directory",
+            images.join("train").to_str().unwrap(),
+            "--validation-directory",
+            images.join("validation").to_str().unwrap(),
+        ],
+        &env,
+        &logs,
+    );
+    assert!(ingest.wait(Duration::from_secs(120)).success(), "{:?}", ingest.output());
+    let (out, err) = ingest.output();
+    assert!(out.contains("train: 303 images found, 300 written to 2 shards, 3 skipped"), "{out}");
+    for bad in ["notes.jpg", "empty.jpg", "truncated.jpg"] {
+        assert!(err.contains(bad), "warning names {bad}: {err}");
+    }
+
+    // The shards are real TFRecords of tf.Example with labels 1..=5.
+    let mut records = 0;
+    for shard in ["train-00000-of-00002", "train-00001-of-00002"] {
+        let bytes = std::fs::read(store.join("datasets/shapes").join(shard)).unwrap();
+        for r in tfrecord::records(&bytes) {
+            let ex = parse_image_example(r.unwrap()).unwrap();
+            assert!((1..=5).contains(&ex.label));
+            let expected = inception_ingest::demo::DEMO_LABELS[(ex.label - 1) as usize];
+            assert_eq!(ex.text, expected);
+            records += 1;
+        }
+    }
+    assert_eq!(records, 300);
+    assert!(store.join("datasets/shapes/validation-00001-of-00002").is_file());
+
+    // Preprocess, trainer and evaluator run together.
+    let eval_port = free_port();
+    let mut eval_env = env.clone();
+    eval_env.push(("INCEPTION__EVAL__METRICS_ADDR".into(), format!("127.0.0.1:{eval_port}")));
+    let mut evaluator = Proc::spawn("inception-evaluator", &[], &eval_env, &logs);
+    let mut worker = Proc::spawn("inception-preprocess", &["--worker-id", "w1"], &env, &logs);
+    let mut trainer = Proc::spawn("inception-trainer", &[], &env, &logs);
+    let status = trainer.wait(Duration::from_secs(900));
+    assert!(status.success(), "trainer: {:?}", trainer.output());
+    let (train_out, _) = trainer.output();
+    assert!(train_out.contains(&format!("step {STEPS}, loss = ")), "{train_out}");
+    assert!(train_out.contains("examples/sec;"), "{train_out}");
+
+    // Checkpoints: weights, metadata and the pointer.
+    let ckpt = store.join("checkpoints/default");
+    for step in [STEPS / 2, STEPS] {
+        assert!(ckpt.join(format!("model.ckpt-{step}.safetensors")).is_file());
+        assert!(ckpt.join(format!("model.ckpt-{step}.json")).is_file());
+    }
+    let pointer: serde_json::Value = serde_json::from_slice(&std::fs::read(ckpt.join("checkpoint")).unwrap()).unwrap();
+    assert_eq!(pointer["step"], STEPS);
+
+    // The evaluator evaluates the final checkpoint from its announcement.
+    let result = store.join(format!("eval/default/step-{STEPS}.json"));
+    wait_for_file(&result, Duration::from_secs(300), || format!("{:?}", evaluator.output()));
+    let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(&result).unwrap()).unwrap();
+    let p1 = eval["precision_at_1"].as_f64().unwrap();
+    assert_eq!(eval["examples"], 100);
+    assert!(p1 > 0.4, "precision@1 {p1} should be well above chance (0.2)");
+    let (eval_out, _) = evaluator.output();
+    assert!(eval_out.contains(&format!("precision @ 1 = {p1:.4} recall @ 5 = ")), "{eval_out}");
+
+    // Metrics and health of a running service.
+    let (status, body) = http_get(eval_port, "/metrics").unwrap();
+    assert!(status.contains("200"), "{status}");
+    assert!(body.contains("inception_eval_precision_at_1"), "{body}");
+    assert!(body.contains("inception_build_info"), "{body}");
+    assert!(http_get(eval_port, "/healthz").unwrap().0.contains("200"));
+    assert!(http_get(eval_port, "/readyz").unwrap().0.contains("200"));
+
+    // SIGTERM stops the long-running services cleanly.
+    assert!(worker.terminate(Duration::from_secs(30)).success(), "{:?}", worker.output());
+    assert!(evaluator.terminate(Duration::from_secs(30)).success(), "{:?}", evaluator.output());
+
+    // Every stage announced its work.
+    let (mut shards, mut checkpoints, mut evals) = (Vec::new(), Vec::new(), Vec::new());
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), announcements.next()).await {
+        let subject = m.subject.as_str();
+        if subject.starts_with("inception.shards.") {
+            shards.push(ShardReady::decode(m.payload.as_ref()).unwrap());
+        } else if subject.starts_with("inception.checkpoints.") {
+            checkpoints.push(CheckpointReady::decode(m.payload.as_ref()).unwrap());
+        } else if subject.starts_with("inception.evals.") {
+            evals.push(EvalResult::decode(m.payload.as_ref()).unwrap());
+        }
+    }
+    assert_eq!(shards.len(), 4, "{shards:?}");
+    assert_eq!(shards.iter().map(|s| s.records).sum::<u64>(), 400);
+    assert!(shards.iter().all(|s| s.labels.len() == 5));
+    let steps: Vec<u64> = checkpoints.iter().map(|c| c.step).collect();
+    assert_eq!(steps, vec![STEPS / 2, STEPS]);
+    assert!(evals.iter().any(|e| e.step == STEPS && (e.precision_at_1 - p1).abs() < 1e-12), "{evals:?}");
+
+    // Consumed batches were deleted (at most the unconsumed queue remains).
+    let left = std::fs::read_dir(store.join("batches/shapes")).map(|d| d.count()).unwrap_or(0);
+    assert!(left <= 5, "{left} batch objects left behind");
+}
+
+#[test]
+fn unreachable_nats_is_reported_and_retried_without_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    inception_ingest::demo::generate(&images, 1, 0, 1).unwrap();
+    let port = free_port();
+    let env: Vec<(String, String)> = vec![
+        ("INCEPTION__NATS__URL".into(), format!("nats://127.0.0.1:{port}")),
+        ("INCEPTION__NATS__CONNECT_RETRY_SECS".into(), "0.1".into()),
+        ("INCEPTION__NATS__CONNECT_RETRY_MAX_SECS".into(), "0.2".into()),
+        ("INCEPTION__STORE__URL".into(), format!("file://{}", dir.path().join("store").display())),
+        ("INCEPTION__INGEST__METRICS_ADDR".into(), "127.0.0.1:0".into()),
+    ];
+    let mut ingest = Proc::spawn(
+        "inception-ingest",
+        &["--train-directory", images.join("train").to_str().unwrap()],
+        &env,
+        dir.path(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, err) = ingest.output();
+        if err.matches(&format!("cannot reach NATS at nats://127.0.0.1:{port}")).count() >= 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no retries reported: {err}");
+        assert!(ingest.is_running(), "ingest gave up: {err}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ingest.terminate(Duration::from_secs(10));
+    let (_, err) = ingest.output();
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!dir.path().join("store/datasets").exists(), "nothing is written before NATS is reachable");
+}
