@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command (`make test`, and CI's .ci/run): set-up, then every test
+# of the workspace: unit tests of each crate and the cross-service tests in
+# tests/, which start their own nats-server on a free loopback port.
+# Ends with one summary line over all test binaries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+. scripts/env.sh
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --locked --workspace "$@" 2>&1 | tee "$log" || status=$?
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "\ntests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+exit "$status"
