@@ -125,6 +125,17 @@ async fn four_services_train_and_evaluate_over_nats() {
     let (eval_out, _) = evaluator.output();
     assert!(eval_out.contains(&format!("precision @ 1 = {p1:.4} recall @ 5 = ")), "{eval_out}");
 
+    // --run-once evaluates the latest checkpoint and exits.
+    let once_logs = logs.join("once");
+    std::fs::create_dir_all(&once_logs).unwrap();
+    let mut once_env = env.clone();
+    once_env.push(("INCEPTION__EVAL__METRICS_ADDR".into(), "127.0.0.1:0".into()));
+    let mut once = Proc::spawn("inception-evaluator", &["--run-once"], &once_env, &once_logs);
+    assert!(once.wait(Duration::from_secs(120)).success(), "{:?}", once.output());
+    let (once_out, _) = once.output();
+    assert!(once_out.contains(&format!("Successfully loaded model from checkpoints/default/model.ckpt-{STEPS}.json at step={STEPS}.")), "{once_out}");
+    assert!(once_out.contains(&format!("precision @ 1 = {p1:.4} recall @ 5 = ")), "same weights, same answer: {once_out}");
+
     // Metrics and health of a running service.
     let (status, body) = http_get(eval_port, "/metrics").unwrap();
     assert!(status.contains("200"), "{status}");
@@ -155,6 +166,7 @@ async fn four_services_train_and_evaluate_over_nats() {
     let steps: Vec<u64> = checkpoints.iter().map(|c| c.step).collect();
     assert_eq!(steps, vec![STEPS / 2, STEPS]);
     assert!(evals.iter().any(|e| e.step == STEPS && (e.precision_at_1 - p1).abs() < 1e-12), "{evals:?}");
+    assert!(evals.iter().all(|e| e.examples == 100), "{evals:?}");
 
     // Consumed batches were deleted (at most the unconsumed queue remains).
     let left = std::fs::read_dir(store.join("batches/shapes")).map(|d| d.count()).unwrap_or(0);

@@ -115,11 +115,23 @@ async fn answer(
     handle: &PrometheusHandle,
     readiness: &Readiness,
 ) -> std::io::Result<()> {
-    let mut buf = [0u8; 2048];
-    let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))
+    // Read until the end of the request head: a client may send it in pieces.
+    let mut buf = Vec::with_capacity(1024);
+    let read_head = async {
+        let mut chunk = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), read_head)
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-    let request = String::from_utf8_lossy(&buf[..n]);
+    let request = String::from_utf8_lossy(&buf);
     let path = request.split_whitespace().nth(1).unwrap_or("/");
     let (status, content_type, body) = match path {
         "/metrics" => ("200 OK", "text/plain; version=0.0.4", handle.render()),
@@ -135,4 +147,39 @@ async fn answer(
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body.as_bytes()).await?;
     stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn get_in_pieces(addr: SocketAddr, pieces: &[&str]) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        for p in pieces {
+            s.write_all(p.as_bytes()).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        }
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn health_readiness_and_metrics_endpoints() {
+        let ready = Readiness::default();
+        let stop = CancellationToken::new();
+        let addr = serve("test", "127.0.0.1:0", ready.clone(), stop.clone()).await.unwrap();
+        let health = get_in_pieces(addr, &["GET /hea", "lthz HTTP/1.1\r\n", "\r\n"]).await;
+        assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+        let not_ready = get_in_pieces(addr, &["GET /readyz HTTP/1.1\r\n\r\n"]).await;
+        assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");
+        ready.set(true);
+        let ready_now = get_in_pieces(addr, &["GET /readyz HTTP/1.1\r\n\r\n"]).await;
+        assert!(ready_now.starts_with("HTTP/1.1 200"), "{ready_now}");
+        metrics::histogram!("inception_test_step_seconds").record(0.3);
+        let m = get_in_pieces(addr, &["GET /metrics HTTP/1.1\r\n\r\n"]).await;
+        assert!(m.contains("inception_build_info{service=\"test\""), "{m}");
+        assert!(m.contains("inception_test_step_seconds_bucket{le=\"0.5\"} 1"), "real buckets: {m}");
+        stop.cancel();
+    }
 }

@@ -18,7 +18,7 @@ use inception_core::nats::{NatsError, Streams};
 use inception_core::shutdown::CancellationToken;
 use inception_core::store::StoreError;
 use inception_core::{keys, tfrecord, Settings, Store};
-use inception_model::checkpoint::{self, CheckpointMeta, CheckpointPointer};
+use inception_model::checkpoint::{self, CheckpointPointer};
 use inception_model::{images_to_input, InceptionV3, Mode};
 use inception_proto::pipeline::{CheckpointReady, EvalResult};
 use inception_proto::Message;
@@ -112,9 +112,10 @@ impl Evaluator {
     /// Evaluates the checkpoint whose metadata is at `metadata_key`.
     pub async fn evaluate(&mut self, metadata_key: &str) -> Result<Evaluation, EvalError> {
         let fail = |message: String| EvalError::Checkpoint { key: metadata_key.to_string(), message };
-        let meta: CheckpointMeta = serde_json::from_slice(&self.store.get(metadata_key).await?).map_err(|e| fail(e.to_string()))?;
-        let weights = self.store.get(&meta.weights).await?;
-        let tensors = checkpoint::tensors_from_bytes(&weights).map_err(|e| fail(e.to_string()))?;
+        let (meta, tensors) = checkpoint::read(&self.store, metadata_key).await.map_err(|e| match e {
+            checkpoint::CheckpointError::Store(s) => EvalError::Store(s),
+            other => fail(other.to_string()),
+        })?;
         meta.model.validate().map_err(&fail)?;
         let vs = VarStore::new(self.device);
         let model = InceptionV3::new(&vs.root(), &meta.model);
@@ -209,12 +210,10 @@ impl Evaluator {
     }
 
     async fn latest(&self) -> Result<Option<CheckpointPointer>, EvalError> {
-        let key = keys::checkpoint_pointer(&self.settings.train.run);
-        match self.store.get(&key).await {
-            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| EvalError::Checkpoint { key, message: e.to_string() }),
-            Err(StoreError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        checkpoint::read_pointer(&self.store, &self.settings.train.run).await.map_err(|e| match e {
+            checkpoint::CheckpointError::Store(s) => EvalError::Store(s),
+            other => EvalError::Checkpoint { key: keys::checkpoint_pointer(&self.settings.train.run), message: other.to_string() },
+        })
     }
 
     /// `--run-once`: evaluates the latest checkpoint and returns.

@@ -10,6 +10,8 @@ use tch::nn::VarStore;
 use tch::Tensor;
 
 use crate::config::ModelConfig;
+use inception_core::store::StoreError;
+use inception_core::{keys, Store};
 
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -45,6 +47,10 @@ pub enum CheckpointError {
     Tensors(String),
     #[error("checkpoint metadata: {0}")]
     Metadata(String),
+    #[error("checkpoint {key}: {message}")]
+    Corrupt { key: String, message: String },
+    #[error(transparent)]
+    Store(#[from] inception_core::store::StoreError),
     #[error("checkpoint does not fit the model: missing {missing:?}; wrong shape {mismatched:?}")]
     Mismatch { missing: Vec<String>, mismatched: Vec<String> },
 }
@@ -94,6 +100,27 @@ pub fn load_into(vs: &VarStore, tensors: &HashMap<String, Tensor>) -> Result<Vec
     let mut unexpected: Vec<String> = tensors.keys().filter(|k| !vars.contains_key(*k)).cloned().collect();
     unexpected.sort();
     Ok(unexpected)
+}
+
+/// Reads a run's `checkpoint` pointer; `None` when the run has none yet.
+pub async fn read_pointer(store: &Store, run: &str) -> Result<Option<CheckpointPointer>, CheckpointError> {
+    let key = keys::checkpoint_pointer(run);
+    match store.get(&key).await {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| CheckpointError::Corrupt { key, message: e.to_string() }),
+        Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads a checkpoint's metadata and its tensors.
+pub async fn read(store: &Store, metadata_key: &str) -> Result<(CheckpointMeta, HashMap<String, Tensor>), CheckpointError> {
+    let corrupt = |key: &str, message: String| CheckpointError::Corrupt { key: key.to_string(), message };
+    let meta: CheckpointMeta =
+        serde_json::from_slice(&store.get(metadata_key).await?).map_err(|e| corrupt(metadata_key, e.to_string()))?;
+    let tensors = tensors_from_bytes(&store.get(&meta.weights).await?).map_err(|e| corrupt(&meta.weights, e.to_string()))?;
+    Ok((meta, tensors))
 }
 
 /// The step of `model.ckpt-<step>.json` style keys.

@@ -16,7 +16,7 @@ use inception_core::nats::{NatsError, Streams};
 use inception_core::shutdown::{sleep_or_cancel, CancellationToken};
 use inception_core::store::StoreError;
 use inception_core::{keys, Settings, Store};
-use inception_model::checkpoint::CheckpointMeta;
+use inception_model::checkpoint::{self, CheckpointMeta};
 use inception_model::inception::debiased_momentum;
 use inception_model::{images_to_input, loss, InceptionV3, Mode, ModelConfig};
 use inception_proto::pipeline::{BatchReady, ShardReady};
@@ -279,16 +279,16 @@ async fn receive_batch(store: &Store, dataset: &str, payload: &[u8], image_size:
 }
 
 async fn resume(store: &Store, run: &str, cfg: &ModelConfig, state: &mut TrainState) -> Result<(), TrainError> {
-    let Some(pointer) = saver::read_pointer(store, run).await? else { return Ok(()) };
+    let Some(pointer) = checkpoint::read_pointer(store, run).await.map_err(saver::SaverError::from)? else { return Ok(()) };
     let fail = |message: String| TrainError::Resume { key: pointer.metadata.clone(), message };
-    let (meta, tensors) = saver::load(store, &pointer.metadata).await?;
+    let (meta, tensors) = checkpoint::read(store, &pointer.metadata).await.map_err(|e| fail(e.to_string()))?;
     if &meta.model != cfg {
         return Err(fail(format!(
             "it was trained with {:?}, but the settings now ask for {:?}; use another train.run",
             meta.model, cfg
         )));
     }
-    inception_model::checkpoint::load_into(&state.vs, &tensors).map_err(|e| fail(e.to_string()))?;
+    checkpoint::load_into(&state.vs, &tensors).map_err(|e| fail(e.to_string()))?;
     let slots = state.optimizer.load_state(&tensors);
     state.step = meta.step;
     state.bn_updates = meta.bn_updates;
@@ -307,7 +307,7 @@ async fn checkpoint(
 ) -> Result<(), TrainError> {
     let run = &settings.train.run;
     let meta = CheckpointMeta {
-        format_version: inception_model::checkpoint::FORMAT_VERSION,
+        format_version: checkpoint::FORMAT_VERSION,
         run: run.clone(),
         step: state.step,
         labels: state.labels.clone(),

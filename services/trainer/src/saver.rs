@@ -13,7 +13,6 @@ use inception_core::{keys, Store};
 use inception_model::checkpoint::{self, CheckpointError, CheckpointMeta, CheckpointPointer};
 use inception_proto::pipeline::CheckpointReady;
 use inception_proto::Message;
-use std::collections::HashMap;
 use tch::Tensor;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,27 +25,6 @@ pub enum SaverError {
     Nats(#[from] NatsError),
     #[error("checkpoint {key}: {message}")]
     Corrupt { key: String, message: String },
-}
-
-/// Reads the run's pointer; `None` when the run has no checkpoint yet.
-pub async fn read_pointer(store: &Store, run: &str) -> Result<Option<CheckpointPointer>, SaverError> {
-    let key = keys::checkpoint_pointer(run);
-    match store.get(&key).await {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| SaverError::Corrupt { key, message: e.to_string() }),
-        Err(StoreError::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Loads a checkpoint's metadata and tensors.
-pub async fn load(store: &Store, metadata_key: &str) -> Result<(CheckpointMeta, HashMap<String, Tensor>), SaverError> {
-    let meta: CheckpointMeta = serde_json::from_slice(&store.get(metadata_key).await?)
-        .map_err(|e| SaverError::Corrupt { key: metadata_key.to_string(), message: e.to_string() })?;
-    let tensors = checkpoint::tensors_from_bytes(&store.get(&meta.weights).await?)
-        .map_err(|e| SaverError::Corrupt { key: meta.weights.clone(), message: e.to_string() })?;
-    Ok((meta, tensors))
 }
 
 /// Saves, prunes to `keep`, and announces. `tensors` are the model's and the optimizer's.
@@ -65,7 +43,7 @@ pub async fn save(
     let json = serde_json::to_vec_pretty(meta).map_err(|e| SaverError::Corrupt { key: metadata_key.clone(), message: e.to_string() })?;
     store.put(&metadata_key, Bytes::from(json)).await?;
 
-    let mut all = read_pointer(store, run).await?.map(|p| p.all).unwrap_or_default();
+    let mut all = checkpoint::read_pointer(store, run).await?.map(|p| p.all).unwrap_or_default();
     all.retain(|k| k != &metadata_key);
     all.push(metadata_key.clone());
     let dropped: Vec<String> = if all.len() > keep.max(1) { all.drain(..all.len() - keep.max(1)).collect() } else { Vec::new() };
