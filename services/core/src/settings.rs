@@ -107,6 +107,7 @@ pub struct TrainSettings {
     pub checkpoint_every_steps: u64,
     pub keep_checkpoints: usize,
     pub device: String,
+    pub num_gpus: u32,
     pub seed: i64,
     pub metrics_addr: String,
 }
@@ -195,6 +196,12 @@ impl Settings {
             return fail(format!(
                 "ingest.train_shards ({}) and ingest.validation_shards ({}) must be multiples of ingest.num_threads ({})",
                 self.ingest.train_shards, self.ingest.validation_shards, self.ingest.num_threads
+            ));
+        }
+        if self.train.num_gpus == 0 || self.preprocess.batch_size % self.train.num_gpus != 0 {
+            return fail(format!(
+                "preprocess.batch_size ({}) must be a multiple of train.num_gpus ({})",
+                self.preprocess.batch_size, self.train.num_gpus
             ));
         }
         if self.eval.batch_size == 0 {

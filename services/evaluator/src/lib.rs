@@ -119,7 +119,8 @@ impl Evaluator {
         meta.model.validate().map_err(&fail)?;
         let vs = VarStore::new(self.device);
         let model = InceptionV3::new(&vs.root(), &meta.model);
-        checkpoint::load_into(&vs, &tensors).map_err(|e| fail(e.to_string()))?;
+        let averaged = checkpoint::load_for_inference(&vs, &tensors).map_err(|e| fail(e.to_string()))?;
+        tracing::info!("evaluating {} weights", if averaged { "moving-average" } else { "raw" });
         println!("{}: Successfully loaded model from {metadata_key} at step={}.", now(), meta.step);
 
         let size = meta.model.image_size as u32;

@@ -123,6 +123,23 @@ pub async fn read(store: &Store, metadata_key: &str) -> Result<(CheckpointMeta, 
     Ok((meta, tensors))
 }
 
+/// Loads a checkpoint for inference: the moving averages of the weights
+/// (`ema/<name>`) where the checkpoint has them, as the original's evaluator
+/// restores `…/ExponentialMovingAverage`, else the raw variables. Returns
+/// whether averages were used.
+pub fn load_for_inference(vs: &VarStore, tensors: &HashMap<String, Tensor>) -> Result<bool, CheckpointError> {
+    let names: Vec<String> = vs.variables().into_keys().collect();
+    let use_ema = names.iter().all(|n| tensors.contains_key(&format!("ema/{n}")));
+    if !use_ema {
+        load_into(vs, tensors)?;
+        return Ok(false);
+    }
+    let averaged: HashMap<String, Tensor> =
+        names.into_iter().map(|n| (n.clone(), tensors[&format!("ema/{n}")].shallow_clone())).collect();
+    load_into(vs, &averaged)?;
+    Ok(true)
+}
+
 /// The step of `model.ckpt-<step>.json` style keys.
 pub fn step_of(key: &str) -> Option<u64> {
     let stem = key.rsplit('/').next()?.strip_prefix("model.ckpt-")?;

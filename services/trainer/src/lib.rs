@@ -6,8 +6,10 @@
 //! optimizer step, acknowledge, delete the object. Checkpoints are written
 //! every `train.checkpoint_every_steps` and at the end, and announced.
 
+pub mod ema;
 pub mod optimizer;
 pub mod saver;
+pub mod towers;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy};
 use futures::StreamExt;
@@ -24,7 +26,9 @@ use inception_proto::Message;
 use std::time::{Duration, Instant};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
+use ema::MovingAverages;
 use optimizer::RmsProp;
+use towers::Replica;
 
 /// `BATCHNORM_MOVING_AVERAGE_DECAY` of the original.
 pub const BN_DECAY: f64 = 0.9997;
@@ -52,6 +56,9 @@ pub struct TrainState {
     pub vs: VarStore,
     pub model: InceptionV3,
     pub optimizer: RmsProp,
+    pub averages: MovingAverages,
+    /// Towers 1..N (tower 0 is `model`); empty with one tower.
+    pub replicas: Vec<Replica>,
     pub labels: Vec<String>,
     pub step: u64,
     pub bn_updates: u64,
@@ -59,43 +66,74 @@ pub struct TrainState {
 }
 
 impl TrainState {
-    pub fn new(cfg: &ModelConfig, labels: Vec<String>, settings: &Settings, device: Device) -> Self {
+    /// Tower 0 (the master) on `devices[0]`, one replica per further device.
+    pub fn new(cfg: &ModelConfig, labels: Vec<String>, settings: &Settings, devices: &[Device]) -> Self {
         tch::manual_seed(settings.train.seed);
-        let vs = VarStore::new(device);
+        let vs = VarStore::new(devices.first().copied().unwrap_or(Device::Cpu));
         let model = InceptionV3::new(&vs.root(), cfg);
         let mut trainable: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         trainable.sort_by(|a, b| a.0.cmp(&b.0));
         let t = &settings.train;
         let optimizer = RmsProp::new(trainable, t.rmsprop_decay, t.rmsprop_momentum, t.rmsprop_epsilon);
-        Self { vs, model, optimizer, labels, step: 0, bn_updates: 0, examples_seen: 0 }
+        let averages = MovingAverages::new(vs.variables().into_iter().collect());
+        let replicas = devices.iter().skip(1).map(|d| Replica::new(&vs, cfg, *d)).collect();
+        Self { vs, model, optimizer, averages, replicas, labels, step: 0, bn_updates: 0, examples_seen: 0 }
     }
 
-    /// One optimizer update on `images` (`[N, S, S, 3]` u8) and `labels`.
-    /// Returns the loss before the update.
+    /// One optimizer update on `images` (`[N, S, S, 3]` u8) and `labels`,
+    /// split over the towers. Returns the loss (mean over towers) before it.
     pub fn train_step(&mut self, images: &Tensor, labels: &Tensor, lr: f64) -> Result<f64, TrainError> {
-        let device = self.vs.device();
-        let x = images_to_input(&images.to_device(device));
-        let y = labels.to_device(device);
+        let towers = 1 + self.replicas.len();
         let momentum = debiased_momentum(BN_DECAY, self.bn_updates + 1);
-        let (logits, aux) = self.model.forward(&x, Mode::Train { bn_momentum: momentum });
-        let regularized = InceptionV3::regularized_weights(&self.vs);
-        let total = loss::total_loss(&logits, aux.as_ref(), &y, &regularized);
-        let value = total.double_value(&[]);
-        if !value.is_finite() {
-            return Err(TrainError::Diverged { step: self.step, loss: value });
-        }
         self.optimizer.zero_grad();
-        total.backward();
+        for r in &mut self.replicas {
+            r.zero_grad();
+            r.pull();
+        }
+        let image_parts = images.chunk(towers as i64, 0);
+        let label_parts = labels.chunk(towers as i64, 0);
+        let mut losses = 0.0;
+        for i in 0..towers {
+            // Only the last tower moves the batch-norm statistics.
+            let bn_momentum = if i + 1 == towers { momentum } else { 0.0 };
+            let (vs, model) = match i {
+                0 => (&self.vs, &self.model),
+                _ => (&self.replicas[i - 1].vs, &self.replicas[i - 1].model),
+            };
+            let device = vs.device();
+            let x = images_to_input(&image_parts[i].to_device(device));
+            let y = label_parts[i].to_device(device);
+            let (logits, aux) = model.forward(&x, Mode::Train { bn_momentum });
+            let total = loss::total_loss(&logits, aux.as_ref(), &y, &InceptionV3::regularized_weights(vs));
+            let value = total.double_value(&[]);
+            if !value.is_finite() {
+                return Err(TrainError::Diverged { step: self.step, loss: value });
+            }
+            total.backward();
+            losses += value;
+        }
+        if towers > 1 {
+            for r in &mut self.replicas {
+                r.add_gradients_to_master();
+            }
+            self.optimizer.scale_gradients(1.0 / towers as f64);
+            if let Some(last) = self.replicas.last_mut() {
+                last.push_statistics();
+            }
+        }
         self.optimizer.step(lr);
         self.step += 1;
         self.bn_updates += 1;
+        self.averages.update(self.step);
         self.examples_seen += images.size()[0] as u64;
-        Ok(value)
+        Ok(losses / towers as f64)
     }
 
-    /// Named tensors for a checkpoint: model variables and optimizer slots.
+    /// Named tensors for a checkpoint: model variables, their moving
+    /// averages (`ema/…`) and the optimizer slots (`optimizer/…`).
     pub fn checkpoint_tensors(&self) -> Vec<(String, Tensor)> {
         let mut named: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        named.extend(self.averages.state());
         named.extend(self.optimizer.state());
         named.sort_by(|a, b| a.0.cmp(&b.0));
         named
@@ -166,16 +204,18 @@ fn now() -> String {
 pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown: &CancellationToken) -> Result<u64, TrainError> {
     let t = &settings.train;
     let dataset = &settings.dataset.name;
-    let device = inception_model::device_from_setting(&t.device).map_err(TrainError::Config)?;
+    let first = inception_model::device_from_setting(&t.device).map_err(TrainError::Config)?;
+    let devices = towers::tower_devices(first, t.num_gpus as usize).map_err(TrainError::Config)?;
     let Some(labels) = wait_for_labels(store, dataset, shutdown).await? else { return Ok(0) };
     let cfg = model_config(settings, labels.len());
     cfg.validate().map_err(TrainError::Config)?;
-    let mut state = TrainState::new(&cfg, labels.clone(), settings, device);
+    let mut state = TrainState::new(&cfg, labels.clone(), settings, &devices);
     resume(store, &t.run, &cfg, &mut state).await?;
     tracing::info!(
         "training {} classes (+ background) at {}px, depth multiplier {}, on {:?}, from step {}",
-        labels.len(), cfg.image_size, cfg.depth_multiplier, device, state.step
+        labels.len(), cfg.image_size, cfg.depth_multiplier, devices, state.step
     );
+    streams.checkpoints().await?; // the stream this service announces on
     let stream = streams.batches(settings.preprocess.queue_capacity).await?;
     let consumer = stream
         .get_or_create_consumer(
@@ -290,10 +330,11 @@ async fn resume(store: &Store, run: &str, cfg: &ModelConfig, state: &mut TrainSt
     }
     checkpoint::load_into(&state.vs, &tensors).map_err(|e| fail(e.to_string()))?;
     let slots = state.optimizer.load_state(&tensors);
+    let averages = state.averages.load_state(&tensors);
     state.step = meta.step;
     state.bn_updates = meta.bn_updates;
     state.examples_seen = meta.examples_seen;
-    tracing::info!("resumed from {} at step {} ({slots} optimizer slots)", pointer.metadata, meta.step);
+    tracing::info!("resumed from {} at step {} ({slots} optimizer slots, {averages} moving averages)", pointer.metadata, meta.step);
     Ok(())
 }
 

@@ -43,6 +43,18 @@ impl RmsProp {
         }
     }
 
+    /// Multiplies every gradient by `factor` (averaging over towers).
+    pub fn scale_gradients(&mut self, factor: f64) {
+        tch::no_grad(|| {
+            for (_, v, _, _) in &mut self.slots {
+                let mut g = v.grad();
+                if g.defined() {
+                    let _ = g.g_mul_scalar_(factor);
+                }
+            }
+        });
+    }
+
     /// Applies one update with learning rate `lr` from the current gradients.
     pub fn step(&mut self, lr: f64) {
         let (decay, momentum, eps) = (self.decay, self.momentum, self.epsilon);

@@ -1,0 +1,101 @@
+//! Moving averages of the weights, as `inception_train.py` keeps them:
+//! `ExponentialMovingAverage(0.9999, num_updates=global_step)` over every
+//! trainable variable and the batch-norm moving statistics (the original's
+//! "double average"). The decay warms up as `min(0.9999, (1 + n) / (10 + n))`,
+//! so early averages are not stuck near the initial weights. Evaluation and
+//! `classify` use these averages.
+
+use std::collections::HashMap;
+use tch::Tensor;
+
+/// `MOVING_AVERAGE_DECAY` of the original.
+pub const MOVING_AVERAGE_DECAY: f64 = 0.9999;
+
+/// Prefix of the averages' names in a checkpoint.
+pub const PREFIX: &str = "ema/";
+
+pub struct MovingAverages {
+    /// (name, variable, shadow), sorted by name.
+    shadows: Vec<(String, Tensor, Tensor)>,
+}
+
+/// The decay used at update `num_updates`.
+pub fn decay(num_updates: u64) -> f64 {
+    MOVING_AVERAGE_DECAY.min((1.0 + num_updates as f64) / (10.0 + num_updates as f64))
+}
+
+impl MovingAverages {
+    /// Shadows start as copies of the variables.
+    pub fn new(mut vars: Vec<(String, Tensor)>) -> Self {
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let shadows = vars
+            .into_iter()
+            .map(|(n, v)| {
+                let s = tch::no_grad(|| v.detach().copy());
+                (n, v, s)
+            })
+            .collect();
+        Self { shadows }
+    }
+
+    /// `shadow = decay * shadow + (1 - decay) * variable` for every variable.
+    pub fn update(&mut self, num_updates: u64) {
+        let weight = 1.0 - decay(num_updates);
+        tch::no_grad(|| {
+            for (_, v, s) in &mut self.shadows {
+                if s.is_floating_point() {
+                    let _ = s.lerp_(v, weight);
+                }
+            }
+        });
+    }
+
+    /// `ema/<name>` tensors for a checkpoint.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        self.shadows.iter().map(|(n, _, s)| (format!("{PREFIX}{n}"), s.shallow_clone())).collect()
+    }
+
+    /// Restores shadows saved by [`MovingAverages::state`]; a shadow missing
+    /// from the checkpoint restarts from its variable. Returns how many were found.
+    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>) -> usize {
+        let mut found = 0;
+        tch::no_grad(|| {
+            for (n, v, s) in &mut self.shadows {
+                match tensors.get(&format!("{PREFIX}{n}")) {
+                    Some(t) if t.size() == s.size() => {
+                        s.copy_(t);
+                        found += 1;
+                    }
+                    _ => s.copy_(v),
+                }
+            }
+        });
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warm_up_then_fixed_decay() {
+        assert!((decay(0) - 0.1).abs() < 1e-12);
+        assert!((decay(90) - 0.91).abs() < 1e-12);
+        assert_eq!(decay(10_000_000), MOVING_AVERAGE_DECAY);
+    }
+
+    #[test]
+    fn shadows_follow_the_variables() {
+        let v = Tensor::from_slice(&[0.0f32, 10.0]);
+        let mut ema = MovingAverages::new(vec![("w".into(), v.shallow_clone())]);
+        tch::no_grad(|| {
+            let mut v2 = v.shallow_clone();
+            v2.copy_(&Tensor::from_slice(&[1.0f32, 20.0]));
+        });
+        ema.update(0); // decay 0.1: shadow = 0.1 * old + 0.9 * new
+        let s: Vec<f32> = Vec::try_from(&ema.state()[0].1).unwrap();
+        assert!((s[0] - 0.9).abs() < 1e-6 && (s[1] - 19.0).abs() < 1e-5, "{s:?}");
+        assert_eq!(ema.state()[0].0, "ema/w");
+    }
+}

@@ -1,0 +1,81 @@
+//! Towers on one device: the update applied is the average of what each
+//! tower computes on its share of the batch (batch norm aside: each tower
+//! normalises with its own batch statistics, as in the original, so one tower
+//! on the whole batch differs by exactly that).
+
+use inception_core::Settings;
+use inception_model::ModelConfig;
+use inception_trainer::TrainState;
+use tch::{Device, Kind, Tensor};
+
+fn cfg() -> ModelConfig {
+    ModelConfig { num_classes: 6, image_size: 75, depth_multiplier: 0.1, min_depth: 8, dropout: 0.0, aux_logits: true }
+}
+
+/// Weight initialisation draws from libtorch's global generator: tests that
+/// compare same-seed models must not build models concurrently.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn state(towers: usize) -> TrainState {
+    let settings = Settings::defaults().unwrap();
+    let labels = (1..=5).map(|i| format!("class{i}")).collect();
+    TrainState::new(&cfg(), labels, &settings, &vec![Device::Cpu; towers])
+}
+
+/// Gradients left on the trainable variables by the last step, by name.
+fn gradients(s: &TrainState) -> Vec<(String, Tensor)> {
+    let mut g: Vec<(String, Tensor)> =
+        s.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).map(|(n, t)| (n, t.grad().copy())).collect();
+    g.sort_by(|a, b| a.0.cmp(&b.0));
+    g
+}
+
+fn max_difference(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|((na, ta), (nb, tb))| {
+        assert_eq!(na, nb);
+        (ta - tb).abs().max().double_value(&[])
+    }).fold(0.0, f64::max)
+}
+
+#[test]
+fn two_towers_apply_the_average_of_their_gradients_once() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(5);
+    let images = Tensor::randint(256, [8, 75, 75, 3], (Kind::Uint8, Device::Cpu));
+    let labels = Tensor::from_slice(&[1i64, 2, 3, 4, 5, 1, 2, 3]);
+    let (first, second) = (images.narrow(0, 0, 4), images.narrow(0, 4, 4));
+
+    // What each tower computes alone (learning rate 0 leaves the weights).
+    let mut alone_a = state(1);
+    alone_a.train_step(&first, &labels.narrow(0, 0, 4), 0.0).unwrap();
+    let mut alone_b = state(1);
+    alone_b.train_step(&second, &labels.narrow(0, 4, 4), 0.0).unwrap();
+    let (ga, gb) = (gradients(&alone_a), gradients(&alone_b));
+    let average: Vec<(String, Tensor)> = ga.iter().zip(&gb).map(|((n, a), (_, b))| (n.clone(), (a + b) / 2.0)).collect();
+    assert!(max_difference(&ga, &gb) > 1e-4, "the halves' gradients differ, so averaging is observable");
+
+    let mut two = state(2);
+    let before: Vec<(String, Tensor)> = gradients(&alone_a).into_iter().map(|(n, _)| (n.clone(), two.vs.variables()[&n].copy())).collect();
+    two.train_step(&images, &labels, 0.1).unwrap();
+    let diff = max_difference(&gradients(&two), &average);
+    assert!(diff < 1e-6, "applied gradient differs from the towers' average by {diff}");
+    assert_eq!(two.step, 1, "one update for the whole batch");
+    let after: Vec<(String, Tensor)> = before.iter().map(|(n, _)| (n.clone(), two.vs.variables()[n].copy())).collect();
+    assert!(max_difference(&before, &after) > 1e-4, "the update was applied");
+}
+
+#[test]
+fn batch_norm_statistics_come_from_the_last_tower() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let first = Tensor::zeros([2, 75, 75, 3], (Kind::Uint8, Device::Cpu));
+    let last = Tensor::full([2, 75, 75, 3], 255, (Kind::Uint8, Device::Cpu));
+    let labels = Tensor::from_slice(&[1i64, 2, 3, 4]);
+    let mut two = state(2);
+    two.train_step(&Tensor::cat(&[&first, &last], 0), &labels, 0.0).unwrap();
+    let mut only_last = state(1);
+    only_last.train_step(&last, &labels.narrow(0, 2, 2), 0.0).unwrap();
+    let name = "Conv2d_1a_3x3.bn.running_mean";
+    let (a, b) = (&two.vs.variables()[name], &only_last.vs.variables()[name]);
+    assert!((a - b).abs().max().double_value(&[]) < 1e-5, "running mean of the last tower's half");
+}

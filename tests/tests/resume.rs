@@ -1,0 +1,83 @@
+//! A trainer killed with SIGKILL resumes from its latest complete checkpoint.
+
+use inception_core::local_nats::LocalNats;
+use inception_integration_tests::{wait_for_file, Proc};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn pointer_step(store: &Path) -> Option<u64> {
+    let bytes = std::fs::read(store.join("checkpoints/default/checkpoint")).ok()?;
+    serde_json::from_slice::<serde_json::Value>(&bytes).ok()?["step"].as_u64()
+}
+
+/// Every `step N,` the trainer logged, in order.
+fn logged_steps(out: &str) -> Vec<u64> {
+    out.lines()
+        .filter_map(|l| l.split(": step ").nth(1)?.split(',').next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn killed_trainer_resumes_from_the_latest_complete_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (images, store, logs) = (dir.path().join("images"), dir.path().join("store"), dir.path().join("logs"));
+    std::fs::create_dir_all(logs.join("second")).unwrap();
+    inception_ingest::demo::generate(&images, 12, 2, 3).unwrap();
+    let nats = LocalNats::start(&dir.path().join("nats")).unwrap();
+    let env: Vec<(String, String)> = [
+        ("NATS__URL", nats.url()),
+        ("STORE__URL", format!("file://{}", store.display())),
+        ("MODEL__IMAGE_SIZE", "75".into()),
+        ("MODEL__DEPTH_MULTIPLIER", "0.1".into()),
+        ("MODEL__MIN_DEPTH", "8".into()),
+        ("PREPROCESS__BATCH_SIZE", "8".into()),
+        ("TRAIN__MAX_STEPS", "60".into()),
+        ("TRAIN__CHECKPOINT_EVERY_STEPS", "10".into()),
+        ("TRAIN__KEEP_CHECKPOINTS", "2".into()),
+        ("TRAIN__LOG_EVERY_STEPS", "1".into()),
+        ("INGEST__METRICS_ADDR", "127.0.0.1:0".into()),
+        ("PREPROCESS__METRICS_ADDR", "127.0.0.1:0".into()),
+        ("TRAIN__METRICS_ADDR", "127.0.0.1:0".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("INCEPTION__{k}"), v))
+    .collect();
+    let train_dir = images.join("train");
+    let mut ingest = Proc::spawn("inception-ingest", &["--train-directory", train_dir.to_str().unwrap()], &env, &logs);
+    assert!(ingest.wait(Duration::from_secs(60)).success(), "{:?}", ingest.output());
+    let _worker = Proc::spawn("inception-preprocess", &[], &env, &logs);
+
+    let mut first = Proc::spawn("inception-trainer", &[], &env, &logs);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while pointer_step(&store).unwrap_or(0) < 20 {
+        assert!(Instant::now() < deadline && first.is_running(), "no checkpoint at step 20: {:?}", first.output());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    first.child.kill().unwrap(); // SIGKILL: no chance to save
+    first.child.wait().unwrap();
+    let saved = pointer_step(&store).unwrap();
+    let (first_out, _) = first.output();
+    let reached = *logged_steps(&first_out).last().unwrap();
+    assert!(reached >= saved && saved >= 20 && saved % 10 == 0, "saved {saved}, reached {reached}");
+
+    let mut second = Proc::spawn("inception-trainer", &[], &env, &logs.join("second"));
+    assert!(second.wait(Duration::from_secs(300)).success(), "{:?}", second.output());
+    let (out, err) = second.output();
+    assert!(err.contains(&format!("resumed from checkpoints/default/model.ckpt-{saved}.json at step {saved}")), "{err}");
+    let steps = logged_steps(&out);
+    assert_eq!(steps.first(), Some(&(saved + 1)), "continues right after the checkpoint: {steps:?}");
+    assert!(steps.windows(2).all(|w| w[1] == w[0] + 1), "never goes backwards: {steps:?}");
+    assert_eq!(steps.last(), Some(&60));
+    assert_eq!(pointer_step(&store), Some(60));
+
+    // Only the last two checkpoints are kept, each complete.
+    let pointer: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.join("checkpoints/default/checkpoint")).unwrap()).unwrap();
+    let kept: Vec<&str> = pointer["all"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(kept, vec!["checkpoints/default/model.ckpt-50.json", "checkpoints/default/model.ckpt-60.json"]);
+    for k in &kept {
+        wait_for_file(&store.join(k), Duration::from_secs(1), String::new);
+        wait_for_file(&store.join(k.replace(".json", ".safetensors")), Duration::from_secs(1), String::new);
+    }
+    assert!(!store.join("checkpoints/default/model.ckpt-10.safetensors").exists());
+}
