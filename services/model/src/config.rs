@@ -16,6 +16,11 @@ pub struct ModelConfig {
     pub dropout: f64,
     /// Build the auxiliary classifier on Mixed_6e.
     pub aux_logits: bool,
+    /// Average pools count padded pixels, as torchvision does; TF (and the
+    /// default here) averages over real pixels only. Set it to fine-tune
+    /// torchvision/timm weights under the arithmetic they were trained with.
+    #[serde(default)]
+    pub avg_pool_count_include_pad: bool,
 }
 
 /// Below this the stride-2 stages leave no pixels for Mixed_7a.
@@ -69,7 +74,7 @@ mod tests {
     use super::*;
 
     fn at(size: i64) -> ModelConfig {
-        ModelConfig { num_classes: 6, image_size: size, depth_multiplier: 1.0, min_depth: 16, dropout: 0.2, aux_logits: true }
+        ModelConfig { num_classes: 6, image_size: size, depth_multiplier: 1.0, min_depth: 16, dropout: 0.2, aux_logits: true, avg_pool_count_include_pad: false }
     }
 
     #[test]

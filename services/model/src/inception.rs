@@ -3,7 +3,7 @@
 //! name. Every block is a table of branches; each branch a list of ops.
 //!
 //! Differences from torchvision, on purpose: dropout 0.2 (the original's keep
-//! 0.8), average pools exclude padding (TF SAME), weights initialised from a
+//! 0.8), average pools exclude padding (TF SAME; configurable), weights initialised from a
 //! truncated normal with std 0.1 (logits 0.01, aux logits 0.001), batch-norm
 //! statistics kept with a zero-debiased moving average (see [`Mode`]).
 
@@ -101,8 +101,8 @@ enum Op {
     Conv(BasicConv),
     /// 3x3 max pool, stride 2, no padding.
     MaxPool,
-    /// 3x3 average pool, stride 1, SAME padding that is not counted.
-    AvgPool,
+    /// 3x3 average pool, stride 1, SAME padding (counted or not).
+    AvgPool { count_include_pad: bool },
     /// Two convs on the same input, concatenated (Mixed_7b/7c's 1x3 and 3x1).
     Split(BasicConv, BasicConv),
 }
@@ -112,7 +112,7 @@ impl Op {
         match self {
             Op::Conv(c) => c.forward(x, mode),
             Op::MaxPool => x.max_pool2d([3, 3], [2, 2], [0, 0], [1, 1], false),
-            Op::AvgPool => x.avg_pool2d([3, 3], [1, 1], [1, 1], false, false, None::<i64>),
+            Op::AvgPool { count_include_pad } => x.avg_pool2d([3, 3], [1, 1], [1, 1], false, *count_include_pad, None::<i64>),
             Op::Split(a, b) => Tensor::cat(&[a.forward(x, mode), b.forward(x, mode)], 1),
         }
     }
@@ -149,6 +149,10 @@ impl Builder<'_> {
         (BasicConv::new(p / name, cin, out, k, stride, pad, CONV_STD), out)
     }
 
+    fn avg_pool(&self) -> Op {
+        Op::AvgPool { count_include_pad: self.cfg.avg_pool_count_include_pad }
+    }
+
     fn inception_a(&self, p: &Path, cin: i64, pool_features: i64) -> (Block, i64) {
         let (b1, c1) = self.conv(p, "branch1x1", cin, 64, [1, 1], 1, [0, 0]);
         let (b5a, c) = self.conv(p, "branch5x5_1", cin, 48, [1, 1], 1, [0, 0]);
@@ -161,7 +165,7 @@ impl Builder<'_> {
             vec![Op::Conv(b1)],
             vec![Op::Conv(b5a), Op::Conv(b5b)],
             vec![Op::Conv(d1), Op::Conv(d2), Op::Conv(d3)],
-            vec![Op::AvgPool, Op::Conv(bp)],
+            vec![self.avg_pool(), Op::Conv(bp)],
         ];
         (Block { branches }, c1 + c5 + cd + cp)
     }
@@ -190,7 +194,7 @@ impl Builder<'_> {
             vec![Op::Conv(b1)],
             vec![Op::Conv(s1), Op::Conv(s2), Op::Conv(s3)],
             vec![Op::Conv(d1), Op::Conv(d2), Op::Conv(d3), Op::Conv(d4), Op::Conv(d5)],
-            vec![Op::AvgPool, Op::Conv(bp)],
+            vec![self.avg_pool(), Op::Conv(bp)],
         ];
         (Block { branches }, c1 + cs + cd + cp)
     }
@@ -224,7 +228,7 @@ impl Builder<'_> {
             vec![Op::Conv(b1)],
             vec![Op::Conv(t1), Op::Split(t2a, t2b)],
             vec![Op::Conv(d1), Op::Conv(d2), Op::Split(d3a, d3b)],
-            vec![Op::AvgPool, Op::Conv(bp)],
+            vec![self.avg_pool(), Op::Conv(bp)],
         ];
         (Block { branches }, c1 + ca + cb + da + db + cp)
     }
@@ -349,7 +353,7 @@ mod tests {
     use tch::{nn::VarStore, Device};
 
     fn tiny() -> ModelConfig {
-        ModelConfig { num_classes: 6, image_size: 75, depth_multiplier: 0.1, min_depth: 8, dropout: 0.2, aux_logits: true }
+        ModelConfig { num_classes: 6, image_size: 75, depth_multiplier: 0.1, min_depth: 8, dropout: 0.2, aux_logits: true, avg_pool_count_include_pad: false }
     }
 
     #[test]
@@ -383,7 +387,7 @@ mod tests {
         // torchvision's inception_v3 (with AuxLogits, 1000 classes) has
         // 27,161,264 parameters; ours has the same tensors.
         let vs = VarStore::new(Device::Cpu);
-        let cfg = ModelConfig { num_classes: 1000, image_size: 299, depth_multiplier: 1.0, min_depth: 16, dropout: 0.2, aux_logits: true };
+        let cfg = ModelConfig { num_classes: 1000, image_size: 299, depth_multiplier: 1.0, min_depth: 16, dropout: 0.2, aux_logits: true, avg_pool_count_include_pad: false };
         let _ = InceptionV3::new(&vs.root(), &cfg);
         let params: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
         assert_eq!(params, 27_161_264);

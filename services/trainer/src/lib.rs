@@ -45,6 +45,8 @@ pub enum TrainError {
     Config(String),
     #[error("Model diverged with loss = {loss} at step {step}")]
     Diverged { step: u64, loss: f64 },
+    #[error("pretrained checkpoint {from}: {message}")]
+    Pretrained { from: String, message: String },
     #[error("cannot resume from {key}: {message}")]
     Resume { key: String, message: String },
     #[error("batch queue: {0}")]
@@ -149,6 +151,7 @@ pub fn model_config(settings: &Settings, labels: usize) -> ModelConfig {
         min_depth: i64::from(settings.model.min_depth),
         dropout: settings.model.dropout,
         aux_logits: true,
+        avg_pool_count_include_pad: settings.model.avg_pool_count_include_pad,
     }
 }
 
@@ -210,7 +213,9 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
     let cfg = model_config(settings, labels.len());
     cfg.validate().map_err(TrainError::Config)?;
     let mut state = TrainState::new(&cfg, labels.clone(), settings, &devices);
-    resume(store, &t.run, &cfg, &mut state).await?;
+    if !resume(store, &t.run, &cfg, &mut state).await? && !t.pretrained_checkpoint.is_empty() {
+        start_from_pretrained(store, &t.pretrained_checkpoint, t.fine_tune, &mut state).await?;
+    }
     tracing::info!(
         "training {} classes (+ background) at {}px, depth multiplier {}, on {:?}, from step {}",
         labels.len(), cfg.image_size, cfg.depth_multiplier, devices, state.step
@@ -318,8 +323,42 @@ async fn receive_batch(store: &Store, dataset: &str, payload: &[u8], image_size:
     Ok((ready.uri, batch))
 }
 
-async fn resume(store: &Store, run: &str, cfg: &ModelConfig, state: &mut TrainState) -> Result<(), TrainError> {
-    let Some(pointer) = checkpoint::read_pointer(store, run).await.map_err(saver::SaverError::from)? else { return Ok(()) };
+/// Loads `source` (a local weights file, or a store key) into a fresh model.
+/// As in the original, only weights are taken: the global step, optimizer
+/// slots and moving averages start anew (the averages from the loaded weights).
+async fn start_from_pretrained(store: &Store, source: &str, fine_tune: bool, state: &mut TrainState) -> Result<(), TrainError> {
+    let fail = |message: String| TrainError::Pretrained { from: source.to_string(), message };
+    let path = std::path::Path::new(source);
+    let tensors = if path.is_file() {
+        checkpoint::read_weights_file(path).map_err(|e| fail(e.to_string()))?
+    } else {
+        let bytes = store.get(source).await.map_err(|e| fail(format!("not a local file, and {e}")))?;
+        checkpoint::tensors_from_bytes(&bytes).map_err(|e| fail(e.to_string()))?
+    };
+    let report = checkpoint::load_pretrained(&state.vs, &tensors, fine_tune).map_err(|e| fail(e.to_string()))?;
+    state.averages = MovingAverages::new(state.vs.variables().into_iter().collect());
+    tracing::info!("loaded {} variables from {source}", report.loaded);
+    if !report.reinitialised.is_empty() {
+        tracing::info!("freshly initialised: {}", report.reinitialised.join(", "));
+    }
+    if !report.unexpected.is_empty() {
+        tracing::warn!("{} tensors of {source} are not in the model and were ignored: {}", report.unexpected.len(), summarize(&report.unexpected));
+    }
+    Ok(())
+}
+
+/// The first few names and a count of the rest.
+fn summarize(names: &[String]) -> String {
+    let shown: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
+    match names.len() {
+        n if n > 5 => format!("{} and {} more", shown.join(", "), n - 5),
+        _ => shown.join(", "),
+    }
+}
+
+/// Restores the run's latest checkpoint; false when there is none.
+async fn resume(store: &Store, run: &str, cfg: &ModelConfig, state: &mut TrainState) -> Result<bool, TrainError> {
+    let Some(pointer) = checkpoint::read_pointer(store, run).await.map_err(saver::SaverError::from)? else { return Ok(false) };
     let fail = |message: String| TrainError::Resume { key: pointer.metadata.clone(), message };
     let (meta, tensors) = checkpoint::read(store, &pointer.metadata).await.map_err(|e| fail(e.to_string()))?;
     if &meta.model != cfg {
@@ -335,7 +374,7 @@ async fn resume(store: &Store, run: &str, cfg: &ModelConfig, state: &mut TrainSt
     state.bn_updates = meta.bn_updates;
     state.examples_seen = meta.examples_seen;
     tracing::info!("resumed from {} at step {} ({slots} optimizer slots, {averages} moving averages)", pointer.metadata, meta.step);
-    Ok(())
+    Ok(true)
 }
 
 async fn checkpoint(

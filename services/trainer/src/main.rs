@@ -21,6 +21,16 @@ struct Args {
     /// auto, cpu or cuda:N (train.device).
     #[arg(long)]
     device: Option<String>,
+    /// Towers: split each batch over this many devices (train.num_gpus).
+    #[arg(long)]
+    num_gpus: Option<u32>,
+    /// Start a new run from these weights: torchvision/timm .safetensors or
+    /// .pth, or one of our checkpoints (train.pretrained_checkpoint).
+    #[arg(long)]
+    pretrained_checkpoint: Option<String>,
+    /// Re-initialise the logits layers to train other classes (train.fine_tune).
+    #[arg(long)]
+    fine_tune: bool,
 }
 
 #[tokio::main]
@@ -31,6 +41,11 @@ async fn main() -> anyhow::Result<()> {
     flag(&mut o, "train.max_steps", &args.max_steps);
     flag(&mut o, "train.run", &args.run);
     flag(&mut o, "train.device", &args.device);
+    flag(&mut o, "train.num_gpus", &args.num_gpus);
+    flag(&mut o, "train.pretrained_checkpoint", &args.pretrained_checkpoint);
+    if args.fine_tune {
+        o.push(("train.fine_tune".into(), "true".into()));
+    }
     let settings = args.common.settings(o)?;
     let service = start_service("trainer", &settings.train.metrics_addr).await?;
     let store = Store::open(&settings.store)?;
