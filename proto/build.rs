@@ -1,6 +1,6 @@
 //! Compiles the .proto files with protox (pure Rust), so no system protoc is needed.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["tensorflow/example.proto", "inception/pipeline.proto"];
+    let files = ["tensorflow/example.proto", "tensorflow/event.proto", "inception/pipeline.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -7,11 +7,16 @@ use inception_core::local_nats::LocalNats;
 use inception_core::tfrecord;
 use inception_integration_tests::{free_port, http_get, wait_for_file, Proc};
 use inception_proto::pipeline::{CheckpointReady, EvalResult, ShardReady};
+use inception_proto::tensorflow::{event, Event};
 use inception_proto::Message;
 use std::path::Path;
 use std::time::Duration;
 
 const STEPS: u64 = 300;
+
+fn dir_path(store: &Path) -> std::path::PathBuf {
+    store.with_file_name("tensorboard")
+}
 
 fn write_bad_inputs(train: &Path) {
     let roses = train.join("roses");
@@ -22,7 +27,10 @@ fn write_bad_inputs(train: &Path) {
 }
 
 fn env(nats: &LocalNats, store: &Path) -> Vec<(String, String)> {
+    let tensorboard = store.with_file_name("tensorboard");
     [
+        ("TRAIN__TENSORBOARD_DIR", tensorboard.join("train").display().to_string()),
+        ("EVAL__TENSORBOARD_DIR", tensorboard.join("eval").display().to_string()),
         ("NATS__URL", nats.url()),
         ("STORE__URL", format!("file://{}", store.display())),
         ("DATASET__NAME", "shapes".to_string()),
@@ -167,6 +175,23 @@ async fn four_services_train_and_evaluate_over_nats() {
     assert_eq!(steps, vec![STEPS / 2, STEPS]);
     assert!(evals.iter().any(|e| e.step == STEPS && (e.precision_at_1 - p1).abs() < 1e-12), "{evals:?}");
     assert!(evals.iter().all(|e| e.examples == 100), "{evals:?}");
+
+    // TensorBoard event files with the original's tags.
+    for (dir, tag) in [("train", "loss"), ("eval", "Precision @ 1")] {
+        let folder = dir_path(&store).join(dir);
+        let files: Vec<_> = std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        let bytes = std::fs::read(&files[0]).unwrap();
+        let tags: Vec<String> = tfrecord::records(&bytes)
+            .filter_map(|r| Event::decode(r.unwrap()).unwrap().what)
+            .filter_map(|w| match w {
+                event::What::Summary(s) => Some(s.value.into_iter().map(|v| v.tag)),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert!(tags.iter().any(|t| t == tag), "{dir}: {tags:?}");
+    }
 
     // Consumed batches were deleted (at most the unconsumed queue remains).
     let left = std::fs::read_dir(store.join("batches/shapes")).map(|d| d.count()).unwrap_or(0);

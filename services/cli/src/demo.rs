@@ -123,6 +123,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         ("TRAIN__INITIAL_LEARNING_RATE", args.learning_rate.to_string()),
         ("TRAIN__CHECKPOINT_EVERY_STEPS", (args.steps / 3).max(1).to_string()),
         ("TRAIN__LOG_EVERY_STEPS", "10".into()),
+        ("TRAIN__TENSORBOARD_DIR", workdir.join("tensorboard/train").display().to_string()),
+        ("EVAL__TENSORBOARD_DIR", workdir.join("tensorboard/eval").display().to_string()),
         ("EVAL__NUM_EXAMPLES", "0".into()),
         ("EVAL__EVAL_INTERVAL_SECS", "10".into()),
         ("INGEST__METRICS_ADDR", "127.0.0.1:0".into()),

@@ -5,7 +5,7 @@
 //! * [`store`]: the shared object store.
 //! * [`telemetry`]: logs, Prometheus metrics, `/healthz` and `/readyz`.
 //! * [`shutdown`]: SIGTERM handling.
-//! * [`tfrecord`], [`example`], [`batch`]: the on-store formats.
+//! * [`tfrecord`], [`example`], [`batch`]: the on-store formats; [`tfevents`]: TensorBoard files.
 //! * [`local_nats`]: a nats-server child process for local runs and tests.
 
 pub mod batch;
@@ -17,6 +17,7 @@ pub mod settings;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod tfevents;
 pub mod tfrecord;
 
 pub use settings::Settings;

@@ -111,6 +111,7 @@ pub struct TrainSettings {
     pub num_gpus: u32,
     pub pretrained_checkpoint: String,
     pub fine_tune: bool,
+    pub tensorboard_dir: String,
     pub seed: i64,
     pub metrics_addr: String,
 }
@@ -123,6 +124,7 @@ pub struct EvalSettings {
     pub batch_size: u32,
     pub run_once: bool,
     pub device: String,
+    pub tensorboard_dir: String,
     pub metrics_addr: String,
 }
 

@@ -16,6 +16,7 @@ use futures::StreamExt;
 use inception_core::example::parse_image_example;
 use inception_core::nats::{NatsError, Streams};
 use inception_core::shutdown::CancellationToken;
+use inception_core::tfevents::OptionalEvents;
 use inception_core::store::StoreError;
 use inception_core::{keys, tfrecord, Settings, Store};
 use inception_model::checkpoint::{self, CheckpointPointer};
@@ -74,6 +75,7 @@ pub struct Evaluator {
     device: Device,
     cache: Option<ValidationSet>,
     failed: HashSet<String>,
+    events: OptionalEvents,
 }
 
 fn now() -> String {
@@ -83,7 +85,8 @@ fn now() -> String {
 impl Evaluator {
     pub fn new(settings: Settings, store: Store) -> Result<Self, EvalError> {
         let device = inception_model::device_from_setting(&settings.eval.device).map_err(EvalError::Config)?;
-        Ok(Self { settings, store, device, cache: None, failed: HashSet::new() })
+        let events = OptionalEvents::open(&settings.eval.tensorboard_dir);
+        Ok(Self { settings, store, device, cache: None, failed: HashSet::new(), events })
     }
 
     async fn validation(&mut self, image_size: u32) -> Result<&ValidationSet, EvalError> {
@@ -195,6 +198,8 @@ impl Evaluator {
         metrics::gauge!("inception_eval_checkpoint_step").set(evaluation.step as f64);
         metrics::gauge!("inception_eval_last_evaluation_timestamp_seconds").set(evaluation.evaluated_at_unix as f64);
         metrics::counter!("inception_eval_evaluations_total").increment(1);
+        // The original's TensorBoard tags.
+        self.events.scalars(evaluation.step, &[("Precision @ 1", evaluation.precision_at_1), ("Recall @ 5", evaluation.recall_at_5)]);
         let message = EvalResult {
             run: run.clone(),
             step: evaluation.step,

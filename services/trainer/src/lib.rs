@@ -239,6 +239,7 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
     let decay_steps = optimizer::decay_steps(epoch, u64::from(settings.preprocess.batch_size), t.num_epochs_per_decay);
     tracing::info!("{epoch} examples per epoch: learning rate decays every {decay_steps} steps");
 
+    let mut events = inception_core::tfevents::OptionalEvents::open(&t.tensorboard_dir);
     let mut last_saved = state.step;
     let mut wait_started = Instant::now();
     while state.step < t.max_steps && !shutdown.is_cancelled() {
@@ -288,6 +289,7 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
         metrics::gauge!("inception_trainer_learning_rate").set(lr);
         metrics::counter!("inception_trainer_examples_total").increment(n as u64);
         if state.step % t.log_every_steps == 0 || state.step == 1 {
+            events.scalars(state.step, &[("loss", loss), ("learning_rate", lr), ("examples_per_sec", n as f64 / elapsed)]);
             println!(
                 "{}: step {}, loss = {:.2} ({:.1} examples/sec; {:.3} sec/batch)",
                 now(), state.step, loss, n as f64 / elapsed, elapsed

@@ -1,0 +1,76 @@
+//! `inception-bench-train`: train-step throughput of our trainer on random
+//! data (no NATS, no store): the whole step as the trainer runs it (u8 input
+//! scaling, forward with the auxiliary head, loss, backward, TF RMSProp,
+//! moving averages). `scripts/bench-train.sh` runs it beside PyTorch.
+
+use clap::Parser;
+use inception_core::Settings;
+use inception_model::ModelConfig;
+use inception_trainer::TrainState;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, Parser)]
+#[command(name = "inception-bench-train")]
+struct Args {
+    #[arg(long, default_value_t = 299)]
+    image_size: i64,
+    #[arg(long, default_value_t = 32)]
+    batch_size: i64,
+    #[arg(long, default_value_t = 1.0)]
+    depth_multiplier: f64,
+    /// Labels (the model has one more output: background).
+    #[arg(long, default_value_t = 1000)]
+    labels: usize,
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Intra-op threads (0 = libtorch's default).
+    #[arg(long, default_value_t = 0)]
+    threads: i32,
+    /// auto, cpu or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.threads > 0 {
+        tch::set_num_threads(args.threads);
+    }
+    let device = inception_model::device_from_setting(&args.device).map_err(anyhow::Error::msg)?;
+    let settings = Settings::defaults()?;
+    let cfg = ModelConfig {
+        num_classes: args.labels as i64 + 1,
+        image_size: args.image_size,
+        depth_multiplier: args.depth_multiplier,
+        min_depth: 16,
+        dropout: 0.2,
+        aux_logits: true,
+        avg_pool_count_include_pad: false,
+    };
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    let labels = (1..=args.labels).map(|i| format!("class{i}")).collect();
+    let mut state = TrainState::new(&cfg, labels, &settings, &[device]);
+    let images = Tensor::randint(256, [args.batch_size, args.image_size, args.image_size, 3], (Kind::Uint8, Device::Cpu));
+    let targets = Tensor::randint_low(1, args.labels as i64 + 1, [args.batch_size], (Kind::Int64, Device::Cpu));
+    for _ in 0..args.warmup {
+        state.train_step(&images, &targets, 0.01)?;
+    }
+    let started = Instant::now();
+    for _ in 0..args.steps {
+        state.train_step(&images, &targets, 0.01)?;
+    }
+    let secs = started.elapsed().as_secs_f64() / args.steps as f64;
+    println!(
+        "ours   size={} batch={} threads={} device={:?}: {:.2} img/s ({:.3} s/step)",
+        args.image_size,
+        args.batch_size,
+        tch::get_num_threads(),
+        device,
+        args.batch_size as f64 / secs,
+        secs
+    );
+    Ok(())
+}
