@@ -15,10 +15,11 @@ p.add_argument("--labels", type=int, default=1000)
 p.add_argument("--warmup", type=int, default=2)
 p.add_argument("--steps", type=int, default=5)
 p.add_argument("--threads", type=int, default=0)
+p.add_argument("--no-aux", action="store_true", help="without the auxiliary head (torchvision's needs 299 px)")
 a = p.parse_args()
 if a.threads > 0:
     torch.set_num_threads(a.threads)
-model = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False, num_classes=a.labels + 1)
+model = torchvision.models.inception_v3(weights=None, aux_logits=not a.no_aux, init_weights=False, num_classes=a.labels + 1)
 model.train()
 opt = torch.optim.RMSprop(model.parameters(), lr=0.01, alpha=0.9, eps=1.0, momentum=0.9, weight_decay=4e-5)
 images = torch.randint(0, 256, (a.batch_size, a.image_size, a.image_size, 3), dtype=torch.uint8)
@@ -28,8 +29,11 @@ ce = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
 
 def step():
     x = images.permute(0, 3, 1, 2).float() * (2 / 255) - 1
-    logits, aux = model(x)
-    loss = ce(logits, targets) + 0.4 * ce(aux, targets)
+    out = model(x)
+    if a.no_aux:
+        loss = ce(out, targets)
+    else:
+        loss = ce(out.logits, targets) + 0.4 * ce(out.aux_logits, targets)
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -41,5 +45,5 @@ start = time.perf_counter()
 for _ in range(a.steps):
     step()
 secs = (time.perf_counter() - start) / a.steps
-print(f"torch  size={a.image_size} batch={a.batch_size} threads={torch.get_num_threads()}: "
+print(f"torch  size={a.image_size} batch={a.batch_size} aux={not a.no_aux} threads={torch.get_num_threads()}: "
       f"{a.batch_size / secs:.2f} img/s ({secs:.3f} s/step)")

@@ -144,6 +144,34 @@ async fn four_services_train_and_evaluate_over_nats() {
     assert!(once_out.contains(&format!("Successfully loaded model from checkpoints/default/model.ckpt-{STEPS}.json at step={STEPS}.")), "{once_out}");
     assert!(once_out.contains(&format!("precision @ 1 = {p1:.4} recall @ 5 = ")), "same weights, same answer: {once_out}");
 
+    // classify: top-5 labels per image, a clear error for a bad file.
+    let mut args: Vec<String> = vec!["classify".into(), "--checkpoint".into(), "latest".into(), "--json".into()];
+    for label in inception_ingest::demo::DEMO_LABELS {
+        args.push(images.join(format!("validation/{label}/{label}_0000.jpg")).display().to_string());
+    }
+    let bad = images.join("train/roses/notes.jpg").display().to_string();
+    args.push(bad.clone());
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut classify = Proc::spawn("inception", &arg_refs, &once_env, &once_logs);
+    let status = classify.wait(Duration::from_secs(120));
+    assert_eq!(status.code(), Some(1), "a bad file makes the exit status 1: {:?}", classify.output());
+    let (json, _) = classify.output();
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(doc["checkpoint_step"], STEPS);
+    let results = doc["results"].as_array().unwrap();
+    assert_eq!(results.len(), 6);
+    let mut correct = 0;
+    for (r, label) in results.iter().zip(inception_ingest::demo::DEMO_LABELS) {
+        let p = r["predictions"].as_array().unwrap_or_else(|| panic!("{r}"));
+        assert_eq!(p.len(), 5);
+        let probs: Vec<f64> = p.iter().map(|x| x["probability"].as_f64().unwrap()).collect();
+        assert!(probs.windows(2).all(|w| w[0] >= w[1]) && probs.iter().sum::<f64>() <= 1.0 + 1e-6, "{probs:?}");
+        correct += usize::from(p[0]["label"] == label);
+    }
+    assert!(correct >= 1, "{results:?}");
+    assert_eq!(results[5]["file"], bad.as_str());
+    assert!(results[5]["error"].as_str().unwrap().contains("not a recognised image format"), "{}", results[5]);
+
     // Metrics and health of a running service.
     let (status, body) = http_get(eval_port, "/metrics").unwrap();
     assert!(status.contains("200"), "{status}");

@@ -4,7 +4,9 @@
 //!   nats-server child on a free loopback port, a local object store, and
 //!   generated (or given) images; it ends with the evaluator's precision line.
 //! * `inception generate-demo-data DIR` writes the demo's image folders.
+//! * `inception classify --checkpoint latest IMAGE…` prints top-k labels.
 
+mod classify;
 mod demo;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +23,8 @@ struct Cli {
 enum Command {
     /// Run the whole pipeline locally and print the final evaluation.
     Demo(demo::DemoArgs),
+    /// Print the top-k labels of images with a checkpoint's weights.
+    Classify(classify::ClassifyArgs),
     /// Write the demo's labelled image folders (train/ and validation/).
     GenerateDemoData {
         /// Output folder.
@@ -38,6 +42,7 @@ fn main() -> anyhow::Result<()> {
     inception_core::telemetry::init_logging();
     match Cli::parse().command {
         Command::Demo(args) => demo::run(args),
+        Command::Classify(args) => classify::run(args),
         Command::GenerateDemoData { dir, train_per_class, validation_per_class, seed } => {
             let n = inception_ingest::demo::generate(&dir, train_per_class, validation_per_class, seed)?;
             println!("wrote {n} images under {}", dir.display());

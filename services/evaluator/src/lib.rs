@@ -8,6 +8,7 @@
 //! `eval/<run>/step-<N>.json` marks it done, also across restarts. A
 //! checkpoint that cannot be loaded is reported and skipped, not retried.
 
+pub mod classify;
 pub mod topk;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};

@@ -329,15 +329,10 @@ impl InceptionV3 {
         (h.linear(&self.fc_weight, Some(&self.fc_bias)), aux)
     }
 
-    /// Weights that get L2 regularisation: every conv and fully connected weight.
-    pub fn regularized_weights(vs: &tch::nn::VarStore) -> Vec<Tensor> {
-        let mut named: Vec<(String, Tensor)> = vs
-            .variables()
-            .into_iter()
-            .filter(|(n, _)| n.ends_with("conv.weight") || n.ends_with("fc.weight"))
-            .collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        named.into_iter().map(|(_, t)| t).collect()
+    /// Whether a variable gets L2 regularisation: every conv and fully
+    /// connected weight (not biases or batch-norm parameters).
+    pub fn is_regularized(name: &str) -> bool {
+        name.ends_with("conv.weight") || name.ends_with("fc.weight")
     }
 }
 

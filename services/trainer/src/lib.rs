@@ -76,59 +76,92 @@ impl TrainState {
         let mut trainable: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         trainable.sort_by(|a, b| a.0.cmp(&b.0));
         let t = &settings.train;
-        let optimizer = RmsProp::new(trainable, t.rmsprop_decay, t.rmsprop_momentum, t.rmsprop_epsilon);
+        let optimizer = RmsProp::new(
+            trainable,
+            t.rmsprop_decay,
+            t.rmsprop_momentum,
+            t.rmsprop_epsilon,
+            loss::WEIGHT_DECAY,
+            InceptionV3::is_regularized,
+        );
         let averages = MovingAverages::new(vs.variables().into_iter().collect());
-        let replicas = devices.iter().skip(1).map(|d| Replica::new(&vs, cfg, *d)).collect();
+        let order = optimizer.names();
+        let replicas = devices.iter().skip(1).map(|d| Replica::new(&vs, cfg, *d, &order)).collect();
         Self { vs, model, optimizer, averages, replicas, labels, step: 0, bn_updates: 0, examples_seen: 0 }
     }
 
-    /// One optimizer update on `images` (`[N, S, S, 3]` u8) and `labels`,
-    /// split over the towers. Returns the loss (mean over towers) before it.
-    pub fn train_step(&mut self, images: &Tensor, labels: &Tensor, lr: f64) -> Result<f64, TrainError> {
+    /// Forward and backward on every tower's share of the batch. Returns the
+    /// gradients averaged over towers, on the master's device, in the
+    /// optimizer's order (fresh tensors: nothing accumulates into `.grad`,
+    /// which saves a zeroing and an addition pass per step), and the mean loss
+    /// without the L2 term. Moves the batch-norm statistics (last tower's).
+    pub fn compute_gradients(&mut self, images: &Tensor, labels: &Tensor) -> Result<(Vec<Tensor>, f64), TrainError> {
         let towers = 1 + self.replicas.len();
         let momentum = debiased_momentum(BN_DECAY, self.bn_updates + 1);
-        self.optimizer.zero_grad();
         for r in &mut self.replicas {
-            r.zero_grad();
             r.pull();
         }
         let image_parts = images.chunk(towers as i64, 0);
         let label_parts = labels.chunk(towers as i64, 0);
+        let master_vars = self.optimizer.variables();
+        let mut sum: Vec<Tensor> = Vec::new();
         let mut losses = 0.0;
         for i in 0..towers {
             // Only the last tower moves the batch-norm statistics.
             let bn_momentum = if i + 1 == towers { momentum } else { 0.0 };
-            let (vs, model) = match i {
-                0 => (&self.vs, &self.model),
-                _ => (&self.replicas[i - 1].vs, &self.replicas[i - 1].model),
+            let (vs, model, vars) = match i {
+                0 => (&self.vs, &self.model, &master_vars),
+                _ => (&self.replicas[i - 1].vs, &self.replicas[i - 1].model, &self.replicas[i - 1].trainable),
             };
             let device = vs.device();
             let x = images_to_input(&image_parts[i].to_device(device));
             let y = label_parts[i].to_device(device);
             let (logits, aux) = model.forward(&x, Mode::Train { bn_momentum });
-            let total = loss::total_loss(&logits, aux.as_ref(), &y, &InceptionV3::regularized_weights(vs));
+            // The L2 term's gradient is applied by the optimizer.
+            let total = loss::total_loss(&logits, aux.as_ref(), &y, &[]);
             let value = total.double_value(&[]);
             if !value.is_finite() {
                 return Err(TrainError::Diverged { step: self.step, loss: value });
             }
-            total.backward();
+            let grads = Tensor::run_backward(&[&total], vars, false, false);
+            if sum.is_empty() {
+                sum = grads;
+            } else {
+                tch::no_grad(|| {
+                    for (s, g) in sum.iter_mut().zip(&grads) {
+                        if s.defined() && g.defined() {
+                            let _ = s.g_add_(&g.to_device(s.device()));
+                        }
+                    }
+                });
+            }
             losses += value;
         }
         if towers > 1 {
-            for r in &mut self.replicas {
-                r.add_gradients_to_master();
-            }
-            self.optimizer.scale_gradients(1.0 / towers as f64);
+            tch::no_grad(|| {
+                for g in sum.iter_mut().filter(|g| g.defined()) {
+                    let _ = g.g_div_scalar_(towers as f64);
+                }
+            });
             if let Some(last) = self.replicas.last_mut() {
                 last.push_statistics();
             }
         }
-        self.optimizer.step(lr);
+        Ok((sum, losses / towers as f64))
+    }
+
+    /// One optimizer update on `images` (`[N, S, S, 3]` u8) and `labels`,
+    /// split over the towers. Returns the total loss before it (mean over
+    /// towers, plus the L2 term).
+    pub fn train_step(&mut self, images: &Tensor, labels: &Tensor, lr: f64) -> Result<f64, TrainError> {
+        let (gradients, loss) = self.compute_gradients(images, labels)?;
+        let regularization = loss::l2_value(&self.optimizer.regularized_variables());
+        self.optimizer.step(lr, &gradients);
         self.step += 1;
         self.bn_updates += 1;
         self.averages.update(self.step);
         self.examples_seen += images.size()[0] as u64;
-        Ok(losses / towers as f64)
+        Ok(loss + regularization)
     }
 
     /// Named tensors for a checkpoint: model variables, their moving
@@ -207,6 +240,7 @@ fn now() -> String {
 pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown: &CancellationToken) -> Result<u64, TrainError> {
     let t = &settings.train;
     let dataset = &settings.dataset.name;
+    tracing::info!("CUDA available: {} ({} devices)", tch::Cuda::is_available(), tch::Cuda::device_count());
     let first = inception_model::device_from_setting(&t.device).map_err(TrainError::Config)?;
     let devices = towers::tower_devices(first, t.num_gpus as usize).map_err(TrainError::Config)?;
     let Some(labels) = wait_for_labels(store, dataset, shutdown).await? else { return Ok(0) };
@@ -242,6 +276,7 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
     let mut events = inception_core::tfevents::OptionalEvents::open(&t.tensorboard_dir);
     let mut last_saved = state.step;
     let mut wait_started = Instant::now();
+    let (mut total_wait, mut total_step) = (0.0f64, 0.0f64);
     while state.step < t.max_steps && !shutdown.is_cancelled() {
         let mut fetched = match consumer.fetch().max_messages(1).expires(Duration::from_secs(1)).messages().await {
             Ok(f) => f,
@@ -283,6 +318,11 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
         }
         store.delete(&key).await.ok();
         let elapsed = started.elapsed().as_secs_f64();
+        if total_step > 0.0 {
+            // The wait for the very first batch is start-up, not starvation.
+            total_wait += waited.as_secs_f64();
+        }
+        total_step += elapsed;
         metrics::histogram!("inception_trainer_step_seconds").record(elapsed);
         metrics::gauge!("inception_trainer_global_step").set(state.step as f64);
         metrics::gauge!("inception_trainer_loss").set(loss);
@@ -300,6 +340,12 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
             last_saved = state.step;
         }
         wait_started = Instant::now();
+    }
+    if total_step > 0.0 {
+        tracing::info!(
+            "waited {total_wait:.1}s for data and computed {total_step:.1}s: data wait is {:.1}% of step time",
+            100.0 * total_wait / (total_wait + total_step)
+        );
     }
     if state.step > last_saved {
         // Also on SIGTERM: the work done so far is kept.

@@ -8,6 +8,9 @@
 //! mom = momentum * mom + lr * g / sqrt(ms + epsilon)
 //! w   = w - mom
 //! ```
+//!
+//! `g` includes the L2 term's gradient `weight_decay * w` for the variables
+//! the loss regularises (added here rather than through autograd).
 
 use std::collections::HashMap;
 use tch::Tensor;
@@ -16,13 +19,25 @@ pub struct RmsProp {
     pub decay: f64,
     pub momentum: f64,
     pub epsilon: f64,
+    pub weight_decay: f64,
     /// (name, variable, mean square, momentum) in a fixed order.
     slots: Vec<(String, Tensor, Tensor, Tensor)>,
+    /// Per slot: whether its variable gets weight decay.
+    decayed: Vec<bool>,
 }
 
 impl RmsProp {
-    /// Slots for every named trainable variable.
-    pub fn new(vars: Vec<(String, Tensor)>, decay: f64, momentum: f64, epsilon: f64) -> Self {
+    /// Slots for every named trainable variable; `weight_decay` applies to
+    /// those for which `regularized(name)` holds.
+    pub fn new(
+        vars: Vec<(String, Tensor)>,
+        decay: f64,
+        momentum: f64,
+        epsilon: f64,
+        weight_decay: f64,
+        regularized: impl Fn(&str) -> bool,
+    ) -> Self {
+        let decayed = vars.iter().map(|(n, _)| regularized(n)).collect();
         let slots = vars
             .into_iter()
             .map(|(n, v)| {
@@ -31,46 +46,49 @@ impl RmsProp {
                 (n, v, ms, mom)
             })
             .collect();
-        Self { decay, momentum, epsilon, slots }
+        Self { decay, momentum, epsilon, weight_decay, slots, decayed }
     }
 
-    pub fn zero_grad(&mut self) {
-        for (_, v, _, _) in &mut self.slots {
-            let mut g = v.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-        }
+    /// The variables, in slot order (the order [`RmsProp::step`] takes gradients in).
+    pub fn variables(&self) -> Vec<Tensor> {
+        self.slots.iter().map(|(_, v, _, _)| v.shallow_clone()).collect()
     }
 
-    /// Multiplies every gradient by `factor` (averaging over towers).
-    pub fn scale_gradients(&mut self, factor: f64) {
+    pub fn names(&self) -> Vec<String> {
+        self.slots.iter().map(|(n, _, _, _)| n.clone()).collect()
+    }
+
+    /// Applies one update with learning rate `lr` from `gradients` (slot
+    /// order; an undefined gradient leaves its variable alone). In-place
+    /// operations keep it to a few passes over each variable.
+    pub fn step(&mut self, lr: f64, gradients: &[Tensor]) {
+        let (decay, momentum, eps, wd) = (self.decay, self.momentum, self.epsilon, self.weight_decay);
         tch::no_grad(|| {
-            for (_, v, _, _) in &mut self.slots {
-                let mut g = v.grad();
-                if g.defined() {
-                    let _ = g.g_mul_scalar_(factor);
-                }
-            }
-        });
-    }
-
-    /// Applies one update with learning rate `lr` from the current gradients.
-    pub fn step(&mut self, lr: f64) {
-        let (decay, momentum, eps) = (self.decay, self.momentum, self.epsilon);
-        tch::no_grad(|| {
-            for (_, v, ms, mom) in &mut self.slots {
-                let g = v.grad();
+            for (((_, v, ms, mom), decayed), g) in self.slots.iter_mut().zip(&self.decayed).zip(gradients) {
                 if !g.defined() {
                     continue;
                 }
-                let _ = ms.g_mul_scalar_(decay);
-                let _ = ms.g_add_(&(g.square() * (1.0 - decay)));
+                let mut g = g.shallow_clone();
+                if *decayed && wd != 0.0 {
+                    let _ = g.g_add_(&(&*v * wd));
+                }
+                let _ = ms.lerp_(&g.square(), 1.0 - decay);
                 let _ = mom.g_mul_scalar_(momentum);
-                let _ = mom.g_add_(&(g * lr / (&*ms + eps).sqrt()));
+                if lr != 0.0 {
+                    // mom += lr * g / sqrt(ms + eps), as g / (sqrt(ms + eps) / lr).
+                    let mut denom = &*ms + eps;
+                    let _ = denom.sqrt_();
+                    let _ = denom.g_div_scalar_(lr);
+                    let _ = mom.addcdiv_(&g, &denom);
+                }
                 let _ = v.g_sub_(&*mom);
             }
         });
+    }
+
+    /// The variables that get weight decay.
+    pub fn regularized_variables(&self) -> Vec<Tensor> {
+        self.slots.iter().zip(&self.decayed).filter(|(_, d)| **d).map(|((_, v, _, _), _)| v.shallow_clone()).collect()
     }
 
     /// Slot tensors for a checkpoint: `optimizer/ms/<name>`, `optimizer/mom/<name>`.
@@ -119,15 +137,15 @@ mod tests {
     #[test]
     fn matches_tensorflow_rmsprop_by_hand() {
         let w = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
-        let mut opt = RmsProp::new(vec![("w".into(), w.shallow_clone())], 0.9, 0.9, 1.0);
-        // loss = sum(w^2) / 2 -> g = w
+        let mut opt = RmsProp::new(vec![("w".into(), w.shallow_clone())], 0.9, 0.9, 1.0, 0.01, |_| true);
+        // loss = sum(w^2) / 2 -> g = w, plus weight decay 0.01 * w
         let (mut ms, mut mom, mut x) = ([1.0f64, 1.0], [0.0f64, 0.0], [1.0f64, -2.0]);
         for _ in 0..3 {
-            opt.zero_grad();
-            (&w * &w).sum(Kind::Float).multiply_scalar(0.5).backward();
-            opt.step(0.1);
+            let loss = (&w * &w).sum(Kind::Float).multiply_scalar(0.5);
+            let grads = Tensor::run_backward(&[&loss], &opt.variables(), false, false);
+            opt.step(0.1, &grads);
             for i in 0..2 {
-                let g = x[i];
+                let g = x[i] + 0.01 * x[i];
                 ms[i] = 0.9 * ms[i] + 0.1 * g * g;
                 mom[i] = 0.9 * mom[i] + 0.1 * g / (ms[i] + 1.0).sqrt();
                 x[i] -= mom[i];

@@ -18,10 +18,13 @@ pub struct Replica {
     pairs: Vec<(Tensor, Tensor)>,
     /// (master, replica) running statistics, copied back after the last tower.
     stats: Vec<(Tensor, Tensor)>,
+    /// Trainable variables in the optimizer's slot order.
+    pub trainable: Vec<Tensor>,
 }
 
 impl Replica {
-    pub fn new(master: &VarStore, cfg: &ModelConfig, device: Device) -> Self {
+    /// `trainable` names the master's trainable variables in optimizer order.
+    pub fn new(master: &VarStore, cfg: &ModelConfig, device: Device, trainable: &[String]) -> Self {
         let vs = VarStore::new(device);
         let model = InceptionV3::new(&vs.root(), cfg);
         let mine = vs.variables();
@@ -35,7 +38,8 @@ impl Replica {
                 pairs.push((m, r.shallow_clone()));
             }
         }
-        Self { vs, model, pairs, stats }
+        let trainable = trainable.iter().filter_map(|n| mine.get(n).map(Tensor::shallow_clone)).collect();
+        Self { vs, model, pairs, stats, trainable }
     }
 
     /// Copies the master's variables into this replica.
@@ -56,30 +60,6 @@ impl Replica {
         });
     }
 
-    /// Adds this replica's gradients into the master's.
-    pub fn add_gradients_to_master(&mut self) {
-        tch::no_grad(|| {
-            for (m, r) in &self.pairs {
-                let rg = r.grad();
-                if !rg.defined() {
-                    continue;
-                }
-                let mut mg = m.grad();
-                if mg.defined() {
-                    let _ = mg.g_add_(&rg.to_device(m.device()));
-                }
-            }
-        });
-    }
-
-    pub fn zero_grad(&mut self) {
-        for (_, r) in &mut self.pairs {
-            let mut g = r.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-        }
-    }
 }
 
 /// The devices of N towers starting at `first`: consecutive CUDA devices, or

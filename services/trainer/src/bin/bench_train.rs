@@ -29,6 +29,15 @@ struct Args {
     /// Intra-op threads (0 = libtorch's default).
     #[arg(long, default_value_t = 0)]
     threads: i32,
+    /// Without the auxiliary head (torchvision's cannot run below 299 px).
+    #[arg(long)]
+    no_aux: bool,
+    /// torchvision's average-pool arithmetic (padding counted).
+    #[arg(long)]
+    torchvision_pooling: bool,
+    /// Also time the phases of a step: forward+backward, optimizer, moving averages.
+    #[arg(long)]
+    breakdown: bool,
     /// auto, cpu or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
@@ -47,8 +56,8 @@ fn main() -> anyhow::Result<()> {
         depth_multiplier: args.depth_multiplier,
         min_depth: 16,
         dropout: 0.2,
-        aux_logits: true,
-        avg_pool_count_include_pad: false,
+        aux_logits: !args.no_aux,
+        avg_pool_count_include_pad: args.torchvision_pooling,
     };
     cfg.validate().map_err(anyhow::Error::msg)?;
     let labels = (1..=args.labels).map(|i| format!("class{i}")).collect();
@@ -64,13 +73,34 @@ fn main() -> anyhow::Result<()> {
     }
     let secs = started.elapsed().as_secs_f64() / args.steps as f64;
     println!(
-        "ours   size={} batch={} threads={} device={:?}: {:.2} img/s ({:.3} s/step)",
+        "ours   size={} batch={} aux={} threads={} device={:?}: {:.2} img/s ({:.3} s/step)",
         args.image_size,
         args.batch_size,
+        !args.no_aux,
         tch::get_num_threads(),
         device,
         args.batch_size as f64 / secs,
         secs
     );
+    if args.breakdown {
+        breakdown(&mut state, &images, &targets, args.steps);
+    }
     Ok(())
+}
+
+fn breakdown(state: &mut TrainState, images: &Tensor, targets: &Tensor, steps: usize) {
+    let (mut fb, mut opt, mut ema) = (0.0, 0.0, 0.0);
+    for _ in 0..steps {
+        let t = Instant::now();
+        let (grads, _) = state.compute_gradients(images, targets).expect("finite loss");
+        fb += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        state.optimizer.step(0.01, &grads);
+        opt += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        state.averages.update(1000);
+        ema += t.elapsed().as_secs_f64();
+    }
+    let n = steps as f64;
+    println!("phases per step: forward+backward {:.3} s, optimizer {:.3} s, moving averages {:.3} s", fb / n, opt / n, ema / n);
 }

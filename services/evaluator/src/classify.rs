@@ -1,0 +1,97 @@
+//! `inception classify`: top-k labels of single images with a checkpoint's
+//! moving-average weights and the label names stored in it.
+
+use inception_core::{keys, Store};
+use inception_model::checkpoint::{self, CheckpointMeta};
+use inception_model::{images_to_input, InceptionV3, Mode};
+use serde::Serialize;
+use std::path::Path;
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Prediction {
+    pub label: String,
+    pub index: i64,
+    pub probability: f64,
+}
+
+/// The result for one file: predictions, or why there are none.
+#[derive(Debug, Clone, Serialize)]
+pub struct Classified {
+    pub file: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predictions: Option<Vec<Prediction>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub struct Classifier {
+    model: InceptionV3,
+    _vs: VarStore,
+    meta: CheckpointMeta,
+    device: Device,
+}
+
+impl Classifier {
+    /// `checkpoint`: `latest` (the run's pointer) or the store key of a
+    /// checkpoint's `.json` metadata.
+    pub async fn load(store: &Store, run: &str, checkpoint: &str, device: Device) -> Result<Self, String> {
+        let key = if checkpoint == "latest" {
+            checkpoint::read_pointer(store, run)
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|p| p.metadata)
+                .ok_or_else(|| format!("run {run:?} has no checkpoint ({} not found)", keys::checkpoint_pointer(run)))?
+        } else {
+            checkpoint.to_string()
+        };
+        let (meta, tensors) = checkpoint::read(store, &key).await.map_err(|e| e.to_string())?;
+        meta.model.validate().map_err(|e| format!("{key}: {e}"))?;
+        let vs = VarStore::new(device);
+        let model = InceptionV3::new(&vs.root(), &meta.model);
+        checkpoint::load_for_inference(&vs, &tensors).map_err(|e| format!("{key}: {e}"))?;
+        Ok(Self { model, _vs: vs, meta, device })
+    }
+
+    pub fn meta(&self) -> &CheckpointMeta {
+        &self.meta
+    }
+
+    /// Label name of an output index (0 is the background class).
+    pub fn label(&self, index: i64) -> String {
+        match index {
+            0 => "background".to_string(),
+            i => self.meta.labels.get(i as usize - 1).cloned().unwrap_or_else(|| format!("class {i}")),
+        }
+    }
+
+    /// Classifies one image file with the evaluation preprocessing.
+    pub fn classify_file(&self, path: &Path, top_k: usize, max_pixels: u64) -> Result<Vec<Prediction>, String> {
+        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+        let decoded = inception_vision::decode_rgb(&bytes, max_pixels).map_err(|e| e.to_string())?;
+        let size = self.meta.model.image_size;
+        let pixels = inception_vision::eval_image(&decoded.image, size as u32);
+        let input = images_to_input(&Tensor::from_slice(&pixels).view([1, size, size, 3]).to_device(self.device));
+        let (logits, _) = tch::no_grad(|| self.model.forward(&input, Mode::Eval));
+        let probs = logits.softmax(-1, Kind::Float).squeeze_dim(0);
+        let k = top_k.clamp(1, self.meta.model.num_classes as usize) as i64;
+        let (values, indices) = probs.topk(k, -1, true, true);
+        let values: Vec<f64> = Vec::<f32>::try_from(&values).map_err(|e| e.to_string())?.into_iter().map(f64::from).collect();
+        let indices: Vec<i64> = Vec::<i64>::try_from(&indices).map_err(|e| e.to_string())?;
+        Ok(indices.into_iter().zip(values).map(|(index, probability)| Prediction { label: self.label(index), index, probability }).collect())
+    }
+
+    /// Classifies every file; a bad file gets its error, the rest are still classified.
+    pub fn classify_files(&self, files: &[std::path::PathBuf], top_k: usize, max_pixels: u64) -> Vec<Classified> {
+        files
+            .iter()
+            .map(|f| {
+                let file = f.display().to_string();
+                match self.classify_file(f, top_k, max_pixels) {
+                    Ok(p) => Classified { file, predictions: Some(p), error: None },
+                    Err(e) => Classified { file, predictions: None, error: Some(e) },
+                }
+            })
+            .collect()
+    }
+}
