@@ -10,7 +10,7 @@ scripts/setup.sh >/dev/null
 threads="${1:-$(nproc)}"
 steps="${2:-3}"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-target/debug/inception-bench-train --image-size 299 --threads "$threads" --steps "$steps" --device cpu
+target/debug/inception-bench --image-size 299 --threads "$threads" --steps "$steps" --device cpu
 python bench/train_torchvision.py --image-size 299 --threads "$threads" --steps "$steps"
-target/debug/inception-bench-train --image-size 149 --no-aux --threads "$threads" --steps "$steps" --device cpu
+target/debug/inception-bench --image-size 149 --no-aux --threads "$threads" --steps "$steps" --device cpu
 python bench/train_torchvision.py --image-size 149 --no-aux --threads "$threads" --steps "$steps"

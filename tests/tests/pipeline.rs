@@ -204,20 +204,19 @@ async fn four_services_train_and_evaluate_over_nats() {
     assert!(evals.iter().any(|e| e.step == STEPS && (e.precision_at_1 - p1).abs() < 1e-12), "{evals:?}");
     assert!(evals.iter().all(|e| e.examples == 100), "{evals:?}");
 
-    // TensorBoard event files with the original's tags.
+    // TensorBoard event files with the original's tags (one file per
+    // process that wrote: the watching and the --run-once evaluator).
     for (dir, tag) in [("train", "loss"), ("eval", "Precision @ 1")] {
         let folder = dir_path(&store).join(dir);
-        let files: Vec<_> = std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().path()).collect();
-        assert_eq!(files.len(), 1, "{files:?}");
-        let bytes = std::fs::read(&files[0]).unwrap();
-        let tags: Vec<String> = tfrecord::records(&bytes)
-            .filter_map(|r| Event::decode(r.unwrap()).unwrap().what)
-            .filter_map(|w| match w {
-                event::What::Summary(s) => Some(s.value.into_iter().map(|v| v.tag)),
-                _ => None,
-            })
-            .flatten()
-            .collect();
+        let mut tags = Vec::new();
+        for file in std::fs::read_dir(&folder).unwrap() {
+            let bytes = std::fs::read(file.unwrap().path()).unwrap();
+            for record in tfrecord::records(&bytes) {
+                if let Some(event::What::Summary(s)) = Event::decode(record.unwrap()).unwrap().what {
+                    tags.extend(s.value.into_iter().map(|v| v.tag));
+                }
+            }
+        }
         assert!(tags.iter().any(|t| t == tag), "{dir}: {tags:?}");
     }
 

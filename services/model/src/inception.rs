@@ -81,7 +81,7 @@ impl BasicConv {
             Mode::Train { bn_momentum } => (true, bn_momentum),
             Mode::Eval => (false, 0.0),
         };
-        y.batch_norm(
+        let mut z = y.batch_norm(
             Some(&self.bn_weight),
             Some(&self.bn_bias),
             Some(&self.running_mean),
@@ -90,8 +90,11 @@ impl BasicConv {
             momentum,
             BN_EPSILON,
             true,
-        )
-        .relu()
+        );
+        // In place, as torchvision does: batch norm's backward needs its
+        // input, not its output, and this saves a pass and an allocation.
+        let _ = z.relu_();
+        z
     }
 }
 

@@ -150,18 +150,23 @@ impl TrainState {
         Ok((sum, losses / towers as f64))
     }
 
+    /// The L2 term of the loss at the current weights (a pass over them:
+    /// computed when a loss is reported, not every step).
+    pub fn regularization_loss(&self) -> f64 {
+        loss::l2_value(&self.optimizer.regularized_variables())
+    }
+
     /// One optimizer update on `images` (`[N, S, S, 3]` u8) and `labels`,
-    /// split over the towers. Returns the total loss before it (mean over
-    /// towers, plus the L2 term).
+    /// split over the towers. Returns the data loss before it (mean over
+    /// towers, without the L2 term: add [`TrainState::regularization_loss`]).
     pub fn train_step(&mut self, images: &Tensor, labels: &Tensor, lr: f64) -> Result<f64, TrainError> {
         let (gradients, loss) = self.compute_gradients(images, labels)?;
-        let regularization = loss::l2_value(&self.optimizer.regularized_variables());
         self.optimizer.step(lr, &gradients);
         self.step += 1;
         self.bn_updates += 1;
         self.averages.update(self.step);
         self.examples_seen += images.size()[0] as u64;
-        Ok(loss + regularization)
+        Ok(loss)
     }
 
     /// Named tensors for a checkpoint: model variables, their moving
@@ -325,10 +330,12 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
         total_step += elapsed;
         metrics::histogram!("inception_trainer_step_seconds").record(elapsed);
         metrics::gauge!("inception_trainer_global_step").set(state.step as f64);
-        metrics::gauge!("inception_trainer_loss").set(loss);
         metrics::gauge!("inception_trainer_learning_rate").set(lr);
         metrics::counter!("inception_trainer_examples_total").increment(n as u64);
         if state.step % t.log_every_steps == 0 || state.step == 1 {
+            // The total loss, as the original logs it: data loss + L2 term.
+            let loss = loss + state.regularization_loss();
+            metrics::gauge!("inception_trainer_loss").set(loss);
             events.scalars(state.step, &[("loss", loss), ("learning_rate", lr), ("examples_per_sec", n as f64 / elapsed)]);
             println!(
                 "{}: step {}, loss = {:.2} ({:.1} examples/sec; {:.3} sec/batch)",

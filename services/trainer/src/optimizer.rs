@@ -70,7 +70,8 @@ impl RmsProp {
                 }
                 let mut g = g.shallow_clone();
                 if *decayed && wd != 0.0 {
-                    let _ = g.g_add_(&(&*v * wd));
+                    // g += wd * v without a temporary: a 0-dim factor broadcasts.
+                    let _ = g.addcmul_(v, &Tensor::from(wd).to_kind(v.kind()).to_device(v.device()));
                 }
                 let _ = ms.lerp_(&g.square(), 1.0 - decay);
                 let _ = mom.g_mul_scalar_(momentum);

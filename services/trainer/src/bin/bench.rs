@@ -1,7 +1,8 @@
-//! `inception-bench-train`: train-step throughput of our trainer on random
-//! data (no NATS, no store): the whole step as the trainer runs it (u8 input
-//! scaling, forward with the auxiliary head, loss, backward, TF RMSProp,
-//! moving averages). `scripts/bench-train.sh` runs it beside PyTorch.
+//! `inception-bench`: throughput on random data (no NATS, no store).
+//! Training: the whole step as the trainer runs it (u8 input scaling, forward
+//! with the auxiliary head, loss, backward, TF RMSProp, moving averages).
+//! `--eval`: the evaluator's eval-mode forward. `scripts/bench-train.sh` and
+//! `scripts/bench-eval.sh` run it beside PyTorch (torchvision).
 
 use clap::Parser;
 use inception_core::Settings;
@@ -11,7 +12,7 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 #[derive(Debug, Parser)]
-#[command(name = "inception-bench-train")]
+#[command(name = "inception-bench")]
 struct Args {
     #[arg(long, default_value_t = 299)]
     image_size: i64,
@@ -38,6 +39,9 @@ struct Args {
     /// Also time the phases of a step: forward+backward, optimizer, moving averages.
     #[arg(long)]
     breakdown: bool,
+    /// Time evaluation instead (eval-mode forward, no gradients), as the evaluator runs it.
+    #[arg(long)]
+    eval: bool,
     /// auto, cpu or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
@@ -64,6 +68,9 @@ fn main() -> anyhow::Result<()> {
     let mut state = TrainState::new(&cfg, labels, &settings, &[device]);
     let images = Tensor::randint(256, [args.batch_size, args.image_size, args.image_size, 3], (Kind::Uint8, Device::Cpu));
     let targets = Tensor::randint_low(1, args.labels as i64 + 1, [args.batch_size], (Kind::Int64, Device::Cpu));
+    if args.eval {
+        return bench_eval(&state, &images, &args, device);
+    }
     for _ in 0..args.warmup {
         state.train_step(&images, &targets, 0.01)?;
     }
@@ -85,6 +92,24 @@ fn main() -> anyhow::Result<()> {
     if args.breakdown {
         breakdown(&mut state, &images, &targets, args.steps);
     }
+    Ok(())
+}
+
+fn bench_eval(state: &TrainState, images: &Tensor, args: &Args, device: Device) -> anyhow::Result<()> {
+    use inception_model::{images_to_input, Mode};
+    let run = || tch::no_grad(|| state.model.forward(&images_to_input(&images.to_device(device)), Mode::Eval).0.double_value(&[0, 0]));
+    for _ in 0..args.warmup {
+        run();
+    }
+    let started = Instant::now();
+    for _ in 0..args.steps {
+        run();
+    }
+    let secs = started.elapsed().as_secs_f64() / args.steps as f64;
+    println!(
+        "ours   eval size={} batch={} threads={} device={:?}: {:.2} img/s ({:.3} s/batch)",
+        args.image_size, args.batch_size, tch::get_num_threads(), device, args.batch_size as f64 / secs, secs
+    );
     Ok(())
 }
 
