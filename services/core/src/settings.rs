@@ -86,6 +86,7 @@ pub struct ModelSettings {
 #[serde(deny_unknown_fields)]
 pub struct PreprocessSettings {
     pub batch_size: u32,
+    pub distort_color: bool,
     pub queue_capacity: u32,
     pub seed: u64,
     pub worker_id: String,

@@ -1,6 +1,7 @@
 //! A deterministic generator of a small labelled image folder, the "flowers"
-//! of the demo and the tests: five classes of procedurally drawn scenes, each
-//! class with its own palette and shape, in varied sizes, saved as JPEG and PNG.
+//! of the demo and the tests: five classes of procedurally drawn textures
+//! (stripes three ways, checks, rings), each with its own palette, in varied
+//! sizes, saved as JPEG and PNG.
 //!
 //! Layout: `<dir>/train/<label>/<file>` and `<dir>/validation/<label>/<file>`.
 
@@ -12,28 +13,31 @@ use std::path::{Path, PathBuf};
 /// Class names, borrowed from the flowers data set the original used.
 pub const DEMO_LABELS: [&str; 5] = ["daisy", "dandelion", "roses", "sunflowers", "tulips"];
 
+/// What tells the classes apart: a texture over the whole picture, so any
+/// crop shows it, and it survives the training colour distortions (which
+/// shift hue by up to 72 degrees). Each class also has its own palette.
 #[derive(Debug, Clone, Copy)]
-enum Shape {
-    Disc,
-    Dots,
-    Square,
+enum Pattern {
+    HorizontalStripes,
+    VerticalStripes,
+    Checkerboard,
     Rings,
-    Triangle,
+    DiagonalStripes,
 }
 
 struct Style {
     background: [f32; 3],
     foreground: [f32; 3],
-    shape: Shape,
+    pattern: Pattern,
 }
 
 fn style(class: usize) -> Style {
     match class {
-        0 => Style { background: [40.0, 110.0, 40.0], foreground: [245.0, 245.0, 240.0], shape: Shape::Disc },
-        1 => Style { background: [60.0, 140.0, 60.0], foreground: [250.0, 215.0, 30.0], shape: Shape::Dots },
-        2 => Style { background: [30.0, 30.0, 40.0], foreground: [210.0, 20.0, 40.0], shape: Shape::Square },
-        3 => Style { background: [90.0, 160.0, 230.0], foreground: [250.0, 160.0, 20.0], shape: Shape::Rings },
-        _ => Style { background: [230.0, 220.0, 200.0], foreground: [200.0, 40.0, 160.0], shape: Shape::Triangle },
+        0 => Style { background: [40.0, 110.0, 40.0], foreground: [245.0, 245.0, 240.0], pattern: Pattern::HorizontalStripes },
+        1 => Style { background: [60.0, 140.0, 60.0], foreground: [250.0, 215.0, 30.0], pattern: Pattern::VerticalStripes },
+        2 => Style { background: [30.0, 30.0, 40.0], foreground: [210.0, 20.0, 40.0], pattern: Pattern::Checkerboard },
+        3 => Style { background: [90.0, 160.0, 230.0], foreground: [250.0, 160.0, 20.0], pattern: Pattern::Rings },
+        _ => Style { background: [230.0, 220.0, 200.0], foreground: [200.0, 40.0, 160.0], pattern: Pattern::DiagonalStripes },
     }
 }
 
@@ -42,23 +46,19 @@ fn draw(class: usize, rng: &mut ChaCha8Rng) -> RgbImage {
     let width = rng.random_range(72..=200u32);
     let height = rng.random_range(72..=200u32);
     let jitter: [f32; 3] = [rng.random_range(-25.0..25.0), rng.random_range(-25.0..25.0), rng.random_range(-25.0..25.0)];
-    let (cx, cy) = (
-        rng.random_range(0.35..0.65) * width as f32,
-        rng.random_range(0.35..0.65) * height as f32,
-    );
-    let radius = rng.random_range(0.25..0.45) * width.min(height) as f32;
-    let period = rng.random_range(9.0..16.0f32);
+    let (cx, cy) = (rng.random_range(0.2..0.8) * width as f32, rng.random_range(0.2..0.8) * height as f32);
+    let period = rng.random_range(12.0..20.0f32);
+    let phase = rng.random_range(0.0..period);
     let mut img = RgbImage::new(width, height);
     for (x, y, px) in img.enumerate_pixels_mut() {
-        let (fx, fy) = (x as f32, y as f32);
-        let (dx, dy) = (fx - cx, fy - cy);
-        let dist = (dx * dx + dy * dy).sqrt();
-        let inside = match s.shape {
-            Shape::Disc => dist < radius,
-            Shape::Dots => ((fx / period).fract() - 0.5).hypot((fy / period).fract() - 0.5) < 0.3,
-            Shape::Square => dx.abs() < radius && dy.abs() < radius,
-            Shape::Rings => ((dist / period) as i32) % 2 == 0,
-            Shape::Triangle => dy > -radius && dy < radius && dx.abs() < (dy + radius) * 0.6,
+        let (fx, fy) = (x as f32 + phase, y as f32 + phase);
+        let band = |v: f32| (v / period).rem_euclid(1.0) < 0.5;
+        let inside = match s.pattern {
+            Pattern::HorizontalStripes => band(fy),
+            Pattern::VerticalStripes => band(fx),
+            Pattern::Checkerboard => band(fx) ^ band(fy),
+            Pattern::Rings => band((x as f32 - cx).hypot(y as f32 - cy)),
+            Pattern::DiagonalStripes => band((fx + fy) * std::f32::consts::FRAC_1_SQRT_2),
         };
         let base = if inside { s.foreground } else { s.background };
         let noise = rng.random_range(-12.0..12.0f32);

@@ -97,7 +97,8 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
             let chunk: Vec<Vec<u8>> = pending.drain(..cfg.batch_size as usize).collect();
             let started = Instant::now();
             let (size, max_pixels, mut local_rng) = (settings.model.image_size, settings.ingest.max_image_pixels, ChaCha8Rng::seed_from_u64(rng.random()));
-            let batch = tokio::task::spawn_blocking(move || batcher::build_batch(&chunk, size, max_pixels, &mut local_rng))
+            let distort_color = cfg.distort_color;
+            let batch = tokio::task::spawn_blocking(move || batcher::build_batch(&chunk, size, max_pixels, distort_color, &mut local_rng))
                 .await
                 .map_err(|e| PreprocessError::Worker(e.to_string()))?;
             if batch.is_empty() {

@@ -6,6 +6,8 @@
 use image::RgbImage;
 use rand::Rng;
 
+use crate::resize::{resize, ResizeMethod};
+
 /// A crop window in pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CropBox {
@@ -85,47 +87,19 @@ pub fn central_crop(width: u32, height: u32, fraction: f64) -> CropBox {
     }
 }
 
-/// Bilinear resize of `crop` of `img` to `out x out`, with TF1's
+/// Bilinear resize of `crop` of `img` to `out x out` bytes, with TF1's
 /// `align_corners=False` mapping `src = dst * in / out` (no half-pixel shift).
 pub fn resize_bilinear(img: &RgbImage, crop: CropBox, out: u32) -> Vec<u8> {
-    let (ow, oh) = (out as usize, out as usize);
-    let (cw, ch) = (crop.width as usize, crop.height as usize);
-    let sx = cw as f32 / ow as f32;
-    let sy = ch as f32 / oh as f32;
-    let raw = img.as_raw();
-    let stride = img.width() as usize * 3;
-    let (x0c, y0c) = (crop.x as usize, crop.y as usize);
-    // Horizontal taps are the same for every row: compute them once.
-    let taps: Vec<(usize, usize, f32)> = (0..ow)
-        .map(|x| {
-            let fx = x as f32 * sx;
-            let x0 = (fx.floor() as usize).min(cw - 1);
-            let x1 = (x0 + 1).min(cw - 1);
-            ((x0c + x0) * 3, (x0c + x1) * 3, fx - x0 as f32)
-        })
-        .collect();
-    let mut dst = vec![0u8; ow * oh * 3];
-    for y in 0..oh {
-        let fy = y as f32 * sy;
-        let y0 = (fy.floor() as usize).min(ch - 1);
-        let y1 = (y0 + 1).min(ch - 1);
-        let ly = fy - y0 as f32;
-        let r0 = &raw[(y0c + y0) * stride..];
-        let r1 = &raw[(y0c + y1) * stride..];
-        let row = &mut dst[y * ow * 3..(y + 1) * ow * 3];
-        for (x, &(a, b, lx)) in taps.iter().enumerate() {
-            for c in 0..3 {
-                let top = f32::from(r0[a + c]) + (f32::from(r0[b + c]) - f32::from(r0[a + c])) * lx;
-                let bot = f32::from(r1[a + c]) + (f32::from(r1[b + c]) - f32::from(r1[a + c])) * lx;
-                row[x * 3 + c] = (top + (bot - top) * ly).round().clamp(0.0, 255.0) as u8;
-            }
-        }
-    }
-    dst
+    quantize(&resize(img, crop, out, ResizeMethod::Bilinear), 1.0)
+}
+
+/// Floats (times `scale`) rounded to bytes, clamped to 0..=255.
+pub fn quantize(px: &[f32], scale: f32) -> Vec<u8> {
+    px.iter().map(|v| (v * scale).round().clamp(0.0, 255.0) as u8).collect()
 }
 
 /// Mirrors an `size x size` HWC buffer left to right, in place.
-pub fn flip_left_right(pixels: &mut [u8], size: u32) {
+pub fn flip_left_right<T>(pixels: &mut [T], size: u32) {
     let s = size as usize;
     for row in pixels.chunks_exact_mut(s * 3) {
         for x in 0..s / 2 {
@@ -136,14 +110,25 @@ pub fn flip_left_right(pixels: &mut [u8], size: u32) {
     }
 }
 
-/// Training transform: distorted-box crop, bilinear resize, random flip.
-pub fn train_image<R: Rng>(img: &RgbImage, size: u32, rng: &mut R) -> Vec<u8> {
+/// Training transform (`distort_image`): distorted-box crop; resize with a
+/// method drawn per example from TF's four; random left-right flip; colour
+/// distortion in one of the two orders, drawn per example; clip to [0, 1].
+/// (The original ties method and order to the preprocessing thread id; a
+/// per-example draw gives the same mixture.) `distort_color = false` skips
+/// the colour step.
+pub fn train_image<R: Rng>(img: &RgbImage, size: u32, distort_color: bool, rng: &mut R) -> Vec<u8> {
     let crop = sample_distorted_crop(img.width(), img.height(), rng);
-    let mut out = resize_bilinear(img, crop, size);
+    let method = ResizeMethod::from_index(rng.random_range(0..4));
+    let mut px = resize(img, crop, size, method);
     if rng.random_bool(0.5) {
-        flip_left_right(&mut out, size);
+        flip_left_right(&mut px, size);
     }
-    out
+    if !distort_color {
+        return quantize(&px, 1.0);
+    }
+    px.iter_mut().for_each(|v| *v /= 255.0);
+    crate::color::distort_color(&mut px, rng.random_range(0..2), rng);
+    quantize(&px, 255.0)
 }
 
 /// Evaluation transform (`eval_image`): central crop 0.875, bilinear resize.

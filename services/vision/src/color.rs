@@ -1,0 +1,180 @@
+//! `distort_color` of `image_processing.py` on RGB floats in [0, 1]:
+//! random brightness (±32/255), saturation (×0.5–1.5), hue (±0.2 of the
+//! circle) and contrast (×0.5–1.5 around each channel's mean), in one of the
+//! two orders, then clipped to [0, 1]. Saturation and hue go through HSV as
+//! `tf.image.adjust_saturation` / `adjust_hue` do.
+
+use rand::Rng;
+
+pub const MAX_BRIGHTNESS_DELTA: f32 = 32.0 / 255.0;
+pub const SATURATION_RANGE: (f32, f32) = (0.5, 1.5);
+pub const MAX_HUE_DELTA: f32 = 0.2;
+pub const CONTRAST_RANGE: (f32, f32) = (0.5, 1.5);
+
+pub fn adjust_brightness(px: &mut [f32], delta: f32) {
+    px.iter_mut().for_each(|v| *v += delta);
+}
+
+/// Per channel: `(x - mean) * factor + mean`.
+pub fn adjust_contrast(px: &mut [f32], factor: f32) {
+    let n = (px.len() / 3).max(1) as f32;
+    let mut mean = [0f32; 3];
+    for p in px.chunks_exact(3) {
+        for c in 0..3 {
+            mean[c] += p[c];
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= n);
+    for p in px.chunks_exact_mut(3) {
+        for c in 0..3 {
+            p[c] = (p[c] - mean[c]) * factor + mean[c];
+        }
+    }
+}
+
+/// RGB -> HSV with h, s, v in [0, 1] (h as a fraction of the circle).
+pub fn rgb_to_hsv(r: f32, g: f32, b: f32) -> (f32, f32, f32) {
+    let max = r.max(g).max(b);
+    let min = r.min(g).min(b);
+    let delta = max - min;
+    let s = if max > 0.0 { delta / max } else { 0.0 };
+    let h = if delta <= 0.0 {
+        0.0
+    } else if max == r {
+        ((g - b) / delta).rem_euclid(6.0) / 6.0
+    } else if max == g {
+        ((b - r) / delta + 2.0) / 6.0
+    } else {
+        ((r - g) / delta + 4.0) / 6.0
+    };
+    (h, s, max)
+}
+
+pub fn hsv_to_rgb(h: f32, s: f32, v: f32) -> (f32, f32, f32) {
+    let h6 = h.rem_euclid(1.0) * 6.0;
+    let sector = h6.floor();
+    let f = h6 - sector;
+    let (p, q, t) = (v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f)));
+    match sector as u32 {
+        0 => (v, t, p),
+        1 => (q, v, p),
+        2 => (p, v, t),
+        3 => (p, q, v),
+        4 => (t, p, v),
+        _ => (v, p, q),
+    }
+}
+
+fn map_hsv(px: &mut [f32], f: impl Fn(f32, f32, f32) -> (f32, f32, f32)) {
+    for p in px.chunks_exact_mut(3) {
+        let (h, s, v) = rgb_to_hsv(p[0], p[1], p[2]);
+        let (h, s, v) = f(h, s, v);
+        let (r, g, b) = hsv_to_rgb(h, s, v);
+        p.copy_from_slice(&[r, g, b]);
+    }
+}
+
+/// Saturation times `factor`, clipped to [0, 1].
+pub fn adjust_saturation(px: &mut [f32], factor: f32) {
+    map_hsv(px, |h, s, v| (h, (s * factor).clamp(0.0, 1.0), v));
+}
+
+/// Hue rotated by `delta` (a fraction of the circle).
+pub fn adjust_hue(px: &mut [f32], delta: f32) {
+    map_hsv(px, |h, s, v| (h + delta, s, v));
+}
+
+/// Saturation then hue in one HSV round trip (they are adjacent in both orders).
+pub fn adjust_saturation_and_hue(px: &mut [f32], factor: f32, delta: f32) {
+    map_hsv(px, |h, s, v| (h + delta, (s * factor).clamp(0.0, 1.0), v));
+}
+
+/// The original's `distort_color` with `ordering` 0 or 1, then the clip.
+pub fn distort_color<R: Rng>(px: &mut [f32], ordering: u32, rng: &mut R) {
+    let brightness = rng.random_range(-MAX_BRIGHTNESS_DELTA..=MAX_BRIGHTNESS_DELTA);
+    let saturation = rng.random_range(SATURATION_RANGE.0..=SATURATION_RANGE.1);
+    let hue = rng.random_range(-MAX_HUE_DELTA..=MAX_HUE_DELTA);
+    let contrast = rng.random_range(CONTRAST_RANGE.0..=CONTRAST_RANGE.1);
+    adjust_brightness(px, brightness);
+    if ordering % 2 == 0 {
+        adjust_saturation_and_hue(px, saturation, hue);
+        adjust_contrast(px, contrast);
+    } else {
+        adjust_contrast(px, contrast);
+        adjust_saturation_and_hue(px, saturation, hue);
+    }
+    px.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn close(a: &[f32], b: &[f32]) -> bool {
+        a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5)
+    }
+
+    #[test]
+    fn hsv_matches_the_textbook_definition() {
+        assert_eq!(rgb_to_hsv(1.0, 0.0, 0.0), (0.0, 1.0, 1.0));
+        let (h, s, v) = rgb_to_hsv(0.0, 0.5, 0.5); // cyan, half bright
+        assert!((h - 0.5).abs() < 1e-6 && (s - 1.0).abs() < 1e-6 && (v - 0.5).abs() < 1e-6);
+        let (h, s, v) = rgb_to_hsv(0.2, 0.4, 0.8); // max blue: h = (4 + (r-g)/d)/6
+        assert!((h - (4.0 + (0.2 - 0.4) / 0.6) / 6.0).abs() < 1e-6, "{h}");
+        assert!((s - 0.75).abs() < 1e-6 && (v - 0.8).abs() < 1e-6);
+        for rgb in [(0.1f32, 0.7f32, 0.3f32), (0.9, 0.2, 0.6), (0.5, 0.5, 0.5)] {
+            let (h, s, v) = rgb_to_hsv(rgb.0, rgb.1, rgb.2);
+            let back = hsv_to_rgb(h, s, v);
+            assert!(close(&[back.0, back.1, back.2], &[rgb.0, rgb.1, rgb.2]), "{rgb:?} -> {back:?}");
+        }
+    }
+
+    #[test]
+    fn hue_rotates_red_to_green_and_saturation_scales_towards_grey() {
+        let mut px = vec![1.0, 0.0, 0.0];
+        adjust_hue(&mut px, 1.0 / 3.0);
+        assert!(close(&px, &[0.0, 1.0, 0.0]), "{px:?}");
+        let mut px = vec![0.8, 0.4, 0.4]; // s = 0.5, v = 0.8
+        adjust_saturation(&mut px, 0.5); // s = 0.25: min = v * (1 - s) = 0.6
+        assert!(close(&px, &[0.8, 0.6, 0.6]), "{px:?}");
+        let mut px = vec![0.8, 0.4, 0.4];
+        adjust_saturation(&mut px, 4.0); // clipped at s = 1
+        assert!(close(&px, &[0.8, 0.0, 0.0]), "{px:?}");
+    }
+
+    #[test]
+    fn one_round_trip_equals_saturation_then_hue() {
+        let base = vec![0.8, 0.4, 0.4, 0.1, 0.7, 0.3, 0.5, 0.5, 0.5];
+        let (mut a, mut b) = (base.clone(), base);
+        adjust_saturation(&mut a, 1.3);
+        adjust_hue(&mut a, -0.15);
+        adjust_saturation_and_hue(&mut b, 1.3, -0.15);
+        assert!(close(&a, &b), "{a:?} vs {b:?}");
+    }
+
+    #[test]
+    fn contrast_scales_around_each_channel_mean() {
+        let mut px = vec![0.2, 0.0, 1.0, 0.6, 0.5, 0.0];
+        adjust_contrast(&mut px, 0.5); // means 0.4, 0.25, 0.5
+        assert!(close(&px, &[0.3, 0.125, 0.75, 0.5, 0.375, 0.25]), "{px:?}");
+        let mut px = vec![0.5, 0.5, 0.5];
+        adjust_brightness(&mut px, 0.1);
+        assert!(close(&px, &[0.6, 0.6, 0.6]));
+    }
+
+    #[test]
+    fn distortion_stays_in_range_and_is_seeded() {
+        let base: Vec<f32> = (0..300).map(|i| (i % 256) as f32 / 255.0).collect();
+        let run = |seed, ordering| {
+            let mut px = base.clone();
+            distort_color(&mut px, ordering, &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+            px
+        };
+        let a = run(3, 0);
+        assert!(a.iter().all(|v| (0.0..=1.0).contains(v)));
+        assert_eq!(a, run(3, 0));
+        assert_ne!(a, run(3, 1), "the two orders differ");
+        assert_ne!(a, run(4, 0));
+    }
+}
