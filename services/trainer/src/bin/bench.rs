@@ -1,8 +1,8 @@
 //! `inception-bench`: throughput on random data (no NATS, no store).
 //! Training: the whole step as the trainer runs it (u8 input scaling, forward
 //! with the auxiliary head, loss, backward, TF RMSProp, moving averages).
-//! `--eval`: the evaluator's eval-mode forward. `scripts/bench-train.sh` and
-//! `scripts/bench-eval.sh` run it beside PyTorch (torchvision).
+//! `--eval`: the evaluator's eval-mode forward. `scripts/bench-train.sh
+//! [--eval]` runs it beside PyTorch (torchvision).
 
 use clap::Parser;
 use inception_core::Settings;

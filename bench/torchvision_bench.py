@@ -1,0 +1,62 @@
+"""torchvision's inception_v3 on random data, the PyTorch side of our
+benchmarks (same batch, image size and threads as `inception-bench`).
+
+Training (default): forward with the auxiliary head, label-smoothed
+cross-entropy + 0.4 aux, backward, RMSprop with weight decay 4e-5.
+`--eval`: eval-mode forward without gradients."""
+import argparse
+import time
+
+import torch
+import torchvision
+
+p = argparse.ArgumentParser()
+p.add_argument("--eval", action="store_true", help="time evaluation instead of training")
+p.add_argument("--image-size", type=int, default=299)
+p.add_argument("--batch-size", type=int, default=32)
+p.add_argument("--labels", type=int, default=1000)
+p.add_argument("--warmup", type=int, default=2)
+p.add_argument("--steps", type=int, default=5)
+p.add_argument("--threads", type=int, default=0)
+p.add_argument("--no-aux", action="store_true", help="without the auxiliary head (torchvision's needs 299 px)")
+a = p.parse_args()
+if a.threads > 0:
+    torch.set_num_threads(a.threads)
+aux = not a.no_aux
+model = torchvision.models.inception_v3(weights=None, aux_logits=aux, init_weights=False, num_classes=a.labels + 1)
+images = torch.randint(0, 256, (a.batch_size, a.image_size, a.image_size, 3), dtype=torch.uint8)
+targets = torch.randint(1, a.labels + 1, (a.batch_size,))
+
+
+def scaled():
+    return images.permute(0, 3, 1, 2).float() * (2 / 255) - 1
+
+
+if a.eval:
+    model.eval()
+
+    def step():
+        with torch.no_grad():
+            model(scaled())[0, 0].item()
+else:
+    model.train()
+    opt = torch.optim.RMSprop(model.parameters(), lr=0.01, alpha=0.9, eps=1.0, momentum=0.9, weight_decay=4e-5)
+    ce = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+
+    def step():
+        out = model(scaled())
+        loss = ce(out.logits, targets) + 0.4 * ce(out.aux_logits, targets) if aux else ce(out, targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+for _ in range(a.warmup):
+    step()
+start = time.perf_counter()
+for _ in range(a.steps):
+    step()
+secs = (time.perf_counter() - start) / a.steps
+mode = "eval" if a.eval else f"train aux={aux}"
+print(f"torch  {mode} size={a.image_size} batch={a.batch_size} threads={torch.get_num_threads()}: "
+      f"{a.batch_size / secs:.2f} img/s ({secs:.3f} s/step)")
