@@ -123,6 +123,7 @@ pub struct EvalSettings {
     pub eval_interval_secs: u64,
     pub num_examples: u64,
     pub batch_size: u32,
+    pub round_up_to_batches: bool,
     pub run_once: bool,
     pub device: String,
     pub tensorboard_dir: String,

@@ -130,23 +130,28 @@ impl Evaluator {
         let size = meta.model.image_size as u32;
         let batch_size = self.settings.eval.batch_size as usize;
         let wanted = self.settings.eval.num_examples as usize;
+        let round_up = self.settings.eval.round_up_to_batches;
         let device = self.device;
         let data = self.validation(size).await?;
         let available = data.labels.len();
-        let total = if wanted == 0 { available } else { wanted.min(available) };
-        if total == 0 {
+        if available == 0 {
             return Err(EvalError::NoData(format!("{} (no readable validation record)", metadata_key)));
         }
+        let total = examples_to_count(wanted, available, batch_size, round_up);
         let per_image = (size as usize).pow(2) * 3;
         let num_batches = total.div_ceil(batch_size);
         let (mut top1, mut top5) = (0i64, 0i64);
         let started = Instant::now();
         let mut window = Instant::now();
         for b in 0..num_batches {
-            let (lo, hi) = (b * batch_size, ((b + 1) * batch_size).min(total));
-            let n = (hi - lo) as i64;
-            let images = Tensor::from_slice(&data.pixels[lo * per_image..hi * per_image]).view([n, size as i64, size as i64, 3]);
-            let labels = Tensor::from_slice(&data.labels[lo..hi]).to_device(device);
+            // Example i is record i mod available: the original's queue wraps around.
+            let picks: Vec<usize> = (b * batch_size..((b + 1) * batch_size).min(total)).map(|i| i % available).collect();
+            let n = picks.len() as i64;
+            let mut pixels = Vec::with_capacity(picks.len() * per_image);
+            picks.iter().for_each(|&i| pixels.extend_from_slice(&data.pixels[i * per_image..(i + 1) * per_image]));
+            let picked: Vec<i64> = picks.iter().map(|&i| data.labels[i]).collect();
+            let images = Tensor::from_slice(&pixels).view([n, size as i64, size as i64, 3]);
+            let labels = Tensor::from_slice(&picked).to_device(device);
             let (logits, _) = tch::no_grad(|| model.forward(&images_to_input(&images.to_device(device)), Mode::Eval));
             top1 += topk::in_top_k(&logits, &labels, 1).sum(Kind::Int64).int64_value(&[]);
             top5 += topk::in_top_k(&logits, &labels, 5).sum(Kind::Int64).int64_value(&[]);
@@ -279,6 +284,18 @@ impl Evaluator {
     }
 }
 
+/// How many examples an evaluation counts. Exact (default): each record
+/// once, at most `wanted` (0 = all). `round_up`: the original's
+/// `ceil(num_examples / batch) * batch`, wrapping around the records.
+pub fn examples_to_count(wanted: usize, available: usize, batch_size: usize, round_up: bool) -> usize {
+    let wanted = if wanted == 0 { available } else { wanted };
+    if round_up {
+        wanted.div_ceil(batch_size) * batch_size
+    } else {
+        wanted.min(available)
+    }
+}
+
 /// Eval preprocessing of every record of one shard (bad records are counted
 /// and skipped): returns the pixels (HWC u8, concatenated) and labels.
 fn preprocess_shard(name: &str, bytes: &[u8], size: u32, max_pixels: u64) -> (Vec<u8>, Vec<i64>) {
@@ -301,4 +318,19 @@ fn preprocess_shard(name: &str, bytes: &[u8], size: u32, max_pixels: u64) -> (Ve
         }
     }
     (pixels, labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::examples_to_count;
+
+    #[test]
+    fn exact_or_rounded_up_like_the_original() {
+        assert_eq!(examples_to_count(50000, 50000, 32, false), 50000);
+        assert_eq!(examples_to_count(50000, 50000, 32, true), 50016);
+        assert_eq!(examples_to_count(0, 500, 32, false), 500);
+        assert_eq!(examples_to_count(0, 500, 32, true), 512);
+        assert_eq!(examples_to_count(600, 500, 25, false), 500);
+        assert_eq!(examples_to_count(500, 500, 25, true), 500);
+    }
 }
