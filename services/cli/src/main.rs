@@ -5,9 +5,11 @@
 //!   generated (or given) images; it ends with the evaluator's precision line.
 //! * `inception generate-demo-data DIR` writes the demo's image folders.
 //! * `inception classify --checkpoint latest IMAGE…` prints top-k labels.
+//! * `inception records verify|stats|inspect FILE` looks inside TFRecords.
 
 mod classify;
 mod demo;
+mod records;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -25,6 +27,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Print the top-k labels of images with a checkpoint's weights.
     Classify(classify::ClassifyArgs),
+    /// Look inside TFRecord files: verify checksums, count labels, print a record.
+    Records(records::RecordsArgs),
     /// Write the demo's labelled image folders (train/ and validation/).
     GenerateDemoData {
         /// Output folder.
@@ -43,6 +47,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Demo(args) => demo::run(args),
         Command::Classify(args) => classify::run(args),
+        Command::Records(args) => records::run(args),
         Command::GenerateDemoData { dir, train_per_class, validation_per_class, seed } => {
             let n = inception_ingest::demo::generate(&dir, train_per_class, validation_per_class, seed)?;
             println!("wrote {n} images under {}", dir.display());

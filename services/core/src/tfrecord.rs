@@ -9,7 +9,7 @@ fn masked_crc(bytes: &[u8]) -> u32 {
     crc.rotate_right(15).wrapping_add(MASK_DELTA)
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum TfRecordError {
     #[error("truncated record header at byte {offset}")]
     TruncatedHeader { offset: usize },

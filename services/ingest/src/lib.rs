@@ -9,6 +9,7 @@
 
 pub mod demo;
 pub mod labels;
+pub mod records;
 pub mod shards;
 
 use bytes::Bytes;
