@@ -87,6 +87,7 @@ pub struct ModelSettings {
 pub struct PreprocessSettings {
     pub batch_size: u32,
     pub distort_color: bool,
+    pub shuffle_buffer_records: u32,
     pub queue_capacity: u32,
     pub seed: u64,
     pub worker_id: String,

@@ -1,7 +1,7 @@
 //! Preprocess workers: TFRecord shards to distorted, batched images.
 //!
-//! Each worker follows the train-shard announcements, reads a random known
-//! shard from the store, shuffles its records, turns them into batches and
+//! Each worker follows the train-shard announcements, fills a shuffle buffer
+//! from randomly chosen known shards, draws batches from it at random and
 //! hands each batch to the trainer by claim check: the batch goes to the
 //! store (`batches/<dataset>/…`), a small `BatchReady` goes to the work-queue
 //! stream. That stream holds at most `preprocess.queue_capacity` messages; a
@@ -10,6 +10,7 @@
 
 pub mod batcher;
 pub mod shard_set;
+pub mod shuffle;
 
 use bytes::Bytes;
 use inception_core::nats::{NatsError, Streams};
@@ -18,7 +19,6 @@ use inception_core::store::StoreError;
 use inception_core::{keys, tfrecord, Settings, Store};
 use inception_proto::pipeline::BatchReady;
 use inception_proto::Message;
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::Arc;
@@ -65,76 +65,76 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let subject = streams.subjects.batches(&dataset);
     let mut sequence = 0u64;
-    let mut pending: Vec<Vec<u8>> = Vec::new();
+    let batch_size = cfg.batch_size as usize;
+    let mut buffer = shuffle::ShuffleBuffer::new(cfg.shuffle_buffer_records as usize);
     tracing::info!(worker = %id, "waiting for train shards of {dataset}");
-    'outer: while shards.wait_nonempty(shutdown).await {
-        let known = shards.snapshot();
-        let Some(shard) = known.get(rng.random_range(0..known.len())) else { continue };
-        let bytes = match store.get(&shard.uri).await {
-            Ok(b) => b,
-            Err(e) => {
-                metrics::counter!("inception_preprocess_errors_total", "kind" => "shard").increment(1);
-                tracing::error!("cannot read shard {}: {e}; trying another in 1s", shard.uri);
-                if !inception_core::shutdown::sleep_or_cancel(shutdown, std::time::Duration::from_secs(1)).await {
-                    break;
-                }
-                continue;
-            }
-        };
-        let mut records = Vec::new();
-        for r in tfrecord::records(&bytes) {
-            match r {
-                Ok(data) => records.push(data.to_vec()),
+    while shards.wait_nonempty(shutdown).await {
+        if buffer.needs_more(batch_size) {
+            let known = shards.snapshot();
+            let Some(shard) = known.get(rng.random_range(0..known.len())) else { continue };
+            let bytes = match store.get(&shard.uri).await {
+                Ok(b) => b,
                 Err(e) => {
-                    metrics::counter!("inception_preprocess_errors_total", "kind" => "framing").increment(1);
-                    tracing::error!("shard {}: {e}; using the records before it", shard.uri);
+                    metrics::counter!("inception_preprocess_errors_total", "kind" => "shard").increment(1);
+                    tracing::error!("cannot read shard {}: {e}; trying another in 1s", shard.uri);
+                    if !inception_core::shutdown::sleep_or_cancel(shutdown, std::time::Duration::from_secs(1)).await {
+                        break;
+                    }
+                    continue;
                 }
-            }
-        }
-        records.shuffle(&mut rng);
-        pending.extend(records);
-        while pending.len() >= cfg.batch_size as usize {
-            let chunk: Vec<Vec<u8>> = pending.drain(..cfg.batch_size as usize).collect();
-            let started = Instant::now();
-            let (size, max_pixels, mut local_rng) = (settings.model.image_size, settings.ingest.max_image_pixels, ChaCha8Rng::seed_from_u64(rng.random()));
-            let distort_color = cfg.distort_color;
-            let batch = tokio::task::spawn_blocking(move || batcher::build_batch(&chunk, size, max_pixels, distort_color, &mut local_rng))
-                .await
-                .map_err(|e| PreprocessError::Worker(e.to_string()))?;
-            if batch.is_empty() {
-                continue;
-            }
-            let key = keys::batch(&dataset, &id, sequence);
-            store.put(&key, Bytes::from(batch.to_bytes())).await?;
-            metrics::histogram!("inception_preprocess_batch_seconds").record(started.elapsed().as_secs_f64());
-            let message = BatchReady {
-                uri: key.clone(),
-                batch_size: batch.len() as u32,
-                image_size: batch.image_size,
-                producer: id.clone(),
-                sequence,
-                labels: batch.labels.clone(),
             };
-            let waited = Instant::now();
-            match streams.publish_acked(&subject, Bytes::from(message.encode_to_vec()), &key, shutdown).await {
-                Ok(refusals) => {
-                    if refusals > 0 {
-                        metrics::histogram!("inception_preprocess_queue_wait_seconds").record(waited.elapsed().as_secs_f64());
+            for r in tfrecord::records(&bytes) {
+                match r {
+                    Ok(data) => buffer.extend([data.to_vec()]),
+                    Err(e) => {
+                        metrics::counter!("inception_preprocess_errors_total", "kind" => "framing").increment(1);
+                        tracing::error!("shard {}: {e}; using the records before it", shard.uri);
                     }
                 }
-                Err(NatsError::Cancelled) => {
-                    // Nobody will consume it: remove the object we wrote.
-                    store.delete(&key).await.ok();
-                    break 'outer;
+            }
+            metrics::gauge!("inception_preprocess_shuffle_buffer_records").set(buffer.len() as f64);
+            continue;
+        }
+        let chunk = buffer.take(batch_size, &mut rng);
+        let started = Instant::now();
+        let (size, max_pixels, mut local_rng) = (settings.model.image_size, settings.ingest.max_image_pixels, ChaCha8Rng::seed_from_u64(rng.random()));
+        let distort_color = cfg.distort_color;
+        let batch = tokio::task::spawn_blocking(move || batcher::build_batch(&chunk, size, max_pixels, distort_color, &mut local_rng))
+            .await
+            .map_err(|e| PreprocessError::Worker(e.to_string()))?;
+        if batch.is_empty() {
+            continue;
+        }
+        let key = keys::batch(&dataset, &id, sequence);
+        store.put(&key, Bytes::from(batch.to_bytes())).await?;
+        metrics::histogram!("inception_preprocess_batch_seconds").record(started.elapsed().as_secs_f64());
+        let message = BatchReady {
+            uri: key.clone(),
+            batch_size: batch.len() as u32,
+            image_size: batch.image_size,
+            producer: id.clone(),
+            sequence,
+            labels: batch.labels.clone(),
+        };
+        let waited = Instant::now();
+        match streams.publish_acked(&subject, Bytes::from(message.encode_to_vec()), &key, shutdown).await {
+            Ok(refusals) => {
+                if refusals > 0 {
+                    metrics::histogram!("inception_preprocess_queue_wait_seconds").record(waited.elapsed().as_secs_f64());
                 }
-                Err(e) => return Err(e.into()),
             }
-            metrics::counter!("inception_preprocess_examples_total").increment(batch.len() as u64);
-            metrics::counter!("inception_preprocess_batches_total").increment(1);
-            sequence += 1;
-            if shutdown.is_cancelled() {
-                break 'outer;
+            Err(NatsError::Cancelled) => {
+                // Nobody will consume it: remove the object we wrote.
+                store.delete(&key).await.ok();
+                break;
             }
+            Err(e) => return Err(e.into()),
+        }
+        metrics::counter!("inception_preprocess_examples_total").increment(batch.len() as u64);
+        metrics::counter!("inception_preprocess_batches_total").increment(1);
+        sequence += 1;
+        if shutdown.is_cancelled() {
+            break;
         }
     }
     follower.abort();
