@@ -1,6 +1,7 @@
 //! The whole pipeline as separate processes: a real nats-server, a local
 //! object store, the four built service binaries, generated images.
 
+use inception_core::settings::env_vars;
 use futures::StreamExt;
 use inception_core::example::parse_image_example;
 use inception_core::local_nats::LocalNats;
@@ -30,7 +31,7 @@ fn write_bad_inputs(train: &Path) {
 
 fn env(nats: &LocalNats, store: &Path) -> Vec<(String, String)> {
     let tensorboard = store.with_file_name("tensorboard");
-    [
+    env_vars([
         ("TRAIN__TENSORBOARD_DIR", tensorboard.join("train").display().to_string()),
         ("EVAL__TENSORBOARD_DIR", tensorboard.join("eval").display().to_string()),
         ("NATS__URL", nats.url()),
@@ -52,10 +53,7 @@ fn env(nats: &LocalNats, store: &Path) -> Vec<(String, String)> {
         ("INGEST__METRICS_ADDR", "127.0.0.1:0".to_string()),
         ("PREPROCESS__METRICS_ADDR", "127.0.0.1:0".to_string()),
         ("TRAIN__METRICS_ADDR", "127.0.0.1:0".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (format!("INCEPTION__{k}"), v))
-    .collect()
+    ])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! A trainer killed with SIGKILL resumes from its latest complete checkpoint.
 
+use inception_core::settings::env_vars;
 use inception_core::local_nats::LocalNats;
 use inception_integration_tests::{wait_for_file, Proc};
 use std::path::Path;
@@ -24,7 +25,7 @@ fn killed_trainer_resumes_from_the_latest_complete_checkpoint() {
     std::fs::create_dir_all(logs.join("second")).unwrap();
     inception_ingest::demo::generate(&images, 12, 2, 3).unwrap();
     let nats = LocalNats::start(&dir.path().join("nats")).unwrap();
-    let env: Vec<(String, String)> = [
+    let env: Vec<(String, String)> = env_vars([
         ("NATS__URL", nats.url()),
         ("STORE__URL", format!("file://{}", store.display())),
         ("MODEL__IMAGE_SIZE", "75".into()),
@@ -38,10 +39,7 @@ fn killed_trainer_resumes_from_the_latest_complete_checkpoint() {
         ("INGEST__METRICS_ADDR", "127.0.0.1:0".into()),
         ("PREPROCESS__METRICS_ADDR", "127.0.0.1:0".into()),
         ("TRAIN__METRICS_ADDR", "127.0.0.1:0".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (format!("INCEPTION__{k}"), v))
-    .collect();
+    ]);
     let train_dir = images.join("train");
     let mut ingest = Proc::spawn("inception-ingest", &["--train-directory", train_dir.to_str().unwrap()], &env, &logs);
     assert!(ingest.wait(Duration::from_secs(60)).success(), "{:?}", ingest.output());

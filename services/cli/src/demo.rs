@@ -1,6 +1,7 @@
 //! `inception demo`: every service as its own process, wired together the
 //! way a deployment wires them, on this machine.
 
+use inception_core::settings::env_vars;
 use anyhow::{bail, Context};
 use inception_core::local_nats::LocalNats;
 use std::path::{Path, PathBuf};
@@ -117,7 +118,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let nats = LocalNats::start(&nats_dir)?;
     println!("nats-server on {}; object store file://{}", nats.url(), store_dir.display());
 
-    let env: Vec<(String, String)> = [
+    let env: Vec<(String, String)> = env_vars([
         ("NATS__URL", nats.url()),
         ("STORE__URL", format!("file://{}", store_dir.display())),
         ("DATASET__NAME", "demo".into()),
@@ -138,10 +139,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         ("PREPROCESS__METRICS_ADDR", "127.0.0.1:0".into()),
         ("TRAIN__METRICS_ADDR", "127.0.0.1:0".into()),
         ("EVAL__METRICS_ADDR", "127.0.0.1:0".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (format!("INCEPTION__{k}"), v))
-    .collect();
+    ]);
     let command = |name: &str| -> anyhow::Result<Command> {
         let mut c = Command::new(binary(name)?);
         c.envs(env.iter().cloned());

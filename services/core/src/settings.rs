@@ -8,6 +8,16 @@ use std::path::Path;
 /// The defaults, compiled in so that every binary runs with no file at all.
 pub const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
 
+/// Prefix of the environment variables that override settings:
+/// `INCEPTION__<SECTION>__<KEY>`.
+pub const ENV_PREFIX: &str = "INCEPTION";
+
+/// `(SECTION__KEY, value)` pairs as the environment variables that set them,
+/// e.g. `("TRAIN__MAX_STEPS", "10")` -> `("INCEPTION__TRAIN__MAX_STEPS", "10")`.
+pub fn env_vars<K: std::fmt::Display, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Vec<(String, String)> {
+    pairs.into_iter().map(|(k, v)| (format!("{ENV_PREFIX}__{k}"), v.into())).collect()
+}
+
 /// Environment variable that names an extra configuration file.
 pub const CONFIG_FILE_ENV: &str = "INCEPTION_CONFIG";
 
@@ -155,7 +165,7 @@ impl Settings {
             builder = builder.add_source(config::File::new(path, config::FileFormat::Toml));
         }
         builder = builder.add_source(
-            config::Environment::with_prefix("INCEPTION")
+            config::Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator("__")
                 .separator("__")
                 .try_parsing(true),

@@ -13,6 +13,11 @@ use tokio::net::TcpListener;
 
 use crate::shutdown::CancellationToken;
 
+/// Local time as the original's log lines print it (`datetime.now()`).
+pub fn log_timestamp() -> String {
+    chrono::Local::now().format("%Y-%m-%d %H:%M:%S%.6f").to_string()
+}
+
 /// Starts `tracing` output on stderr; `RUST_LOG` filters (default `info`).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

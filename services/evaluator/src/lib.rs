@@ -16,6 +16,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use inception_core::example::parse_image_example;
 use inception_core::nats::{NatsError, Streams};
+use inception_core::telemetry::log_timestamp;
 use inception_core::shutdown::CancellationToken;
 use inception_core::tfevents::OptionalEvents;
 use inception_core::store::StoreError;
@@ -79,10 +80,6 @@ pub struct Evaluator {
     events: OptionalEvents,
 }
 
-fn now() -> String {
-    chrono::Local::now().format("%Y-%m-%d %H:%M:%S%.6f").to_string()
-}
-
 impl Evaluator {
     pub fn new(settings: Settings, store: Store) -> Result<Self, EvalError> {
         let device = inception_model::device_from_setting(&settings.eval.device).map_err(EvalError::Config)?;
@@ -116,16 +113,13 @@ impl Evaluator {
     /// Evaluates the checkpoint whose metadata is at `metadata_key`.
     pub async fn evaluate(&mut self, metadata_key: &str) -> Result<Evaluation, EvalError> {
         let fail = |message: String| EvalError::Checkpoint { key: metadata_key.to_string(), message };
-        let (meta, tensors) = checkpoint::read(&self.store, metadata_key).await.map_err(|e| match e {
-            checkpoint::CheckpointError::Store(s) => EvalError::Store(s),
-            other => fail(other.to_string()),
-        })?;
+        let (meta, tensors) = checkpoint::read(&self.store, metadata_key).await.map_err(|e| checkpoint_error(metadata_key, e))?;
         meta.model.validate().map_err(&fail)?;
         let vs = VarStore::new(self.device);
         let model = InceptionV3::new(&vs.root(), &meta.model);
         let averaged = checkpoint::load_for_inference(&vs, &tensors).map_err(|e| fail(e.to_string()))?;
         tracing::info!("evaluating {} weights", if averaged { "moving-average" } else { "raw" });
-        println!("{}: Successfully loaded model from {metadata_key} at step={}.", now(), meta.step);
+        println!("{}: Successfully loaded model from {metadata_key} at step={}.", log_timestamp(), meta.step);
 
         let size = meta.model.image_size as u32;
         let batch_size = self.settings.eval.batch_size as usize;
@@ -159,7 +153,7 @@ impl Evaluator {
                 let secs = window.elapsed().as_secs_f64() / 20.0;
                 println!(
                     "{}: [{} batches out of {}] ({:.1} examples/sec; {:.3}sec/batch)",
-                    now(), b + 1, num_batches, batch_size as f64 / secs, secs
+                    log_timestamp(), b + 1, num_batches, batch_size as f64 / secs, secs
                 );
                 window = Instant::now();
             }
@@ -196,7 +190,7 @@ impl Evaluator {
             }
             Err(e) => return Err(e),
         };
-        println!("{}: {}", now(), evaluation.line());
+        println!("{}: {}", log_timestamp(), evaluation.line());
         let json = serde_json::to_vec_pretty(&evaluation).map_err(|e| EvalError::Config(e.to_string()))?;
         self.store.put(&result_key, Bytes::from(json)).await?;
         metrics::gauge!("inception_eval_precision_at_1").set(evaluation.precision_at_1);
@@ -222,10 +216,8 @@ impl Evaluator {
     }
 
     async fn latest(&self) -> Result<Option<CheckpointPointer>, EvalError> {
-        checkpoint::read_pointer(&self.store, &self.settings.train.run).await.map_err(|e| match e {
-            checkpoint::CheckpointError::Store(s) => EvalError::Store(s),
-            other => EvalError::Checkpoint { key: keys::checkpoint_pointer(&self.settings.train.run), message: other.to_string() },
-        })
+        let run = &self.settings.train.run;
+        checkpoint::read_pointer(&self.store, run).await.map_err(|e| checkpoint_error(&keys::checkpoint_pointer(run), e))
     }
 
     /// `--run-once`: evaluates the latest checkpoint and returns.
@@ -233,7 +225,7 @@ impl Evaluator {
         match self.latest().await? {
             Some(p) => self.evaluate_and_report(streams, &p.metadata, true).await,
             None => {
-                println!("{}: No checkpoint file found at {}", now(), keys::checkpoint_pointer(&self.settings.train.run));
+                println!("{}: No checkpoint file found at {}", log_timestamp(), keys::checkpoint_pointer(&self.settings.train.run));
                 Ok(None)
             }
         }
@@ -281,6 +273,15 @@ impl Evaluator {
                 Err(e) => tracing::error!("evaluation skipped: {e}"),
             }
         }
+    }
+}
+
+/// Store failures stay store errors (retried later); anything else about a
+/// checkpoint names it.
+fn checkpoint_error(key: &str, e: checkpoint::CheckpointError) -> EvalError {
+    match e {
+        checkpoint::CheckpointError::Store(s) => EvalError::Store(s),
+        other => EvalError::Checkpoint { key: key.to_string(), message: other.to_string() },
     }
 }
 

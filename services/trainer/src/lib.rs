@@ -15,6 +15,7 @@ use async_nats::jetstream::consumer::{pull, AckPolicy};
 use futures::StreamExt;
 use inception_core::batch::Batch;
 use inception_core::nats::{NatsError, Streams};
+use inception_core::telemetry::log_timestamp;
 use inception_core::shutdown::{sleep_or_cancel, CancellationToken};
 use inception_core::store::StoreError;
 use inception_core::{keys, Settings, Store};
@@ -237,10 +238,6 @@ async fn examples_per_epoch(settings: &Settings, streams: &Streams) -> Result<u6
     Ok(seen.values().sum::<u64>().max(1))
 }
 
-fn now() -> String {
-    chrono::Local::now().format("%Y-%m-%d %H:%M:%S%.6f").to_string()
-}
-
 /// Trains until `train.max_steps` or shutdown; returns the final step.
 pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown: &CancellationToken) -> Result<u64, TrainError> {
     let t = &settings.train;
@@ -339,7 +336,7 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
             events.scalars(state.step, &[("loss", loss), ("learning_rate", lr), ("examples_per_sec", n as f64 / elapsed)]);
             println!(
                 "{}: step {}, loss = {:.2} ({:.1} examples/sec; {:.3} sec/batch)",
-                now(), state.step, loss, n as f64 / elapsed, elapsed
+                log_timestamp(), state.step, loss, n as f64 / elapsed, elapsed
             );
         }
         if state.step % t.checkpoint_every_steps == 0 {
