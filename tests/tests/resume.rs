@@ -1,8 +1,10 @@
-//! A trainer killed with SIGKILL resumes from its latest complete checkpoint.
+//! A trainer killed with SIGKILL resumes from its latest complete checkpoint;
+//! the evaluator watching that run skips broken checkpoints (of another
+//! model shape, or with unreadable weights) once each and keeps serving.
 
 use inception_core::settings::env_vars;
 use inception_core::local_nats::LocalNats;
-use inception_integration_tests::{wait_for_file, Proc};
+use inception_integration_tests::{free_port, http_get, wait_for_file, Proc};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -40,8 +42,13 @@ fn killed_trainer_resumes_from_the_latest_complete_checkpoint() {
         ("PREPROCESS__METRICS_ADDR", "127.0.0.1:0".into()),
         ("TRAIN__METRICS_ADDR", "127.0.0.1:0".into()),
     ]);
-    let train_dir = images.join("train");
-    let mut ingest = Proc::spawn("inception-ingest", &["--train-directory", train_dir.to_str().unwrap()], &env, &logs);
+    let (train_dir, validation_dir) = (images.join("train"), images.join("validation"));
+    let mut ingest = Proc::spawn(
+        "inception-ingest",
+        &["--train-directory", train_dir.to_str().unwrap(), "--validation-directory", validation_dir.to_str().unwrap()],
+        &env,
+        &logs,
+    );
     assert!(ingest.wait(Duration::from_secs(60)).success(), "{:?}", ingest.output());
     let _worker = Proc::spawn("inception-preprocess", &[], &env, &logs);
 
@@ -79,6 +86,8 @@ fn killed_trainer_resumes_from_the_latest_complete_checkpoint() {
     }
     assert!(!store.join("checkpoints/default/model.ckpt-10.safetensors").exists());
 
+    evaluator_skips_broken_checkpoints_and_keeps_serving(&store, &env, &logs);
+
     // A new run fine-tuned from that checkpoint (a store key): weights only,
     // the logits layers fresh, the step from 0.
     std::fs::create_dir_all(logs.join("tuned")).unwrap();
@@ -95,4 +104,71 @@ fn killed_trainer_resumes_from_the_latest_complete_checkpoint() {
     assert!(err.contains("are not in the model and were ignored: ema/"), "{err}");
     assert_eq!(logged_steps(&out), vec![1, 2, 3]);
     assert!(store.join("checkpoints/tuned/model.ckpt-3.json").is_file());
+}
+
+/// Points the run's `checkpoint` pointer at `metadata` (what a trainer does last).
+fn point_at(store: &Path, step: u64, metadata: &str) {
+    let pointer = serde_json::json!({ "step": step, "metadata": metadata, "all": [metadata] });
+    std::fs::write(store.join("checkpoints/default/checkpoint"), serde_json::to_vec(&pointer).unwrap()).unwrap();
+}
+
+fn metric(port: u16, name: &str) -> f64 {
+    let (_, body) = http_get(port, "/metrics").expect("metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn evaluator_skips_broken_checkpoints_and_keeps_serving(store: &Path, env: &[(String, String)], logs: &Path) {
+    let port = free_port();
+    let mut env = env.to_vec();
+    env.extend(env_vars([("EVAL__EVAL_INTERVAL_SECS", "1".to_string()), ("EVAL__METRICS_ADDR", format!("127.0.0.1:{port}"))]));
+    std::fs::create_dir_all(logs.join("eval")).unwrap();
+    let mut evaluator = Proc::spawn("inception-evaluator", &[], &env, &logs.join("eval"));
+    let ckpt = store.join("checkpoints/default");
+    wait_for_file(&store.join("eval/default/step-60.json"), Duration::from_secs(120), || format!("{:?}", evaluator.output()));
+
+    // Step 70: a checkpoint of another model shape (wider layers than its weights).
+    let mut meta: serde_json::Value = serde_json::from_slice(&std::fs::read(ckpt.join("model.ckpt-60.json")).unwrap()).unwrap();
+    meta["step"] = 70.into();
+    meta["model"]["depth_multiplier"] = 0.3.into();
+    std::fs::write(ckpt.join("model.ckpt-70.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
+    point_at(store, 70, "checkpoints/default/model.ckpt-70.json");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(port, "inception_eval_failures_total") < 1.0 {
+        assert!(Instant::now() < deadline && evaluator.is_running(), "step 70 not rejected: {:?}", evaluator.output());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Step 80: weights that are not a safetensors file.
+    meta["step"] = 80.into();
+    meta["model"]["depth_multiplier"] = 0.1.into();
+    meta["weights"] = "checkpoints/default/model.ckpt-80.safetensors".into();
+    std::fs::write(ckpt.join("model.ckpt-80.safetensors"), b"not a tensor file").unwrap();
+    std::fs::write(ckpt.join("model.ckpt-80.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
+    point_at(store, 80, "checkpoints/default/model.ckpt-80.json");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(port, "inception_eval_failures_total") < 2.0 {
+        assert!(Instant::now() < deadline && evaluator.is_running(), "step 80 not rejected: {:?}", evaluator.output());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Several more polls of the same broken pointer: not retried.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(metric(port, "inception_eval_failures_total"), 2.0);
+    assert_eq!(metric(port, "inception_eval_evaluations_total"), 1.0);
+    assert!(evaluator.is_running(), "{:?}", evaluator.output());
+    assert!(http_get(port, "/healthz").unwrap().0.contains("200"));
+    let (_, err) = evaluator.output();
+    let skipped: Vec<&str> = err.lines().filter(|l| l.contains("evaluation skipped")).collect();
+    assert_eq!(skipped.len(), 2, "{err}");
+    assert!(skipped[0].contains("checkpoints/default/model.ckpt-70.json"), "{}", skipped[0]);
+    assert!(skipped[1].contains("checkpoints/default/model.ckpt-80.safetensors"), "{}", skipped[1]);
+    assert!(!store.join("eval/default/step-70.json").exists() && !store.join("eval/default/step-80.json").exists());
+
+    // A good checkpoint afterwards is still evaluated.
+    meta["step"] = 90.into();
+    meta["weights"] = "checkpoints/default/model.ckpt-60.safetensors".into();
+    std::fs::write(ckpt.join("model.ckpt-90.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
+    point_at(store, 90, "checkpoints/default/model.ckpt-90.json");
+    wait_for_file(&store.join("eval/default/step-90.json"), Duration::from_secs(60), || format!("{:?}", evaluator.output()));
+    assert!(evaluator.terminate(Duration::from_secs(30)).success(), "{:?}", evaluator.output());
 }
