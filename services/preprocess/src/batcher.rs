@@ -10,7 +10,7 @@ use rand::Rng;
 pub fn add_record<R: Rng>(batch: &mut Batch, record: &[u8], max_pixels: u64, distort_color: bool, rng: &mut R) -> Result<(), String> {
     let parsed = parse_image_example(record).map_err(|e| e.to_string())?;
     let decoded = inception_vision::decode_rgb(&parsed.encoded, max_pixels).map_err(|e| e.to_string())?;
-    let pixels = inception_vision::train_image(&decoded.image, batch.image_size, distort_color, rng);
+    let pixels = inception_vision::train_image(&decoded.image, batch.image_size, &[], distort_color, rng);
     batch.images.extend_from_slice(&pixels);
     batch.labels.push(parsed.label);
     Ok(())

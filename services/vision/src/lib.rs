@@ -11,4 +11,4 @@ pub mod transform;
 
 pub use decode::{decode_rgb, to_rgb_jpeg, DecodedImage, VisionError};
 pub use resize::ResizeMethod;
-pub use transform::{central_crop, eval_image, flip_left_right, quantize, resize_bilinear, train_image, CropBox};
+pub use transform::{central_crop, eval_image, flip_left_right, quantize, resize_bilinear, train_image, CropBox, ObjectBox};

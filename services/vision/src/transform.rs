@@ -23,12 +23,47 @@ pub const ASPECT_RATIO_RANGE: (f64, f64) = (0.75, 1.33);
 pub const AREA_RANGE: (f64, f64) = (0.05, 1.0);
 pub const MAX_ATTEMPTS: u32 = 100;
 
-/// `sample_distorted_bounding_box` for an image without boxes (TF then uses
-/// the whole image as the box): the crop must cover at least
-/// `MIN_OBJECT_COVERED` of it. Falls back to the whole image after
-/// `MAX_ATTEMPTS`. Follows TF's `GenerateRandomCrop` sampling.
-pub fn sample_distorted_crop<R: Rng>(width: u32, height: u32, rng: &mut R) -> CropBox {
+/// An object's box in coordinates relative to the image (0..1), as the
+/// records' `image/object/bbox/*` features hold it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ObjectBox {
+    pub xmin: f32,
+    pub ymin: f32,
+    pub xmax: f32,
+    pub ymax: f32,
+}
+
+impl ObjectBox {
+    /// The box in pixels, truncated as TF's `Rectangle(xmin * width, …)`, and
+    /// clipped to the image; `None` when empty.
+    fn to_pixels(self, width: u32, height: u32) -> Option<(i64, i64, i64, i64)> {
+        let (w, h) = (f64::from(width), f64::from(height));
+        let clip = |v: f32, limit: f64| (f64::from(v).clamp(0.0, 1.0) * limit) as i64;
+        let b = (clip(self.xmin, w), clip(self.ymin, h), clip(self.xmax, w), clip(self.ymax, h));
+        (b.2 > b.0 && b.3 > b.1).then_some(b)
+    }
+}
+
+/// Fraction of box `b` (pixels: xmin, ymin, xmax, ymax) that `crop` covers.
+fn covered_fraction(crop: CropBox, b: (i64, i64, i64, i64)) -> f64 {
+    let (cx0, cy0) = (i64::from(crop.x), i64::from(crop.y));
+    let (cx1, cy1) = (cx0 + i64::from(crop.width), cy0 + i64::from(crop.height));
+    let iw = (cx1.min(b.2) - cx0.max(b.0)).max(0);
+    let ih = (cy1.min(b.3) - cy0.max(b.1)).max(0);
+    (iw * ih) as f64 / ((b.2 - b.0) * (b.3 - b.1)) as f64
+}
+
+/// `tf.image.sample_distorted_bounding_box` with `distort_image`'s
+/// parameters: a crop of 5–100 % of the image area and aspect ratio
+/// 0.75–1.33 that covers at least `MIN_OBJECT_COVERED` of one of `boxes`
+/// (of the whole image when there are none, as TF does). Falls back to the
+/// whole image after `MAX_ATTEMPTS`. Follows TF's `GenerateRandomCrop`.
+pub fn sample_distorted_crop<R: Rng>(width: u32, height: u32, boxes: &[ObjectBox], rng: &mut R) -> CropBox {
     let whole = CropBox { x: 0, y: 0, width, height };
+    let mut targets: Vec<_> = boxes.iter().filter_map(|b| b.to_pixels(width, height)).collect();
+    if targets.is_empty() {
+        targets.push((0, 0, i64::from(width), i64::from(height)));
+    }
     let (w0, h0) = (f64::from(width), f64::from(height));
     let image_area = w0 * h0;
     for _ in 0..MAX_ATTEMPTS {
@@ -60,13 +95,13 @@ pub fn sample_distorted_crop<R: Rng>(width: u32, height: u32, rng: &mut R) -> Cr
         if area < min_area || area > max_area || w <= 0 || h <= 0 || w > i64::from(width) || h > i64::from(height) {
             continue;
         }
-        if area / image_area < MIN_OBJECT_COVERED {
-            continue;
-        }
         let (w, h) = (w as u32, h as u32);
         let y = rng.random_range(0..=(height - h));
         let x = rng.random_range(0..=(width - w));
-        return CropBox { x, y, width: w, height: h };
+        let crop = CropBox { x, y, width: w, height: h };
+        if targets.iter().any(|&b| covered_fraction(crop, b) >= MIN_OBJECT_COVERED) {
+            return crop;
+        }
     }
     whole
 }
@@ -115,9 +150,9 @@ pub fn flip_left_right<T>(pixels: &mut [T], size: u32) {
 /// distortion in one of the two orders, drawn per example; clip to [0, 1].
 /// (The original ties method and order to the preprocessing thread id; a
 /// per-example draw gives the same mixture.) `distort_color = false` skips
-/// the colour step.
-pub fn train_image<R: Rng>(img: &RgbImage, size: u32, distort_color: bool, rng: &mut R) -> Vec<u8> {
-    let crop = sample_distorted_crop(img.width(), img.height(), rng);
+/// the colour step. `boxes`: the record's object boxes, if any.
+pub fn train_image<R: Rng>(img: &RgbImage, size: u32, boxes: &[ObjectBox], distort_color: bool, rng: &mut R) -> Vec<u8> {
+    let crop = sample_distorted_crop(img.width(), img.height(), boxes, rng);
     let method = ResizeMethod::from_index(rng.random_range(0..4));
     let mut px = resize(img, crop, size, method);
     if rng.random_bool(0.5) {
@@ -177,7 +212,7 @@ mod tests {
         let (w, h) = (500u32, 375u32);
         let mut smallest = 1.0f64;
         for _ in 0..2000 {
-            let c = sample_distorted_crop(w, h, &mut rng);
+            let c = sample_distorted_crop(w, h, &[], &mut rng);
             assert!(c.x + c.width <= w && c.y + c.height <= h);
             let covered = f64::from(c.width * c.height) / f64::from(w * h);
             assert!(covered >= MIN_OBJECT_COVERED - 1e-9, "{c:?}");
@@ -188,8 +223,38 @@ mod tests {
             smallest = smallest.min(covered);
         }
         assert!(smallest < 0.2, "small crops do occur: {smallest}");
-        let a = sample_distorted_crop(w, h, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1));
-        let b = sample_distorted_crop(w, h, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1));
+        let a = sample_distorted_crop(w, h, &[], &mut rand_chacha::ChaCha8Rng::seed_from_u64(1));
+        let b = sample_distorted_crop(w, h, &[], &mut rand_chacha::ChaCha8Rng::seed_from_u64(1));
         assert_eq!(a, b, "deterministic for a seed");
+    }
+
+    #[test]
+    fn crops_cover_a_tenth_of_some_object_box() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let (w, h) = (500u32, 400u32);
+        // A small object in the top-left corner: 50x40 pixels, 1 % of the image.
+        let small = ObjectBox { xmin: 0.0, ymin: 0.0, xmax: 0.1, ymax: 0.1 };
+        let mut whole_image = 0;
+        for _ in 0..500 {
+            let c = sample_distorted_crop(w, h, &[small], &mut rng);
+            let (ix, iy) = (50u32.saturating_sub(c.x).min(c.width), 40u32.saturating_sub(c.y).min(c.height));
+            let covered = f64::from(ix * iy) / 2000.0;
+            assert!(covered >= MIN_OBJECT_COVERED, "{c:?} covers {covered} of the object");
+            whole_image += usize::from(c == CropBox { x: 0, y: 0, width: w, height: h });
+        }
+        assert!(whole_image < 50, "most draws find a crop before the fallback: {whole_image}");
+        // Any of several boxes may satisfy the constraint; a degenerate box is ignored.
+        let far = ObjectBox { xmin: 0.9, ymin: 0.9, xmax: 1.0, ymax: 1.0 };
+        let empty = ObjectBox { xmin: 0.5, ymin: 0.5, xmax: 0.5, ymax: 0.7 };
+        let (mut near_hits, mut far_hits) = (0, 0);
+        for _ in 0..500 {
+            let c = sample_distorted_crop(w, h, &[small, far, empty], &mut rng);
+            near_hits += usize::from(c.x < 50 && c.y < 40);
+            far_hits += usize::from(c.x + c.width > 450 && c.y + c.height > 360);
+        }
+        assert!(near_hits > 50 && far_hits > 50, "both objects get crops: {near_hits} {far_hits}");
+        // Only the empty box: treated as no boxes at all (whole-image constraint).
+        let c = sample_distorted_crop(w, h, &[empty], &mut rng);
+        assert!(f64::from(c.width * c.height) >= 0.1 * f64::from(w * h));
     }
 }
