@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The test command (`make test`, and CI's .ci/run): set-up, then every test
 # of the workspace: unit tests of each crate and the cross-service tests in
-# tests/, which start their own nats-server on a free loopback port.
+# tests/, which start their own nats-server on a free loopback port (and
+# check deploy/ with the tools scripts/setup-ops.sh installs).
 # Ends with one summary line over all test binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+scripts/setup-ops.sh   # promtool, prometheus, kubectl, docker-compose, kubernetes-validate for deploy/ checks
 . scripts/env.sh
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
