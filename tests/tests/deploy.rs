@@ -11,3 +11,254 @@ fn nats_server_accepts_the_deploy_config() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("configuration file") && text.contains("is valid"), "{text}");
 }
+
+mod support;
+use std::collections::BTreeSet;
+use support::{read, repo_file, run, tool, yaml_documents, yaml_file};
+
+fn prometheus_dir() -> std::path::PathBuf {
+    repo_file("deploy/prometheus")
+}
+
+#[test]
+fn promtool_accepts_the_prometheus_config_and_rules() {
+    let promtool = tool("promtool");
+    let (ok, text) = run(&promtool, &["check", "config", "prometheus.yml"], &prometheus_dir());
+    assert!(ok && text.contains("SUCCESS: prometheus.yml is valid"), "{text}");
+    let (ok, text) = run(&promtool, &["check", "rules", "rules/inception.rules.yml"], &prometheus_dir());
+    assert!(ok && text.contains("SUCCESS"), "{text}");
+    // The config scrapes every service and NATS (through its exporter).
+    let config = &yaml_file("deploy/prometheus/prometheus.yml")[0];
+    let jobs: BTreeSet<&str> = config["scrape_configs"].as_array().expect("scrape_configs").iter().filter_map(|j| j["job_name"].as_str()).collect();
+    assert_eq!(jobs, BTreeSet::from(["ingest", "preprocess", "trainer", "evaluator", "nats"]));
+    let text = read("deploy/prometheus/prometheus.yml");
+    for target in ["ingest:9101", "\"preprocess\"", "port: 9102", "trainer:9103", "evaluator:9104", "nats-exporter:7777"] {
+        assert!(text.contains(target), "{target} is not scraped");
+    }
+}
+
+#[test]
+fn promtool_rejects_a_broken_rule() {
+    // The check above means something: a rule with a bad expression fails.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broken = read("deploy/prometheus/rules/inception.rules.yml").replace("rate(inception_trainer_data_wait_seconds_sum[10m])", "rate(inception_trainer_data_wait_seconds_sum)");
+    std::fs::write(dir.path().join("broken.yml"), broken).expect("write");
+    let (ok, text) = run(&tool("promtool"), &["check", "rules", "broken.yml"], dir.path());
+    assert!(!ok, "a range function without a range passed: {text}");
+}
+
+#[test]
+fn alert_rules_pass_their_unit_tests() {
+    let (ok, text) = run(&tool("promtool"), &["test", "rules", "tests/inception.rules.test.yml"], &prometheus_dir());
+    assert!(ok && text.contains("SUCCESS"), "{text}");
+    // Every alert has a unit test that shows it firing.
+    let tests = read("deploy/prometheus/tests/inception.rules.test.yml");
+    let alerts: Vec<String> = support::alert_rules().into_iter().map(|(name, _)| name).collect();
+    for required in ["InceptionTrainerStalled", "InceptionTrainerLossNotFinite", "InceptionTrainerLossDiverging", "InceptionEvaluationOverdue", "InceptionTrainerStarved", "InceptionIngestErrorRate"] {
+        assert!(alerts.iter().any(|a| a == required), "no {required} alert");
+    }
+    for alert in &alerts {
+        assert!(tests.contains(&format!("alertname: {alert}\n        exp_alerts:\n          -")), "{alert} is never shown firing");
+    }
+}
+
+#[test]
+fn rules_and_dashboard_use_only_metrics_the_services_export_and_the_docs_list() {
+    let exported = support::exported_metric_names();
+    let documented = support::documented_metric_names();
+    assert!(exported.len() >= 25, "{exported:?}");
+    // The catalogue lists every metric the services record, and nothing else.
+    assert_eq!(exported, documented, "docs/metrics.md and services/ disagree");
+    let mut used = Vec::new();
+    for (name, expr) in support::alert_rules() {
+        used.push((format!("rule {name}"), expr));
+    }
+    for (title, expr) in support::dashboard_queries(&support::dashboard()) {
+        used.push((format!("panel {title:?}"), expr));
+    }
+    for (place, expr) in &used {
+        let names = support::metric_names(expr);
+        assert!(!names.is_empty() || expr.contains("up{"), "{place}: no pipeline metric in {expr}");
+        for name in names {
+            assert!(exported.contains(&name), "{place} uses {name}, which no service exports");
+        }
+    }
+}
+
+#[test]
+fn grafana_provisioning_points_at_the_dashboard_and_its_datasource() {
+    let datasource = &yaml_file("deploy/grafana/provisioning/datasources/prometheus.yml")[0]["datasources"][0];
+    assert_eq!(datasource["type"], "prometheus");
+    let uid = datasource["uid"].as_str().expect("datasource uid");
+    let provider = &yaml_file("deploy/grafana/provisioning/dashboards/inception.yml")[0]["providers"][0];
+    let path = provider["options"]["path"].as_str().expect("provider path");
+    // Compose mounts the dashboards where the provider looks for them.
+    let compose = read("deploy/compose/docker-compose.yml");
+    assert!(compose.contains(&format!("../grafana/dashboards:{path}:ro")), "dashboards not mounted at {path}");
+    let dashboard = support::dashboard();
+    let mut ids = BTreeSet::new();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    for p in panels {
+        assert!(ids.insert(p["id"].as_i64().expect("panel id")), "duplicate panel id {}", p["id"]);
+        if p["type"] != "row" {
+            assert_eq!(p["datasource"]["uid"], uid, "panel {} uses another data source", p["title"]);
+            assert!(!p["targets"].as_array().expect("targets").is_empty(), "panel {} has no query", p["title"]);
+        }
+    }
+    let titles: Vec<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
+    for wanted in ["Examples per second by stage", "Step time p50 / p95", "Loss", "Learning rate", "Precision@1 and recall@5 against checkpoint step", "Batch queue depth", "Preprocess workers", "Errors per second"] {
+        assert!(titles.contains(&wanted), "no panel {wanted:?}: {titles:?}");
+    }
+    let queries = support::dashboard_queries(&dashboard);
+    assert!(queries.iter().any(|(_, e)| e.contains("histogram_quantile(0.95") && e.contains("inception_trainer_step_seconds_bucket")));
+    assert!(queries.iter().any(|(_, e)| e.contains("histogram_quantile(0.5,") && e.contains("inception_trainer_step_seconds_bucket")));
+}
+
+fn compose_dir() -> std::path::PathBuf {
+    repo_file("deploy/compose")
+}
+
+#[test]
+fn docker_compose_validates_the_compose_files() {
+    let compose = tool("docker-compose");
+    let (ok, text) = run(&compose, &["-f", "docker-compose.yml", "config", "--quiet"], &compose_dir());
+    assert!(ok, "{text}");
+    let (ok, text) = run(&compose, &["-f", "docker-compose.yml", "-f", "docker-compose.gpu.yml", "config", "--quiet"], &compose_dir());
+    assert!(ok, "{text}");
+    let (ok, services) = run(&compose, &["-f", "docker-compose.yml", "config", "--services"], &compose_dir());
+    assert!(ok, "{services}");
+    let services: BTreeSet<&str> = services.lines().collect();
+    for s in ["nats", "nats-exporter", "minio", "prometheus", "grafana", "ingest", "preprocess", "trainer", "evaluator"] {
+        assert!(services.contains(s), "no {s} service: {services:?}");
+    }
+    // The resolved file: JetStream on, each service's metrics on 0.0.0.0 and its port.
+    let (ok, resolved) = run(&compose, &["-f", "docker-compose.yml", "config"], &compose_dir());
+    assert!(ok, "{resolved}");
+    let doc = &yaml_documents(&resolved)[0];
+    for (service, key, port) in [("ingest", "INGEST", 9101), ("preprocess", "PREPROCESS", 9102), ("trainer", "TRAIN", 9103), ("evaluator", "EVAL", 9104)] {
+        let env = &doc["services"][service]["environment"];
+        assert_eq!(env[format!("INCEPTION__{key}__METRICS_ADDR")], format!("0.0.0.0:{port}"), "{service}");
+        assert_eq!(env["INCEPTION__NATS__URL"], "nats://nats:4222", "{service}");
+        assert!(env["INCEPTION__STORE__URL"].as_str().is_some_and(|u| u.starts_with("s3://")), "{service}");
+        assert_eq!(doc["services"][service]["build"]["dockerfile"], "deploy/compose/Dockerfile", "{service}");
+    }
+    assert!(read("deploy/nats/nats-server.conf").contains("jetstream"), "the mounted nats config enables JetStream");
+    let gpu = read("deploy/compose/docker-compose.gpu.yml");
+    assert!(gpu.contains("driver: nvidia") && gpu.contains("capabilities: [gpu]"), "{gpu}");
+}
+
+#[test]
+fn docker_compose_rejects_a_broken_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broken = read("deploy/compose/docker-compose.yml").replace("    image: nats:2.12.8\n", "    image: nats:2.12.8\n    no_such_option: 1\n");
+    std::fs::write(dir.path().join("docker-compose.yml"), broken).expect("write");
+    let (ok, text) = run(&tool("docker-compose"), &["-f", "docker-compose.yml", "config", "--quiet"], dir.path());
+    assert!(!ok && text.contains("no_such_option"), "{text}");
+}
+
+#[test]
+fn dockerfile_gets_libtorch_from_the_pinned_pypi_torch() {
+    let dockerfile = read("deploy/compose/Dockerfile");
+    let setup = read("scripts/setup.sh");
+    let version = setup.lines().find_map(|l| l.strip_prefix("TORCH_VERSION=")).and_then(|v| v.split_whitespace().next()).expect("TORCH_VERSION in setup.sh");
+    assert!(dockerfile.contains(&format!("torch=={version}")), "Dockerfile's torch differs from setup.sh's {version}");
+    assert!(dockerfile.contains("LIBTORCH_USE_PYTORCH=1"));
+    for bin in ["inception-ingest", "inception-preprocess", "inception-trainer", "inception-evaluator"] {
+        assert!(dockerfile.contains(&format!("-p {bin}")) && dockerfile.contains(&format!("target/release/{bin}")), "{bin} not built");
+    }
+}
+
+/// `kubectl kustomize deploy/k8s`, as JSON documents.
+fn kustomize() -> (String, Vec<serde_json::Value>) {
+    let (ok, built) = run(&tool("kubectl"), &["kustomize", "deploy/k8s"], &support::repo_root());
+    assert!(ok, "{built}");
+    let docs = yaml_documents(&built);
+    (built, docs)
+}
+
+fn find<'a>(docs: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_json::Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+#[test]
+fn kustomize_builds_objects_that_pass_the_kubernetes_schemas() {
+    let (built, docs) = kustomize();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("inception.yaml");
+    std::fs::write(&file, &built).expect("write");
+    let file = file.to_str().expect("utf-8 path");
+    let (ok, text) = run(&tool("kubernetes-validate"), &["--strict", file], dir.path());
+    assert!(ok, "{text}");
+    // Every built-in kind was checked against a schema (only the CRDs lack one).
+    for d in &docs {
+        let (kind, name) = (d["kind"].as_str().unwrap_or(""), d["metadata"]["name"].as_str().unwrap_or(""));
+        if kind == "ScaledObject" || kind == "PodMonitor" {
+            continue;
+        }
+        assert!(text.contains(&format!("passed for resource {}/{name}", kind.to_lowercase())), "{kind}/{name} not validated: {text}");
+    }
+    // A misspelt field is caught by the same check.
+    std::fs::write(dir.path().join("bad.yaml"), built.replacen("readinessProbe:", "readinesProbe:", 1)).expect("write");
+    let (ok, text) = run(&tool("kubernetes-validate"), &["--strict", "bad.yaml"], dir.path());
+    assert!(!ok && text.contains("readinesProbe"), "{text}");
+}
+
+#[test]
+fn kubernetes_workloads_have_probes_ports_and_the_trainer_a_gpu() {
+    let (_, docs) = kustomize();
+    let config = &find(&docs, "ConfigMap", "inception-config")["data"];
+    for (kind, name, key, port) in [("Job", "ingest", "INGEST", 9101), ("Deployment", "preprocess", "PREPROCESS", 9102), ("Deployment", "trainer", "TRAIN", 9103), ("Deployment", "evaluator", "EVAL", 9104)] {
+        let pod = &find(&docs, kind, name)["spec"]["template"];
+        let c = &pod["spec"]["containers"][0];
+        assert_eq!(config[format!("INCEPTION__{key}__METRICS_ADDR")], format!("0.0.0.0:{port}"), "{name}");
+        assert_eq!(c["ports"][0]["name"], "metrics", "{name}");
+        assert_eq!(c["ports"][0]["containerPort"], port, "{name}");
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz", "{name}");
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz", "{name}");
+        assert_eq!(c["livenessProbe"]["httpGet"]["port"], "metrics", "{name}");
+        assert_eq!(pod["metadata"]["annotations"]["prometheus.io/port"], port.to_string(), "{name}");
+        assert_eq!(pod["metadata"]["labels"]["app.kubernetes.io/name"], name);
+    }
+    let trainer = &find(&docs, "Deployment", "trainer")["spec"];
+    assert_eq!(trainer["replicas"], 1);
+    assert_eq!(trainer["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"], 1);
+    let monitor = &find(&docs, "PodMonitor", "inception")["spec"];
+    assert_eq!(monitor["jobLabel"], "app.kubernetes.io/name");
+    assert_eq!(monitor["podMetricsEndpoints"][0]["port"], "metrics");
+}
+
+#[test]
+fn keda_scales_preprocess_on_the_real_batch_queue() {
+    let (_, docs) = kustomize();
+    let scaled = &find(&docs, "ScaledObject", "preprocess")["spec"];
+    assert_eq!(scaled["scaleTargetRef"]["name"], "preprocess");
+    find(&docs, "Deployment", "preprocess");
+    let trigger = &scaled["triggers"][0];
+    assert_eq!(trigger["type"], "nats-jetstream");
+    let meta = &trigger["metadata"];
+    // The stream and the durable consumer the services really use.
+    let settings = inception_core::Settings::load(None, &[]).expect("default settings");
+    let subjects = inception_core::nats::Subjects::new(&settings.nats.subject_prefix);
+    assert_eq!(meta["stream"], subjects.stream_name("BATCHES"));
+    let consumer = meta["consumer"].as_str().expect("consumer");
+    let durable = format!("durable_name: Some(\"{consumer}\".into())");
+    let sources = ["services/core/src/nats.rs", "services/trainer/src/lib.rs"];
+    assert!(sources.iter().any(|f| read(f).contains(&durable)), "no durable consumer {consumer} in {sources:?}");
+    assert_eq!(meta["account"], "$G");
+    // The formula scales on free room: capacity is preprocess.queue_capacity.
+    let formula = scaled["advanced"]["scalingModifiers"]["formula"].as_str().expect("formula");
+    let capacity = settings.preprocess.queue_capacity;
+    assert_eq!(formula, format!("{name} < {capacity} ? {capacity} - {name} : 0", name = trigger["name"].as_str().expect("trigger name")));
+    // NATS from the official chart: JetStream on, monitoring where KEDA looks.
+    let values = &yaml_file("deploy/k8s/nats/values.yaml")[0];
+    assert_eq!(values["config"]["jetstream"]["enabled"], true);
+    assert_eq!(values["config"]["monitor"]["enabled"], true);
+    let port = values["config"]["monitor"]["port"].as_i64().expect("monitor port");
+    assert!(meta["natsServerMonitoringEndpoint"].as_str().is_some_and(|e| e.ends_with(&format!(":{port}"))), "{meta}");
+    assert_eq!(values["promExporter"]["enabled"], true);
+    let nats_url = find(&docs, "ConfigMap", "inception-config")["data"]["INCEPTION__NATS__URL"].as_str().expect("nats url").to_string();
+    let host = meta["natsServerMonitoringEndpoint"].as_str().and_then(|e| e.split(':').next()).expect("host");
+    assert!(nats_url.contains(host), "services use {nats_url}, KEDA watches {host}");
+}
