@@ -1,7 +1,7 @@
 //! `tf.Example` records of images, with the feature keys of
 //! `build_image_data.py` (written) and `image_processing.py` (read).
 
-use inception_proto::tensorflow::{feature, BytesList, Example, Feature, Features, Int64List};
+use inception_proto::tensorflow::{feature, BytesList, Example, Feature, Features, FloatList, Int64List};
 use inception_proto::Message;
 use std::collections::BTreeMap;
 
@@ -14,6 +14,22 @@ pub const KEY_LABEL: &str = "image/class/label";
 pub const KEY_TEXT: &str = "image/class/text";
 pub const KEY_FORMAT: &str = "image/format";
 pub const KEY_FILENAME: &str = "image/filename";
+/// Bounding boxes as `build_imagenet_data.py` writes them: one float list per
+/// coordinate (normalised to [0, 1]) and the image's label once per box.
+pub const KEY_BBOX_XMIN: &str = "image/object/bbox/xmin";
+pub const KEY_BBOX_YMIN: &str = "image/object/bbox/ymin";
+pub const KEY_BBOX_XMAX: &str = "image/object/bbox/xmax";
+pub const KEY_BBOX_YMAX: &str = "image/object/bbox/ymax";
+pub const KEY_BBOX_LABEL: &str = "image/object/bbox/label";
+
+/// One bounding box, coordinates relative to the image size (0..1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BoundingBox {
+    pub xmin: f32,
+    pub ymin: f32,
+    pub xmax: f32,
+    pub ymax: f32,
+}
 
 /// One image as `build_image_data.py` stores it: RGB JPEG bytes plus metadata.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +50,8 @@ pub enum ExampleError {
     Missing(&'static str),
     #[error("tf.Example feature {0} has the wrong type")]
     WrongType(&'static str),
+    #[error("tf.Example bounding-box lists differ in length: {0}")]
+    BoxLengths(String),
 }
 
 fn bytes_feature(v: Vec<u8>) -> Feature {
@@ -48,9 +66,21 @@ fn int64_feature(v: i64) -> Feature {
     }
 }
 
+fn float_list_feature(v: Vec<f32>) -> Feature {
+    Feature {
+        kind: Some(feature::Kind::FloatList(FloatList { value: v })),
+    }
+}
+
 impl ImageExample {
     /// Serialises with the nine keys of `build_image_data.py::_convert_to_example`.
     pub fn to_bytes(&self) -> Vec<u8> {
+        self.to_bytes_with_boxes(&[])
+    }
+
+    /// As [`ImageExample::to_bytes`], plus `build_imagenet_data.py`'s five
+    /// bounding-box features when `boxes` is not empty.
+    pub fn to_bytes_with_boxes(&self, boxes: &[BoundingBox]) -> Vec<u8> {
         let mut f = BTreeMap::new();
         f.insert(KEY_HEIGHT.to_string(), int64_feature(self.height));
         f.insert(KEY_WIDTH.to_string(), int64_feature(self.width));
@@ -64,6 +94,17 @@ impl ImageExample {
             bytes_feature(self.filename.as_bytes().to_vec()),
         );
         f.insert(KEY_ENCODED.to_string(), bytes_feature(self.encoded.clone()));
+        if !boxes.is_empty() {
+            let list = |g: fn(&BoundingBox) -> f32| float_list_feature(boxes.iter().map(g).collect());
+            f.insert(KEY_BBOX_XMIN.to_string(), list(|b| b.xmin));
+            f.insert(KEY_BBOX_YMIN.to_string(), list(|b| b.ymin));
+            f.insert(KEY_BBOX_XMAX.to_string(), list(|b| b.xmax));
+            f.insert(KEY_BBOX_YMAX.to_string(), list(|b| b.ymax));
+            f.insert(
+                KEY_BBOX_LABEL.to_string(),
+                Feature { kind: Some(feature::Kind::Int64List(Int64List { value: vec![self.label; boxes.len()] })) },
+            );
+        }
         Example {
             features: Some(Features { feature: f }),
         }
@@ -106,6 +147,28 @@ pub fn parse_image_example(bytes: &[u8]) -> Result<ParsedImage, ExampleError> {
     })
 }
 
+/// The bounding boxes of a record (`image_processing.py` reads the four
+/// coordinate lists as `VarLenFeature(float32)`); none when absent.
+pub fn parse_bounding_boxes(bytes: &[u8]) -> Result<Vec<BoundingBox>, ExampleError> {
+    let example = Example::decode(bytes)?;
+    let features = example.features.map(|f| f.feature).unwrap_or_default();
+    let floats = |key: &'static str| -> Result<Vec<f32>, ExampleError> {
+        match features.get(key).and_then(|f| f.kind.as_ref()) {
+            None => Ok(Vec::new()),
+            Some(feature::Kind::FloatList(l)) => Ok(l.value.clone()),
+            Some(_) => Err(ExampleError::WrongType(key)),
+        }
+    };
+    let (xmin, ymin, xmax, ymax) = (floats(KEY_BBOX_XMIN)?, floats(KEY_BBOX_YMIN)?, floats(KEY_BBOX_XMAX)?, floats(KEY_BBOX_YMAX)?);
+    if ![ymin.len(), xmax.len(), ymax.len()].iter().all(|&n| n == xmin.len()) {
+        return Err(ExampleError::BoxLengths(format!(
+            "xmin {}, ymin {}, xmax {}, ymax {}",
+            xmin.len(), ymin.len(), xmax.len(), ymax.len()
+        )));
+    }
+    Ok((0..xmin.len()).map(|i| BoundingBox { xmin: xmin[i], ymin: ymin[i], xmax: xmax[i], ymax: ymax[i] }).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +192,25 @@ mod tests {
         let keys: Vec<_> = raw.features.unwrap().feature.into_keys().collect();
         assert_eq!(keys.len(), 9);
         assert!(keys.contains(&"image/colorspace".to_string()));
+    }
+
+    #[test]
+    fn bounding_boxes_round_trip_with_their_labels() {
+        let ex = ImageExample { encoded: vec![1], height: 4, width: 4, label: 2, text: "b".into(), filename: "f".into() };
+        assert!(parse_bounding_boxes(&ex.to_bytes()).unwrap().is_empty());
+        let boxes = [
+            BoundingBox { xmin: 0.1, ymin: 0.2, xmax: 0.5, ymax: 0.9 },
+            BoundingBox { xmin: 0.0, ymin: 0.0, xmax: 1.0, ymax: 1.0 },
+        ];
+        let bytes = ex.to_bytes_with_boxes(&boxes);
+        assert_eq!(parse_bounding_boxes(&bytes).unwrap(), boxes.to_vec());
+        assert_eq!(parse_image_example(&bytes).unwrap().label, 2);
+        let raw = Example::decode(bytes.as_slice()).unwrap().features.unwrap().feature;
+        assert_eq!(raw.len(), 14);
+        match raw[KEY_BBOX_LABEL].kind.as_ref() {
+            Some(feature::Kind::Int64List(l)) => assert_eq!(l.value, vec![2, 2]),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

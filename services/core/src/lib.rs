@@ -33,6 +33,32 @@ pub mod keys {
     pub fn shard(dataset: &str, split: &str, index: u32, total: u32) -> String {
         format!("datasets/{dataset}/{split}-{index:05}-of-{total:05}")
     }
+    /// A shard of continuous ingest: `datasets/<name>/<split>-live-00000042`,
+    /// numbered by the ingest ledger's sequence (never reused). It matches
+    /// the original's `<split>-*` glob, like build_image_data.py's shards.
+    pub fn live_shard(dataset: &str, split: &str, sequence: u64) -> String {
+        format!("datasets/{dataset}/{split}-live-{sequence:08}")
+    }
+    /// Continuous ingest's ledger: one entry per sequence number.
+    pub fn ingest_ledger_dir(dataset: &str) -> String {
+        format!("datasets/{dataset}/ingest/ledger/")
+    }
+    pub fn ingest_ledger_entry(dataset: &str, sequence: u64) -> String {
+        format!("datasets/{dataset}/ingest/ledger/{sequence:08}.json")
+    }
+    /// Written once a ledger entry's shard is stored and announced.
+    pub fn ingest_ledger_done(dataset: &str, sequence: u64) -> String {
+        format!("datasets/{dataset}/ingest/ledger/{sequence:08}.done")
+    }
+    /// Copies of images under labels that are not in the label set, each
+    /// beside a `<name>.reason.json`.
+    pub fn ingest_quarantine(dataset: &str, source_key: &str) -> String {
+        format!("datasets/{dataset}/ingest/quarantine/{source_key}")
+    }
+    /// One-shot ingest's report of what it wrote and skipped (JSON).
+    pub fn ingest_report(dataset: &str) -> String {
+        format!("datasets/{dataset}/ingest/report.json")
+    }
     /// The label names, one per line; line i is label i (1-based).
     pub fn labels(dataset: &str) -> String {
         format!("datasets/{dataset}/labels.txt")

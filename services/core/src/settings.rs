@@ -79,6 +79,13 @@ pub struct IngestSettings {
     pub validation_shards: u32,
     pub num_threads: u32,
     pub max_image_pixels: u64,
+    pub bounding_box_file: String,
+    pub report_file: String,
+    pub incoming: String,
+    pub incoming_split: String,
+    pub shard_max_images: u32,
+    pub shard_max_age_secs: f64,
+    pub poll_interval_secs: f64,
     pub metrics_addr: String,
 }
 
@@ -215,6 +222,12 @@ impl Settings {
                 "ingest.train_shards ({}) and ingest.validation_shards ({}) must be multiples of ingest.num_threads ({})",
                 self.ingest.train_shards, self.ingest.validation_shards, self.ingest.num_threads
             ));
+        }
+        if self.ingest.shard_max_images == 0 || !(self.ingest.poll_interval_secs > 0.0) || !(self.ingest.shard_max_age_secs >= 0.0) {
+            return fail("ingest.shard_max_images must be at least 1, ingest.poll_interval_secs positive, ingest.shard_max_age_secs not negative".into());
+        }
+        if !["train", "validation"].contains(&self.ingest.incoming_split.as_str()) {
+            return fail(format!("ingest.incoming_split = {:?}: use \"train\" or \"validation\"", self.ingest.incoming_split));
         }
         if self.train.num_gpus == 0 || self.preprocess.batch_size % self.train.num_gpus != 0 {
             return fail(format!(

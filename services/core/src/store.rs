@@ -30,6 +30,17 @@ pub enum StoreError {
     },
 }
 
+/// One object as listed by [`Store::list_objects`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Relative to the store's prefix, as object_store spells it
+    /// (odd characters percent-encoded); read it with [`Store::get_listed`].
+    pub key: String,
+    pub size: u64,
+    /// Last modification, milliseconds since the Unix epoch.
+    pub modified_ms: i64,
+}
+
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
@@ -171,6 +182,22 @@ impl Store {
     /// Keys (relative to the store's prefix) that start with `prefix`, sorted.
     /// `prefix` may end inside a name (`datasets/x/validation-`).
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self.list_objects(prefix).await?.into_iter().map(|o| o.key).collect())
+    }
+
+    /// Reads an object by a key exactly as [`Store::list_objects`] returned it
+    /// (already percent-encoded where object_store encodes odd characters, so
+    /// it is not encoded a second time).
+    pub async fn get_listed(&self, key: &str) -> Result<Bytes, StoreError> {
+        let full = if self.root.as_ref().is_empty() { key.to_string() } else { format!("{}/{key}", self.root) };
+        let location = Path::parse(&full).map_err(|e| StoreError::Url { url: self.url.clone(), message: e.to_string() })?;
+        let got = self.inner.get(&location).await.map_err(|e| self.io("get", key, e))?;
+        got.bytes().await.map_err(|e| self.io("get", key, e))
+    }
+
+    /// Objects (key relative to the store's prefix, size, modification time)
+    /// whose keys start with `prefix`, sorted by key.
+    pub async fn list_objects(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         // object_store lists whole path segments: list the folder, then filter.
         let folder = prefix.rsplit_once('/').map_or("", |(dir, _)| dir);
         let full = self.path(folder);
@@ -180,23 +207,21 @@ impl Store {
             Err(e) => return Err(self.io("list", prefix, e)),
         };
         let root = self.root.as_ref();
-        let mut keys: Vec<String> = metas
+        let mut objects: Vec<ObjectInfo> = metas
             .into_iter()
             .map(|m| {
                 let loc = m.location.as_ref();
-                if root.is_empty() {
+                let key = if root.is_empty() {
                     loc.to_string()
                 } else {
-                    loc.strip_prefix(root)
-                        .unwrap_or(loc)
-                        .trim_start_matches('/')
-                        .to_string()
-                }
+                    loc.strip_prefix(root).unwrap_or(loc).trim_start_matches('/').to_string()
+                };
+                ObjectInfo { key, size: m.size, modified_ms: m.last_modified.timestamp_millis() }
             })
-            .filter(|k: &String| k.starts_with(prefix))
+            .filter(|o| o.key.starts_with(prefix))
             .collect();
-        keys.sort();
-        Ok(keys)
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(objects)
     }
 }
 
@@ -227,6 +252,12 @@ mod tests {
         assert_eq!(store.list("a/b/o").await.unwrap(), vec!["a/b/one"]);
         assert_eq!(store.list("a/c").await.unwrap(), vec!["a/c"]);
         assert!(store.list("nothing").await.unwrap().is_empty());
+        let listed = store.list_objects("a/").await.unwrap();
+        assert_eq!(listed[0].size, 1);
+        assert_eq!(store.get_listed(&listed[0].key).await.unwrap(), Bytes::from_static(b"1"));
+        store.put("odd/50% #1.jpg", Bytes::from_static(b"odd")).await.unwrap();
+        let odd = store.list_objects("odd/").await.unwrap();
+        assert_eq!(store.get_listed(&odd[0].key).await.unwrap(), Bytes::from_static(b"odd"));
         store.delete("a/c").await.unwrap();
         assert!(!store.exists("a/c").await.unwrap());
         let err = store.get("a/c").await.unwrap_err();

@@ -2,9 +2,35 @@
 //! `--labels_file`) or, by default, the sorted sub-folder names. Label i+1 is
 //! line i; 0 is left for the background class.
 
+use bytes::Bytes;
+use inception_core::{keys, Store};
 use std::path::Path;
 
+use crate::source::Source;
 use crate::IngestError;
+
+/// The label set for a source: the labels file when given, else the sorted
+/// label folders of the source (a local folder or a store prefix).
+pub async fn resolve(labels_file: &str, source: &Source) -> Result<Vec<String>, IngestError> {
+    match source {
+        Source::Local(dir) => read_labels(labels_file, dir),
+        Source::Store(_) if labels_file.is_empty() => check(source.label_folders().await?, &source.describe()),
+        Source::Store(_) => read_labels(labels_file, Path::new("")),
+    }
+}
+
+/// Writes `datasets/<name>/labels.txt`.
+pub async fn publish(store: &Store, dataset: &str, labels: &[String]) -> Result<(), IngestError> {
+    let mut text = labels.join("\n");
+    text.push('\n');
+    store.put(&keys::labels(dataset), Bytes::from(text)).await?;
+    Ok(())
+}
+
+/// Parses a labels.txt (one per line) as [`read_labels`] does.
+pub fn parse(text: &str, origin: &str) -> Result<Vec<String>, IngestError> {
+    check(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect(), origin)
+}
 
 pub fn read_labels(labels_file: &str, train_directory: &Path) -> Result<Vec<String>, IngestError> {
     let labels: Vec<String> = if labels_file.is_empty() {
@@ -27,9 +53,13 @@ pub fn read_labels(labels_file: &str, train_directory: &Path) -> Result<Vec<Stri
         })?;
         text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect()
     };
+    let origin = if labels_file.is_empty() { train_directory.display().to_string() } else { labels_file.to_string() };
+    check(labels, &origin)
+}
+
+fn check(labels: Vec<String>, labels_file: &str) -> Result<Vec<String>, IngestError> {
     if labels.is_empty() {
-        let source = if labels_file.is_empty() { train_directory.display().to_string() } else { labels_file.to_string() };
-        return Err(IngestError::Input { path: source, message: "no labels found".into() });
+        return Err(IngestError::Input { path: labels_file.to_string(), message: "no labels found".into() });
     }
     for label in &labels {
         if label.contains('/') || label.contains('\\') || label == ".." || label.chars().any(char::is_control) {

@@ -1,16 +1,24 @@
-//! Ingest: folders of `<label>/<image>` to sharded TFRecord files of
-//! `tf.Example`, wire-compatible with `build_image_data.py`, written to the
-//! object store and announced on NATS (`ShardReady`).
+//! Ingest: folders (or object store prefixes) of `<label>/<image>` to
+//! sharded TFRecord files of `tf.Example`, wire-compatible with
+//! `build_image_data.py`, written to the object store and announced on NATS
+//! (`ShardReady`). One-shot ([`run_once`]) or continuous
+//! ([`continuous::run`]: watch an incoming prefix, keep a ledger).
 //!
-//! A file that is not a usable image is skipped with a warning naming it and
-//! counted in `inception_ingest_images_total{result="skipped"}`; the rest is
-//! ingested. Shards are written with `PutMode::Create`, so a reader never
-//! sees a partial shard and a re-run never replaces one.
+//! A file that is not a usable image is skipped with a warning naming it,
+//! counted in `inception_ingest_images_total{result=...}` (see
+//! [`report::Outcome`]) and listed in the JSON report; the rest is ingested.
+//! Shards are written with `PutMode::Create`, so a reader never sees a
+//! partial shard and a re-run never replaces one.
 
+pub mod bbox;
+pub mod continuous;
 pub mod demo;
 pub mod labels;
+pub mod progress;
 pub mod records;
+pub mod report;
 pub mod shards;
+pub mod source;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -23,7 +31,11 @@ use inception_proto::pipeline::ShardReady;
 use inception_proto::Message;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
+
+pub use report::{Outcome, RunReport, Skipped, SplitReport};
+pub use source::{Location, Source};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -35,24 +47,20 @@ pub enum IngestError {
     Nats(#[from] inception_core::nats::NatsError),
     #[error("ingest worker failed: {0}")]
     Worker(String),
+    #[error("ingest ledger: {0}")]
+    Ledger(String),
 }
 
-/// One image file found in an input folder.
+/// One image found in an input folder or prefix.
 #[derive(Debug, Clone)]
 pub struct ImageFile {
-    pub path: PathBuf,
+    pub location: Location,
+    /// What reports and logs call it (path, or `<label>/<name>` in a store).
+    pub display: String,
+    /// Base name, stored as `image/filename`.
+    pub name: String,
     pub label: i64,
     pub text: String,
-}
-
-/// What one split produced.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct SplitReport {
-    pub split: String,
-    pub found: usize,
-    pub written: usize,
-    pub skipped: Vec<(String, String)>,
-    pub shards: Vec<String>,
 }
 
 /// build_image_data.py's seed (`random.seed(12345)`); our generator differs
@@ -76,72 +84,135 @@ pub fn find_image_files(dir: &Path, labels: &[String]) -> Result<Vec<ImageFile>,
                 return Err(IngestError::Input { path: folder.display().to_string(), message: e.to_string() })
             }
         };
-        let mut paths: Vec<PathBuf> = entries
+        let mut paths: Vec<std::path::PathBuf> = entries
             .filter_map(Result::ok)
             .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
             .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
             .map(|e| e.path())
             .collect();
         paths.sort();
-        files.extend(paths.into_iter().map(|path| ImageFile { path, label: i as i64 + 1, text: text.clone() }));
+        files.extend(paths.into_iter().map(|path| ImageFile {
+            display: path.display().to_string(),
+            name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            location: Location::Path(path),
+            label: i as i64 + 1,
+            text: text.clone(),
+        }));
     }
     files.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(SHUFFLE_SEED));
     Ok(files)
 }
 
-/// Reads and converts files to one TFRecord shard in memory. Unusable files
-/// are returned with the reason instead of stopping the shard.
-pub fn build_shard(files: &[ImageFile], max_pixels: u64) -> (Vec<u8>, usize, Vec<(String, String)>) {
-    let mut out = Vec::new();
-    let mut written = 0;
-    let mut skipped = Vec::new();
-    for f in files {
-        let name = f.path.display().to_string();
-        let converted = std::fs::read(&f.path)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| inception_vision::to_rgb_jpeg(&bytes, max_pixels).map_err(|e| e.to_string()));
-        match converted {
-            Ok((encoded, width, height)) => {
-                let example = ImageExample {
-                    encoded,
-                    height: i64::from(height),
-                    width: i64::from(width),
-                    label: f.label,
-                    text: f.text.clone(),
-                    filename: f.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-                };
-                tfrecord::write_record(&mut out, &example.to_bytes());
-                written += 1;
-                metrics::counter!("inception_ingest_images_total", "result" => "written").increment(1);
+/// As [`find_image_files`] for any source: a local folder or a store prefix.
+pub async fn find_in_source(source: &Source, labels: &[String]) -> Result<Vec<ImageFile>, IngestError> {
+    match source {
+        Source::Local(dir) => find_image_files(dir, labels),
+        Source::Store(store) => {
+            let objects = source.list().await?;
+            let mut files = Vec::new();
+            for (i, text) in labels.iter().enumerate() {
+                let before = files.len();
+                files.extend(objects.iter().filter(|o| &o.label == text).map(|o| ImageFile {
+                    display: format!("{}/{}", store.url().trim_end_matches('/'), o.key),
+                    name: o.name.clone(),
+                    location: o.location.clone(),
+                    label: i as i64 + 1,
+                    text: text.clone(),
+                }));
+                if files.len() == before {
+                    tracing::warn!("no objects under {}/{text}/: no images of that label", store.url());
+                }
             }
-            Err(reason) => {
-                tracing::warn!("SKIPPED {name}: {reason}");
-                metrics::counter!("inception_ingest_images_total", "result" => "skipped").increment(1);
-                skipped.push((name, reason));
-            }
+            files.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(SHUFFLE_SEED));
+            Ok(files)
         }
     }
-    (out, written, skipped)
 }
 
-/// One-shot ingest of the configured train and validation folders
-/// (validation first, as the original).
+/// Reads and converts one image to a serialized tf.Example, or says why not.
+pub fn convert(file: &ImageFile, max_pixels: u64, boxes: &bbox::Boxes) -> Result<Vec<u8>, Skipped> {
+    let skipped = |result, reason: String| Skipped { file: file.display.clone(), result, reason };
+    let bytes = file.location.read_blocking().map_err(|e| skipped(Outcome::SkippedUnreadable, e))?;
+    let (encoded, width, height) =
+        inception_vision::to_rgb_jpeg(&bytes, max_pixels).map_err(|e| skipped(Outcome::of(&e), e.to_string()))?;
+    let example = ImageExample {
+        encoded,
+        height: i64::from(height),
+        width: i64::from(width),
+        label: file.label,
+        text: file.text.clone(),
+        filename: file.name.clone(),
+    };
+    let b = boxes.get(&file.name).map(Vec::as_slice).unwrap_or(&[]);
+    Ok(example.to_bytes_with_boxes(b))
+}
+
+/// What [`build_shard_with`] made: the whole shard in memory.
+#[derive(Debug, Default)]
+pub struct BuiltShard {
+    pub bytes: Vec<u8>,
+    pub written: usize,
+    pub skipped: Vec<Skipped>,
+}
+
+/// Reads and converts files to one TFRecord shard in memory. Unusable files
+/// are returned with the reason instead of stopping the shard. Call from a
+/// blocking thread when files are in an object store.
+pub fn build_shard_with(
+    files: &[ImageFile],
+    max_pixels: u64,
+    boxes: &bbox::Boxes,
+    progress: Option<&progress::Progress>,
+) -> BuiltShard {
+    let mut out = BuiltShard::default();
+    for f in files {
+        match convert(f, max_pixels, boxes) {
+            Ok(record) => {
+                tfrecord::write_record(&mut out.bytes, &record);
+                out.written += 1;
+                Outcome::Written.count();
+            }
+            Err(skip) => {
+                tracing::warn!("SKIPPED {}: {} ({})", skip.file, skip.reason, skip.result.as_str());
+                skip.result.count();
+                out.skipped.push(skip);
+            }
+        }
+        if let Some(p) = progress {
+            p.inc();
+        }
+    }
+    out
+}
+
+/// [`build_shard_with`] without boxes or progress: (bytes, written, skipped).
+pub fn build_shard(files: &[ImageFile], max_pixels: u64) -> (Vec<u8>, usize, Vec<Skipped>) {
+    let b = build_shard_with(files, max_pixels, &bbox::Boxes::new(), None);
+    (b.bytes, b.written, b.skipped)
+}
+
+/// One-shot ingest of the configured train and validation folders or
+/// prefixes (validation first, as the original). Writes the JSON report to
+/// the store (and `ingest.report_file` when set).
 pub async fn run_once(
     settings: &Settings,
     store: &Store,
     streams: &Streams,
     shutdown: &CancellationToken,
-) -> Result<Vec<SplitReport>, IngestError> {
+) -> Result<RunReport, IngestError> {
     let cfg = &settings.ingest;
     let dataset = &settings.dataset.name;
     if cfg.train_directory.is_empty() {
         return Err(IngestError::Input { path: "ingest.train_directory".into(), message: "not set".into() });
     }
-    let labels = labels::read_labels(&cfg.labels_file, Path::new(&cfg.train_directory))?;
+    let train = Source::open(&cfg.train_directory, &settings.store)?;
+    let labels = labels::resolve(&cfg.labels_file, &train).await?;
     tracing::info!("{} labels: {}", labels.len(), labels.join(", "));
-    let mut label_text = labels.join("\n");
-    label_text.push('\n');
-    store.put(&keys::labels(dataset), Bytes::from(label_text)).await?;
+    labels::publish(store, dataset, &labels).await?;
+    let boxes = Arc::new(bbox::load(&cfg.bounding_box_file)?);
+    if !boxes.is_empty() {
+        tracing::info!("bounding boxes for {} images from {}", boxes.len(), cfg.bounding_box_file);
+    }
     streams.shards().await?;
 
     let mut reports = Vec::new();
@@ -152,15 +223,23 @@ pub async fn run_once(
         if dir.is_empty() {
             continue;
         }
-        let files = find_image_files(Path::new(dir), &labels)?;
-        let report = write_split(settings, store, streams, shutdown, split, &labels, files, shards).await?;
+        let source = Source::open(dir, &settings.store)?;
+        let files = find_in_source(&source, &labels).await?;
+        let report = write_split(settings, store, streams, shutdown, split, &labels, files, shards, boxes.clone()).await?;
         tracing::info!(
             "{split}: {} of {} images written to {} shards, {} skipped",
             report.written, report.found, report.shards.len(), report.skipped.len()
         );
         reports.push(report);
     }
-    Ok(reports)
+    let report = RunReport::new(dataset, &labels, reports);
+    let json = Bytes::from(report.to_json());
+    store.put(&keys::ingest_report(dataset), json.clone()).await?;
+    if !cfg.report_file.is_empty() {
+        std::fs::write(&cfg.report_file, &json)
+            .map_err(|e| IngestError::Input { path: cfg.report_file.clone(), message: e.to_string() })?;
+    }
+    Ok(report)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -173,25 +252,27 @@ async fn write_split(
     labels: &[String],
     files: Vec<ImageFile>,
     num_shards: u32,
+    boxes: Arc<bbox::Boxes>,
 ) -> Result<SplitReport, IngestError> {
     let dataset = settings.dataset.name.clone();
     let max_pixels = settings.ingest.max_image_pixels;
     let ranges = shards::shard_ranges(files.len(), num_shards as usize, settings.ingest.num_threads as usize);
     let mut report = SplitReport { split: split.to_string(), found: files.len(), ..Default::default() };
-    let files = std::sync::Arc::new(files);
+    let progress = Arc::new(progress::Progress::new(split, files.len()));
+    let files = Arc::new(files);
     // Convert up to num_threads shards at a time, announcing in shard order.
     let mut pending = futures::stream::iter(ranges.into_iter().enumerate().map(|(index, range)| {
-        let files = files.clone();
-        tokio::task::spawn_blocking(move || (index, build_shard(&files[range], max_pixels)))
+        let (files, boxes, progress) = (files.clone(), boxes.clone(), progress.clone());
+        tokio::task::spawn_blocking(move || (index, build_shard_with(&files[range], max_pixels, &boxes, Some(&progress))))
     }))
     .buffered(settings.ingest.num_threads.max(1) as usize);
     while let Some(joined) = pending.next().await {
-        let (index, (bytes, written, skipped)) = joined.map_err(|e| IngestError::Worker(e.to_string()))?;
+        let (index, built) = joined.map_err(|e| IngestError::Worker(e.to_string()))?;
         let key = keys::shard(&dataset, split, index as u32, num_shards);
-        match store.put_new(&key, Bytes::from(bytes)).await {
+        match store.put_new(&key, Bytes::from(built.bytes)).await {
             Ok(()) => {
                 metrics::counter!("inception_ingest_shards_written_total").increment(1);
-                tracing::info!("wrote {key} ({written} records)");
+                tracing::info!("wrote {key} ({} records)", built.written);
             }
             Err(StoreError::AlreadyExists { .. }) => {
                 tracing::warn!("{key} already exists; kept as it is (shards are never replaced)");
@@ -202,7 +283,7 @@ async fn write_split(
             dataset: dataset.clone(),
             split: split.to_string(),
             uri: key.clone(),
-            records: written as u64,
+            records: built.written as u64,
             labels: labels.to_vec(),
             shard_index: index as u32,
             num_shards,
@@ -210,9 +291,10 @@ async fn write_split(
         streams
             .publish_acked(&streams.subjects.shards(&dataset, split), Bytes::from(message.encode_to_vec()), &key, shutdown)
             .await?;
-        report.written += written;
-        report.skipped.extend(skipped);
+        report.written += built.written;
+        report.skipped.extend(built.skipped);
         report.shards.push(key);
     }
+    progress.finish();
     Ok(report)
 }

@@ -1,22 +1,25 @@
-//! `inception-ingest`: one-shot conversion of image folders to TFRecord shards.
+//! `inception-ingest`: image folders (or object store prefixes) to TFRecord
+//! shards, once (like build_image_data.py) or continuously (`--incoming`).
 
 use anyhow::Context;
 use clap::Parser;
 use inception_core::cli::{flag, start_service, CommonArgs};
 use inception_core::nats::{self, Streams};
 use inception_core::{telemetry, Store};
+use inception_ingest::continuous::{self, NatsAnnouncer};
 
 /// Image folders (<label>/<image>) to TFRecord shards of tf.Example in the
-/// object store, announced on NATS. Flags mirror build_image_data.py.
+/// object store, announced on NATS. Flags mirror build_image_data.py. Any
+/// folder may also be an object store URL (s3://bucket/prefix, file:///dir).
 #[derive(Debug, Parser)]
 #[command(name = "inception-ingest", version)]
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
-    /// Folder of <label>/<image> training images (ingest.train_directory).
+    /// Folder or URL of <label>/<image> training images (ingest.train_directory).
     #[arg(long)]
     train_directory: Option<String>,
-    /// Folder of <label>/<image> validation images (ingest.validation_directory).
+    /// Folder or URL of <label>/<image> validation images (ingest.validation_directory).
     #[arg(long)]
     validation_directory: Option<String>,
     /// One label per line; default: sorted sub-folder names (ingest.labels_file).
@@ -34,6 +37,20 @@ struct Args {
     validation_shards: Option<u32>,
     #[arg(long)]
     num_threads: Option<u32>,
+    /// CSV of file,xmin,ymin,xmax,ymax boxes (ingest.bounding_box_file).
+    #[arg(long)]
+    bounding_box_file: Option<String>,
+    /// Also write the JSON report of skipped files here (ingest.report_file).
+    #[arg(long)]
+    report: Option<String>,
+    /// Keep running: watch this folder or URL for new <label>/<image> and
+    /// write them as new shards (ingest.incoming). With --train-directory,
+    /// the one-shot ingest runs first.
+    #[arg(long)]
+    incoming: Option<String>,
+    /// Largest image in pixels (ingest.max_image_pixels).
+    #[arg(long)]
+    max_image_pixels: Option<u64>,
 }
 
 #[tokio::main]
@@ -49,23 +66,36 @@ async fn main() -> anyhow::Result<()> {
     flag(&mut o, "ingest.train_shards", &args.train_shards);
     flag(&mut o, "ingest.validation_shards", &args.validation_shards);
     flag(&mut o, "ingest.num_threads", &args.num_threads);
+    flag(&mut o, "ingest.bounding_box_file", &args.bounding_box_file);
+    flag(&mut o, "ingest.report_file", &args.report);
+    flag(&mut o, "ingest.incoming", &args.incoming);
+    flag(&mut o, "ingest.max_image_pixels", &args.max_image_pixels);
     let settings = args.common.settings(o)?;
     let service = start_service("ingest", &settings.ingest.metrics_addr).await?;
     let store = Store::open(&settings.store)?;
     let client = nats::connect(&settings.nats, "inception-ingest", &service.shutdown).await?;
     let streams = Streams::new(client.clone(), &settings.nats.subject_prefix);
     service.readiness.set(true);
-    let reports = inception_ingest::run_once(&settings, &store, &streams, &service.shutdown)
-        .await
-        .context("ingest failed")?;
-    for r in &reports {
-        println!(
-            "{}: {} images found, {} written to {} shards, {} skipped",
-            r.split, r.found, r.written, r.shards.len(), r.skipped.len()
-        );
-        for (file, reason) in &r.skipped {
-            println!("  skipped {file}: {reason}");
+    let continuous = !settings.ingest.incoming.is_empty();
+    if !settings.ingest.train_directory.is_empty() || !continuous {
+        let report = inception_ingest::run_once(&settings, &store, &streams, &service.shutdown)
+            .await
+            .context("ingest failed")?;
+        for r in &report.splits {
+            println!(
+                "{}: {} images found, {} written to {} shards, {} skipped",
+                r.split, r.found, r.written, r.shards.len(), r.skipped.len()
+            );
+            for s in &r.skipped {
+                println!("  skipped {}: {} ({})", s.file, s.reason, s.result.as_str());
+            }
         }
+    }
+    if continuous {
+        let announcer = NatsAnnouncer { streams: streams.clone(), shutdown: service.shutdown.clone() };
+        continuous::run(&settings, &store, &announcer, &service.shutdown)
+            .await
+            .context("continuous ingest failed")?;
     }
     client.flush().await.ok();
     Ok(())
