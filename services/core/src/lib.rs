@@ -63,8 +63,12 @@ pub mod keys {
     pub fn labels(dataset: &str) -> String {
         format!("datasets/{dataset}/labels.txt")
     }
+    /// Where batches wait for the trainer (claim check of `BatchReady`).
+    pub fn batch_dir(dataset: &str) -> String {
+        format!("batches/{dataset}")
+    }
     pub fn batch(dataset: &str, producer: &str, sequence: u64) -> String {
-        format!("batches/{dataset}/{producer}-{sequence:010}.safetensors")
+        format!("{}/{producer}-{sequence:010}.safetensors", batch_dir(dataset))
     }
     pub fn checkpoint_dir(run: &str) -> String {
         format!("checkpoints/{run}")

@@ -153,6 +153,31 @@ impl Streams {
         .await
     }
 
+    /// The trainer's durable pull consumer of `dataset`'s batches: explicit
+    /// acknowledgement, so a batch whose consumer dies before acknowledging
+    /// it is delivered again `ack_wait` after its delivery (at-least-once).
+    pub async fn batch_consumer(
+        &self,
+        stream: &stream::Stream,
+        dataset: &str,
+        ack_wait: Duration,
+    ) -> Result<jetstream::consumer::PullConsumer, NatsError> {
+        use async_nats::jetstream::consumer::{pull, AckPolicy};
+        stream
+            .get_or_create_consumer(
+                "trainer",
+                pull::Config {
+                    durable_name: Some("trainer".into()),
+                    filter_subject: self.subjects.batches(dataset),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| NatsError::Consumer { consumer: "trainer".into(), message: e.to_string() })
+    }
+
     /// Every message now in `stream` on `subject`, oldest first (an
     /// ephemeral consumer reads the history and goes away).
     pub async fn history(&self, stream: &stream::Stream, subject: &str) -> Result<Vec<Bytes>, NatsError> {

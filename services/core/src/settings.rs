@@ -104,8 +104,10 @@ pub struct ModelSettings {
 pub struct PreprocessSettings {
     pub batch_size: u32,
     pub distort_color: bool,
-    pub shuffle_buffer_records: u32,
+    pub input_queue_memory_factor: f64,
+    pub shuffle_buffer_max_bytes: u64,
     pub queue_capacity: u32,
+    pub orphan_batch_age_secs: u64,
     pub seed: u64,
     pub worker_id: String,
     pub metrics_addr: String,
@@ -126,6 +128,7 @@ pub struct TrainSettings {
     pub log_every_steps: u64,
     pub checkpoint_every_steps: u64,
     pub keep_checkpoints: usize,
+    pub batch_ack_wait_secs: u64,
     pub device: String,
     pub num_gpus: u32,
     pub pretrained_checkpoint: String,
@@ -194,10 +197,19 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Records the shuffle buffer keeps after each draw: the original's
+    /// `min_queue_examples = 1024 * input_queue_memory_factor`.
+    pub fn shuffle_buffer_records(&self) -> usize {
+        (1024.0 * self.preprocess.input_queue_memory_factor).round() as usize
+    }
+
     fn validate(&self) -> Result<(), config::ConfigError> {
         let fail = |m: String| Err(config::ConfigError::Message(m));
         if self.preprocess.batch_size == 0 {
             return fail("preprocess.batch_size must be at least 1".into());
+        }
+        if !(self.preprocess.input_queue_memory_factor >= 0.0) {
+            return fail("preprocess.input_queue_memory_factor must not be negative".into());
         }
         if self.preprocess.queue_capacity == 0 {
             return fail("preprocess.queue_capacity must be at least 1".into());
@@ -249,6 +261,12 @@ impl Settings {
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
             return fail("nats.subject_prefix must be non-empty and use only [A-Za-z0-9_-]".into());
+        }
+        if !self.preprocess.worker_id.is_empty() && !is_safe_token(&self.preprocess.worker_id) {
+            return fail(format!(
+                "preprocess.worker_id = {:?}: use only letters, digits, '_' and '-' (it becomes part of object keys)",
+                self.preprocess.worker_id
+            ));
         }
         for (what, name) in [("dataset.name", &self.dataset.name), ("train.run", &self.train.run)] {
             if !is_safe_token(name) {

@@ -115,6 +115,21 @@ fn install_recorder() -> Result<PrometheusHandle, TelemetryError> {
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
+/// The process's resident set size, in bytes (Linux; None elsewhere).
+pub fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
+    Some(kib * 1024)
+}
+
+/// `process_resident_memory_bytes` (the standard Prometheus process
+/// metric), read at each scrape.
+fn record_resident_memory() {
+    if let Some(bytes) = resident_memory_bytes() {
+        metrics::gauge!("process_resident_memory_bytes").set(bytes as f64);
+    }
+}
+
 async fn answer(
     mut stream: tokio::net::TcpStream,
     handle: &PrometheusHandle,
@@ -139,7 +154,10 @@ async fn answer(
     let request = String::from_utf8_lossy(&buf);
     let path = request.split_whitespace().nth(1).unwrap_or("/");
     let (status, content_type, body) = match path {
-        "/metrics" => ("200 OK", "text/plain; version=0.0.4", handle.render()),
+        "/metrics" => {
+            record_resident_memory();
+            ("200 OK", "text/plain; version=0.0.4", handle.render())
+        }
         "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
         "/readyz" if readiness.get() => ("200 OK", "text/plain", "ready\n".to_string()),
         "/readyz" => ("503 Service Unavailable", "text/plain", "not ready\n".to_string()),
@@ -184,6 +202,12 @@ mod tests {
         metrics::histogram!("inception_test_step_seconds").record(0.3);
         let m = get_in_pieces(addr, &["GET /metrics HTTP/1.1\r\n\r\n"]).await;
         assert!(m.contains("inception_build_info{service=\"test\""), "{m}");
+        let rss: f64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no process_resident_memory_bytes in {m}"));
+        assert!(rss > 1e6 && rss < 1e11, "{rss}");
         assert!(m.contains("inception_test_step_seconds_bucket{le=\"0.5\"} 1"), "real buckets: {m}");
         stop.cancel();
     }

@@ -5,10 +5,19 @@
 //! hands each batch to the trainer by claim check: the batch goes to the
 //! store (`batches/<dataset>/…`), a small `BatchReady` goes to the work-queue
 //! stream. That stream holds at most `preprocess.queue_capacity` messages; a
-//! full queue makes the worker wait (back-pressure), never drop.
+//! full queue makes the worker wait (back-pressure), never drop: it waits for
+//! room before it writes the batch object, so objects do not pile up.
 //! Any number of workers can run; they need no coordination beyond NATS.
+//!
+//! A worker claims nothing: shards are read, never consumed, so a worker
+//! killed at any point loses no work. What it may leave is one batch object
+//! written but not queued; workers delete such orphans after
+//! `preprocess.orphan_batch_age_secs`. The hand-off to the trainer is
+//! at-least-once: a batch message is removed only when the trainer
+//! acknowledges it after its step, and redelivered if the trainer dies first.
 
 pub mod batcher;
+pub mod queue;
 pub mod shard_set;
 pub mod shuffle;
 
@@ -51,7 +60,15 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
     let dataset = settings.dataset.name.clone();
     let cfg = &settings.preprocess;
     let id = worker_id(&cfg.worker_id);
-    streams.batches(cfg.queue_capacity).await?;
+    // Batch keys are unique per process, so a restarted worker with the same
+    // id never overwrites a batch that is still queued.
+    let producer = format!("{id}-{:x}", chrono::Utc::now().timestamp_millis());
+    let queue = streams.batches(cfg.queue_capacity).await?;
+    if cfg.orphan_batch_age_secs > 0 {
+        let max_age = std::time::Duration::from_secs(cfg.orphan_batch_age_secs);
+        let prefix = format!("{}/", keys::batch_dir(&dataset));
+        tokio::spawn(queue::clean_orphans_periodically(store.clone(), queue.clone(), prefix, max_age, shutdown.clone()));
+    }
     let shards = Arc::new(ShardSet::default());
     let follower = {
         let (streams_ctx, dataset, shards, stop) = (streams.clone(), dataset.clone(), shards.clone(), shutdown.clone());
@@ -66,7 +83,7 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
     let subject = streams.subjects.batches(&dataset);
     let mut sequence = 0u64;
     let batch_size = cfg.batch_size as usize;
-    let mut buffer = shuffle::ShuffleBuffer::new(cfg.shuffle_buffer_records as usize);
+    let mut buffer = shuffle::ShuffleBuffer::new(settings.shuffle_buffer_records(), cfg.shuffle_buffer_max_bytes as usize);
     tracing::info!(worker = %id, "waiting for train shards of {dataset}");
     while shards.wait_nonempty(shutdown).await {
         if buffer.needs_more(batch_size) {
@@ -93,6 +110,7 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
                 }
             }
             metrics::gauge!("inception_preprocess_shuffle_buffer_records").set(buffer.len() as f64);
+            metrics::gauge!("inception_preprocess_shuffle_buffer_bytes").set(buffer.bytes() as f64);
             continue;
         }
         let chunk = buffer.take(batch_size, &mut rng);
@@ -105,24 +123,23 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
         if batch.is_empty() {
             continue;
         }
-        let key = keys::batch(&dataset, &id, sequence);
-        store.put(&key, Bytes::from(batch.to_bytes())).await?;
         metrics::histogram!("inception_preprocess_batch_seconds").record(started.elapsed().as_secs_f64());
+        let waited = Instant::now();
+        if !queue::wait_for_room(&queue, shutdown).await? {
+            break;
+        }
+        let key = keys::batch(&dataset, &producer, sequence);
+        store.put(&key, Bytes::from(batch.to_bytes())).await?;
         let message = BatchReady {
             uri: key.clone(),
             batch_size: batch.len() as u32,
             image_size: batch.image_size,
-            producer: id.clone(),
+            producer: producer.clone(),
             sequence,
             labels: batch.labels.clone(),
         };
-        let waited = Instant::now();
         match streams.publish_acked(&subject, Bytes::from(message.encode_to_vec()), &key, shutdown).await {
-            Ok(refusals) => {
-                if refusals > 0 {
-                    metrics::histogram!("inception_preprocess_queue_wait_seconds").record(waited.elapsed().as_secs_f64());
-                }
-            }
+            Ok(_) => metrics::histogram!("inception_preprocess_queue_wait_seconds").record(waited.elapsed().as_secs_f64()),
             Err(NatsError::Cancelled) => {
                 // Nobody will consume it: remove the object we wrote.
                 store.delete(&key).await.ok();

@@ -2,18 +2,26 @@
 //! serialized records from several shards wait here and batches draw from
 //! them uniformly at random, so a batch mixes shards. It holds at least
 //! `min_after_dequeue` records after each draw (more only while a shard is
-//! being added), which bounds its memory.
+//! being added), unless that would take more than `max_bytes`: memory is
+//! bounded by `max_bytes` plus one shard.
 
 use rand::Rng;
 
 pub struct ShuffleBuffer {
     records: Vec<Vec<u8>>,
+    bytes: usize,
     min_after_dequeue: usize,
+    max_bytes: usize,
 }
 
 impl ShuffleBuffer {
-    pub fn new(min_after_dequeue: usize) -> Self {
-        Self { records: Vec::new(), min_after_dequeue }
+    pub fn new(min_after_dequeue: usize, max_bytes: usize) -> Self {
+        Self { records: Vec::new(), bytes: 0, min_after_dequeue, max_bytes }
+    }
+
+    /// Bytes of the records held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub fn len(&self) -> usize {
@@ -24,13 +32,17 @@ impl ShuffleBuffer {
         self.records.is_empty()
     }
 
-    /// Whether a draw of `n` would leave fewer than `min_after_dequeue`.
+    /// Whether a draw of `n` would leave fewer than `min_after_dequeue`
+    /// (while under `max_bytes`), or there are not even `n`.
     pub fn needs_more(&self, n: usize) -> bool {
-        self.records.len() < self.min_after_dequeue + n
+        self.records.len() < n || (self.records.len() < self.min_after_dequeue + n && self.bytes < self.max_bytes)
     }
 
     pub fn extend(&mut self, records: impl IntoIterator<Item = Vec<u8>>) {
-        self.records.extend(records);
+        for r in records {
+            self.bytes += r.len();
+            self.records.push(r);
+        }
     }
 
     /// Draws `n` records (fewer if it holds fewer) uniformly at random.
@@ -38,7 +50,9 @@ impl ShuffleBuffer {
         (0..n.min(self.records.len()))
             .map(|_| {
                 let i = rng.random_range(0..self.records.len());
-                self.records.swap_remove(i)
+                let r = self.records.swap_remove(i);
+                self.bytes -= r.len();
+                r
             })
             .collect()
     }
@@ -52,7 +66,7 @@ mod tests {
     #[test]
     fn batches_mix_shards_and_the_buffer_stays_bounded() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        let mut buffer = ShuffleBuffer::new(20);
+        let mut buffer = ShuffleBuffer::new(20, usize::MAX);
         let shard = |tag: u8| (0..16u8).map(move |i| vec![tag, i]);
         let mut loads = 0;
         let mut mixed = 0;
@@ -68,9 +82,32 @@ mod tests {
             mixed += usize::from(tags.len() > 1);
         }
         assert!(mixed >= 45, "most batches draw from several shards: {mixed} of 50");
-        let mut small = ShuffleBuffer::new(0);
+        let mut small = ShuffleBuffer::new(0, usize::MAX);
         small.extend(shard(0).take(3));
         assert_eq!(small.take(8, &mut rng).len(), 3);
         assert!(small.is_empty());
+    }
+
+    #[test]
+    fn the_byte_cap_wins_over_the_record_count() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        // 1000 records wanted, but only 10 kB allowed: 100-byte records.
+        let mut buffer = ShuffleBuffer::new(1000, 10_000);
+        let shard = || (0..30).map(|_| vec![0u8; 100]);
+        for _ in 0..20 {
+            while buffer.needs_more(8) {
+                buffer.extend(shard());
+            }
+            assert!(buffer.bytes() < 10_000 + 3_000, "at most one shard over the cap: {}", buffer.bytes());
+            assert_eq!(buffer.bytes(), buffer.len() * 100);
+            assert_eq!(buffer.take(8, &mut rng).len(), 8);
+        }
+        // Still enough for a batch however small the cap.
+        let mut tiny = ShuffleBuffer::new(1000, 1);
+        assert!(tiny.needs_more(8));
+        tiny.extend(shard().take(5));
+        assert!(tiny.needs_more(8), "5 records cannot make a batch of 8");
+        tiny.extend(shard().take(5));
+        assert!(!tiny.needs_more(8));
     }
 }

@@ -11,7 +11,6 @@ pub mod optimizer;
 pub mod saver;
 pub mod towers;
 
-use async_nats::jetstream::consumer::{pull, AckPolicy};
 use futures::StreamExt;
 use inception_core::batch::Batch;
 use inception_core::nats::{NatsError, Streams};
@@ -50,8 +49,6 @@ pub enum TrainError {
     Pretrained { from: String, message: String },
     #[error("cannot resume from {key}: {message}")]
     Resume { key: String, message: String },
-    #[error("batch queue: {0}")]
-    Queue(String),
 }
 
 /// Everything that changes as training goes.
@@ -258,19 +255,9 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
     );
     streams.checkpoints().await?; // the stream this service announces on
     let stream = streams.batches(settings.preprocess.queue_capacity).await?;
-    let consumer = stream
-        .get_or_create_consumer(
-            "trainer",
-            pull::Config {
-                durable_name: Some("trainer".into()),
-                filter_subject: streams.subjects.batches(dataset),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(600),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| TrainError::Queue(e.to_string()))?;
+    // A batch not acknowledged batch_ack_wait_secs after delivery (the
+    // trainer died mid-step) goes to the next fetch again.
+    let consumer = streams.batch_consumer(&stream, dataset, Duration::from_secs(t.batch_ack_wait_secs.max(1))).await?;
     let epoch = examples_per_epoch(settings, streams).await?;
     let decay_steps = optimizer::decay_steps(epoch, u64::from(settings.preprocess.batch_size), t.num_epochs_per_decay);
     tracing::info!("{epoch} examples per epoch: learning rate decays every {decay_steps} steps");
@@ -301,6 +288,10 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
         if let Ok(info) = message.info() {
             // Batches still queued behind this one (the consumer's num_pending).
             metrics::gauge!("inception_trainer_queue_batches").set(info.pending as f64);
+            if info.delivered > 1 {
+                metrics::counter!("inception_trainer_redelivered_batches_total").increment(1);
+                tracing::info!("batch message {} delivered again (attempt {}): it was not acknowledged in time", info.stream_sequence, info.delivered);
+            }
         }
         let started = Instant::now();
         let batch = match receive_batch(store, dataset, &message.payload, cfg.image_size as u32, cfg.num_classes).await {
@@ -364,7 +355,7 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
 
 async fn receive_batch(store: &Store, dataset: &str, payload: &[u8], image_size: u32, num_classes: i64) -> Result<(String, Batch), String> {
     let ready = BatchReady::decode(payload).map_err(|e| format!("malformed BatchReady: {e}"))?;
-    let prefix = format!("batches/{dataset}/");
+    let prefix = format!("{}/", keys::batch_dir(dataset));
     if !ready.uri.starts_with(&prefix) || ready.uri.contains("..") {
         return Err(format!("{} is outside {prefix}", ready.uri));
     }
