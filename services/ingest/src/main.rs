@@ -92,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     if continuous {
+        streams.shards().await.context("cannot create the shard stream")?;
         let announcer = NatsAnnouncer { streams: streams.clone(), shutdown: service.shutdown.clone() };
         continuous::run(&settings, &store, &announcer, &service.shutdown)
             .await
