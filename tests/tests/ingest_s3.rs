@@ -90,4 +90,18 @@ async fn one_shot_ingest_reads_and_writes_s3() {
         .output()
         .unwrap();
     assert!(verify.status.success(), "{verify:?}");
+    // The same shard by URL, and a missing one named.
+    let url = format!("s3://pics/store/{}", shards[1]);
+    let stats = std::process::Command::new(inception_integration_tests::binary("inception"))
+        .args(["records", "stats", &url])
+        .envs(s3.env())
+        .output()
+        .unwrap();
+    assert!(stats.status.success() && String::from_utf8_lossy(&stats.stdout).contains("label"), "{stats:?}");
+    let missing = std::process::Command::new(inception_integration_tests::binary("inception"))
+        .args(["records", "verify", "s3://pics/store/datasets/s3set/nothing"])
+        .envs(s3.env())
+        .output()
+        .unwrap();
+    assert!(!missing.status.success() && String::from_utf8_lossy(&missing.stderr).contains("nothing"), "{missing:?}");
 }

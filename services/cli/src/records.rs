@@ -1,5 +1,6 @@
 //! `inception records verify|stats|inspect FILE`: look inside TFRecord files
-//! (ours or TensorFlow's), from a local path or a key in the object store.
+//! (ours or TensorFlow's), from a local path, a key in the configured object
+//! store, or an object store URL (`s3://bucket/prefix/train-00000-of-00002`).
 
 use anyhow::{bail, Context};
 use inception_core::cli::CommonArgs;
@@ -34,8 +35,15 @@ fn read(args: &CommonArgs, file: &str) -> anyhow::Result<Vec<u8>> {
         return std::fs::read(path).with_context(|| format!("cannot read {file}"));
     }
     let settings = args.settings(Vec::new())?;
-    let store = Store::open(&settings.store)?;
     let runtime = tokio::runtime::Runtime::new()?;
+    // A URL (s3://bucket/prefix/shard, file:///dir/shard): open its folder as a store.
+    if inception_ingest::source::is_url(file) {
+        let (dir, name) = file.rsplit_once('/').with_context(|| format!("{file}: no object name"))?;
+        let store = Store::open(&inception_core::settings::StoreSettings { url: dir.to_string(), ..settings.store.clone() })?;
+        let bytes = runtime.block_on(store.get(name)).with_context(|| format!("cannot read {file}"))?;
+        return Ok(bytes.to_vec());
+    }
+    let store = Store::open(&settings.store)?;
     let bytes = runtime.block_on(store.get(file)).with_context(|| format!("{file} is not a local file"))?;
     Ok(bytes.to_vec())
 }
