@@ -209,7 +209,7 @@ fn kustomize_builds_objects_that_pass_the_kubernetes_schemas() {
 fn kubernetes_workloads_have_probes_ports_and_the_trainer_a_gpu() {
     let (_, docs) = kustomize();
     let config = &find(&docs, "ConfigMap", "inception-config")["data"];
-    for (kind, name, key, port) in [("Job", "ingest", "INGEST", 9101), ("Deployment", "preprocess", "PREPROCESS", 9102), ("Deployment", "trainer", "TRAIN", 9103), ("Deployment", "evaluator", "EVAL", 9104)] {
+    for (kind, name, key, port) in [("Deployment", "ingest", "INGEST", 9101), ("Deployment", "preprocess", "PREPROCESS", 9102), ("Deployment", "trainer", "TRAIN", 9103), ("Deployment", "evaluator", "EVAL", 9104)] {
         let pod = &find(&docs, kind, name)["spec"]["template"];
         let c = &pod["spec"]["containers"][0];
         assert_eq!(config[format!("INCEPTION__{key}__METRICS_ADDR")], format!("0.0.0.0:{port}"), "{name}");
