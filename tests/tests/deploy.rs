@@ -25,6 +25,8 @@ fn promtool_accepts_the_prometheus_config_and_rules() {
     let promtool = tool("promtool");
     let (ok, text) = run(&promtool, &["check", "config", "prometheus.yml"], &prometheus_dir());
     assert!(ok && text.contains("SUCCESS: prometheus.yml is valid"), "{text}");
+    let (ok, text) = run(&promtool, &["check", "config", "prometheus-local.yml"], &prometheus_dir());
+    assert!(ok && text.contains("SUCCESS: prometheus-local.yml is valid"), "{text}");
     let (ok, text) = run(&promtool, &["check", "rules", "rules/inception.rules.yml"], &prometheus_dir());
     assert!(ok && text.contains("SUCCESS"), "{text}");
     // The config scrapes every service and NATS (through its exporter).
