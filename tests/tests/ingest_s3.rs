@@ -25,6 +25,8 @@ async fn one_shot_ingest_reads_and_writes_s3() {
         s3_endpoint: s3.endpoint(),
         s3_allow_http: true,
         s3_region: "us-east-1".into(),
+        s3_access_key_id: String::new(),
+        s3_secret_access_key: Default::default(),
     };
     inception_ingest::demo::generate(&images, 2, 1, 3).unwrap();
     let upload = Store::open(&settings("s3://pics/photos")).unwrap();

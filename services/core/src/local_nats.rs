@@ -38,9 +38,24 @@ impl LocalNats {
 
     /// As [`LocalNats::start`], on a chosen port (to restart a server where it was).
     pub fn start_on(store_dir: &Path, port: Option<u16>) -> Result<Self, LocalNatsError> {
+        Self::launch(store_dir, port, None)
+    }
+
+    /// As [`LocalNats::start`], with a server configuration file (for
+    /// authorization and TLS blocks); address, port and JetStream still
+    /// come from the command line.
+    pub fn start_with_config(store_dir: &Path, config: &Path) -> Result<Self, LocalNatsError> {
+        Self::launch(store_dir, None, Some(config))
+    }
+
+    fn launch(store_dir: &Path, port: Option<u16>, config: Option<&Path>) -> Result<Self, LocalNatsError> {
         let binary = find_binary().ok_or(LocalNatsError::NotFound)?;
         let port_arg = port.map_or("-1".to_string(), |p| p.to_string());
-        let mut child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        if let Some(config) = config {
+            command.arg("-c").arg(config);
+        }
+        let mut child = command
             .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "--store_dir"])
             .arg(store_dir)
             .stdin(Stdio::null())

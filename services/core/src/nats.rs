@@ -25,6 +25,8 @@ pub enum NatsError {
     Consumer { consumer: String, message: String },
     #[error("NATS request failed: {0}")]
     Other(String),
+    #[error("NATS settings: {0}")]
+    Config(String),
 }
 
 /// Subject and stream names of one pipeline (one `subject_prefix`).
@@ -56,8 +58,66 @@ impl Subjects {
     }
 }
 
+/// Client options from the settings: name, authentication, TLS, and a log
+/// line for every connection event (disconnects, reconnects).
+pub async fn connect_options(settings: &NatsSettings, client_name: &str) -> Result<async_nats::ConnectOptions, NatsError> {
+    // Several crates bring rustls with different crypto back-ends; pick one
+    // for the process (an error only means one is installed already).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut options = async_nats::ConnectOptions::new()
+        .name(client_name)
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("NATS connection (re-)established"),
+                async_nats::Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
+                other => tracing::warn!("NATS: {other}"),
+            }
+        });
+    let (_, from_url) = settings.split_url_credentials();
+    if !settings.user.is_empty() {
+        options = options.user_and_password(settings.user.clone(), settings.password.expose().to_string());
+    } else if let (Some(user), false) = (&from_url, settings.token.is_set() || settings.nkey_seed.is_set()) {
+        // nats://user:password@host or nats://token@host, as NATS URLs allow.
+        options = match &user.1 {
+            Some(password) => options.user_and_password(user.0.clone(), password.clone()),
+            None => options.token(user.0.clone()),
+        };
+    } else if settings.token.is_set() {
+        options = options.token(settings.token.expose().to_string());
+    } else if settings.nkey_seed.is_set() {
+        if nkeys::KeyPair::from_seed(settings.nkey_seed.expose()).is_err() {
+            return Err(NatsError::Config("nats.nkey_seed is not a valid nkey seed".into()));
+        }
+        options = options.nkey(settings.nkey_seed.expose().to_string());
+    } else if !settings.credentials_file.is_empty() {
+        options = options
+            .credentials_file(&settings.credentials_file)
+            .await
+            .map_err(|e| NatsError::Config(format!("nats.credentials_file {}: {e}", settings.credentials_file)))?;
+    }
+    let readable = |what: &str, path: &str| match std::fs::metadata(path) {
+        Ok(_) => Ok(std::path::PathBuf::from(path)),
+        Err(e) => Err(NatsError::Config(format!("nats.{what} {path}: {e}"))),
+    };
+    if !settings.tls_ca_file.is_empty() {
+        options = options.add_root_certificates(readable("tls_ca_file", &settings.tls_ca_file)?);
+    }
+    if !settings.tls_cert_file.is_empty() {
+        options = options.add_client_certificate(
+            readable("tls_cert_file", &settings.tls_cert_file)?,
+            readable("tls_key_file", &settings.tls_key_file)?,
+        );
+    }
+    if settings.tls_required {
+        options = options.require_tls(true);
+    }
+    Ok(options)
+}
+
 /// Connects, retrying with exponential back-off (logging each failure with the
-/// URL and reason) until connected or `shutdown` fires. Never panics.
+/// URL, credentials removed, and reason) until connected or `shutdown`
+/// fires. Never panics. Once connected, the client reconnects by itself.
 pub async fn connect(
     settings: &NatsSettings,
     client_name: &str,
@@ -65,23 +125,17 @@ pub async fn connect(
 ) -> Result<async_nats::Client, NatsError> {
     let mut delay = Duration::from_secs_f64(settings.connect_retry_secs.max(0.05));
     let max_delay = Duration::from_secs_f64(settings.connect_retry_max_secs.max(0.05));
+    let url = settings.url_for_logs();
     loop {
-        let attempt = async_nats::ConnectOptions::new()
-            .name(client_name)
-            .connection_timeout(Duration::from_secs(5))
-            .connect(settings.url.as_str())
-            .await;
-        match attempt {
+        let options = connect_options(settings, client_name).await?;
+        let (urls, _) = settings.split_url_credentials();
+        match options.connect(urls.as_str()).await {
             Ok(client) => {
-                tracing::info!(url = %settings.url, "connected to NATS");
+                tracing::info!(url = %url, "connected to NATS");
                 return Ok(client);
             }
             Err(e) => {
-                tracing::error!(
-                    "cannot reach NATS at {}: {e}; retrying in {:.1}s",
-                    settings.url,
-                    delay.as_secs_f64()
-                );
+                tracing::error!("cannot reach NATS at {url}: {e}; retrying in {:.1}s", delay.as_secs_f64());
                 if !sleep_or_cancel(shutdown, delay).await {
                     return Err(NatsError::Cancelled);
                 }

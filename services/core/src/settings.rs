@@ -45,6 +45,30 @@ pub struct Settings {
     pub eval: EvalSettings,
 }
 
+/// A secret setting (password, token, key seed). Its `Debug` says whether
+/// it is set, never what it is, so settings can be logged safely.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_set(&self) -> bool {
+        !self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.is_set() { "[redacted]" } else { "[not set]" })
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsSettings {
@@ -52,6 +76,59 @@ pub struct NatsSettings {
     pub connect_retry_secs: f64,
     pub connect_retry_max_secs: f64,
     pub subject_prefix: String,
+    pub user: String,
+    pub password: Secret,
+    pub token: Secret,
+    pub nkey_seed: Secret,
+    pub credentials_file: String,
+    pub tls_required: bool,
+    pub tls_ca_file: String,
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
+}
+
+impl NatsSettings {
+    /// The URLs without `user:password@` / `token@`, and the first such
+    /// credentials found (user or token, password).
+    pub fn split_url_credentials(&self) -> (String, Option<(String, Option<String>)>) {
+        let mut found = None;
+        let urls: Vec<String> = self
+            .url
+            .split(',')
+            .map(|u| {
+                let start = u.find("://").map_or(0, |i| i + 3);
+                match u[start..].rfind('@') {
+                    Some(at) => {
+                        let userinfo = &u[start..start + at];
+                        if found.is_none() {
+                            found = Some(match userinfo.split_once(':') {
+                                Some((user, password)) => (user.to_string(), Some(password.to_string())),
+                                None => (userinfo.to_string(), None),
+                            });
+                        }
+                        format!("{}{}", &u[..start], &u[start + at + 1..])
+                    }
+                    None => u.to_string(),
+                }
+            })
+            .collect();
+        (urls.join(","), found)
+    }
+
+    /// The URL with any `user:password@` replaced, for logs and errors.
+    pub fn url_for_logs(&self) -> String {
+        self.url
+            .split(',')
+            .map(|u| {
+                let start = u.find("://").map_or(0, |i| i + 3);
+                match u[start..].rfind('@') {
+                    Some(at) => format!("{}[redacted]@{}", &u[..start], &u[start + at + 1..]),
+                    None => u.to_string(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -61,6 +138,8 @@ pub struct StoreSettings {
     pub s3_endpoint: String,
     pub s3_allow_http: bool,
     pub s3_region: String,
+    pub s3_access_key_id: String,
+    pub s3_secret_access_key: Secret,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -253,6 +332,20 @@ impl Settings {
         if self.train.checkpoint_every_steps == 0 || self.train.log_every_steps == 0 {
             return fail("train.checkpoint_every_steps and train.log_every_steps must be at least 1".into());
         }
+        let n = &self.nats;
+        let methods = [!n.user.is_empty(), n.token.is_set(), n.nkey_seed.is_set(), !n.credentials_file.is_empty()];
+        if methods.iter().filter(|m| **m).count() > 1 {
+            return fail("nats: set only one of user (with password), token, nkey_seed and credentials_file".into());
+        }
+        if n.password.is_set() && n.user.is_empty() {
+            return fail("nats.password is set but nats.user is not".into());
+        }
+        if n.tls_cert_file.is_empty() != n.tls_key_file.is_empty() {
+            return fail("nats.tls_cert_file and nats.tls_key_file go together (client certificate and its key)".into());
+        }
+        if self.store.s3_secret_access_key.is_set() && self.store.s3_access_key_id.is_empty() {
+            return fail("store.s3_secret_access_key is set but store.s3_access_key_id is not".into());
+        }
         if self.nats.subject_prefix.is_empty()
             || !self
                 .nats
@@ -284,6 +377,27 @@ pub fn is_safe_token(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+#[cfg(test)]
+mod nats_url_tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_urls_are_split_off_and_redacted() {
+        let mut n = Settings::defaults().unwrap().nats;
+        n.url = "nats://svc:p@ss@10.0.0.1:4222,nats://10.0.0.2:4222".into();
+        assert_eq!(n.url_for_logs(), "nats://[redacted]@10.0.0.1:4222,nats://10.0.0.2:4222");
+        let (urls, creds) = n.split_url_credentials();
+        assert_eq!(urls, "nats://10.0.0.1:4222,nats://10.0.0.2:4222");
+        assert_eq!(creds, Some(("svc".into(), Some("p@ss".into()))));
+        n.url = "tok3n@127.0.0.1:4222".into();
+        assert_eq!(n.url_for_logs(), "[redacted]@127.0.0.1:4222");
+        assert_eq!(n.split_url_credentials(), ("127.0.0.1:4222".into(), Some(("tok3n".into(), None))));
+        n.url = "nats://127.0.0.1:4222".into();
+        assert_eq!(n.split_url_credentials(), ("nats://127.0.0.1:4222".into(), None));
+        assert_eq!(format!("{:?}", Secret::new("x")), "[redacted]");
+    }
 }
 
 #[cfg(test)]

@@ -82,6 +82,11 @@ impl Store {
                     .with_bucket_name(bucket)
                     .with_region(&settings.s3_region)
                     .with_allow_http(settings.s3_allow_http);
+                if !settings.s3_access_key_id.is_empty() {
+                    builder = builder
+                        .with_access_key_id(&settings.s3_access_key_id)
+                        .with_secret_access_key(settings.s3_secret_access_key.expose());
+                }
                 if !settings.s3_endpoint.is_empty() {
                     builder = builder.with_endpoint(&settings.s3_endpoint);
                 }
@@ -235,6 +240,8 @@ mod tests {
             s3_endpoint: String::new(),
             s3_allow_http: false,
             s3_region: "us-east-1".into(),
+            s3_access_key_id: String::new(),
+            s3_secret_access_key: Default::default(),
         })
         .unwrap()
     }
@@ -271,6 +278,8 @@ mod tests {
             s3_endpoint: String::new(),
             s3_allow_http: false,
             s3_region: String::new(),
+            s3_access_key_id: String::new(),
+            s3_secret_access_key: Default::default(),
         })
         .unwrap_err();
         assert!(err.to_string().contains("ftp"), "{err}");

@@ -52,12 +52,7 @@ async fn once_per_checkpoint_and_bad_checkpoints_are_skipped() {
     settings.nats.url = nats_server.url();
     settings.dataset.name = "shapes".into();
     settings.eval.num_examples = 0;
-    settings.store = StoreSettings {
-        url: format!("file://{}", dir.path().join("store").display()),
-        s3_endpoint: String::new(),
-        s3_allow_http: false,
-        s3_region: "us-east-1".into(),
-    };
+    settings.store = StoreSettings { url: format!("file://{}", dir.path().join("store").display()), ..settings.store.clone() };
     let store = Store::open(&settings.store).unwrap();
 
     // Validation shards as ingest writes them.
