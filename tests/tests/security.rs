@@ -198,3 +198,69 @@ fn secrets_never_reach_logs_metrics_or_errors() {
     let printed = format!("{s:?}");
     assert!(!printed.contains(PASSWORD) && printed.contains("password: [redacted]"), "{printed}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_messages_are_refused_counted_and_survived() {
+    use inception_proto::pipeline::{CheckpointReady, ShardReady};
+    use inception_proto::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let nats_server = LocalNats::start(&dir.path().join("nats")).unwrap();
+    let (preprocess_port, eval_port) = (free_port(), free_port());
+    let env = env_vars([
+        ("NATS__URL", nats_server.url()),
+        ("STORE__URL", format!("file://{}", dir.path().join("store").display())),
+        ("PREPROCESS__METRICS_ADDR", format!("127.0.0.1:{preprocess_port}")),
+        ("EVAL__METRICS_ADDR", format!("127.0.0.1:{eval_port}")),
+    ]);
+    let mut preprocess = Proc::spawn("inception-preprocess", &[], &env, &logs);
+    let mut evaluator = Proc::spawn("inception-evaluator", &[], &env, &logs);
+    let ready = |port: u16| http_get(port, "/readyz").map(|(s, _)| s.contains("200")).unwrap_or(false);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(ready(preprocess_port) && ready(eval_port)) {
+        assert!(Instant::now() < deadline, "{:?}\n{:?}", preprocess.output(), evaluator.output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await; // the followers' consumers are bound
+
+    let streams = Streams::new(async_nats::connect(nats_server.url()).await.unwrap(), "inception");
+    streams.shards().await.unwrap();
+    streams.checkpoints().await.unwrap();
+    let stop = CancellationToken::new();
+    let oversized = vec![0x0a; 200 * 1024];
+    let shard = |uri: &str| ShardReady { dataset: "flowers".into(), split: "train".into(), uri: uri.into(), records: 1, ..Default::default() }.encode_to_vec();
+    let checkpoint = |uri: &str| CheckpointReady { metadata_uri: uri.into(), ..Default::default() }.encode_to_vec();
+    let hostile_shards = [b"\xff\xff not protobuf".to_vec(), oversized.clone(), shard("datasets/flowers/../../etc/passwd"), shard("/etc/passwd")];
+    let hostile_checkpoints = [b"\xff\xff not protobuf".to_vec(), oversized, checkpoint("/etc/passwd"), checkpoint("checkpoints/default/../../x.json")];
+    for (i, payload) in hostile_shards.into_iter().enumerate() {
+        let subject = streams.subjects.shards("flowers", "train");
+        streams.publish_acked(&subject, payload.into(), &format!("shard-{i}"), &stop).await.unwrap();
+    }
+    for (i, payload) in hostile_checkpoints.into_iter().enumerate() {
+        let subject = streams.subjects.checkpoints("default");
+        streams.publish_acked(&subject, payload.into(), &format!("checkpoint-{i}"), &stop).await.unwrap();
+    }
+    let counted = |port: u16, name: &str| {
+        http_get(port, "/metrics").ok().and_then(|(_, body)| {
+            body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counted(preprocess_port, "inception_preprocess_rejected_messages_total") != Some(4.0)
+        || counted(eval_port, "inception_eval_rejected_messages_total") != Some(4.0)
+    {
+        assert!(Instant::now() < deadline, "not all refused and counted:\n{:?}\n{:?}", preprocess.output(), evaluator.output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(preprocess.is_running() && evaluator.is_running());
+    assert!(http_get(preprocess_port, "/healthz").unwrap().0.contains("200"));
+    assert!(http_get(eval_port, "/healthz").unwrap().0.contains("200"));
+    let (_, err) = preprocess.output();
+    assert!(err.contains("is more than a ShardReady may have") && err.contains("is outside datasets/flowers/"), "{err}");
+    let (_, err) = evaluator.output();
+    assert!(err.contains("announcement of /etc/passwd outside checkpoints/default/"), "{err}");
+    assert!(!dir.path().join("store/eval").exists(), "nothing was evaluated");
+    assert!(preprocess.terminate(Duration::from_secs(20)).success());
+    assert!(evaluator.terminate(Duration::from_secs(20)).success());
+}

@@ -58,6 +58,21 @@ impl Subjects {
     }
 }
 
+/// Largest control message (announcement, claim check) a service accepts.
+/// Real ones are a few hundred bytes; NATS itself refuses more than its
+/// `max_payload` (1 MiB by default).
+pub const MAX_CONTROL_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Decodes a control message, refusing oversized and malformed ones with a
+/// reason fit for a log line (the caller counts and skips).
+pub fn decode_control<M: inception_proto::Message + Default>(payload: &[u8]) -> Result<M, String> {
+    let kind = std::any::type_name::<M>().rsplit("::").next().unwrap_or("message");
+    if payload.len() > MAX_CONTROL_MESSAGE_BYTES {
+        return Err(format!("{} bytes is more than a {kind} may have ({MAX_CONTROL_MESSAGE_BYTES})", payload.len()));
+    }
+    M::decode(payload).map_err(|e| format!("malformed {kind}: {e}"))
+}
+
 /// Client options from the settings: name, authentication, TLS, and a log
 /// line for every connection event (disconnects, reconnects).
 pub async fn connect_options(settings: &NatsSettings, client_name: &str) -> Result<async_nats::ConnectOptions, NatsError> {
@@ -309,4 +324,22 @@ impl Streams {
 /// JetStream's answer when a `discard: new` stream is at `max_messages` (10077).
 fn is_full(error: &str) -> bool {
     error.contains("maximum messages") || error.contains("10077")
+}
+
+#[cfg(test)]
+mod control_message_tests {
+    use super::*;
+    use inception_proto::pipeline::ShardReady;
+    use inception_proto::Message;
+
+    #[test]
+    fn oversized_and_malformed_messages_are_refused_with_a_reason() {
+        let good = ShardReady { uri: "datasets/flowers/train-00000-of-00002".into(), records: 3, ..Default::default() };
+        assert_eq!(decode_control::<ShardReady>(&good.encode_to_vec()).unwrap(), good);
+        let err = decode_control::<ShardReady>(&[0xff, 0xff, 0xff]).unwrap_err();
+        assert!(err.starts_with("malformed ShardReady"), "{err}");
+        let huge = ShardReady { labels: vec!["x".repeat(1000); 100], ..good };
+        let err = decode_control::<ShardReady>(&huge.encode_to_vec()).unwrap_err();
+        assert!(err.contains("is more than a ShardReady may have (65536)"), "{err}");
+    }
 }

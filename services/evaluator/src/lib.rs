@@ -261,10 +261,10 @@ impl Evaluator {
                 m = messages.next() => match m {
                     None => return Ok(()),
                     Some(Err(e)) => { tracing::warn!("checkpoint announcements: {e}"); continue }
-                    Some(Ok(m)) => match CheckpointReady::decode(m.payload.as_ref()) {
+                    Some(Ok(m)) => match inception_core::nats::decode_control::<CheckpointReady>(&m.payload) {
                         Ok(c) if c.metadata_uri.starts_with(&prefix) && !c.metadata_uri.contains("..") => c.metadata_uri,
-                        Ok(c) => { tracing::warn!("ignoring announcement of {} outside {prefix}", c.metadata_uri); continue }
-                        Err(e) => { tracing::warn!("ignoring malformed checkpoint announcement: {e}"); continue }
+                        Ok(c) => { reject(&format!("announcement of {} outside {prefix}", c.metadata_uri)); continue }
+                        Err(e) => { reject(&e); continue }
                     },
                 },
             };
@@ -274,6 +274,12 @@ impl Evaluator {
             }
         }
     }
+}
+
+/// A checkpoint announcement that is not one: logged and counted.
+fn reject(reason: &str) {
+    metrics::counter!("inception_eval_rejected_messages_total").increment(1);
+    tracing::warn!("ignoring checkpoint announcement: {reason}");
 }
 
 /// Store failures stay store errors (retried later); anything else about a

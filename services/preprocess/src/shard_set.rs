@@ -7,7 +7,6 @@ use futures::StreamExt;
 use inception_core::nats::{NatsError, Streams};
 use inception_core::shutdown::CancellationToken;
 use inception_proto::pipeline::ShardReady;
-use inception_proto::Message;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
@@ -93,7 +92,7 @@ pub async fn follow(
                 continue;
             }
         };
-        match ShardReady::decode(message.payload.as_ref()) {
+        match inception_core::nats::decode_control::<ShardReady>(&message.payload) {
             Ok(shard) => match accept(&shard, dataset) {
                 Ok(()) => {
                     if set.add(shard.clone()) {
@@ -107,7 +106,7 @@ pub async fn follow(
             },
             Err(e) => {
                 metrics::counter!("inception_preprocess_rejected_messages_total").increment(1);
-                tracing::warn!("ignoring malformed shard announcement on {}: {e}", message.subject);
+                tracing::warn!("ignoring shard announcement on {}: {e}", message.subject);
             }
         }
     }

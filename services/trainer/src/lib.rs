@@ -22,7 +22,6 @@ use inception_model::checkpoint::{self, CheckpointMeta};
 use inception_model::inception::debiased_momentum;
 use inception_model::{images_to_input, loss, InceptionV3, Mode, ModelConfig};
 use inception_proto::pipeline::{BatchReady, ShardReady};
-use inception_proto::Message;
 use std::time::{Duration, Instant};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
@@ -228,7 +227,7 @@ async fn examples_per_epoch(settings: &Settings, streams: &Streams) -> Result<u6
     let subject = streams.subjects.shards(&settings.dataset.name, "train");
     let mut seen = std::collections::HashMap::new();
     for payload in streams.history(&stream, &subject).await? {
-        if let Ok(s) = ShardReady::decode(payload.as_ref()) {
+        if let Ok(s) = inception_core::nats::decode_control::<ShardReady>(&payload) {
             seen.insert(s.uri, s.records);
         }
     }
@@ -354,7 +353,7 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
 }
 
 async fn receive_batch(store: &Store, dataset: &str, payload: &[u8], image_size: u32, num_classes: i64) -> Result<(String, Batch), String> {
-    let ready = BatchReady::decode(payload).map_err(|e| format!("malformed BatchReady: {e}"))?;
+    let ready: BatchReady = inception_core::nats::decode_control(payload)?;
     let prefix = format!("{}/", keys::batch_dir(dataset));
     if !ready.uri.starts_with(&prefix) || ready.uri.contains("..") {
         return Err(format!("{} is outside {prefix}", ready.uri));
