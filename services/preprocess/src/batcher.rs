@@ -2,15 +2,22 @@
 //! A record that fails any step is counted and skipped, never fatal.
 
 use inception_core::batch::Batch;
-use inception_core::example::parse_image_example;
+use inception_core::example::{parse_bounding_boxes, parse_image_example};
+use inception_vision::ObjectBox;
 use rand::Rng;
 
 /// Appends the transformed image of `record` to `batch`; returns the reason
 /// when the record is unusable.
 pub fn add_record<R: Rng>(batch: &mut Batch, record: &[u8], max_pixels: u64, distort_color: bool, rng: &mut R) -> Result<(), String> {
     let parsed = parse_image_example(record).map_err(|e| e.to_string())?;
+    // Object boxes (build_imagenet_data.py-style records) guide the crop.
+    let boxes: Vec<ObjectBox> = parse_bounding_boxes(record)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|b| ObjectBox { xmin: b.xmin, ymin: b.ymin, xmax: b.xmax, ymax: b.ymax })
+        .collect();
     let decoded = inception_vision::decode_rgb(&parsed.encoded, max_pixels).map_err(|e| e.to_string())?;
-    let pixels = inception_vision::train_image(&decoded.image, batch.image_size, &[], distort_color, rng);
+    let pixels = inception_vision::train_image(&decoded.image, batch.image_size, &boxes, distort_color, rng);
     batch.images.extend_from_slice(&pixels);
     batch.labels.push(parsed.label);
     Ok(())
@@ -62,5 +69,24 @@ mod tests {
         for image in batch.images.chunks(16 * 16 * 3) {
             assert!(image.chunks(3).all(|p| p == &image[..3]), "{:?}", &image[..6]);
         }
+    }
+
+    #[test]
+    fn crops_keep_the_records_object_box() {
+        use inception_core::example::BoundingBox;
+        // Red top-left quadrant, blue elsewhere; the object is the 10x10 corner.
+        let img = image::RgbImage::from_fn(200, 200, |x, y| image::Rgb(if x < 100 && y < 100 { [255, 0, 0] } else { [0, 0, 255] }));
+        let mut png = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut png, image::ImageFormat::Png).unwrap();
+        let example = ImageExample { encoded: png.into_inner(), height: 200, width: 200, label: 1, text: "x".into(), filename: "x.png".into() };
+        let corner = BoundingBox { xmin: 0.0, ymin: 0.0, xmax: 0.05, ymax: 0.05 };
+        let with_box = example.to_bytes_with_boxes(&[corner]);
+        let without = example.to_bytes();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let has_red = |image: &[u8]| image.chunks(3).any(|p| p[0] > 200 && p[2] < 50);
+        let boxed = build_batch(&vec![with_box; 40], 32, 1 << 20, false, &mut rng);
+        assert!(boxed.images.chunks(32 * 32 * 3).all(has_red), "every crop keeps part of the object");
+        let free = build_batch(&vec![without; 40], 32, 1 << 20, false, &mut rng);
+        assert!(!free.images.chunks(32 * 32 * 3).all(has_red), "without the box some crops miss the corner");
     }
 }
