@@ -33,36 +33,35 @@ pub fn adjust_contrast(px: &mut [f32], factor: f32) {
 }
 
 /// RGB -> HSV with h, s, v in [0, 1] (h as a fraction of the circle).
+/// Written with selects rather than branches: hue sectors vary pixel to
+/// pixel, and mispredicted branches dominated the colour distortion.
 pub fn rgb_to_hsv(r: f32, g: f32, b: f32) -> (f32, f32, f32) {
     let max = r.max(g).max(b);
     let min = r.min(g).min(b);
     let delta = max - min;
+    let inv = if delta > 0.0 { 1.0 / delta } else { 0.0 };
+    let from_r = (g - b) * inv; // in [-1, 1]
+    let from_r = if from_r < 0.0 { from_r + 6.0 } else { from_r };
+    let from_g = (b - r) * inv + 2.0;
+    let from_b = (r - g) * inv + 4.0;
+    let h6 = if max == r { from_r } else if max == g { from_g } else { from_b };
+    let h = if delta > 0.0 { h6 / 6.0 } else { 0.0 };
     let s = if max > 0.0 { delta / max } else { 0.0 };
-    let h = if delta <= 0.0 {
-        0.0
-    } else if max == r {
-        ((g - b) / delta).rem_euclid(6.0) / 6.0
-    } else if max == g {
-        ((b - r) / delta + 2.0) / 6.0
-    } else {
-        ((r - g) / delta + 4.0) / 6.0
-    };
     (h, s, max)
 }
 
+/// HSV -> RGB; `h` may be up to one turn outside [0, 1) (hue shifts wrap).
+/// Channel n (r = 5, g = 3, b = 1) is `v - v s clamp(min(k, 4 - k), 0, 1)`
+/// with `k = (n + 6h) mod 6`: the sector table without branches.
 pub fn hsv_to_rgb(h: f32, s: f32, v: f32) -> (f32, f32, f32) {
-    let h6 = h.rem_euclid(1.0) * 6.0;
-    let sector = h6.floor();
-    let f = h6 - sector;
-    let (p, q, t) = (v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f)));
-    match sector as u32 {
-        0 => (v, t, p),
-        1 => (q, v, p),
-        2 => (p, v, t),
-        3 => (p, q, v),
-        4 => (t, p, v),
-        _ => (v, p, q),
-    }
+    let h = if h < 0.0 { h + 1.0 } else if h >= 1.0 { h - 1.0 } else { h };
+    let h6 = h * 6.0;
+    let channel = |n: f32| {
+        let k = n + h6;
+        let k = if k >= 6.0 { k - 6.0 } else { k };
+        v - v * s * k.min(4.0 - k).clamp(0.0, 1.0)
+    };
+    (channel(5.0), channel(3.0), channel(1.0))
 }
 
 fn map_hsv(px: &mut [f32], f: impl Fn(f32, f32, f32) -> (f32, f32, f32)) {

@@ -27,52 +27,53 @@ impl ResizeMethod {
     }
 }
 
-/// Resizes `crop` of `img` to `out x out` with `method`.
+/// Resizes `crop` of `img` to `out x out` with `method`. Every method's
+/// weights are a product of an x and a y weight, so it runs as two 1-D
+/// passes: each needed source row is resampled horizontally once, then
+/// output rows combine those. (A 2-D loop costs taps_x * taps_y per pixel.)
 pub fn resize(img: &RgbImage, crop: CropBox, out: u32, method: ResizeMethod) -> Vec<f32> {
     let src = Source::new(img, crop);
     let o = out as usize;
-    let sx = crop.width as f32 / out as f32;
-    let sy = crop.height as f32 / out as f32;
-    let mut dst = vec![0f32; o * o * 3];
-    match method {
-        ResizeMethod::Bilinear | ResizeMethod::NearestNeighbor | ResizeMethod::Bicubic => {
-            let kernel = |coord: f32, len: usize| taps(method, coord, len);
-            let xt: Vec<Vec<(usize, f32)>> = (0..o).map(|x| kernel(x as f32 * sx, src.w)).collect();
-            for y in 0..o {
-                let yt = kernel(y as f32 * sy, src.h);
-                for (x, xtaps) in xt.iter().enumerate() {
-                    let mut acc = [0f32; 3];
-                    for &(yy, wy) in &yt {
-                        for &(xx, wx) in xtaps {
-                            let p = src.pixel(xx, yy);
-                            for c in 0..3 {
-                                acc[c] += wy * wx * p[c];
-                            }
-                        }
-                    }
-                    dst[(y * o + x) * 3..(y * o + x) * 3 + 3].copy_from_slice(&acc);
+    let axis = |len: usize, span: u32| -> Vec<Vec<(usize, f32)>> {
+        let scale = span as f32 / out as f32;
+        (0..o)
+            .map(|i| match method {
+                // Coverage over the box size: the mean of the covered pixels.
+                ResizeMethod::Area => area_taps(i as f32 * scale, scale, len).into_iter().map(|(k, w)| (k, w / scale)).collect(),
+                _ => taps(method, i as f32 * scale, len),
+            })
+            .collect()
+    };
+    let (xt, yt) = (axis(src.w, crop.width), axis(src.h, crop.height));
+    let row_len = o * 3;
+    // Horizontal pass, only for the source rows some output row uses.
+    let mut slot = vec![usize::MAX; src.h];
+    let mut rows: Vec<f32> = Vec::new();
+    for &(yy, _) in yt.iter().flatten() {
+        if slot[yy] != usize::MAX {
+            continue;
+        }
+        slot[yy] = rows.len() / row_len;
+        let line = src.row(yy);
+        for xtaps in &xt {
+            let mut acc = [0f32; 3];
+            for &(xx, wx) in xtaps {
+                let p = &line[xx * 3..xx * 3 + 3];
+                for c in 0..3 {
+                    acc[c] += wx * f32::from(p[c]);
                 }
             }
+            rows.extend_from_slice(&acc);
         }
-        ResizeMethod::Area => {
-            let xs: Vec<Vec<(usize, f32)>> = (0..o).map(|x| area_taps(x as f32 * sx, sx, src.w)).collect();
-            for y in 0..o {
-                let ys = area_taps(y as f32 * sy, sy, src.h);
-                for (x, xtaps) in xs.iter().enumerate() {
-                    let mut acc = [0f32; 3];
-                    for &(yy, wy) in &ys {
-                        for &(xx, wx) in xtaps {
-                            let p = src.pixel(xx, yy);
-                            for c in 0..3 {
-                                acc[c] += wy * wx * p[c];
-                            }
-                        }
-                    }
-                    let norm = 1.0 / (sx * sy);
-                    for c in 0..3 {
-                        dst[(y * o + x) * 3 + c] = acc[c] * norm;
-                    }
-                }
+    }
+    // Vertical pass.
+    let mut dst = vec![0f32; o * row_len];
+    for (y, ytaps) in yt.iter().enumerate() {
+        let target = &mut dst[y * row_len..(y + 1) * row_len];
+        for &(yy, wy) in ytaps {
+            let source = &rows[slot[yy] * row_len..(slot[yy] + 1) * row_len];
+            for (t, s) in target.iter_mut().zip(source) {
+                *t += wy * s;
             }
         }
     }
@@ -100,9 +101,10 @@ impl<'a> Source<'a> {
         }
     }
 
-    fn pixel(&self, x: usize, y: usize) -> [f32; 3] {
-        let at = (self.y0 + y) * self.stride + (self.x0 + x) * 3;
-        [f32::from(self.raw[at]), f32::from(self.raw[at + 1]), f32::from(self.raw[at + 2])]
+    /// Row `y` of the crop, `w * 3` bytes.
+    fn row(&self, y: usize) -> &'a [u8] {
+        let at = (self.y0 + y) * self.stride + self.x0 * 3;
+        &self.raw[at..at + self.w * 3]
     }
 }
 

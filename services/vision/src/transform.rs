@@ -130,7 +130,9 @@ pub fn resize_bilinear(img: &RgbImage, crop: CropBox, out: u32) -> Vec<u8> {
 
 /// Floats (times `scale`) rounded to bytes, clamped to 0..=255.
 pub fn quantize(px: &[f32], scale: f32) -> Vec<u8> {
-    px.iter().map(|v| (v * scale).round().clamp(0.0, 255.0) as u8).collect()
+    // + 0.5 and truncation rounds like round() for the non-negative values
+    // left after the clamp, without round()'s library call.
+    px.iter().map(|v| ((v * scale).clamp(0.0, 255.0) + 0.5) as u8).collect()
 }
 
 /// Mirrors an `size x size` HWC buffer left to right, in place.

@@ -34,6 +34,35 @@ struct Args {
     /// Eval preprocessing (central crop 0.875 + bilinear) instead of training distortion.
     #[arg(long)]
     eval: bool,
+    /// Also print the time of each stage (one worker, one pass).
+    #[arg(long)]
+    breakdown: bool,
+}
+
+/// Mean milliseconds per image of decode, crop + resize + flip, and colour.
+fn breakdown(jpegs: &[Vec<u8>], size: u32) -> anyhow::Result<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let (mut decode, mut geometry, mut colour) = (0.0, 0.0, 0.0);
+    for jpeg in jpegs {
+        let t = Instant::now();
+        let decoded = inception_vision::decode_rgb(jpeg, u64::MAX)?;
+        decode += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let img = &decoded.image;
+        let crop = inception_vision::transform::sample_distorted_crop(img.width(), img.height(), &[], &mut rng);
+        let method = inception_vision::ResizeMethod::from_index(rng.random_range(0..4));
+        let mut px = inception_vision::resize::resize(img, crop, size, method);
+        inception_vision::flip_left_right(&mut px, size);
+        geometry += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        px.iter_mut().for_each(|v| *v /= 255.0);
+        inception_vision::color::distort_color(&mut px, rng.random_range(0..2), &mut rng);
+        std::hint::black_box(inception_vision::quantize(&px, 255.0));
+        colour += t.elapsed().as_secs_f64();
+    }
+    let n = jpegs.len() as f64 / 1000.0;
+    println!("breakdown   train {size} px per image: decode {:.2} ms, crop+resize+flip {:.2} ms, colour {:.2} ms", decode / n, geometry / n, colour / n);
+    Ok(())
 }
 
 /// A photo-like 500x375 (or 375x500) image: smooth gradients, a few shapes
@@ -103,6 +132,9 @@ fn main() -> anyhow::Result<()> {
         handles.into_iter().map(|h| h.join().map_err(|_| anyhow::anyhow!("worker panicked"))?).sum::<anyhow::Result<usize>>()
     })?;
     let secs = started.elapsed().as_secs_f64();
+    if a.breakdown {
+        breakdown(&jpegs, a.image_size)?;
+    }
     println!(
         "ours        {:<5} {} px, {} worker(s): {:.1} examples/s ({:.1} per worker; {} JPEGs, mean {:.0} KiB)",
         if a.eval { "eval" } else { "train" },
