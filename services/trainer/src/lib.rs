@@ -245,7 +245,8 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
     let cfg = model_config(settings, labels.len());
     cfg.validate().map_err(TrainError::Config)?;
     let mut state = TrainState::new(&cfg, labels.clone(), settings, &devices);
-    if !resume(store, &t.run, &cfg, &mut state).await? && !t.pretrained_checkpoint.is_empty() {
+    let resumed = resume(store, &t.run, &cfg, &mut state).await?;
+    if !resumed && !t.pretrained_checkpoint.is_empty() {
         start_from_pretrained(store, &t.pretrained_checkpoint, t.fine_tune, &mut state).await?;
     }
     tracing::info!(
@@ -253,6 +254,13 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
         labels.len(), cfg.image_size, cfg.depth_multiplier, devices, state.step
     );
     streams.checkpoints().await?; // the stream this service announces on
+    if resumed {
+        // The trainer that wrote it may have died between the pointer and
+        // the announcement: announce it again (same id: harmless if it did not).
+        if let Err(e) = saver::announce(streams, &t.run, state.step, shutdown).await {
+            tracing::warn!("announcing the checkpoint of step {} again: {e}", state.step);
+        }
+    }
     let stream = streams.batches(settings.preprocess.queue_capacity).await?;
     // A batch not acknowledged batch_ack_wait_secs after delivery (the
     // trainer died mid-step) goes to the next fetch again.
@@ -295,10 +303,17 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
         let started = Instant::now();
         let batch = match receive_batch(store, dataset, &message.payload, cfg.image_size as u32, cfg.num_classes).await {
             Ok(b) => b,
-            Err(reason) => {
+            Err(BatchProblem::Unusable(reason)) => {
                 metrics::counter!("inception_trainer_rejected_batches_total").increment(1);
                 tracing::error!("dropping a batch message: {reason}");
                 message.ack().await.ok();
+                continue;
+            }
+            Err(BatchProblem::Store(reason)) => {
+                // The store may be back soon: hand the batch back, not drop it.
+                tracing::warn!("cannot read a batch ({reason}); handing it back for redelivery in 2s");
+                message.ack_with(async_nats::jetstream::AckKind::Nak(Some(Duration::from_secs(2)))).await.ok();
+                sleep_or_cancel(shutdown, Duration::from_secs(1)).await;
                 continue;
             }
         };
@@ -352,19 +367,36 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
     Ok(state.step)
 }
 
-async fn receive_batch(store: &Store, dataset: &str, payload: &[u8], image_size: u32, num_classes: i64) -> Result<(String, Batch), String> {
+/// Why a batch message was not trained on.
+enum BatchProblem {
+    /// Malformed, outside the dataset, missing or of the wrong shape: dropped.
+    Unusable(String),
+    /// The store failed to answer: handed back for redelivery.
+    Store(String),
+}
+
+impl From<String> for BatchProblem {
+    fn from(reason: String) -> Self {
+        Self::Unusable(reason)
+    }
+}
+
+async fn receive_batch(store: &Store, dataset: &str, payload: &[u8], image_size: u32, num_classes: i64) -> Result<(String, Batch), BatchProblem> {
     let ready: BatchReady = inception_core::nats::decode_control(payload)?;
     let prefix = format!("{}/", keys::batch_dir(dataset));
     if !ready.uri.starts_with(&prefix) || ready.uri.contains("..") {
-        return Err(format!("{} is outside {prefix}", ready.uri));
+        return Err(format!("{} is outside {prefix}", ready.uri).into());
     }
-    let bytes = store.get(&ready.uri).await.map_err(|e| e.to_string())?;
+    let bytes = store.get(&ready.uri).await.map_err(|e| match e {
+        StoreError::NotFound { .. } => BatchProblem::Unusable(e.to_string()),
+        other => BatchProblem::Store(other.to_string()),
+    })?;
     let batch = Batch::from_bytes(&bytes).map_err(|e| format!("{}: {e}", ready.uri))?;
     if batch.image_size != image_size {
-        return Err(format!("{} has {}px images; the model takes {image_size}px", ready.uri, batch.image_size));
+        return Err(format!("{} has {}px images; the model takes {image_size}px", ready.uri, batch.image_size).into());
     }
     if let Some(bad) = batch.labels.iter().find(|l| **l < 0 || **l >= num_classes) {
-        return Err(format!("{} has label {bad}, outside 0..{num_classes}", ready.uri));
+        return Err(format!("{} has label {bad}, outside 0..{num_classes}", ready.uri).into());
     }
     Ok((ready.uri, batch))
 }
