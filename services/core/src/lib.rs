@@ -1,7 +1,8 @@
 //! What every service needs, and nothing specific to one stage.
 //!
 //! * [`settings`]: the layered configuration (`config/default.toml`, file, env).
-//! * [`nats`]: connecting with retries, the pipeline's JetStream streams.
+//! * [`nats`]: connecting with retries, the pipeline's JetStream streams;
+//!   [`follow`]: hearing announcements through restarts and lost consumers.
 //! * [`store`]: the shared object store.
 //! * [`telemetry`]: logs, Prometheus metrics, `/healthz` and `/readyz`.
 //! * [`shutdown`]: SIGTERM handling.
@@ -11,6 +12,7 @@
 pub mod batch;
 pub mod cli;
 pub mod example;
+pub mod follow;
 pub mod local_nats;
 pub mod nats;
 pub mod settings;

@@ -13,7 +13,6 @@ pub mod topk;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use bytes::Bytes;
-use futures::StreamExt;
 use inception_core::example::parse_image_example;
 use inception_core::nats::{NatsError, Streams};
 use inception_core::telemetry::log_timestamp;
@@ -190,9 +189,13 @@ impl Evaluator {
             }
             Err(e) => return Err(e),
         };
-        println!("{}: {}", log_timestamp(), evaluation.line());
+        // Announce first, then mark done: a crash between the two evaluates
+        // again and announces under the same message id (deduplicated), where
+        // the other order could lose the announcement for good.
+        self.announce(streams, &evaluation, force).await?;
         let json = serde_json::to_vec_pretty(&evaluation).map_err(|e| EvalError::Config(e.to_string()))?;
         self.store.put(&result_key, Bytes::from(json)).await?;
+        println!("{}: {}", log_timestamp(), evaluation.line());
         metrics::gauge!("inception_eval_precision_at_1").set(evaluation.precision_at_1);
         metrics::gauge!("inception_eval_recall_at_5").set(evaluation.recall_at_5);
         metrics::gauge!("inception_eval_checkpoint_step").set(evaluation.step as f64);
@@ -200,19 +203,31 @@ impl Evaluator {
         metrics::counter!("inception_eval_evaluations_total").increment(1);
         // The original's TensorBoard tags.
         self.events.scalars(evaluation.step, &[("Precision @ 1", evaluation.precision_at_1), ("Recall @ 5", evaluation.recall_at_5)]);
+        Ok(Some(evaluation))
+    }
+
+    /// Publishes the `EvalResult`, retried until acknowledged. Its message
+    /// id is the checkpoint's (`<run>-<step>`), so a second evaluation of the
+    /// same checkpoint within the duplicate window is not announced twice;
+    /// a forced one (`--run-once`) is a new result with its own id.
+    async fn announce(&self, streams: &Streams, evaluation: &Evaluation, force: bool) -> Result<(), EvalError> {
+        let run = self.settings.train.run.clone();
         let message = EvalResult {
             run: run.clone(),
             step: evaluation.step,
-            checkpoint_uri: metadata_key.to_string(),
+            checkpoint_uri: evaluation.checkpoint.clone(),
             precision_at_1: evaluation.precision_at_1,
             recall_at_5: evaluation.recall_at_5,
             examples: evaluation.examples,
             evaluated_at_unix: evaluation.evaluated_at_unix,
         };
         let shutdown = CancellationToken::new();
-        let id = format!("{run}-{}-{}", evaluation.step, evaluation.evaluated_at_unix);
+        let id = match force {
+            true => format!("{run}-{}-{}", evaluation.step, evaluation.evaluated_at_unix),
+            false => format!("{run}-{}", evaluation.step),
+        };
         streams.publish_acked(&streams.subjects.evals(&run), Bytes::from(message.encode_to_vec()), &id, &shutdown).await?;
-        Ok(Some(evaluation))
+        Ok(())
     }
 
     async fn latest(&self) -> Result<Option<CheckpointPointer>, EvalError> {
@@ -231,30 +246,43 @@ impl Evaluator {
         }
     }
 
+    /// Evaluates every checkpoint the pointer keeps that has no result yet,
+    /// oldest first: those announced while this evaluator was down or cut
+    /// off from NATS are not left out.
+    async fn catch_up(&mut self, streams: &Streams, pointer: &CheckpointPointer) {
+        let mut kept = pointer.all.clone();
+        if !kept.contains(&pointer.metadata) {
+            kept.push(pointer.metadata.clone());
+        }
+        for key in kept {
+            if let Err(e) = self.evaluate_and_report(streams, &key, false).await {
+                tracing::error!("evaluation skipped: {e}");
+            }
+        }
+    }
+
     /// Watches announcements and polls the pointer until shutdown.
     pub async fn watch(&mut self, streams: &Streams, shutdown: &CancellationToken) -> Result<(), EvalError> {
         let run = self.settings.train.run.clone();
         let stream = streams.checkpoints().await?;
         streams.evals().await?;
-        let consumer_err = |e: String| NatsError::Consumer { consumer: "checkpoint watcher".into(), message: e };
-        let consumer = stream
-            .create_consumer(pull::Config {
-                filter_subject: streams.subjects.checkpoints(&run),
-                deliver_policy: DeliverPolicy::New,
-                ack_policy: AckPolicy::None,
-                inactive_threshold: Duration::from_secs(120),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| consumer_err(e.to_string()))?;
-        let mut messages = consumer.messages().await.map_err(|e| consumer_err(e.to_string()))?;
+        // Made again whenever it is lost (NATS restarts, partitions), so
+        // announcements keep coming; the polling below catches up on any missed.
+        let config = pull::Config {
+            filter_subject: streams.subjects.checkpoints(&run),
+            deliver_policy: DeliverPolicy::New,
+            ack_policy: AckPolicy::None,
+            inactive_threshold: Duration::from_secs(120),
+            ..Default::default()
+        };
+        let mut messages = inception_core::follow::Follower::new(stream, config, "checkpoint announcements");
         let mut poll = tokio::time::interval(Duration::from_secs(self.settings.eval.eval_interval_secs.max(1)));
         let prefix = format!("{}/", keys::checkpoint_dir(&run));
         loop {
             let key = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = poll.tick() => match self.latest().await {
-                    Ok(Some(p)) => p.metadata,
+                    Ok(Some(p)) => { self.catch_up(streams, &p).await; continue }
                     Ok(None) => continue,
                     Err(e) => { tracing::error!("{e}"); continue }
                 },

@@ -19,15 +19,20 @@ fn stream_error(stream: &Stream, e: impl std::fmt::Display) -> NatsError {
 /// Waits until the queue holds fewer messages than its capacity (or
 /// shutdown: `Ok(false)`), so a batch object is written only when it can be
 /// queued soon: objects never sit unreferenced while a full queue blocks.
-/// Updates `inception_preprocess_queue_depth_batches`.
+/// Updates `inception_preprocess_queue_depth_batches`. While NATS cannot
+/// be asked (restarting, unreachable) it keeps asking, with back-off.
 pub async fn wait_for_room(stream: &Stream, shutdown: &CancellationToken) -> Result<bool, NatsError> {
     let mut delay = Duration::from_millis(20);
     loop {
-        let info = stream.get_info().await.map_err(|e| stream_error(stream, e))?;
-        metrics::gauge!("inception_preprocess_queue_depth_batches").set(info.state.messages as f64);
-        let capacity = info.config.max_messages;
-        if capacity <= 0 || (info.state.messages as i64) < capacity {
-            return Ok(true);
+        match stream.get_info().await {
+            Ok(info) => {
+                metrics::gauge!("inception_preprocess_queue_depth_batches").set(info.state.messages as f64);
+                let capacity = info.config.max_messages;
+                if capacity <= 0 || (info.state.messages as i64) < capacity {
+                    return Ok(true);
+                }
+            }
+            Err(e) => tracing::warn!("{}; asking again", stream_error(stream, e)),
         }
         if !sleep_or_cancel(shutdown, delay).await {
             return Ok(false);

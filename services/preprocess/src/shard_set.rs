@@ -3,7 +3,6 @@
 //! while training runs are used without a restart.
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
-use futures::StreamExt;
 use inception_core::nats::{NatsError, Streams};
 use inception_core::shutdown::CancellationToken;
 use inception_proto::pipeline::ShardReady;
@@ -67,18 +66,16 @@ pub async fn follow(
     shutdown: CancellationToken,
 ) -> Result<(), NatsError> {
     let stream = streams.shards().await?;
-    let consumer_err = |e: String| NatsError::Consumer { consumer: "shard follower".into(), message: e };
-    let consumer = stream
-        .create_consumer(pull::Config {
-            filter_subject: streams.subjects.shards(dataset, "train"),
-            deliver_policy: DeliverPolicy::All,
-            ack_policy: AckPolicy::None,
-            inactive_threshold: std::time::Duration::from_secs(120),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| consumer_err(e.to_string()))?;
-    let mut messages = consumer.messages().await.map_err(|e| consumer_err(e.to_string()))?;
+    // A lost consumer (NATS restarted without its state, or a partition
+    // longer than the inactivity threshold) is made again: never stop hearing.
+    let config = pull::Config {
+        filter_subject: streams.subjects.shards(dataset, "train"),
+        deliver_policy: DeliverPolicy::All,
+        ack_policy: AckPolicy::None,
+        inactive_threshold: std::time::Duration::from_secs(120),
+        ..Default::default()
+    };
+    let mut messages = inception_core::follow::Follower::new(stream, config, "shard announcements");
     loop {
         let next = tokio::select! {
             m = messages.next() => m,

@@ -57,10 +57,24 @@ pub async fn save(
         store.delete(&old).await?;
     }
 
-    let message = CheckpointReady { run: run.clone(), step: meta.step, uri: meta.weights.clone(), metadata_uri: metadata_key };
-    let id = format!("{run}-{}", meta.step);
-    streams.publish_acked(&streams.subjects.checkpoints(run), Bytes::from(message.encode_to_vec()), &id, shutdown).await?;
+    announce(streams, run, meta.step, shutdown).await?;
     metrics::counter!("inception_trainer_checkpoints_total").increment(1);
     tracing::info!("checkpoint {} written and announced", meta.weights);
+    Ok(())
+}
+
+/// Announces the checkpoint of `step` (`CheckpointReady`), retried until
+/// acknowledged. The message id is `<run>-<step>`, so announcing again (a
+/// trainer that resumes from it, not knowing whether its predecessor got
+/// that far) is harmless.
+pub async fn announce(streams: &Streams, run: &str, step: u64, shutdown: &CancellationToken) -> Result<(), SaverError> {
+    let message = CheckpointReady {
+        run: run.to_string(),
+        step,
+        uri: keys::checkpoint_weights(run, step),
+        metadata_uri: keys::checkpoint_metadata(run, step),
+    };
+    let id = format!("{run}-{step}");
+    streams.publish_acked(&streams.subjects.checkpoints(run), Bytes::from(message.encode_to_vec()), &id, shutdown).await?;
     Ok(())
 }
