@@ -55,6 +55,23 @@ pub fn worker_id(configured: &str) -> String {
     format!("{}-{}", if host.is_empty() { "worker" } else { &host }, std::process::id())
 }
 
+/// Writes a batch object, retrying with back-off while the store fails
+/// (unreachable, throttling, a full disk): the worker waits with the batch
+/// in memory instead of exiting. False when stopped meanwhile.
+async fn put_retrying(store: &Store, key: &str, bytes: Bytes, shutdown: &CancellationToken) -> bool {
+    let mut delay = std::time::Duration::from_millis(250);
+    loop {
+        match store.put(key, bytes.clone()).await {
+            Ok(()) => return true,
+            Err(e) => tracing::error!("cannot write batch: {e}; retrying in {:.1}s", delay.as_secs_f64()),
+        }
+        if !inception_core::shutdown::sleep_or_cancel(shutdown, delay).await {
+            return false;
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(10));
+    }
+}
+
 /// Runs one worker until `shutdown`. Returns the number of batches handed over.
 pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown: &CancellationToken) -> Result<u64, PreprocessError> {
     let dataset = settings.dataset.name.clone();
@@ -129,7 +146,9 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
             break;
         }
         let key = keys::batch(&dataset, &producer, sequence);
-        store.put(&key, Bytes::from(batch.to_bytes())).await?;
+        if !put_retrying(store, &key, Bytes::from(batch.to_bytes()), shutdown).await {
+            break;
+        }
         let message = BatchReady {
             uri: key.clone(),
             batch_size: batch.len() as u32,
@@ -157,4 +176,37 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
     follower.abort();
     tracing::info!(worker = %id, "stopped after {sequence} batches");
     Ok(sequence)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failing_store_is_retried_until_the_batch_is_written() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().join("store");
+        let mut settings = Settings::defaults().expect("defaults").store;
+        settings.url = format!("file://{}", root.display());
+        let store = Store::open(&settings).expect("store");
+        // A file where the batch folder should be: every write fails.
+        std::fs::create_dir_all(root.join("batches")).expect("folder");
+        std::fs::write(root.join("batches/flowers"), b"in the way").expect("blocker");
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move { put_retrying(&store, "batches/flowers/w-0", Bytes::from_static(b"batch"), &CancellationToken::new()).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        assert!(!writer.is_finished(), "still retrying while the store fails");
+        std::fs::remove_file(root.join("batches/flowers")).expect("unblock");
+        let written = tokio::time::timeout(std::time::Duration::from_secs(10), writer).await.expect("written after the fault").expect("task");
+        assert!(written);
+        assert_eq!(store.get("batches/flowers/w-0").await.expect("the batch"), Bytes::from_static(b"batch"));
+
+        // Stopped while the store fails: gives up, reports it.
+        std::fs::write(root.join("batches/other"), b"in the way").expect("blocker");
+        let stop = CancellationToken::new();
+        stop.cancel();
+        assert!(!put_retrying(&store, "batches/other/w-1", Bytes::from_static(b"batch"), &stop).await);
+    }
 }
