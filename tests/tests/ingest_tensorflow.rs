@@ -82,7 +82,7 @@ fn records_we_write_parse_in_tensorflow() {
     let mut files = inception_ingest::find_image_files(&images.join("train"), &labels).unwrap();
     files.sort_by(|a, b| a.name.cmp(&b.name));
     let boxes = inception_ingest::bbox::parse(&format!("{},0.25,0.1,0.75,0.9\n", files[0].name)).unwrap();
-    let built = inception_ingest::build_shard_with(&files, 1 << 24, &boxes, None);
+    let built = inception_ingest::build_shard_with(&files, inception_ingest::ImageChecks::full(1 << 24), &boxes, None);
     assert_eq!(built.written, files.len());
     let shard = dir.path().join("train-00000-of-00001");
     std::fs::write(&shard, &built.bytes).unwrap();

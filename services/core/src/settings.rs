@@ -158,6 +158,7 @@ pub struct IngestSettings {
     pub validation_shards: u32,
     pub num_threads: u32,
     pub max_image_pixels: u64,
+    pub jpeg_check: String,
     pub bounding_box_file: String,
     pub report_file: String,
     pub incoming: String,
@@ -316,6 +317,9 @@ impl Settings {
         }
         if self.ingest.shard_max_images == 0 || !(self.ingest.poll_interval_secs > 0.0) || !(self.ingest.shard_max_age_secs >= 0.0) {
             return fail("ingest.shard_max_images must be at least 1, ingest.poll_interval_secs positive, ingest.shard_max_age_secs not negative".into());
+        }
+        if !["markers", "decode"].contains(&self.ingest.jpeg_check.as_str()) {
+            return fail(format!("ingest.jpeg_check = {:?}: use \"markers\" or \"decode\"", self.ingest.jpeg_check));
         }
         if !["train", "validation"].contains(&self.ingest.incoming_split.as_str()) {
             return fail(format!("ingest.incoming_split = {:?}: use \"train\" or \"validation\"", self.ingest.incoming_split));

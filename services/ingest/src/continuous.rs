@@ -290,9 +290,9 @@ impl<'a, A: Announcer> Watcher<'a, A> {
         let split = self.settings.ingest.incoming_split.clone();
         let known: Vec<(usize, ImageFile)> =
             group.iter().enumerate().filter_map(|(i, o)| self.image_file(o).map(|f| (i, f))).collect();
-        let (max_pixels, boxes) = (self.settings.ingest.max_image_pixels, self.boxes.clone());
+        let (checks, boxes) = (crate::ImageChecks::of(&self.settings.ingest), self.boxes.clone());
         let converted = tokio::task::spawn_blocking(move || {
-            known.into_iter().map(|(i, f)| (i, crate::convert(&f, max_pixels, &boxes))).collect::<Vec<_>>()
+            known.into_iter().map(|(i, f)| (i, crate::convert(&f, checks, &boxes))).collect::<Vec<_>>()
         })
         .await
         .map_err(|e| IngestError::Worker(e.to_string()))?;
@@ -433,8 +433,8 @@ impl<'a, A: Announcer> Watcher<'a, A> {
                 self.image_file(&object)
             })
             .collect();
-        let (max_pixels, boxes) = (self.settings.ingest.max_image_pixels, self.boxes.clone());
-        let built = tokio::task::spawn_blocking(move || crate::build_shard_with(&files, max_pixels, &boxes, None))
+        let (checks, boxes) = (crate::ImageChecks::of(&self.settings.ingest), self.boxes.clone());
+        let built = tokio::task::spawn_blocking(move || crate::build_shard_with(&files, checks, &boxes, None))
             .await
             .map_err(|e| IngestError::Worker(e.to_string()))?;
         Ok(built.bytes)

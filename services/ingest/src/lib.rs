@@ -129,12 +129,31 @@ pub async fn find_in_source(source: &Source, labels: &[String]) -> Result<Vec<Im
     }
 }
 
+/// How input images are checked (`ingest.max_image_pixels`, `ingest.jpeg_check`).
+#[derive(Debug, Clone, Copy)]
+pub struct ImageChecks {
+    pub max_pixels: u64,
+    pub jpeg: inception_vision::JpegCheck,
+}
+
+impl ImageChecks {
+    pub fn of(settings: &inception_core::settings::IngestSettings) -> Self {
+        let jpeg = if settings.jpeg_check == "decode" { inception_vision::JpegCheck::Decode } else { inception_vision::JpegCheck::Markers };
+        Self { max_pixels: settings.max_image_pixels, jpeg }
+    }
+
+    /// Every pixel of every image decoded, as build_image_data.py does.
+    pub fn full(max_pixels: u64) -> Self {
+        Self { max_pixels, jpeg: inception_vision::JpegCheck::Decode }
+    }
+}
+
 /// Reads and converts one image to a serialized tf.Example, or says why not.
-pub fn convert(file: &ImageFile, max_pixels: u64, boxes: &bbox::Boxes) -> Result<Vec<u8>, Skipped> {
+pub fn convert(file: &ImageFile, checks: ImageChecks, boxes: &bbox::Boxes) -> Result<Vec<u8>, Skipped> {
     let skipped = |result, reason: String| Skipped { file: file.display.clone(), result, reason };
     let bytes = file.location.read_blocking().map_err(|e| skipped(Outcome::SkippedUnreadable, e))?;
     let (encoded, width, height) =
-        inception_vision::to_rgb_jpeg(&bytes, max_pixels).map_err(|e| skipped(Outcome::of(&e), e.to_string()))?;
+        inception_vision::to_rgb_jpeg_checked(&bytes, checks.max_pixels, checks.jpeg).map_err(|e| skipped(Outcome::of(&e), e.to_string()))?;
     let example = ImageExample {
         encoded,
         height: i64::from(height),
@@ -160,13 +179,13 @@ pub struct BuiltShard {
 /// blocking thread when files are in an object store.
 pub fn build_shard_with(
     files: &[ImageFile],
-    max_pixels: u64,
+    checks: ImageChecks,
     boxes: &bbox::Boxes,
     progress: Option<&progress::Progress>,
 ) -> BuiltShard {
     let mut out = BuiltShard::default();
     for f in files {
-        match convert(f, max_pixels, boxes) {
+        match convert(f, checks, boxes) {
             Ok(record) => {
                 tfrecord::write_record(&mut out.bytes, &record);
                 out.written += 1;
@@ -187,7 +206,7 @@ pub fn build_shard_with(
 
 /// [`build_shard_with`] without boxes or progress: (bytes, written, skipped).
 pub fn build_shard(files: &[ImageFile], max_pixels: u64) -> (Vec<u8>, usize, Vec<Skipped>) {
-    let b = build_shard_with(files, max_pixels, &bbox::Boxes::new(), None);
+    let b = build_shard_with(files, ImageChecks::full(max_pixels), &bbox::Boxes::new(), None);
     (b.bytes, b.written, b.skipped)
 }
 
@@ -255,7 +274,7 @@ async fn write_split(
     boxes: Arc<bbox::Boxes>,
 ) -> Result<SplitReport, IngestError> {
     let dataset = settings.dataset.name.clone();
-    let max_pixels = settings.ingest.max_image_pixels;
+    let checks = ImageChecks::of(&settings.ingest);
     let ranges = shards::shard_ranges(files.len(), num_shards as usize, settings.ingest.num_threads as usize);
     let mut report = SplitReport { split: split.to_string(), found: files.len(), ..Default::default() };
     let progress = Arc::new(progress::Progress::new(split, files.len()));
@@ -263,7 +282,7 @@ async fn write_split(
     // Convert up to num_threads shards at a time, announcing in shard order.
     let mut pending = futures::stream::iter(ranges.into_iter().enumerate().map(|(index, range)| {
         let (files, boxes, progress) = (files.clone(), boxes.clone(), progress.clone());
-        tokio::task::spawn_blocking(move || (index, build_shard_with(&files[range], max_pixels, &boxes, Some(&progress))))
+        tokio::task::spawn_blocking(move || (index, build_shard_with(&files[range], checks, &boxes, Some(&progress))))
     }))
     .buffered(settings.ingest.num_threads.max(1) as usize);
     while let Some(joined) = pending.next().await {

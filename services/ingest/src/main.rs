@@ -51,6 +51,9 @@ struct Args {
     /// Largest image in pixels (ingest.max_image_pixels).
     #[arg(long)]
     max_image_pixels: Option<u64>,
+    /// How kept RGB JPEGs are checked: markers (fast) or decode (every pixel) (ingest.jpeg_check).
+    #[arg(long, value_parser = ["markers", "decode"])]
+    jpeg_check: Option<String>,
 }
 
 #[tokio::main]
@@ -70,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
     flag(&mut o, "ingest.report_file", &args.report);
     flag(&mut o, "ingest.incoming", &args.incoming);
     flag(&mut o, "ingest.max_image_pixels", &args.max_image_pixels);
+    flag(&mut o, "ingest.jpeg_check", &args.jpeg_check);
     let settings = args.common.settings(o)?;
     let service = start_service("ingest", &settings.ingest.metrics_addr).await?;
     let store = Store::open(&settings.store)?;

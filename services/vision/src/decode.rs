@@ -86,10 +86,134 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
     }
 }
 
+/// What a JPEG's marker segments say, read without decoding a pixel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JpegHeader {
+    pub width: u32,
+    pub height: u32,
+    pub components: u8,
+    pub precision: u8,
+}
+
+/// Walks a JPEG's marker segments from SOI to EOI (every scan of a
+/// progressive file included), checking their lengths and order: a frame
+/// header before the first scan, Huffman or arithmetic tables, every scan's
+/// entropy-coded data ended by a marker, and the end-of-image marker. This
+/// catches cut-off files, non-JPEG data and broken headers; it cannot see
+/// damage inside the entropy-coded data (a full decode can).
+pub fn read_jpeg_markers(bytes: &[u8]) -> Result<JpegHeader, VisionError> {
+    let bad = |message: String| VisionError::Decode { format: ImageFormat::Jpeg, message };
+    if bytes.len() < 4 || bytes[0] != 0xFF || bytes[1] != 0xD8 {
+        return Err(bad("no start-of-image marker".into()));
+    }
+    let mut at = 2;
+    let mut header: Option<JpegHeader> = None;
+    let mut scans = 0;
+    loop {
+        // Markers may be preceded by fill bytes (0xFF).
+        while at < bytes.len() && bytes[at] == 0xFF && at + 1 < bytes.len() && bytes[at + 1] == 0xFF {
+            at += 1;
+        }
+        if at + 1 >= bytes.len() {
+            return Err(VisionError::TruncatedJpeg);
+        }
+        if bytes[at] != 0xFF {
+            return Err(bad(format!("expected a marker at byte {at}, found 0x{:02X}", bytes[at])));
+        }
+        let marker = bytes[at + 1];
+        at += 2;
+        match marker {
+            0xD9 => break,
+            0xD0..=0xD7 | 0x01 => continue,
+            _ => {}
+        }
+        if at + 2 > bytes.len() {
+            return Err(VisionError::TruncatedJpeg);
+        }
+        let length = usize::from(u16::from_be_bytes([bytes[at], bytes[at + 1]]));
+        if length < 2 || at + length > bytes.len() {
+            return Err(if at + length > bytes.len() { VisionError::TruncatedJpeg } else { bad(format!("segment 0xFF{marker:02X} at byte {} has length {length}", at - 2)) });
+        }
+        let segment = &bytes[at + 2..at + length];
+        match marker {
+            // Start of frame (not DHT C4, JPG C8, DAC CC).
+            0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) => {
+                if segment.len() < 6 {
+                    return Err(bad("short frame header".into()));
+                }
+                let h = JpegHeader {
+                    precision: segment[0],
+                    height: u32::from(u16::from_be_bytes([segment[1], segment[2]])),
+                    width: u32::from(u16::from_be_bytes([segment[3], segment[4]])),
+                    components: segment[5],
+                };
+                if h.width == 0 || h.height == 0 || !matches!(h.components, 1 | 3 | 4) || segment.len() < 6 + 3 * usize::from(h.components) {
+                    return Err(bad(format!("invalid frame header {h:?}")));
+                }
+                header = Some(h);
+            }
+            0xDA => {
+                if header.is_none() {
+                    return Err(bad("scan before the frame header".into()));
+                }
+                scans += 1;
+                // Entropy-coded data: 0xFF is followed by 0x00 (stuffing) or a
+                // restart marker inside it; anything else ends it.
+                let mut i = at + length;
+                loop {
+                    let Some(ff) = bytes[i..].iter().position(|&b| b == 0xFF) else { return Err(VisionError::TruncatedJpeg) };
+                    i += ff;
+                    match bytes.get(i + 1) {
+                        None => return Err(VisionError::TruncatedJpeg),
+                        Some(0x00 | 0xD0..=0xD7 | 0xFF) => i += 1,
+                        Some(_) => break,
+                    }
+                }
+                at = i;
+                continue;
+            }
+            _ => {}
+        }
+        at += length;
+    }
+    match header {
+        Some(h) if scans > 0 => Ok(h),
+        Some(_) => Err(bad("no scan".into())),
+        None => Err(bad("no frame header".into())),
+    }
+}
+
+/// How thoroughly [`to_rgb_jpeg_checked`] checks a JPEG that it keeps as is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JpegCheck {
+    /// Decode every pixel (what build_image_data.py does).
+    Decode,
+    /// Read the marker structure only (see [`read_jpeg_markers`]): many
+    /// times faster; damage inside the entropy-coded data is then found by
+    /// the preprocess workers, which skip and count such records.
+    Markers,
+}
+
 /// The bytes a record stores: the original bytes when they already are an
 /// 8-bit RGB JPEG (as build_image_data.py keeps them), otherwise a JPEG
 /// re-encoded at quality 100 (as it does for PNG). Returns bytes, width, height.
 pub fn to_rgb_jpeg(bytes: &[u8], max_pixels: u64) -> Result<(Vec<u8>, u32, u32), VisionError> {
+    to_rgb_jpeg_checked(bytes, max_pixels, JpegCheck::Decode)
+}
+
+/// As [`to_rgb_jpeg`], checking 8-bit 3-component JPEGs as `check` says
+/// (anything else is decoded: it must be converted anyway).
+pub fn to_rgb_jpeg_checked(bytes: &[u8], max_pixels: u64, check: JpegCheck) -> Result<(Vec<u8>, u32, u32), VisionError> {
+    if check == JpegCheck::Markers && bytes.starts_with(&[0xFF, 0xD8]) {
+        let h = read_jpeg_markers(bytes)?;
+        let pixels = u64::from(h.width) * u64::from(h.height);
+        if pixels > max_pixels {
+            return Err(VisionError::TooLarge { width: h.width, height: h.height, pixels, limit: max_pixels });
+        }
+        if h.precision == 8 && h.components == 3 {
+            return Ok((bytes.to_vec(), h.width, h.height));
+        }
+    }
     let decoded = decode_rgb(bytes, max_pixels)?;
     let (w, h) = decoded.image.dimensions();
     if decoded.format == ImageFormat::Jpeg && decoded.was_rgb8 {
@@ -102,6 +226,48 @@ pub fn to_rgb_jpeg(bytes: &[u8], max_pixels: u64) -> Result<(Vec<u8>, u32, u32),
         .write_with_encoder(encoder)
         .map_err(|e| VisionError::Encode(e.to_string()))?;
     Ok((out, w, h))
+}
+
+#[cfg(test)]
+mod marker_tests {
+    use super::*;
+
+    fn jpeg(w: u32, h: u32) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7) as u8, (y * 5) as u8, ((x ^ y) * 3) as u8]));
+        let mut out = Cursor::new(Vec::new());
+        image::DynamicImage::ImageRgb8(img).write_to(&mut out, ImageFormat::Jpeg).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn markers_give_the_frame_and_catch_cut_and_broken_files() {
+        let good = jpeg(50, 30);
+        assert_eq!(read_jpeg_markers(&good).unwrap(), JpegHeader { width: 50, height: 30, components: 3, precision: 8 });
+        for cut in [good.len() - 2, good.len() / 2, 200, 3] {
+            assert!(read_jpeg_markers(&good[..cut]).is_err(), "cut at {cut} of {}", good.len());
+            assert!(to_rgb_jpeg_checked(&good[..cut], 1 << 20, JpegCheck::Markers).is_err());
+        }
+        assert!(read_jpeg_markers(b"\xFF\xD8not really").is_err());
+        let (kept, w, h) = to_rgb_jpeg_checked(&good, 1 << 20, JpegCheck::Markers).unwrap();
+        assert_eq!((kept.as_slice(), w, h), (good.as_slice(), 50, 30));
+        // The pixel limit applies without decoding.
+        assert!(matches!(to_rgb_jpeg_checked(&good, 1000, JpegCheck::Markers), Err(VisionError::TooLarge { pixels: 1500, .. })));
+        // A broken segment length.
+        let mut broken = good.clone();
+        let sof = broken.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        broken[sof + 2] = 0xFF;
+        assert!(read_jpeg_markers(&broken).is_err());
+        // Grey JPEGs are converted (decoded) whatever the check.
+        let grey = {
+            let img = image::GrayImage::from_fn(20, 20, |x, _| image::Luma([x as u8 * 10]));
+            let mut out = Cursor::new(Vec::new());
+            image::DynamicImage::ImageLuma8(img).write_to(&mut out, ImageFormat::Jpeg).unwrap();
+            out.into_inner()
+        };
+        let (converted, _, _) = to_rgb_jpeg_checked(&grey, 1 << 20, JpegCheck::Markers).unwrap();
+        assert_ne!(converted, grey);
+        assert_eq!(read_jpeg_markers(&converted).unwrap().components, 3);
+    }
 }
 
 #[cfg(test)]
