@@ -23,10 +23,15 @@ port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); p
 nats-server -js -a 127.0.0.1 -p "$port" -sd "$work/js" >"$work/nats.log" 2>&1 &
 nats_pid=$!
 sleep 1
-start=$(date +%s.%N)
-INCEPTION__NATS__URL="nats://127.0.0.1:$port" INCEPTION__INGEST__METRICS_ADDR=127.0.0.1:0 RUST_LOG=warn \
-  "${CARGO_TARGET_DIR:-target}/release/inception-ingest" --train-directory "$work/images" --output "file://$work/store" \
-  --dataset bench --train-shards 2 --num-threads 2 >/dev/null
-end=$(date +%s.%N)
-python3 -c "import sys; n, t = int(sys.argv[1]), float(sys.argv[3]) - float(sys.argv[2]); print(f'ours: {n} images in {t:.2f} s = {n/t:.1f} images/sec (2 threads)')" "$n" "$start" "$end"
+ours() { # $1 = ingest.jpeg_check
+  local start end
+  start=$(date +%s.%N)
+  INCEPTION__NATS__URL="nats://127.0.0.1:$port" INCEPTION__INGEST__METRICS_ADDR=127.0.0.1:0 RUST_LOG=warn \
+    "${CARGO_TARGET_DIR:-target}/release/inception-ingest" --train-directory "$work/images" --output "file://$work/store-$1" \
+    --dataset "bench-$1" --train-shards 2 --num-threads 2 --jpeg-check "$1" >/dev/null
+  end=$(date +%s.%N)
+  python3 -c "import sys; n, t = int(sys.argv[1]), float(sys.argv[3]) - float(sys.argv[2]); print(f'ours (jpeg_check={sys.argv[4]}): {n} images in {t:.2f} s = {n/t:.1f} images/sec (2 threads)')" "$n" "$start" "$end" "$1"
+}
+ours markers
+ours decode
 "$py" bench/tf_build_image_data.py convert "$work/images" "$work/tf" 2 2

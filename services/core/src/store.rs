@@ -46,6 +46,8 @@ pub struct Store {
     inner: Arc<dyn ObjectStore>,
     root: Path,
     url: String,
+    /// The folder of a `file://` store.
+    local_dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Store {
@@ -62,6 +64,7 @@ impl Store {
             message,
         };
         let url = Url::parse(&settings.url).map_err(|e| url_err(e.to_string()))?;
+        let mut local_dir = None;
         let (inner, root): (Arc<dyn ObjectStore>, Path) = match url.scheme() {
             "file" => {
                 let dir = url
@@ -71,6 +74,7 @@ impl Store {
                     .map_err(|e| url_err(format!("cannot create {}: {e}", dir.display())))?;
                 let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
                     .map_err(|e| url_err(e.to_string()))?;
+                local_dir = Some(dir);
                 (Arc::new(fs), Path::default())
             }
             "memory" => (Arc::new(object_store::memory::InMemory::new()), Path::default()),
@@ -104,7 +108,36 @@ impl Store {
             inner,
             root,
             url: settings.url.clone(),
+            local_dir,
         })
+    }
+
+    /// Deletes the temporary files (`<name>#<n>`) that a local store's
+    /// writer leaves behind when its process is killed mid-write, under
+    /// `prefix`, if older than `min_age`. Returns how many. Other stores
+    /// never show partial objects: nothing to do.
+    pub fn remove_stale_temporaries(&self, prefix: &str, min_age: std::time::Duration) -> usize {
+        let Some(dir) = &self.local_dir else { return 0 };
+        let is_temporary = |name: &str| name.rsplit_once('#').is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        let mut removed = 0;
+        let mut pending = vec![dir.join(prefix)];
+        while let Some(folder) = pending.pop() {
+            let Ok(entries) = std::fs::read_dir(&folder) else { continue };
+            for entry in entries.filter_map(Result::ok) {
+                let path = entry.path();
+                let Ok(meta) = entry.metadata() else { continue };
+                if meta.is_dir() {
+                    pending.push(path);
+                    continue;
+                }
+                let old = meta.modified().ok().and_then(|m| m.elapsed().ok()).is_some_and(|age| age >= min_age);
+                if old && entry.file_name().to_str().is_some_and(is_temporary) && std::fs::remove_file(&path).is_ok() {
+                    tracing::info!("removed {} (left by a writer that was killed mid-write)", path.display());
+                    removed += 1;
+                }
+            }
+        }
+        removed
     }
 
     pub fn url(&self) -> &str {
@@ -227,6 +260,28 @@ impl Store {
             .collect();
         objects.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(objects)
+    }
+}
+
+#[cfg(test)]
+mod temporary_tests {
+    use super::*;
+
+    #[test]
+    fn stale_temporaries_of_a_local_store_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = StoreSettings { url: format!("file://{}", dir.path().display()), ..crate::Settings::defaults().unwrap().store };
+        let store = Store::open(&settings).unwrap();
+        std::fs::create_dir_all(dir.path().join("checkpoints/run/sub")).unwrap();
+        for name in ["checkpoints/run/model.ckpt-10.safetensors#3", "checkpoints/run/sub/x#12", "checkpoints/run/keep#me", "checkpoints/run/model.ckpt-10.json", "other#1"] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        assert_eq!(store.remove_stale_temporaries("checkpoints/run", std::time::Duration::from_secs(3600)), 0, "too young");
+        assert_eq!(store.remove_stale_temporaries("checkpoints/run", std::time::Duration::ZERO), 2);
+        assert!(dir.path().join("checkpoints/run/keep#me").exists() && dir.path().join("checkpoints/run/model.ckpt-10.json").exists());
+        assert!(dir.path().join("other#1").exists(), "outside the prefix");
+        let memory = Store::open(&StoreSettings { url: "memory:///".into(), ..settings }).unwrap();
+        assert_eq!(memory.remove_stale_temporaries("", std::time::Duration::ZERO), 0);
     }
 }
 

@@ -264,6 +264,8 @@ impl Evaluator {
     /// Watches announcements and polls the pointer until shutdown.
     pub async fn watch(&mut self, streams: &Streams, shutdown: &CancellationToken) -> Result<(), EvalError> {
         let run = self.settings.train.run.clone();
+        // One evaluator per run writes its results: a half-written one is from before a crash.
+        self.store.remove_stale_temporaries(&format!("eval/{run}"), Duration::ZERO);
         let stream = streams.checkpoints().await?;
         streams.evals().await?;
         // Made again whenever it is lost (NATS restarts, partitions), so

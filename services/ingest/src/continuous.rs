@@ -174,6 +174,9 @@ impl<'a, A: Announcer> Watcher<'a, A> {
     /// finishes what a previous run left unfinished.
     pub async fn start(settings: &'a Settings, store: &'a Store, announcer: &'a A) -> Result<Self, IngestError> {
         let cfg = &settings.ingest;
+        // A shard or ledger file half-written when an ingester was killed.
+        // (A minute old at least: another ingester may be writing right now.)
+        store.remove_stale_temporaries(&keys::dataset_dir(&settings.dataset.name), Duration::from_secs(60));
         let source = Source::open(&cfg.incoming, &settings.store)?;
         let labels = labels(settings, store).await?;
         let boxes = Arc::new(bbox::load(&cfg.bounding_box_file)?);

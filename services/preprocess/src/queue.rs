@@ -101,6 +101,7 @@ pub enum OrphanError {
 /// Looks for orphans every half of `max_age` until shutdown.
 pub async fn clean_orphans_periodically(store: Store, stream: Stream, prefix: String, max_age: Duration, shutdown: CancellationToken) {
     loop {
+        store.remove_stale_temporaries(&prefix, max_age);
         if let Err(e) = delete_orphans(&store, &stream, &prefix, max_age).await {
             tracing::warn!("orphan batch cleanup under {prefix}: {e}; trying again later");
         }

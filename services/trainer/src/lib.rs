@@ -238,6 +238,8 @@ async fn examples_per_epoch(settings: &Settings, streams: &Streams) -> Result<u6
 pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown: &CancellationToken) -> Result<u64, TrainError> {
     let t = &settings.train;
     let dataset = &settings.dataset.name;
+    // This run's checkpoints have one writer: anything half-written is ours, from before a crash.
+    store.remove_stale_temporaries(&keys::checkpoint_dir(&t.run), Duration::ZERO);
     tracing::info!("CUDA available: {} ({} devices)", tch::Cuda::is_available(), tch::Cuda::device_count());
     let first = inception_model::device_from_setting(&t.device).map_err(TrainError::Config)?;
     let devices = towers::tower_devices(first, t.num_gpus as usize).map_err(TrainError::Config)?;
