@@ -18,7 +18,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 p = argparse.ArgumentParser()
-p.add_argument("--images", default="var/bench-images")
+p.add_argument("--images", default="var/bench-images-v2")
 p.add_argument("--image-size", type=int, default=299)
 p.add_argument("--passes", type=int, default=5)
 p.add_argument("--workers", type=int, default=1)

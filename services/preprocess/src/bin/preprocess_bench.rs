@@ -17,7 +17,7 @@ use std::time::Instant;
 #[command(name = "inception-preprocess-bench")]
 struct Args {
     /// Folder of the benchmark JPEGs (written when missing).
-    #[arg(long, default_value = "var/bench-images")]
+    #[arg(long, default_value = "var/bench-images-v2")]
     images: PathBuf,
     /// How many JPEGs to write.
     #[arg(long, default_value_t = 64)]
@@ -78,7 +78,7 @@ fn photo(i: usize) -> RgbImage {
         let mut px = [0u8; 3];
         for c in 0..3 {
             let v = base[c] + 50.0 * ((fx / 37.0 + c as f32).sin() * (fy / 23.0).cos()) + if inside { 60.0 } else { 0.0 };
-            px[c] = (v + rng.random_range(-12.0..12.0)).clamp(0.0, 255.0) as u8;
+            px[c] = (v + rng.random_range(-30.0..30.0)).clamp(0.0, 255.0) as u8;
         }
         Rgb(px)
     })
