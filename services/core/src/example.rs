@@ -81,6 +81,12 @@ impl ImageExample {
     /// As [`ImageExample::to_bytes`], plus `build_imagenet_data.py`'s five
     /// bounding-box features when `boxes` is not empty.
     pub fn to_bytes_with_boxes(&self, boxes: &[BoundingBox]) -> Vec<u8> {
+        self.clone().into_bytes_with_boxes(boxes)
+    }
+
+    /// As [`ImageExample::to_bytes_with_boxes`], moving the image bytes
+    /// into the message instead of copying them.
+    pub fn into_bytes_with_boxes(self, boxes: &[BoundingBox]) -> Vec<u8> {
         let mut f = BTreeMap::new();
         f.insert(KEY_HEIGHT.to_string(), int64_feature(self.height));
         f.insert(KEY_WIDTH.to_string(), int64_feature(self.width));
@@ -93,7 +99,7 @@ impl ImageExample {
             KEY_FILENAME.to_string(),
             bytes_feature(self.filename.as_bytes().to_vec()),
         );
-        f.insert(KEY_ENCODED.to_string(), bytes_feature(self.encoded.clone()));
+        f.insert(KEY_ENCODED.to_string(), bytes_feature(self.encoded));
         if !boxes.is_empty() {
             let list = |g: fn(&BoundingBox) -> f32| float_list_feature(boxes.iter().map(g).collect());
             f.insert(KEY_BBOX_XMIN.to_string(), list(|b| b.xmin));

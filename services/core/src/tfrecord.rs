@@ -26,6 +26,9 @@ pub enum TfRecordError {
 }
 
 /// Appends one framed record to `out`.
+/// Bytes a record takes besides its data: length, its CRC, the data's CRC.
+pub const FRAMING_BYTES: usize = 8 + 4 + 4;
+
 pub fn write_record(out: &mut Vec<u8>, data: &[u8]) {
     let len = (data.len() as u64).to_le_bytes();
     out.extend_from_slice(&len);

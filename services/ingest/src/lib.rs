@@ -153,7 +153,7 @@ pub fn convert(file: &ImageFile, checks: ImageChecks, boxes: &bbox::Boxes) -> Re
     let skipped = |result, reason: String| Skipped { file: file.display.clone(), result, reason };
     let bytes = file.location.read_blocking().map_err(|e| skipped(Outcome::SkippedUnreadable, e))?;
     let (encoded, width, height) =
-        inception_vision::to_rgb_jpeg_checked(&bytes, checks.max_pixels, checks.jpeg).map_err(|e| skipped(Outcome::of(&e), e.to_string()))?;
+        inception_vision::into_rgb_jpeg_checked(bytes, checks.max_pixels, checks.jpeg).map_err(|e| skipped(Outcome::of(&e), e.to_string()))?;
     let example = ImageExample {
         encoded,
         height: i64::from(height),
@@ -163,7 +163,7 @@ pub fn convert(file: &ImageFile, checks: ImageChecks, boxes: &bbox::Boxes) -> Re
         filename: file.name.clone(),
     };
     let b = boxes.get(&file.name).map(Vec::as_slice).unwrap_or(&[]);
-    Ok(example.to_bytes_with_boxes(b))
+    Ok(example.into_bytes_with_boxes(b))
 }
 
 /// What [`build_shard_with`] made: the whole shard in memory.
@@ -184,10 +184,11 @@ pub fn build_shard_with(
     progress: Option<&progress::Progress>,
 ) -> BuiltShard {
     let mut out = BuiltShard::default();
+    let mut records = Vec::with_capacity(files.len());
     for f in files {
         match convert(f, checks, boxes) {
             Ok(record) => {
-                tfrecord::write_record(&mut out.bytes, &record);
+                records.push(record);
                 out.written += 1;
                 Outcome::Written.count();
             }
@@ -200,6 +201,12 @@ pub fn build_shard_with(
         if let Some(p) = progress {
             p.inc();
         }
+    }
+    // One allocation of the final size: growing a shard of many megabytes
+    // record by record costs more than converting the records.
+    out.bytes.reserve_exact(records.iter().map(|r| r.len() + tfrecord::FRAMING_BYTES).sum());
+    for record in &records {
+        tfrecord::write_record(&mut out.bytes, record);
     }
     out
 }
@@ -261,6 +268,12 @@ pub async fn run_once(
     Ok(report)
 }
 
+/// The part of a built shard that outlives its bytes.
+struct Built {
+    written: usize,
+    skipped: Vec<Skipped>,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn write_split(
     settings: &Settings,
@@ -279,25 +292,33 @@ async fn write_split(
     let mut report = SplitReport { split: split.to_string(), found: files.len(), ..Default::default() };
     let progress = Arc::new(progress::Progress::new(split, files.len()));
     let files = Arc::new(files);
-    // Convert up to num_threads shards at a time, announcing in shard order.
+    let started = std::time::Instant::now();
+    // Convert and store up to num_threads shards at a time (writes overlap
+    // conversions and each other), announcing in shard order.
     let mut pending = futures::stream::iter(ranges.into_iter().enumerate().map(|(index, range)| {
         let (files, boxes, progress) = (files.clone(), boxes.clone(), progress.clone());
-        tokio::task::spawn_blocking(move || (index, build_shard_with(&files[range], checks, &boxes, Some(&progress))))
+        let key = keys::shard(&dataset, split, index as u32, num_shards);
+        async move {
+            let built = tokio::task::spawn_blocking(move || build_shard_with(&files[range], checks, &boxes, Some(&progress)))
+                .await
+                .map_err(|e| IngestError::Worker(e.to_string()))?;
+            match store.put_new(&key, Bytes::from(built.bytes)).await {
+                Ok(()) => {
+                    metrics::counter!("inception_ingest_shards_written_total").increment(1);
+                    tracing::info!("wrote {key} ({} records)", built.written);
+                }
+                Err(StoreError::AlreadyExists { .. }) => {
+                    tracing::warn!("{key} already exists; kept as it is (shards are never replaced)");
+                }
+                Err(e) => return Err(IngestError::from(e)),
+            }
+            Ok::<_, IngestError>((index, key, built.written, built.skipped))
+        }
     }))
     .buffered(settings.ingest.num_threads.max(1) as usize);
-    while let Some(joined) = pending.next().await {
-        let (index, built) = joined.map_err(|e| IngestError::Worker(e.to_string()))?;
-        let key = keys::shard(&dataset, split, index as u32, num_shards);
-        match store.put_new(&key, Bytes::from(built.bytes)).await {
-            Ok(()) => {
-                metrics::counter!("inception_ingest_shards_written_total").increment(1);
-                tracing::info!("wrote {key} ({} records)", built.written);
-            }
-            Err(StoreError::AlreadyExists { .. }) => {
-                tracing::warn!("{key} already exists; kept as it is (shards are never replaced)");
-            }
-            Err(e) => return Err(e.into()),
-        }
+    while let Some(done) = pending.next().await {
+        let (index, key, written, skipped) = done?;
+        let built = Built { written, skipped };
         let message = ShardReady {
             dataset: dataset.clone(),
             split: split.to_string(),
@@ -315,5 +336,11 @@ async fn write_split(
         report.shards.push(key);
     }
     progress.finish();
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(
+        "{split}: {} images converted and stored in {secs:.2} s ({:.0} images/s)",
+        report.found,
+        report.found as f64 / secs.max(1e-9)
+    );
     Ok(report)
 }

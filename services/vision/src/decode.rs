@@ -161,7 +161,7 @@ pub fn read_jpeg_markers(bytes: &[u8]) -> Result<JpegHeader, VisionError> {
                 // restart marker inside it; anything else ends it.
                 let mut i = at + length;
                 loop {
-                    let Some(ff) = bytes[i..].iter().position(|&b| b == 0xFF) else { return Err(VisionError::TruncatedJpeg) };
+                    let Some(ff) = memchr::memchr(0xFF, &bytes[i..]) else { return Err(VisionError::TruncatedJpeg) };
                     i += ff;
                     match bytes.get(i + 1) {
                         None => return Err(VisionError::TruncatedJpeg),
@@ -204,6 +204,29 @@ pub fn to_rgb_jpeg(bytes: &[u8], max_pixels: u64) -> Result<(Vec<u8>, u32, u32),
 /// As [`to_rgb_jpeg`], checking 8-bit 3-component JPEGs as `check` says
 /// (anything else is decoded: it must be converted anyway).
 pub fn to_rgb_jpeg_checked(bytes: &[u8], max_pixels: u64, check: JpegCheck) -> Result<(Vec<u8>, u32, u32), VisionError> {
+    match inspect(bytes, max_pixels, check)? {
+        Verdict::Keep(w, h) => Ok((bytes.to_vec(), w, h)),
+        Verdict::Converted(out, w, h) => Ok((out, w, h)),
+    }
+}
+
+/// As [`to_rgb_jpeg_checked`], taking the bytes: a kept JPEG is returned
+/// without a copy.
+pub fn into_rgb_jpeg_checked(bytes: Vec<u8>, max_pixels: u64, check: JpegCheck) -> Result<(Vec<u8>, u32, u32), VisionError> {
+    match inspect(&bytes, max_pixels, check)? {
+        Verdict::Keep(w, h) => Ok((bytes, w, h)),
+        Verdict::Converted(out, w, h) => Ok((out, w, h)),
+    }
+}
+
+enum Verdict {
+    /// The bytes are an 8-bit RGB JPEG of this width and height.
+    Keep(u32, u32),
+    /// Re-encoded as an RGB JPEG.
+    Converted(Vec<u8>, u32, u32),
+}
+
+fn inspect(bytes: &[u8], max_pixels: u64, check: JpegCheck) -> Result<Verdict, VisionError> {
     if check == JpegCheck::Markers && bytes.starts_with(&[0xFF, 0xD8]) {
         let h = read_jpeg_markers(bytes)?;
         let pixels = u64::from(h.width) * u64::from(h.height);
@@ -211,13 +234,13 @@ pub fn to_rgb_jpeg_checked(bytes: &[u8], max_pixels: u64, check: JpegCheck) -> R
             return Err(VisionError::TooLarge { width: h.width, height: h.height, pixels, limit: max_pixels });
         }
         if h.precision == 8 && h.components == 3 {
-            return Ok((bytes.to_vec(), h.width, h.height));
+            return Ok(Verdict::Keep(h.width, h.height));
         }
     }
     let decoded = decode_rgb(bytes, max_pixels)?;
     let (w, h) = decoded.image.dimensions();
     if decoded.format == ImageFormat::Jpeg && decoded.was_rgb8 {
-        return Ok((bytes.to_vec(), w, h));
+        return Ok(Verdict::Keep(w, h));
     }
     let mut out = Vec::new();
     let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 100);
@@ -225,7 +248,7 @@ pub fn to_rgb_jpeg_checked(bytes: &[u8], max_pixels: u64, check: JpegCheck) -> R
         .image
         .write_with_encoder(encoder)
         .map_err(|e| VisionError::Encode(e.to_string()))?;
-    Ok((out, w, h))
+    Ok(Verdict::Converted(out, w, h))
 }
 
 #[cfg(test)]
