@@ -28,6 +28,8 @@ pub enum StoreError {
         key: String,
         source: object_store::Error,
     },
+    #[error("object store {url}, put {key}: the writer stopped before the object was complete; nothing was stored")]
+    Incomplete { url: String, key: String },
 }
 
 /// One object as listed by [`Store::list_objects`].
@@ -172,6 +174,34 @@ impl Store {
     }
 
     /// Writes an object that must not exist yet; it appears whole or not at all.
+    /// Writes the chunks that arrive on `chunks` as one object at `key`, so
+    /// a large object is stored while it is being made. `Some(bytes)` is
+    /// data, `None` commits: only then does the object become visible
+    /// (multipart upload; a local store renames a staged file). If the
+    /// sender goes away without `None`, the upload is aborted and nothing is
+    /// visible. Unlike [`Store::put_new`] this does not refuse to replace an
+    /// existing object: check first where that matters.
+    pub async fn put_streamed(&self, key: &str, mut chunks: tokio::sync::mpsc::Receiver<Option<Bytes>>) -> Result<(), StoreError> {
+        let upload = self.inner.put_multipart(&self.path(key)).await.map_err(|e| self.io("put", key, e))?;
+        let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, 8 << 20);
+        loop {
+            match chunks.recv().await {
+                Some(Some(bytes)) => {
+                    writer.wait_for_capacity(2).await.map_err(|e| self.io("put", key, e))?;
+                    writer.put(bytes);
+                }
+                Some(None) => {
+                    writer.finish().await.map_err(|e| self.io("put", key, e))?;
+                    return Ok(());
+                }
+                None => {
+                    writer.abort().await.map_err(|e| self.io("put", key, e))?;
+                    return Err(StoreError::Incomplete { url: self.url.clone(), key: key.to_string() });
+                }
+            }
+        }
+    }
+
     pub async fn put_new(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
         let opts = PutOptions {
             mode: PutMode::Create,
@@ -260,6 +290,43 @@ impl Store {
             .collect();
         objects.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(objects)
+    }
+}
+
+#[cfg(test)]
+mod streamed_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn streamed_objects_appear_whole_on_commit_and_not_at_all_on_abort() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = StoreSettings { url: format!("file://{}", dir.path().display()), ..crate::Settings::defaults().unwrap().store };
+        let store = Store::open(&settings).unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let writing = tokio::spawn({
+            let store = store.clone();
+            async move { store.put_streamed("a/shard", rx).await }
+        });
+        let mut expected = Vec::new();
+        for i in 0..5u8 {
+            let chunk = vec![i; 3 << 20];
+            expected.extend_from_slice(&chunk);
+            tx.send(Some(Bytes::from(chunk))).await.unwrap();
+        }
+        assert!(!store.exists("a/shard").await.unwrap(), "not visible before the commit");
+        tx.send(None).await.unwrap();
+        writing.await.unwrap().unwrap();
+        assert_eq!(store.get("a/shard").await.unwrap(), Bytes::from(expected));
+
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tx.send(Some(Bytes::from_static(b"half"))).await.unwrap();
+        drop(tx);
+        let err = store.put_streamed("a/broken", rx).await.unwrap_err();
+        assert!(matches!(err, StoreError::Incomplete { .. }), "{err}");
+        assert!(!store.exists("a/broken").await.unwrap());
+        assert!(store.list("a/").await.unwrap() == vec!["a/shard"], "no staged file listed");
+        let files: Vec<_> = std::fs::read_dir(dir.path().join("a")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(files, vec![std::ffi::OsString::from("shard")], "nothing staged left behind");
     }
 }
 

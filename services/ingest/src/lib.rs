@@ -183,32 +183,80 @@ pub fn build_shard_with(
     boxes: &bbox::Boxes,
     progress: Option<&progress::Progress>,
 ) -> BuiltShard {
-    let mut out = BuiltShard::default();
     let mut records = Vec::with_capacity(files.len());
+    let (written, skipped) = convert_all(files, checks, boxes, progress, |record| {
+        records.push(record);
+        true
+    });
+    // One allocation of the final size: growing a shard of many megabytes
+    // record by record costs more than converting the records.
+    let mut bytes = Vec::with_capacity(records.iter().map(|r| r.len() + tfrecord::FRAMING_BYTES).sum());
+    for record in &records {
+        tfrecord::write_record(&mut bytes, record);
+    }
+    BuiltShard { bytes, written, skipped }
+}
+
+/// As [`build_shard_with`], handing the shard out in framed chunks of
+/// about `STREAM_CHUNK_BYTES` through `chunks` (then `None`), so that it is
+/// stored while it is converted. Stops early if the receiver goes away.
+pub fn stream_shard_with(
+    files: &[ImageFile],
+    checks: ImageChecks,
+    boxes: &bbox::Boxes,
+    progress: Option<&progress::Progress>,
+    chunks: &tokio::sync::mpsc::Sender<Option<Bytes>>,
+) -> (usize, Vec<Skipped>) {
+    let mut chunk = Vec::with_capacity(STREAM_CHUNK_BYTES + (1 << 20));
+    let mut open = true;
+    let outcome = convert_all(files, checks, boxes, progress, |record| {
+        tfrecord::write_record(&mut chunk, &record);
+        if chunk.len() >= STREAM_CHUNK_BYTES {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(STREAM_CHUNK_BYTES + (1 << 20)));
+            open = chunks.blocking_send(Some(Bytes::from(full))).is_ok();
+        }
+        open
+    });
+    if open && (chunk.is_empty() || chunks.blocking_send(Some(Bytes::from(chunk))).is_ok()) {
+        let _ = chunks.blocking_send(None);
+    }
+    outcome
+}
+
+/// Chunks of a streamed shard: big enough for few writes, small enough
+/// that two threads' shards do not sit in memory whole.
+const STREAM_CHUNK_BYTES: usize = 8 << 20;
+
+/// Converts `files` in order, giving each record to `emit` (which returns
+/// false to stop); returns (written, skipped).
+fn convert_all(
+    files: &[ImageFile],
+    checks: ImageChecks,
+    boxes: &bbox::Boxes,
+    progress: Option<&progress::Progress>,
+    mut emit: impl FnMut(Vec<u8>) -> bool,
+) -> (usize, Vec<Skipped>) {
+    let (mut written, mut skipped) = (0, Vec::new());
     for f in files {
         match convert(f, checks, boxes) {
             Ok(record) => {
-                records.push(record);
-                out.written += 1;
+                written += 1;
                 Outcome::Written.count();
+                if !emit(record) {
+                    break;
+                }
             }
             Err(skip) => {
                 tracing::warn!("SKIPPED {}: {} ({})", skip.file, skip.reason, skip.result.as_str());
                 skip.result.count();
-                out.skipped.push(skip);
+                skipped.push(skip);
             }
         }
         if let Some(p) = progress {
             p.inc();
         }
     }
-    // One allocation of the final size: growing a shard of many megabytes
-    // record by record costs more than converting the records.
-    out.bytes.reserve_exact(records.iter().map(|r| r.len() + tfrecord::FRAMING_BYTES).sum());
-    for record in &records {
-        tfrecord::write_record(&mut out.bytes, record);
-    }
-    out
+    (written, skipped)
 }
 
 /// [`build_shard_with`] without boxes or progress: (bytes, written, skipped).
@@ -299,20 +347,25 @@ async fn write_split(
         let (files, boxes, progress) = (files.clone(), boxes.clone(), progress.clone());
         let key = keys::shard(&dataset, split, index as u32, num_shards);
         async move {
-            let built = tokio::task::spawn_blocking(move || build_shard_with(&files[range], checks, &boxes, Some(&progress)))
-                .await
-                .map_err(|e| IngestError::Worker(e.to_string()))?;
-            match store.put_new(&key, Bytes::from(built.bytes)).await {
-                Ok(()) => {
-                    metrics::counter!("inception_ingest_shards_written_total").increment(1);
-                    tracing::info!("wrote {key} ({} records)", built.written);
-                }
-                Err(StoreError::AlreadyExists { .. }) => {
-                    tracing::warn!("{key} already exists; kept as it is (shards are never replaced)");
-                }
-                Err(e) => return Err(IngestError::from(e)),
+            if store.exists(&key).await? {
+                // Shards are never replaced: convert only to count what the
+                // announcement says, keep the stored one.
+                let built = tokio::task::spawn_blocking(move || build_shard_with(&files[range], checks, &boxes, Some(&progress)))
+                    .await
+                    .map_err(|e| IngestError::Worker(e.to_string()))?;
+                tracing::warn!("{key} already exists; kept as it is (shards are never replaced)");
+                return Ok::<_, IngestError>((index, key, built.written, built.skipped));
             }
-            Ok::<_, IngestError>((index, key, built.written, built.skipped))
+            // Stored while converted: writing overlaps conversion, and a
+            // shard is never whole in memory.
+            let (tx, rx) = tokio::sync::mpsc::channel(2);
+            let converting = tokio::task::spawn_blocking(move || stream_shard_with(&files[range], checks, &boxes, Some(&progress), &tx));
+            let stored = store.put_streamed(&key, rx).await;
+            let (written, skipped) = converting.await.map_err(|e| IngestError::Worker(e.to_string()))?;
+            stored?;
+            metrics::counter!("inception_ingest_shards_written_total").increment(1);
+            tracing::info!("wrote {key} ({written} records)");
+            Ok((index, key, written, skipped))
         }
     }))
     .buffered(settings.ingest.num_threads.max(1) as usize);
