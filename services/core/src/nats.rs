@@ -86,6 +86,7 @@ pub async fn connect_options(settings: &NatsSettings, client_name: &str) -> Resu
             match event {
                 async_nats::Event::Connected => tracing::info!("NATS connection (re-)established"),
                 async_nats::Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
+                async_nats::Event::Closed => tracing::info!("NATS connection closed"),
                 other => tracing::warn!("NATS: {other}"),
             }
         });
