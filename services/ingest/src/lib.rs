@@ -316,12 +316,6 @@ pub async fn run_once(
     Ok(report)
 }
 
-/// The part of a built shard that outlives its bytes.
-struct Built {
-    written: usize,
-    skipped: Vec<Skipped>,
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn write_split(
     settings: &Settings,
@@ -371,12 +365,11 @@ async fn write_split(
     .buffered(settings.ingest.num_threads.max(1) as usize);
     while let Some(done) = pending.next().await {
         let (index, key, written, skipped) = done?;
-        let built = Built { written, skipped };
         let message = ShardReady {
             dataset: dataset.clone(),
             split: split.to_string(),
             uri: key.clone(),
-            records: built.written as u64,
+            records: written as u64,
             labels: labels.to_vec(),
             shard_index: index as u32,
             num_shards,
@@ -384,8 +377,8 @@ async fn write_split(
         streams
             .publish_acked(&streams.subjects.shards(&dataset, split), Bytes::from(message.encode_to_vec()), &key, shutdown)
             .await?;
-        report.written += built.written;
-        report.skipped.extend(built.skipped);
+        report.written += written;
+        report.skipped.extend(skipped);
         report.shards.push(key);
     }
     progress.finish();
