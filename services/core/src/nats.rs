@@ -58,6 +58,9 @@ impl Subjects {
     }
 }
 
+/// Tries of [`Streams::ensure`]: 0.2 + 0.4 + … + 5 s ≈ half a minute.
+const ENSURE_ATTEMPTS: u32 = 9;
+
 /// Largest control message (announcement, claim check) a service accepts.
 /// Real ones are a few hundred bytes; NATS itself refuses more than its
 /// `max_payload` (1 MiB by default).
@@ -176,15 +179,25 @@ impl Streams {
         }
     }
 
+    /// Gets or creates a stream. JetStream may be briefly unavailable (a
+    /// server restarting, its stream leader not elected yet): retried for
+    /// about half a minute before the error is returned.
     async fn ensure(&self, config: stream::Config) -> Result<stream::Stream, NatsError> {
         let name = config.name.clone();
-        self.context
-            .get_or_create_stream(config)
-            .await
-            .map_err(|e| NatsError::Stream {
-                stream: name,
-                message: e.to_string(),
-            })
+        let mut delay = Duration::from_millis(200);
+        let mut attempt = 1;
+        loop {
+            match self.context.get_or_create_stream(config.clone()).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) if attempt < ENSURE_ATTEMPTS => {
+                    tracing::warn!("JetStream stream {name} not available ({e}); retrying in {:.1}s", delay.as_secs_f64());
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    attempt += 1;
+                }
+                Err(e) => return Err(NatsError::Stream { stream: name, message: e.to_string() }),
+            }
+        }
     }
 
     fn limits(&self, kind: &str, what: &str) -> stream::Config {
