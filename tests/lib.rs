@@ -1,5 +1,6 @@
 //! Helpers for the cross-service tests: the built binaries as child
-//! processes, free ports, waiting for files.
+//! processes, free ports, waiting for files and conditions, reading metrics
+//! and trainer logs.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -100,6 +101,37 @@ pub fn wait_for_file(path: &Path, limit: Duration, mut context: impl FnMut() -> 
         assert!(Instant::now() < deadline, "{} did not appear within {limit:?}\n{}", path.display(), context());
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Waits until `done()`, failing with `what` and `context()` after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool, context: impl Fn() -> String) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} did not happen within {limit:?}\n{}", context());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The value of the unlabelled sample `name` on a service's `/metrics`;
+/// `None` while it is unreachable or has not recorded the metric yet.
+pub fn scraped_value(port: u16, name: &str) -> Option<f64> {
+    let (_, body) = http_get(port, "/metrics").ok()?;
+    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The `step N,` lines a trainer printed, in order.
+pub fn logged_steps(out: &str) -> Vec<u64> {
+    out.lines().filter_map(|l| l.split(": step ").nth(1)?.split(',').next()?.parse().ok()).collect()
+}
+
+/// Drops `bytes` as `<incoming>/<key>`, written aside under a hidden name and
+/// renamed, as an uploader should (ingest ignores hidden names).
+pub fn drop_image(incoming: &Path, key: &str, bytes: &[u8]) {
+    let path = incoming.join(key);
+    std::fs::create_dir_all(path.parent().expect("label folder")).expect("label folder");
+    let tmp = path.with_file_name(format!(".{}.part", path.file_name().expect("name").to_string_lossy()));
+    std::fs::write(&tmp, bytes).expect("write image");
+    std::fs::rename(tmp, path).expect("rename image");
 }
 
 /// A plain HTTP GET on loopback; returns (status line, body).

@@ -21,7 +21,7 @@
 use inception_core::local_nats::LocalNats;
 use inception_core::nats::Streams;
 use inception_core::settings::env_vars;
-use inception_integration_tests::{free_port, http_get, record_filenames, Proc};
+use inception_integration_tests::{drop_image, free_port, http_get, logged_steps, record_filenames, wait_until, Proc};
 use inception_proto::pipeline::{BatchReady, EvalResult};
 use inception_proto::Message;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -105,14 +105,6 @@ impl Service {
     }
 }
 
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool, context: impl Fn() -> String) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} did not happen within {limit:?}\n{}", context());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn pointer(store: &Path) -> Option<serde_json::Value> {
     serde_json::from_slice(&std::fs::read(store.join("checkpoints/default/checkpoint")).ok()?).ok()
 }
@@ -131,26 +123,12 @@ fn step_of(key: &str) -> Option<u64> {
     key.rsplit("model.ckpt-").next()?.split('.').next()?.parse().ok()
 }
 
-/// `step N,` lines a trainer printed, in order.
-fn logged_steps(out: &str) -> Vec<u64> {
-    out.lines().filter_map(|l| l.split(": step ").nth(1)?.split(',').next()?.parse().ok()).collect()
-}
-
 /// Values of `<before>N<after>` on the lines of `text` that contain `marker`, in order.
 fn numbers_after(text: &str, marker: &str, before: &str, after: char) -> Vec<u64> {
     text.lines()
         .filter(|l| l.contains(marker))
         .filter_map(|l| l.split(before).nth(1)?.split(after).next()?.trim().parse().ok())
         .collect()
-}
-
-/// Drops `bytes` as `<incoming>/<key>`, written aside and renamed as an uploader should.
-fn drop_image(incoming: &Path, key: &str, bytes: &[u8]) {
-    let path = incoming.join(key);
-    std::fs::create_dir_all(path.parent().expect("label folder")).expect("label folder");
-    let tmp = path.with_file_name(format!(".{}.part", path.file_name().expect("name").to_string_lossy()));
-    std::fs::write(&tmp, bytes).expect("write image");
-    std::fs::rename(tmp, path).expect("rename image");
 }
 
 /// Every file under `dir`, recursively.

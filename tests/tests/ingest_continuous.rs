@@ -7,20 +7,10 @@
 use futures::StreamExt;
 use inception_core::local_nats::LocalNats;
 use inception_core::settings::env_vars;
-use inception_integration_tests::{free_port, http_get, record_filenames, Proc};
+use inception_integration_tests::{drop_image, free_port, http_get, record_filenames, Proc};
 use inception_proto::pipeline::ShardReady;
 use inception_proto::Message;
-use std::path::Path;
 use std::time::Duration;
-
-fn drop_image(incoming: &Path, key: &str, bytes: &[u8]) {
-    let path = incoming.join(key);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    // Written aside and renamed, as an uploader should; a hidden name is ignored.
-    let tmp = path.with_file_name(format!(".{}.part", path.file_name().unwrap().to_string_lossy()));
-    std::fs::write(&tmp, bytes).unwrap();
-    std::fs::rename(tmp, path).unwrap();
-}
 
 async fn next_shard(sub: &mut async_nats::Subscriber, ingest: &Proc) -> ShardReady {
     match tokio::time::timeout(Duration::from_secs(30), sub.next()).await {

@@ -16,13 +16,13 @@ use inception_core::local_nats::LocalNats;
 use inception_core::nats::Streams;
 use inception_core::settings::env_vars;
 use inception_core::shutdown::CancellationToken;
-use inception_integration_tests::{free_port, http_get, wait_for_file, Proc};
+use inception_integration_tests::{free_port, http_get, scraped_value, wait_for_file, wait_until, Proc};
 use inception_proto::pipeline::{BatchReady, CheckpointReady, ShardReady};
 use inception_proto::Message;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const STEPS: u64 = 30;
 const DATASET: &str = "obs";
@@ -69,20 +69,6 @@ fn has_finite_value(series: &[serde_json::Value]) -> bool {
 
 fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs_f64()
-}
-
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool, context: impl Fn() -> String) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} within {limit:?}\n{}", context());
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// The value of an unlabelled sample `name` in a service's /metrics text.
-fn scraped_value(port: u16, name: &str) -> Option<f64> {
-    let (_, body) = http_get(port, "/metrics").ok()?;
-    body.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' '))).and_then(|v| v.trim().parse().ok())
 }
 
 /// Debian's prometheus binary on `port`, killed on drop (a [`Proc`]).

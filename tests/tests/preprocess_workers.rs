@@ -8,31 +8,9 @@ use futures::StreamExt;
 use inception_core::local_nats::LocalNats;
 use inception_core::nats::Streams;
 use inception_core::settings::env_vars;
-use inception_integration_tests::{free_port, http_get, Proc};
+use inception_integration_tests::{free_port, logged_steps, scraped_value, wait_until, Proc};
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// `step N,` lines the trainer printed, in order.
-fn logged_steps(out: &str) -> Vec<u64> {
-    out.lines()
-        .filter_map(|l| l.split(": step ").nth(1)?.split(',').next()?.parse().ok())
-        .collect()
-}
-
-fn metric(port: u16, name: &str) -> f64 {
-    let Ok((_, body)) = http_get(port, "/metrics") else { return 0.0 };
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool, context: impl Fn() -> String) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} did not happen within {limit:?}\n{}", context());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn batch_objects(store: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(store.join("batches/flowers"))
@@ -98,7 +76,7 @@ fn workers_join_and_leave_while_the_trainer_runs() {
 
     // A second worker joins; new shards are announced while both run.
     let mut b = Proc::spawn("inception-preprocess", &[], &worker_env("b", port_b), &logs.join("b"));
-    wait_until("worker b's first batch", Duration::from_secs(60), || metric(port_b, "inception_preprocess_batches_total") >= 1.0, || format!("{:?}", b.output()));
+    wait_until("worker b's first batch", Duration::from_secs(60), || scraped_value(port_b, "inception_preprocess_batches_total").unwrap_or(0.0) >= 1.0, || format!("{:?}", b.output()));
     assert!(trainer.is_running() && step(&trainer) < STEPS, "b joined while the trainer ran");
     let more_train = more.join("train");
     let mut ingest2 = Proc::spawn(
@@ -124,7 +102,7 @@ fn workers_join_and_leave_while_the_trainer_runs() {
     let ghost = store.join("batches/flowers/ghost-1-0000000000.safetensors");
     std::fs::write(&ghost, b"half a batch").unwrap();
     let mut c = Proc::spawn("inception-preprocess", &[], &worker_env("c", port_c), &logs.join("c"));
-    wait_until("worker c's first batch", Duration::from_secs(60), || metric(port_c, "inception_preprocess_batches_total") >= 1.0, || format!("{:?}", c.output()));
+    wait_until("worker c's first batch", Duration::from_secs(60), || scraped_value(port_c, "inception_preprocess_batches_total").unwrap_or(0.0) >= 1.0, || format!("{:?}", c.output()));
     assert!(trainer.is_running() && step(&trainer) < STEPS, "c joined while the trainer ran (a killed at step {before})");
     assert!(trainer.wait(Duration::from_secs(300)).success(), "{:?}", trainer.output());
     eprintln!("{:?}: trainer done", t0.elapsed());
@@ -133,13 +111,13 @@ fn workers_join_and_leave_while_the_trainer_runs() {
     assert_eq!(steps, (1..=STEPS).collect::<Vec<_>>(), "every step once, in order (a was killed after {before})");
     assert!(!err.contains("dropping a batch message"), "no batch was lost or corrupt: {err}");
     for (name, port) in [("b", port_b), ("c", port_c)] {
-        assert!(metric(port, "inception_preprocess_batches_total") >= 1.0, "worker {name} handed over batches");
+        assert!(scraped_value(port, "inception_preprocess_batches_total").unwrap_or(0.0) >= 1.0, "worker {name} handed over batches");
     }
 
     // Memory: shuffle buffer within its byte cap; the process within the
     // documented budget (docs/design.md: 64 MB + cap + 2 shards + 2 batches).
     for (w, port) in [(&b, port_b), (&c, port_c)] {
-        let buffered = metric(port, "inception_preprocess_shuffle_buffer_bytes");
+        let buffered = scraped_value(port, "inception_preprocess_shuffle_buffer_bytes").unwrap_or(0.0);
         let largest_shard = std::fs::read_dir(store.join("datasets/flowers")).unwrap()
             .filter_map(Result::ok)
             .filter_map(|e| e.metadata().ok().map(|m| m.len()))
@@ -160,7 +138,7 @@ fn workers_join_and_leave_while_the_trainer_runs() {
         || !ghost.exists() && batch_objects(&store).len() <= 3,
         || format!("{:?}\n{:?}", batch_objects(&store), c.output()),
     );
-    assert!(metric(port_b, "inception_preprocess_orphan_batches_deleted_total") + metric(port_c, "inception_preprocess_orphan_batches_deleted_total") >= 1.0);
+    assert!(scraped_value(port_b, "inception_preprocess_orphan_batches_deleted_total").unwrap_or(0.0) + scraped_value(port_c, "inception_preprocess_orphan_batches_deleted_total").unwrap_or(0.0) >= 1.0);
     for w in [&mut b, &mut c] {
         assert!(w.terminate(Duration::from_secs(30)).success(), "{:?}", w.output());
     }

@@ -4,20 +4,13 @@
 
 use inception_core::settings::env_vars;
 use inception_core::local_nats::LocalNats;
-use inception_integration_tests::{free_port, http_get, wait_for_file, Proc};
+use inception_integration_tests::{free_port, http_get, logged_steps, scraped_value, wait_for_file, Proc};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 fn pointer_step(store: &Path) -> Option<u64> {
     let bytes = std::fs::read(store.join("checkpoints/default/checkpoint")).ok()?;
     serde_json::from_slice::<serde_json::Value>(&bytes).ok()?["step"].as_u64()
-}
-
-/// Every `step N,` the trainer logged, in order.
-fn logged_steps(out: &str) -> Vec<u64> {
-    out.lines()
-        .filter_map(|l| l.split(": step ").nth(1)?.split(',').next()?.parse().ok())
-        .collect()
 }
 
 #[test]
@@ -112,13 +105,6 @@ fn point_at(store: &Path, step: u64, metadata: &str) {
     std::fs::write(store.join("checkpoints/default/checkpoint"), serde_json::to_vec(&pointer).unwrap()).unwrap();
 }
 
-fn metric(port: u16, name: &str) -> f64 {
-    let (_, body) = http_get(port, "/metrics").expect("metrics");
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 fn evaluator_skips_broken_checkpoints_and_keeps_serving(store: &Path, env: &[(String, String)], logs: &Path) {
     let port = free_port();
     let mut env = env.to_vec();
@@ -135,7 +121,7 @@ fn evaluator_skips_broken_checkpoints_and_keeps_serving(store: &Path, env: &[(St
     std::fs::write(ckpt.join("model.ckpt-70.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
     point_at(store, 70, "checkpoints/default/model.ckpt-70.json");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while metric(port, "inception_eval_failures_total") < 1.0 {
+    while scraped_value(port, "inception_eval_failures_total").unwrap_or(0.0) < 1.0 {
         assert!(Instant::now() < deadline && evaluator.is_running(), "step 70 not rejected: {:?}", evaluator.output());
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -147,15 +133,15 @@ fn evaluator_skips_broken_checkpoints_and_keeps_serving(store: &Path, env: &[(St
     std::fs::write(ckpt.join("model.ckpt-80.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
     point_at(store, 80, "checkpoints/default/model.ckpt-80.json");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while metric(port, "inception_eval_failures_total") < 2.0 {
+    while scraped_value(port, "inception_eval_failures_total").unwrap_or(0.0) < 2.0 {
         assert!(Instant::now() < deadline && evaluator.is_running(), "step 80 not rejected: {:?}", evaluator.output());
         std::thread::sleep(Duration::from_millis(200));
     }
     // Several more polls of the same broken pointer: not retried.
     std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(metric(port, "inception_eval_failures_total"), 2.0);
+    assert_eq!(scraped_value(port, "inception_eval_failures_total").unwrap_or(0.0), 2.0);
     // Steps 50 and 60: the evaluator catches up with every kept checkpoint.
-    assert_eq!(metric(port, "inception_eval_evaluations_total"), 2.0);
+    assert_eq!(scraped_value(port, "inception_eval_evaluations_total").unwrap_or(0.0), 2.0);
     assert!(evaluator.is_running(), "{:?}", evaluator.output());
     assert!(http_get(port, "/healthz").unwrap().0.contains("200"));
     let (_, err) = evaluator.output();

@@ -7,7 +7,7 @@ use inception_core::local_nats::LocalNats;
 use inception_core::nats::{self, Streams};
 use inception_core::settings::{env_vars, NatsSettings, Secret, Settings};
 use inception_core::shutdown::CancellationToken;
-use inception_integration_tests::{free_port, http_get, Proc};
+use inception_integration_tests::{free_port, http_get, scraped_value, Proc};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -241,14 +241,9 @@ async fn hostile_messages_are_refused_counted_and_survived() {
         let subject = streams.subjects.checkpoints("default");
         streams.publish_acked(&subject, payload.into(), &format!("checkpoint-{i}"), &stop).await.unwrap();
     }
-    let counted = |port: u16, name: &str| {
-        http_get(port, "/metrics").ok().and_then(|(_, body)| {
-            body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
-        })
-    };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while counted(preprocess_port, "inception_preprocess_rejected_messages_total") != Some(4.0)
-        || counted(eval_port, "inception_eval_rejected_messages_total") != Some(4.0)
+    while scraped_value(preprocess_port, "inception_preprocess_rejected_messages_total") != Some(4.0)
+        || scraped_value(eval_port, "inception_eval_rejected_messages_total") != Some(4.0)
     {
         assert!(Instant::now() < deadline, "not all refused and counted:\n{:?}\n{:?}", preprocess.output(), evaluator.output());
         tokio::time::sleep(Duration::from_millis(100)).await;
