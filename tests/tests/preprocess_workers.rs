@@ -20,15 +20,6 @@ fn batch_objects(store: &Path) -> Vec<String> {
     names
 }
 
-fn resident_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
-        .map_or(0, |k| k * 1024)
-}
-
 #[test]
 fn workers_join_and_leave_while_the_trainer_runs() {
     let dir = tempfile::tempdir().unwrap();
@@ -124,7 +115,7 @@ fn workers_join_and_leave_while_the_trainer_runs() {
             .max()
             .unwrap();
         assert!(buffered > 0.0 && buffered <= (SHUFFLE_CAP + largest_shard) as f64, "buffer {buffered} bytes");
-        let rss = resident_bytes(w.child.id());
+        let rss = inception_core::telemetry::resident_memory_bytes_of(w.child.id()).unwrap_or(0);
         let budget = 64_000_000 + SHUFFLE_CAP + 2 * largest_shard + 2 * 8 * 75 * 75 * 3;
         eprintln!("worker {}: shuffle buffer {buffered} bytes, resident {rss} bytes, budget {budget}", w.name);
         assert!(rss > 0 && rss < budget, "worker {} resident {rss} bytes, budget {budget}", w.name);

@@ -87,6 +87,16 @@ pub struct NatsSettings {
     pub tls_key_file: String,
 }
 
+/// One server URL as (scheme `…://` or empty, `user:password` / `token`
+/// before an `@` if any, the rest).
+fn split_userinfo(url: &str) -> (&str, Option<&str>, &str) {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    match url[start..].rfind('@') {
+        Some(at) => (&url[..start], Some(&url[start..start + at]), &url[start + at + 1..]),
+        None => (&url[..start], None, &url[start..]),
+    }
+}
+
 impl NatsSettings {
     /// The URLs without `user:password@` / `token@`, and the first such
     /// credentials found (user or token, password).
@@ -96,20 +106,14 @@ impl NatsSettings {
             .url
             .split(',')
             .map(|u| {
-                let start = u.find("://").map_or(0, |i| i + 3);
-                match u[start..].rfind('@') {
-                    Some(at) => {
-                        let userinfo = &u[start..start + at];
-                        if found.is_none() {
-                            found = Some(match userinfo.split_once(':') {
-                                Some((user, password)) => (user.to_string(), Some(password.to_string())),
-                                None => (userinfo.to_string(), None),
-                            });
-                        }
-                        format!("{}{}", &u[..start], &u[start + at + 1..])
-                    }
-                    None => u.to_string(),
+                let (scheme, userinfo, rest) = split_userinfo(u);
+                if let (None, Some(info)) = (&found, userinfo) {
+                    found = Some(match info.split_once(':') {
+                        Some((user, password)) => (user.to_string(), Some(password.to_string())),
+                        None => (info.to_string(), None),
+                    });
                 }
+                format!("{scheme}{rest}")
             })
             .collect();
         (urls.join(","), found)
@@ -119,12 +123,9 @@ impl NatsSettings {
     pub fn url_for_logs(&self) -> String {
         self.url
             .split(',')
-            .map(|u| {
-                let start = u.find("://").map_or(0, |i| i + 3);
-                match u[start..].rfind('@') {
-                    Some(at) => format!("{}[redacted]@{}", &u[..start], &u[start + at + 1..]),
-                    None => u.to_string(),
-                }
+            .map(|u| match split_userinfo(u) {
+                (scheme, Some(_), rest) => format!("{scheme}[redacted]@{rest}"),
+                _ => u.to_string(),
             })
             .collect::<Vec<_>>()
             .join(",")

@@ -115,9 +115,19 @@ fn install_recorder() -> Result<PrometheusHandle, TelemetryError> {
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
-/// The process's resident set size, in bytes (Linux; None elsewhere).
+/// This process's resident set size, in bytes (Linux; None elsewhere).
 pub fn resident_memory_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    vm_rss("/proc/self/status")
+}
+
+/// The resident set size of process `pid`, in bytes (Linux; None elsewhere
+/// or when it has gone).
+pub fn resident_memory_bytes_of(pid: u32) -> Option<u64> {
+    vm_rss(&format!("/proc/{pid}/status"))
+}
+
+fn vm_rss(status_file: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(status_file).ok()?;
     let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
     Some(kib * 1024)
 }
