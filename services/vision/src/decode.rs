@@ -41,9 +41,9 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage, VisionE
         return Err(VisionError::Empty);
     }
     let format = image::guess_format(bytes).map_err(|_| VisionError::UnknownFormat)?;
-    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+    if format == ImageFormat::Jpeg {
         // The JPEG decoder fills a cut-off scan with grey instead of failing.
-        return Err(VisionError::TruncatedJpeg);
+        read_jpeg_markers(bytes)?;
     }
     let decode_err = |e: image::ImageError| VisionError::Decode {
         format,
@@ -73,17 +73,6 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage, VisionE
         format,
         was_rgb8,
     })
-}
-
-/// True when an end-of-image marker (FFD9) follows the last start-of-scan
-/// (FFDA). Inside entropy-coded data a 0xFF byte is always followed by 0x00
-/// or a restart marker, so FFD9 there means the real end.
-fn jpeg_is_complete(bytes: &[u8]) -> bool {
-    let last_scan = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
-    match last_scan {
-        Some(at) => bytes[at..].windows(2).any(|w| w == [0xFF, 0xD9]),
-        None => false,
-    }
 }
 
 /// What a JPEG's marker segments say, read without decoding a pixel.

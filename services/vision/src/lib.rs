@@ -7,6 +7,7 @@
 pub mod color;
 pub mod decode;
 pub mod resize;
+mod simd;
 pub mod transform;
 
 pub use decode::{decode_rgb, into_rgb_jpeg_checked, read_jpeg_markers, to_rgb_jpeg, to_rgb_jpeg_checked, DecodedImage, JpegCheck, JpegHeader, VisionError};

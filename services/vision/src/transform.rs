@@ -129,10 +129,19 @@ pub fn resize_bilinear(img: &RgbImage, crop: CropBox, out: u32) -> Vec<u8> {
 }
 
 /// Floats (times `scale`) rounded to bytes, clamped to 0..=255.
+#[allow(clippy::manual_clamp)] // clamp keeps NaN, which the cast below must not see
 pub fn quantize(px: &[f32], scale: f32) -> Vec<u8> {
-    // + 0.5 and truncation rounds like round() for the non-negative values
-    // left after the clamp, without round()'s library call.
-    px.iter().map(|v| ((v * scale).clamp(0.0, 255.0) + 0.5) as u8).collect()
+    px.iter()
+        .map(|v| {
+            // max/min (unlike clamp) turn NaN into 0, so `half_up` is always
+            // in [0.5, 255.5]; truncating it rounds half up like round(),
+            // without round()'s library call.
+            let half_up = (v * scale).max(0.0).min(255.0) + 0.5;
+            // SAFETY: `half_up` is finite and within i32; the unchecked cast
+            // vectorises where the saturating `as` does not.
+            unsafe { half_up.to_int_unchecked::<i32>() as u8 }
+        })
+        .collect()
 }
 
 /// Mirrors an `size x size` HWC buffer left to right, in place.
@@ -199,6 +208,13 @@ mod tests {
         // dst 0..7 -> src 0, .5, 1, 1.5, 2, 2.5, 3, 3.5 (clamped to the last pixel).
         assert_eq!(row, vec![0, 50, 100, 150, 200, 225, 250, 250]);
         assert_eq!(&out[24..48], &out[..24], "every row samples the single source row");
+    }
+
+    #[test]
+    fn quantize_rounds_half_up_and_clamps() {
+        let px = [0.0, 0.49, 0.5, 127.5, 254.4, 254.5, 300.0, -3.0, f32::NAN, f32::INFINITY];
+        assert_eq!(quantize(&px, 1.0), vec![0, 0, 1, 128, 254, 255, 255, 0, 0, 255]);
+        assert_eq!(quantize(&[0.5, 1.0], 255.0), vec![128, 255]);
     }
 
     #[test]
