@@ -14,6 +14,7 @@ pub mod cli;
 pub mod example;
 pub mod follow;
 pub mod local_nats;
+pub mod memory;
 pub mod nats;
 pub mod settings;
 pub mod shutdown;

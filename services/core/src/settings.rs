@@ -216,6 +216,7 @@ pub struct TrainSettings {
     pub fine_tune: bool,
     pub tensorboard_dir: String,
     pub seed: i64,
+    pub retain_freed_memory: bool,
     pub metrics_addr: String,
 }
 
@@ -229,6 +230,7 @@ pub struct EvalSettings {
     pub run_once: bool,
     pub device: String,
     pub tensorboard_dir: String,
+    pub retain_freed_memory: bool,
     pub metrics_addr: String,
 }
 

@@ -45,10 +45,15 @@ struct Args {
     /// auto, cpu or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// glibc malloc's defaults instead of the services' retain_freed_memory.
+    #[arg(long)]
+    default_malloc: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // As the trainer and evaluator do by default (train.retain_freed_memory).
+    let retained = !args.default_malloc && inception_core::memory::retain_freed_memory();
     if args.threads > 0 {
         tch::set_num_threads(args.threads);
     }
@@ -69,7 +74,7 @@ fn main() -> anyhow::Result<()> {
     let images = Tensor::randint(256, [args.batch_size, args.image_size, args.image_size, 3], (Kind::Uint8, Device::Cpu));
     let targets = Tensor::randint_low(1, args.labels as i64 + 1, [args.batch_size], (Kind::Int64, Device::Cpu));
     if args.eval {
-        return bench_eval(&state, &images, &args, device);
+        return bench_eval(&state, &images, &args, device, retained);
     }
     for _ in 0..args.warmup {
         state.train_step(&images, &targets, 0.01)?;
@@ -80,7 +85,7 @@ fn main() -> anyhow::Result<()> {
     }
     let secs = started.elapsed().as_secs_f64() / args.steps as f64;
     println!(
-        "ours   size={} batch={} aux={} threads={} device={:?}: {:.2} img/s ({:.3} s/step)",
+        "ours   size={} batch={} aux={} threads={} device={:?} retain_freed_memory={retained}: {:.2} img/s ({:.3} s/step)",
         args.image_size,
         args.batch_size,
         !args.no_aux,
@@ -95,7 +100,7 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bench_eval(state: &TrainState, images: &Tensor, args: &Args, device: Device) -> anyhow::Result<()> {
+fn bench_eval(state: &TrainState, images: &Tensor, args: &Args, device: Device, retained: bool) -> anyhow::Result<()> {
     use inception_model::{images_to_input, Mode};
     let run = || tch::no_grad(|| state.model.forward(&images_to_input(&images.to_device(device)), Mode::Eval).0.double_value(&[0, 0]));
     for _ in 0..args.warmup {
@@ -107,7 +112,7 @@ fn bench_eval(state: &TrainState, images: &Tensor, args: &Args, device: Device) 
     }
     let secs = started.elapsed().as_secs_f64() / args.steps as f64;
     println!(
-        "ours   eval size={} batch={} threads={} device={:?}: {:.2} img/s ({:.3} s/batch)",
+        "ours   eval size={} batch={} threads={} device={:?} retain_freed_memory={retained}: {:.2} img/s ({:.3} s/batch)",
         args.image_size, args.batch_size, tch::get_num_threads(), device, args.batch_size as f64 / secs, secs
     );
     Ok(())
