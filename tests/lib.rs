@@ -124,6 +124,30 @@ pub fn logged_steps(out: &str) -> Vec<u64> {
     out.lines().filter_map(|l| l.split(": step ").nth(1)?.split(',').next()?.parse().ok()).collect()
 }
 
+/// The next shard announcement on `sub`, waiting up to `limit`; on timeout
+/// the test fails with the ingest process's output.
+pub async fn next_shard(sub: &mut async_nats::Subscriber, ingest: &Proc, limit: Duration) -> inception_proto::pipeline::ShardReady {
+    use futures::StreamExt;
+    use inception_proto::Message;
+    match tokio::time::timeout(limit, sub.next()).await {
+        Ok(Some(m)) => inception_proto::pipeline::ShardReady::decode(m.payload.as_ref()).expect("a ShardReady message"),
+        _ => {
+            let (out, err) = ingest.output();
+            panic!("no shard announced within {limit:?}\n{out}\n{err}")
+        }
+    }
+}
+
+/// The checkpoint pointer of run `default` in a file store, if written.
+pub fn checkpoint_pointer(store: &Path) -> Option<serde_json::Value> {
+    serde_json::from_slice(&std::fs::read(store.join("checkpoints/default/checkpoint")).ok()?).ok()
+}
+
+/// The step the checkpoint pointer names.
+pub fn pointer_step(store: &Path) -> Option<u64> {
+    checkpoint_pointer(store)?["step"].as_u64()
+}
+
 /// Drops `bytes` as `<incoming>/<key>`, written aside under a hidden name and
 /// renamed, as an uploader should (ingest ignores hidden names).
 pub fn drop_image(incoming: &Path, key: &str, bytes: &[u8]) {

@@ -21,7 +21,7 @@
 use inception_core::local_nats::LocalNats;
 use inception_core::nats::Streams;
 use inception_core::settings::env_vars;
-use inception_integration_tests::{drop_image, free_port, http_get, logged_steps, record_filenames, wait_until, Proc};
+use inception_integration_tests::{checkpoint_pointer, drop_image, free_port, http_get, logged_steps, pointer_step, record_filenames, wait_until, Proc};
 use inception_proto::pipeline::{BatchReady, EvalResult};
 use inception_proto::Message;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -105,17 +105,9 @@ impl Service {
     }
 }
 
-fn pointer(store: &Path) -> Option<serde_json::Value> {
-    serde_json::from_slice(&std::fs::read(store.join("checkpoints/default/checkpoint")).ok()?).ok()
-}
-
-fn pointer_step(store: &Path) -> Option<u64> {
-    pointer(store)?["step"].as_u64()
-}
-
 /// Steps of the metadata keys the pointer keeps.
 fn kept_steps(store: &Path) -> Vec<u64> {
-    let Some(p) = pointer(store) else { return Vec::new() };
+    let Some(p) = checkpoint_pointer(store) else { return Vec::new() };
     p["all"].as_array().into_iter().flatten().filter_map(|k| step_of(k.as_str()?)).collect()
 }
 

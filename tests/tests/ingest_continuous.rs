@@ -7,20 +7,8 @@
 use futures::StreamExt;
 use inception_core::local_nats::LocalNats;
 use inception_core::settings::env_vars;
-use inception_integration_tests::{drop_image, free_port, http_get, record_filenames, Proc};
-use inception_proto::pipeline::ShardReady;
-use inception_proto::Message;
+use inception_integration_tests::{drop_image, next_shard, free_port, http_get, record_filenames, Proc};
 use std::time::Duration;
-
-async fn next_shard(sub: &mut async_nats::Subscriber, ingest: &Proc) -> ShardReady {
-    match tokio::time::timeout(Duration::from_secs(30), sub.next()).await {
-        Ok(Some(m)) => ShardReady::decode(m.payload.as_ref()).unwrap(),
-        _ => {
-            let (out, err) = ingest.output();
-            panic!("no shard announced within 30 s\n{out}\n{err}")
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_images_become_announced_shards_across_restarts() {
@@ -60,7 +48,7 @@ async fn new_images_become_announced_shards_across_restarts() {
         drop_image(&incoming, &format!("roses/r{i}.jpg"), &jpeg("roses", i));
         drop_image(&incoming, &format!("daisy/d{i}.jpg"), &jpeg("daisy", i));
     }
-    let first = next_shard(&mut shards, &ingest).await;
+    let first = next_shard(&mut shards, &ingest, Duration::from_secs(30)).await;
     assert_eq!(first.records, 4);
     assert!(first.uri.starts_with("datasets/live/train-live-"), "{}", first.uri);
     assert_eq!(first.labels.len(), 5);
@@ -68,7 +56,7 @@ async fn new_images_become_announced_shards_across_restarts() {
     drop_image(&incoming, "roses/broken.jpg", &jpeg("roses", 0)[..200]);
     drop_image(&incoming, "cactus/c0.jpg", &jpeg("tulips", 0));
     drop_image(&incoming, "tulips/t0.jpg", &jpeg("tulips", 1));
-    let second = next_shard(&mut shards, &ingest).await;
+    let second = next_shard(&mut shards, &ingest, Duration::from_secs(30)).await;
     assert_eq!(second.records, 1);
     assert_ne!(second.uri, first.uri);
     let quarantine = store.join("datasets/live/ingest/quarantine/cactus");
@@ -87,7 +75,7 @@ async fn new_images_become_announced_shards_across_restarts() {
     drop_image(&incoming, "roses/r9.jpg", &jpeg("roses", 2));
     drop_image(&incoming, "sunflowers/s9.jpg", &jpeg("sunflowers", 0));
     let mut ingest = Proc::spawn("inception-ingest", &args, &env, &logs);
-    let third = next_shard(&mut shards, &ingest).await;
+    let third = next_shard(&mut shards, &ingest, Duration::from_secs(30)).await;
     assert_eq!(third.records, 2);
     assert!(ingest.terminate(Duration::from_secs(20)).success());
     assert!(tokio::time::timeout(Duration::from_millis(300), shards.next()).await.is_err(), "no other announcement");

@@ -8,20 +8,8 @@ use futures::StreamExt;
 use inception_core::local_nats::LocalNats;
 use inception_core::settings::{env_vars, Secret, Settings, StoreSettings};
 use inception_core::Store;
-use inception_integration_tests::{record_filenames, Proc, S3Server};
-use inception_proto::pipeline::ShardReady;
-use inception_proto::Message;
+use inception_integration_tests::{next_shard, record_filenames, Proc, S3Server};
 use std::time::Duration;
-
-async fn next_shard(sub: &mut async_nats::Subscriber, ingest: &Proc) -> ShardReady {
-    match tokio::time::timeout(Duration::from_secs(60), sub.next()).await {
-        Ok(Some(m)) => ShardReady::decode(m.payload.as_ref()).unwrap(),
-        _ => {
-            let (out, err) = ingest.output();
-            panic!("no shard announced within 60 s\n{out}\n{err}")
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_to_an_s3_prefix_become_announced_shards() {
@@ -71,7 +59,7 @@ async fn uploads_to_an_s3_prefix_become_announced_shards() {
     }
     incoming.put("cactus/d.jpg", image("roses", 1)).await.unwrap();
     let mut ingest = Proc::spawn("inception-ingest", &args, &env, &logs);
-    let first = next_shard(&mut announced, &ingest).await;
+    let first = next_shard(&mut announced, &ingest, Duration::from_secs(60)).await;
     assert!(first.uri.starts_with("datasets/s3live/train-live-"), "{}", first.uri);
     assert_eq!(first.records, 3);
     assert!(ingest.terminate(Duration::from_secs(30)).success(), "{:?}", ingest.output());
@@ -80,7 +68,7 @@ async fn uploads_to_an_s3_prefix_become_announced_shards() {
     incoming.put("sunflowers/e.jpg", image("sunflowers", 0)).await.unwrap();
     incoming.put("roses/f.jpg", image("roses", 2)).await.unwrap();
     let mut ingest = Proc::spawn("inception-ingest", &args, &env, &logs);
-    let second = next_shard(&mut announced, &ingest).await;
+    let second = next_shard(&mut announced, &ingest, Duration::from_secs(60)).await;
     assert_eq!(second.records, 2);
     assert!(ingest.terminate(Duration::from_secs(30)).success(), "{:?}", ingest.output());
     assert!(tokio::time::timeout(Duration::from_millis(500), announced.next()).await.is_err(), "no other announcement");

@@ -4,14 +4,9 @@
 
 use inception_core::settings::env_vars;
 use inception_core::local_nats::LocalNats;
-use inception_integration_tests::{free_port, http_get, logged_steps, scraped_value, wait_for_file, Proc};
+use inception_integration_tests::{free_port, http_get, logged_steps, pointer_step, scraped_value, wait_for_file, Proc};
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn pointer_step(store: &Path) -> Option<u64> {
-    let bytes = std::fs::read(store.join("checkpoints/default/checkpoint")).ok()?;
-    serde_json::from_slice::<serde_json::Value>(&bytes).ok()?["step"].as_u64()
-}
 
 #[test]
 fn killed_trainer_resumes_from_the_latest_complete_checkpoint() {

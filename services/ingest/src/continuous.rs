@@ -27,6 +27,7 @@
 //! shard is announced again (the preprocess workers ignore a shard they know).
 
 use bytes::Bytes;
+use futures::StreamExt;
 use inception_core::nats::Streams;
 use inception_core::shutdown::{sleep_or_cancel, CancellationToken};
 use inception_core::store::StoreError;
@@ -87,6 +88,9 @@ pub struct LedgerEntry {
     pub images: Vec<LedgerImage>,
 }
 
+/// Ledger entries fetched at once when the ledger is loaded.
+const LEDGER_LOAD_CONCURRENCY: usize = 16;
+
 /// What the ledger says so far.
 #[derive(Debug, Default)]
 pub struct Ledger {
@@ -102,8 +106,13 @@ impl Ledger {
         let mut ledger = Ledger::default();
         let listed = store.list(&keys::ingest_ledger_dir(dataset)).await?;
         let done: HashSet<&str> = listed.iter().filter_map(|k| k.strip_suffix(".done")).collect();
-        for key in listed.iter().filter(|k| k.ends_with(".json")) {
-            let bytes = store.get(key).await?;
+        // Many entries after a long run, each a small object: fetched
+        // concurrently (S3 round trips dominate), applied in listing order.
+        let mut fetched = futures::stream::iter(listed.iter().filter(|k| k.ends_with(".json")))
+            .map(|key| async move { store.get(key).await.map(|bytes| (key, bytes)) })
+            .buffered(LEDGER_LOAD_CONCURRENCY);
+        while let Some(got) = fetched.next().await {
+            let (key, bytes) = got?;
             let entry: LedgerEntry =
                 serde_json::from_slice(&bytes).map_err(|e| IngestError::Ledger(format!("{key} is unreadable: {e}")))?;
             ledger.next_sequence = ledger.next_sequence.max(entry.sequence + 1);

@@ -62,6 +62,29 @@ pub struct TrainState {
     pub step: u64,
     pub bn_updates: u64,
     pub examples_seen: u64,
+    /// Towers run at once, one thread each (true when every tower has its
+    /// own device; on one device they would only compete for its threads).
+    pub concurrent_towers: bool,
+}
+
+/// Gradients of one tower's variables and its loss (without the L2 term).
+type TowerResult = (Vec<Tensor>, f64);
+
+/// Forward and backward of one tower on its share of the batch, on the
+/// tower's device. A non-finite loss is returned as is (with no gradients)
+/// for the caller to report.
+fn tower_pass(model: &InceptionV3, vars: &[Tensor], images: &Tensor, labels: &Tensor, bn_momentum: f64) -> TowerResult {
+    let device = vars.first().map_or(Device::Cpu, Tensor::device);
+    let x = images_to_input(&images.to_device(device));
+    let y = labels.to_device(device);
+    let (logits, aux) = model.forward(&x, Mode::Train { bn_momentum });
+    // The L2 term's gradient is applied by the optimizer.
+    let total = loss::total_loss(&logits, aux.as_ref(), &y, &[]);
+    let value = total.double_value(&[]);
+    if !value.is_finite() {
+        return (Vec::new(), value);
+    }
+    (Tensor::run_backward(&[&total], vars, false, false), value)
 }
 
 impl TrainState {
@@ -84,7 +107,8 @@ impl TrainState {
         let averages = MovingAverages::new(vs.variables().into_iter().collect());
         let order = optimizer.names();
         let replicas = devices.iter().skip(1).map(|d| Replica::new(&vs, cfg, *d, &order)).collect();
-        Self { vs, model, optimizer, averages, replicas, labels, step: 0, bn_updates: 0, examples_seen: 0 }
+        let concurrent_towers = devices.len() > 1 && devices.iter().enumerate().all(|(i, d)| !devices[..i].contains(d));
+        Self { vs, model, optimizer, averages, replicas, labels, step: 0, bn_updates: 0, examples_seen: 0, concurrent_towers }
     }
 
     /// Forward and backward on every tower's share of the batch. Returns the
@@ -95,44 +119,57 @@ impl TrainState {
     pub fn compute_gradients(&mut self, images: &Tensor, labels: &Tensor) -> Result<(Vec<Tensor>, f64), TrainError> {
         let towers = 1 + self.replicas.len();
         let momentum = debiased_momentum(BN_DECAY, self.bn_updates + 1);
+        // Only the last tower moves the batch-norm statistics.
+        let bn_momentum = |tower: usize| if tower + 1 == towers { momentum } else { 0.0 };
         for r in &mut self.replicas {
             r.pull();
         }
-        let image_parts = images.chunk(towers as i64, 0);
-        let label_parts = labels.chunk(towers as i64, 0);
+        let parts: Vec<(Tensor, Tensor)> = images.chunk(towers as i64, 0).into_iter().zip(labels.chunk(towers as i64, 0)).collect();
         let master_vars = self.optimizer.variables();
+        let (model, replicas) = (&self.model, &mut self.replicas);
+        let results: Vec<TowerResult> = if self.concurrent_towers && towers > 1 {
+            // One thread per replica, tower 0 on this one: devices work at once.
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = replicas
+                    .iter_mut()
+                    .zip(parts.iter().skip(1))
+                    .enumerate()
+                    .map(|(k, (r, (x, y)))| {
+                        let (x, y, m) = (x.shallow_clone(), y.shallow_clone(), bn_momentum(k + 1));
+                        scope.spawn(move || tower_pass(&r.model, &r.trainable, &x, &y, m))
+                    })
+                    .collect();
+                let first = tower_pass(model, &master_vars, &parts[0].0, &parts[0].1, bn_momentum(0));
+                std::iter::once(first)
+                    .chain(handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))))
+                    .collect()
+            })
+        } else {
+            (0..towers)
+                .map(|i| match i {
+                    0 => tower_pass(model, &master_vars, &parts[0].0, &parts[0].1, bn_momentum(0)),
+                    _ => tower_pass(&replicas[i - 1].model, &replicas[i - 1].trainable, &parts[i].0, &parts[i].1, bn_momentum(i)),
+                })
+                .collect()
+        };
         let mut sum: Vec<Tensor> = Vec::new();
         let mut losses = 0.0;
-        for i in 0..towers {
-            // Only the last tower moves the batch-norm statistics.
-            let bn_momentum = if i + 1 == towers { momentum } else { 0.0 };
-            let (vs, model, vars) = match i {
-                0 => (&self.vs, &self.model, &master_vars),
-                _ => (&self.replicas[i - 1].vs, &self.replicas[i - 1].model, &self.replicas[i - 1].trainable),
-            };
-            let device = vs.device();
-            let x = images_to_input(&image_parts[i].to_device(device));
-            let y = label_parts[i].to_device(device);
-            let (logits, aux) = model.forward(&x, Mode::Train { bn_momentum });
-            // The L2 term's gradient is applied by the optimizer.
-            let total = loss::total_loss(&logits, aux.as_ref(), &y, &[]);
-            let value = total.double_value(&[]);
+        for (grads, value) in results {
             if !value.is_finite() {
                 return Err(TrainError::Diverged { step: self.step, loss: value });
             }
-            let grads = Tensor::run_backward(&[&total], vars, false, false);
+            losses += value;
             if sum.is_empty() {
                 sum = grads;
-            } else {
-                tch::no_grad(|| {
-                    for (s, g) in sum.iter_mut().zip(&grads) {
-                        if s.defined() && g.defined() {
-                            let _ = s.g_add_(&g.to_device(s.device()));
-                        }
-                    }
-                });
+                continue;
             }
-            losses += value;
+            tch::no_grad(|| {
+                for (s, g) in sum.iter_mut().zip(&grads) {
+                    if s.defined() && g.defined() {
+                        let _ = s.g_add_(&g.to_device(s.device()));
+                    }
+                }
+            });
         }
         if towers > 1 {
             tch::no_grad(|| {

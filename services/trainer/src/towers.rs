@@ -5,7 +5,8 @@
 //! only, as in the original ("stats accumulate extremely fast").
 //!
 //! Tower 0 is the master model; towers 1..N are replicas whose variables are
-//! refreshed from the master before every step.
+//! refreshed from the master before every step. Towers on distinct devices
+//! run at once, one thread each (`TrainState::concurrent_towers`).
 
 use inception_model::{InceptionV3, ModelConfig};
 use tch::nn::VarStore;

@@ -1,4 +1,5 @@
-//! Towers on one device: the update applied is the average of what each
+//! Towers on one device, run in turn or at once (one thread each, as on
+//! several GPUs): the update applied is the average of what each
 //! tower computes on its share of the batch (batch norm aside: each tower
 //! normalises with its own batch statistics, as in the original, so one tower
 //! on the whole batch differs by exactly that).
@@ -50,10 +51,16 @@ fn two_towers_apply_the_average_of_their_gradients_once() {
     let average: Vec<(String, Tensor)> = ga.iter().zip(&gb).map(|((n, a), (_, b))| (n.clone(), (a + b) / 2.0)).collect();
     assert!(max_difference(&ga, &gb) > 1e-4, "the halves' gradients differ, so averaging is observable");
 
-    let mut two = state(2);
-    let diff = max_difference(&gradients(&mut two, &images, &labels), &average);
     let scale = average.iter().map(|(_, g)| g.abs().max().double_value(&[])).fold(0.0, f64::max);
-    assert!(diff < 1e-6 * scale.max(1.0), "the towers' gradient differs from the average by {diff} (scale {scale})");
+    // In turn (one device) and at once (one thread per tower, as on several GPUs).
+    for concurrent in [true, false] {
+        let mut two = state(2);
+        assert!(!two.concurrent_towers, "two towers on one CPU run in turn by default");
+        two.concurrent_towers = concurrent;
+        let diff = max_difference(&gradients(&mut two, &images, &labels), &average);
+        assert!(diff < 1e-6 * scale.max(1.0), "concurrent={concurrent}: the towers' gradient differs from the average by {diff} (scale {scale})");
+    }
+    let mut two = state(2);
 
     // One step applies it once.
     let before: Vec<(String, Tensor)> = two.vs.variables().into_iter().map(|(n, t)| (n, t.copy())).collect();
@@ -69,11 +76,14 @@ fn batch_norm_statistics_come_from_the_last_tower() {
     let first = Tensor::zeros([2, 75, 75, 3], (Kind::Uint8, Device::Cpu));
     let last = Tensor::full([2, 75, 75, 3], 255, (Kind::Uint8, Device::Cpu));
     let labels = Tensor::from_slice(&[1i64, 2, 3, 4]);
-    let mut two = state(2);
-    two.train_step(&Tensor::cat(&[&first, &last], 0), &labels, 0.0).unwrap();
     let mut only_last = state(1);
     only_last.train_step(&last, &labels.narrow(0, 2, 2), 0.0).unwrap();
     let name = "Conv2d_1a_3x3.bn.running_mean";
-    let (a, b) = (&two.vs.variables()[name], &only_last.vs.variables()[name]);
-    assert!((a - b).abs().max().double_value(&[]) < 1e-5, "running mean of the last tower's half");
+    for concurrent in [false, true] {
+        let mut two = state(2);
+        two.concurrent_towers = concurrent;
+        two.train_step(&Tensor::cat(&[&first, &last], 0), &labels, 0.0).unwrap();
+        let (a, b) = (&two.vs.variables()[name], &only_last.vs.variables()[name]);
+        assert!((a - b).abs().max().double_value(&[]) < 1e-5, "concurrent={concurrent}: running mean of the last tower's half");
+    }
 }
