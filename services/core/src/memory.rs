@@ -1,5 +1,5 @@
-//! glibc malloc tuning for the services that run libtorch (trainer,
-//! evaluator).
+//! glibc malloc tuning for the services whose every step or image frees and
+//! reallocates large buffers (trainer, evaluator, preprocess workers).
 
 /// Makes glibc keep freed memory for reuse instead of handing it back to the
 /// kernel. libtorch allocates and frees activations of tens to hundreds of

@@ -191,6 +191,7 @@ pub struct PreprocessSettings {
     pub orphan_batch_age_secs: u64,
     pub seed: u64,
     pub worker_id: String,
+    pub retain_freed_memory: bool,
     pub metrics_addr: String,
 }
 

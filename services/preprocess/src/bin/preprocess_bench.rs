@@ -37,6 +37,9 @@ struct Args {
     /// Also print the time of each stage (one worker, one pass).
     #[arg(long)]
     breakdown: bool,
+    /// glibc malloc's defaults instead of the workers' retain_freed_memory.
+    #[arg(long)]
+    default_malloc: bool,
 }
 
 /// Mean milliseconds per image of decode, crop + resize + flip, and colour.
@@ -118,6 +121,8 @@ fn work(jpegs: &[Vec<u8>], size: u32, passes: usize, eval: bool, seed: u64) -> a
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    // As the workers do by default (preprocess.retain_freed_memory).
+    let retained = !a.default_malloc && inception_core::memory::retain_freed_memory();
     let jpegs = ensure_images(&a.images, a.count)?;
     let mean_kb = jpegs.iter().map(Vec::len).sum::<usize>() as f64 / jpegs.len().max(1) as f64 / 1024.0;
     work(&jpegs[..jpegs.len().min(4)], a.image_size, 1, a.eval, 0)?; // warm-up
@@ -136,7 +141,7 @@ fn main() -> anyhow::Result<()> {
         breakdown(&jpegs, a.image_size)?;
     }
     println!(
-        "ours        {:<5} {} px, {} worker(s): {:.1} examples/s ({:.1} per worker; {} JPEGs, mean {:.0} KiB)",
+        "ours        {:<5} {} px, {} worker(s): {:.1} examples/s ({:.1} per worker; {} JPEGs, mean {:.0} KiB; retain_freed_memory={retained})",
         if a.eval { "eval" } else { "train" },
         a.image_size,
         a.workers,
