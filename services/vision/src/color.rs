@@ -21,23 +21,33 @@ pub const CONTRAST_RANGE: (f32, f32) = (0.5, 1.5);
 /// Pixels per block of the HSV kernel (one AVX2 register of f32).
 const LANES: usize = 8;
 
+#[inline(always)]
 pub fn adjust_brightness(px: &mut [f32], delta: f32) {
     px.iter_mut().for_each(|v| *v += delta);
 }
 
-/// Per-channel means of interleaved RGB.
+/// Per-channel means of interleaved RGB. Summed in 8 interleaved partial
+/// sums per channel (a vector register's worth), then combined: one running
+/// sum per channel is a chain of dependent additions the CPU cannot overlap.
+#[inline(always)]
 fn channel_means(px: &[f32]) -> [f32; 3] {
     let n = (px.len() / 3).max(1) as f32;
-    let mut mean = [0f32; 3];
-    for p in px.chunks_exact(3) {
-        for c in 0..3 {
-            mean[c] += p[c];
+    let (blocks, rest) = px.as_chunks::<{ 3 * LANES }>();
+    let mut partial = [0f32; 3 * LANES];
+    for block in blocks {
+        for (acc, v) in partial.iter_mut().zip(block) {
+            *acc += v;
         }
     }
-    mean.map(|m| m / n)
+    let mut sum = [0f32; 3];
+    for (i, v) in partial.iter().chain(rest).enumerate() {
+        sum[i % 3] += v;
+    }
+    sum.map(|m| m / n)
 }
 
 /// Per channel: `(x - mean) * factor + mean`.
+#[inline(always)]
 pub fn adjust_contrast(px: &mut [f32], factor: f32) {
     let mean = channel_means(px);
     // Six channels at a time (two pixels) keeps the loop free of `% 3`.
@@ -146,13 +156,20 @@ pub fn distort_color<R: Rng>(px: &mut [f32], ordering: u32, rng: &mut R) {
     let saturation = rng.random_range(SATURATION_RANGE.0..=SATURATION_RANGE.1);
     let hue = rng.random_range(-MAX_HUE_DELTA..=MAX_HUE_DELTA);
     let contrast = rng.random_range(CONTRAST_RANGE.0..=CONTRAST_RANGE.1);
+    apply_color(px, ordering, brightness, saturation, hue, contrast);
+}
+
+avx2_dispatch!(fn apply_color(px: &mut [f32], ordering: u32, brightness: f32, saturation: f32, hue: f32, contrast: f32) => apply_color_portable);
+
+#[inline(always)]
+fn apply_color_portable(px: &mut [f32], ordering: u32, brightness: f32, saturation: f32, hue: f32, contrast: f32) {
     adjust_brightness(px, brightness);
     if ordering.is_multiple_of(2) {
-        adjust_saturation_and_hue(px, saturation, hue);
+        saturation_and_hue_portable(px, saturation, hue);
         adjust_contrast(px, contrast);
     } else {
         adjust_contrast(px, contrast);
-        adjust_saturation_and_hue(px, saturation, hue);
+        saturation_and_hue_portable(px, saturation, hue);
     }
     px.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
 }
@@ -221,6 +238,18 @@ mod tests {
             .collect();
         // Bit for bit: vector or scalar, the same IEEE operations in the same order.
         assert_eq!(fast, reference);
+    }
+
+    #[test]
+    fn contrast_zero_gives_every_pixel_its_channel_mean() {
+        // 37 pixels: blocked partial sums plus a remainder.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let mut px: Vec<f32> = (0..37 * 3).map(|_| rng.random_range(0.0..1.0)).collect();
+        let mean: Vec<f64> = (0..3).map(|c| px.iter().skip(c).step_by(3).map(|&v| f64::from(v)).sum::<f64>() / 37.0).collect();
+        adjust_contrast(&mut px, 0.0);
+        for (i, v) in px.iter().enumerate() {
+            assert!((f64::from(*v) - mean[i % 3]).abs() < 1e-6, "element {i}: {v} vs mean {}", mean[i % 3]);
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use image::RgbImage;
 
+use crate::simd::avx2_dispatch;
 use crate::transform::CropBox;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +33,13 @@ impl ResizeMethod {
 /// passes: each needed source row is resampled horizontally once, then
 /// output rows combine those. (A 2-D loop costs taps_x * taps_y per pixel.)
 pub fn resize(img: &RgbImage, crop: CropBox, out: u32, method: ResizeMethod) -> Vec<f32> {
+    resize_dispatch(img, crop, out, method)
+}
+
+avx2_dispatch!(fn resize_dispatch(img: &RgbImage, crop: CropBox, out: u32, method: ResizeMethod) -> Vec<f32> => resize_portable);
+
+#[inline(always)]
+fn resize_portable(img: &RgbImage, crop: CropBox, out: u32, method: ResizeMethod) -> Vec<f32> {
     let src = Source::new(img, crop);
     let o = out as usize;
     let (xt, yt) = (Taps::new(method, src.w, crop.width, out), Taps::new(method, src.h, crop.height, out));
@@ -106,6 +114,7 @@ impl Taps {
 }
 
 /// One source row (`line`, RGB floats) resampled along x into `out`.
+#[inline(always)]
 fn horizontal(line: &[f32], xt: &Taps, out: &mut [f32]) {
     match xt.per {
         1 => horizontal_fixed::<1>(line, xt, out),
@@ -126,6 +135,7 @@ fn horizontal(line: &[f32], xt: &Taps, out: &mut [f32]) {
 
 /// [`horizontal`] with the tap count known at compile time, so the tap loop
 /// unrolls (bilinear 2, nearest 1, bicubic 4, area mostly 2–3).
+#[inline(always)]
 fn horizontal_fixed<const T: usize>(line: &[f32], xt: &Taps, out: &mut [f32]) {
     let (index, weight) = (xt.index.as_chunks::<T>().0, xt.weight.as_chunks::<T>().0);
     for ((acc, idx), w) in out.chunks_exact_mut(3).zip(index).zip(weight) {
@@ -162,6 +172,7 @@ impl<'a> Source<'a> {
     }
 
     /// Row `y` of the crop as `w * 3` floats.
+    #[inline(always)]
     fn row_into(&self, y: usize, line: &mut [f32]) {
         let at = (self.y0 + y) * self.stride + self.x0 * 3;
         for (f, &b) in line.iter_mut().zip(&self.raw[at..at + self.w * 3]) {
