@@ -19,17 +19,20 @@ p.add_argument("--warmup", type=int, default=2)
 p.add_argument("--steps", type=int, default=5)
 p.add_argument("--threads", type=int, default=0)
 p.add_argument("--no-aux", action="store_true", help="without the auxiliary head (torchvision's needs 299 px)")
+p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
 a = p.parse_args()
+device = torch.device(a.device)
 if a.threads > 0:
     torch.set_num_threads(a.threads)
 aux = not a.no_aux
-model = torchvision.models.inception_v3(weights=None, aux_logits=aux, init_weights=False, num_classes=a.labels + 1)
+model = torchvision.models.inception_v3(weights=None, aux_logits=aux, init_weights=False, num_classes=a.labels + 1).to(device)
+# The batch starts on the host each step, as ours does (u8 images from the queue).
 images = torch.randint(0, 256, (a.batch_size, a.image_size, a.image_size, 3), dtype=torch.uint8)
-targets = torch.randint(1, a.labels + 1, (a.batch_size,))
+targets = torch.randint(1, a.labels + 1, (a.batch_size,)).to(device)
 
 
 def scaled():
-    return images.permute(0, 3, 1, 2).float() * (2 / 255) - 1
+    return images.to(device).permute(0, 3, 1, 2).float() * (2 / 255) - 1
 
 
 if a.eval:
@@ -49,6 +52,7 @@ else:
         opt.zero_grad()
         loss.backward()
         opt.step()
+        loss.item()  # waits for the device, as ours reads the loss every step
 
 
 for _ in range(a.warmup):
@@ -58,5 +62,6 @@ for _ in range(a.steps):
     step()
 secs = (time.perf_counter() - start) / a.steps
 mode = "eval" if a.eval else f"train aux={aux}"
-print(f"torch  {mode} size={a.image_size} batch={a.batch_size} threads={torch.get_num_threads()}: "
+on = "" if device.type == "cpu" else f" device={device}"
+print(f"torch  {mode} size={a.image_size} batch={a.batch_size} threads={torch.get_num_threads()}{on}: "
       f"{a.batch_size / secs:.2f} img/s ({secs:.3f} s/step)")
