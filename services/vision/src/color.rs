@@ -241,6 +241,20 @@ mod tests {
     }
 
     #[test]
+    fn avx2_and_portable_builds_give_the_same_bits() {
+        // On a CPU with AVX2 the public functions take the AVX2 copy; the
+        // portable one is what CPUs without it run. No FMA: equal bits.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+        let base: Vec<f32> = (0..101 * 3).map(|_| rng.random_range(-0.1..1.1)).collect();
+        for ordering in [0, 1] {
+            let (mut fast, mut portable) = (base.clone(), base.clone());
+            apply_color(&mut fast, ordering, 0.05, 1.3, -0.12, 0.7);
+            apply_color_portable(&mut portable, ordering, 0.05, 1.3, -0.12, 0.7);
+            assert_eq!(fast, portable, "ordering {ordering}");
+        }
+    }
+
+    #[test]
     fn contrast_zero_gives_every_pixel_its_channel_mean() {
         // 37 pixels: blocked partial sums plus a remainder.
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);

@@ -295,6 +295,17 @@ mod tests {
     }
 
     #[test]
+    fn avx2_and_portable_builds_give_the_same_bits() {
+        let img = RgbImage::from_fn(53, 41, |x, y| image::Rgb([(x * 5 + y) as u8, (x * y % 251) as u8, (200 - y * 3) as u8]));
+        let crop = CropBox { x: 4, y: 3, width: 45, height: 33 };
+        for method in (0..4).map(ResizeMethod::from_index) {
+            for out in [19, 64] {
+                assert_eq!(resize(&img, crop, out, method), resize_portable(&img, crop, out, method), "{method:?} to {out}");
+            }
+        }
+    }
+
+    #[test]
     fn nearest_and_bilinear_use_legacy_coordinates() {
         let img = ramp(&[0, 100, 200, 250]);
         // 4 -> 8: src = dst / 2.
