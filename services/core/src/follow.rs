@@ -45,6 +45,16 @@ impl Follower {
         Self { stream, config, what: what.into(), consumer: None, messages: None, resume_at: None, retry: FIRST_RETRY, subscriptions: 0 }
     }
 
+    /// Creates the consumer now instead of at the first [`Follower::next`],
+    /// so that a `DeliverPolicy::New` follower sees every message published
+    /// after this returns. Nothing happens if it exists already.
+    pub async fn start(&mut self) -> Result<(), NatsError> {
+        if self.messages.is_none() {
+            self.subscribe().await?;
+        }
+        Ok(())
+    }
+
     /// Consumers created so far (more than one: the first was lost).
     pub fn subscriptions(&self) -> u64 {
         self.subscriptions

@@ -15,7 +15,7 @@ use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use bytes::Bytes;
 use inception_core::example::parse_image_example;
 use inception_core::nats::{NatsError, Streams};
-use inception_core::telemetry::log_timestamp;
+use inception_core::telemetry::{log_timestamp, Readiness};
 use inception_core::shutdown::CancellationToken;
 use inception_core::tfevents::OptionalEvents;
 use inception_core::store::StoreError;
@@ -261,8 +261,10 @@ impl Evaluator {
         }
     }
 
-    /// Watches announcements and polls the pointer until shutdown.
-    pub async fn watch(&mut self, streams: &Streams, shutdown: &CancellationToken) -> Result<(), EvalError> {
+    /// Watches announcements and polls the pointer until shutdown. `ready`
+    /// is set once announcements are followed: one published after that is
+    /// seen (before it, only the polling would find its checkpoint).
+    pub async fn watch(&mut self, streams: &Streams, ready: &Readiness, shutdown: &CancellationToken) -> Result<(), EvalError> {
         let run = self.settings.train.run.clone();
         // One evaluator per run writes its results: a half-written one is from before a crash.
         self.store.remove_stale_temporaries(&format!("eval/{run}"), Duration::ZERO);
@@ -278,6 +280,11 @@ impl Evaluator {
             ..Default::default()
         };
         let mut messages = inception_core::follow::Follower::new(stream, config, "checkpoint announcements");
+        if let Err(e) = messages.start().await {
+            // Followed as soon as NATS lets us (next() retries); polling covers the gap.
+            tracing::warn!("checkpoint announcements: {e}");
+        }
+        ready.set(true);
         let mut poll = tokio::time::interval(Duration::from_secs(self.settings.eval.eval_interval_secs.max(1)));
         let prefix = format!("{}/", keys::checkpoint_dir(&run));
         loop {

@@ -45,15 +45,15 @@ async fn main() -> anyhow::Result<()> {
     };
     let streams = Streams::new(client, &settings.nats.subject_prefix);
     streams.evals().await?;
-    service.readiness.set(true);
     let run_once = settings.eval.run_once;
     let mut evaluator = inception_evaluator::Evaluator::new(settings, store)?;
     if run_once {
+        service.readiness.set(true);
         if evaluator.run_once(&streams).await?.is_none() {
             std::process::exit(1);
         }
     } else {
-        evaluator.watch(&streams, &service.shutdown).await?;
+        evaluator.watch(&streams, &service.readiness, &service.shutdown).await?;
     }
     Ok(())
 }
