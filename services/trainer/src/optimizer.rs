@@ -87,34 +87,19 @@ impl RmsProp {
     /// decay) end to end, then the RMSProp arithmetic on the whole slot
     /// buffers; only the final `w -= mom` is per variable.
     fn step_all(&mut self, lr: f64, gradients: &[Tensor]) {
-        let (decay, momentum, eps, wd) = (self.decay, self.momentum, self.epsilon, self.weight_decay);
         tch::no_grad(|| {
-            let wd_factor = Tensor::from(wd).to_kind(self.ms_all.kind()).to_device(self.ms_all.device());
+            let wd_factor = self.weight_decay_factor();
             let flat: Vec<Tensor> = self
                 .slots
                 .iter()
                 .zip(&self.decayed)
                 .zip(gradients)
-                .map(|(((_, v, _, _), decayed), g)| {
-                    let mut g = g.shallow_clone();
-                    if *decayed && wd != 0.0 {
-                        // g += wd * v in place: the gradients are this step's own.
-                        let _ = g.addcmul_(v, &wd_factor);
-                    }
-                    g.reshape([-1])
-                })
+                .map(|(((_, v, _, _), decayed), g)| self.with_weight_decay(g, v, *decayed, &wd_factor).reshape([-1]))
                 .collect();
             let g = Tensor::cat(&flat, 0);
             drop(flat);
-            let _ = self.ms_all.lerp_(&g.square(), 1.0 - decay);
-            let _ = self.mom_all.g_mul_scalar_(momentum);
-            if lr != 0.0 {
-                // mom += lr * g / sqrt(ms + eps), as g / (sqrt(ms + eps) / lr).
-                let mut denom = &self.ms_all + eps;
-                let _ = denom.sqrt_();
-                let _ = denom.g_div_scalar_(lr);
-                let _ = self.mom_all.addcdiv_(&g, &denom);
-            }
+            let (mut ms, mut mom) = (self.ms_all.shallow_clone(), self.mom_all.shallow_clone());
+            self.update_slots(&mut ms, &mut mom, &g, lr);
             for (_, v, _, mom) in &mut self.slots {
                 let _ = v.g_sub_(&*mom);
             }
@@ -123,28 +108,48 @@ impl RmsProp {
 
     /// The same update variable by variable, skipping those without a gradient.
     fn step_each(&mut self, lr: f64, gradients: &[Tensor]) {
-        let (decay, momentum, eps, wd) = (self.decay, self.momentum, self.epsilon, self.weight_decay);
         tch::no_grad(|| {
-            for (((_, v, ms, mom), decayed), g) in self.slots.iter_mut().zip(&self.decayed).zip(gradients) {
+            let wd_factor = self.weight_decay_factor();
+            for (((_, v, ms, mom), decayed), g) in self.slots.iter().zip(&self.decayed).zip(gradients) {
                 if !g.defined() {
                     continue;
                 }
-                let mut g = g.shallow_clone();
-                if *decayed && wd != 0.0 {
-                    // g += wd * v without a temporary: a 0-dim factor broadcasts.
-                    let _ = g.addcmul_(v, &Tensor::from(wd).to_kind(v.kind()).to_device(v.device()));
-                }
-                let _ = ms.lerp_(&g.square(), 1.0 - decay);
-                let _ = mom.g_mul_scalar_(momentum);
-                if lr != 0.0 {
-                    let mut denom = &*ms + eps;
-                    let _ = denom.sqrt_();
-                    let _ = denom.g_div_scalar_(lr);
-                    let _ = mom.addcdiv_(&g, &denom);
-                }
-                let _ = v.g_sub_(&*mom);
+                let g = self.with_weight_decay(g, v, *decayed, &wd_factor);
+                let (mut ms, mut mom, mut v) = (ms.shallow_clone(), mom.shallow_clone(), v.shallow_clone());
+                self.update_slots(&mut ms, &mut mom, &g, lr);
+                let _ = v.g_sub_(&mom);
             }
         });
+    }
+
+    /// `weight_decay` as a 0-dim tensor on the slots' device, so that adding
+    /// `wd * v` broadcasts without a temporary.
+    fn weight_decay_factor(&self) -> Tensor {
+        Tensor::from(self.weight_decay).to_kind(self.ms_all.kind()).to_device(self.ms_all.device())
+    }
+
+    /// `g + wd * v` for a regularised variable, added in place (the
+    /// gradients are this step's own); `g` itself otherwise.
+    fn with_weight_decay(&self, g: &Tensor, v: &Tensor, decayed: bool, wd_factor: &Tensor) -> Tensor {
+        let mut g = g.shallow_clone();
+        if decayed && self.weight_decay != 0.0 {
+            let _ = g.addcmul_(v, wd_factor);
+        }
+        g
+    }
+
+    /// The RMSProp arithmetic on slots `ms` and `mom` (one variable's, or
+    /// all of them end to end) for gradient `g`.
+    fn update_slots(&self, ms: &mut Tensor, mom: &mut Tensor, g: &Tensor, lr: f64) {
+        let _ = ms.lerp_(&g.square(), 1.0 - self.decay);
+        let _ = mom.g_mul_scalar_(self.momentum);
+        if lr != 0.0 {
+            // mom += lr * g / sqrt(ms + eps), as g / (sqrt(ms + eps) / lr).
+            let mut denom = &*ms + self.epsilon;
+            let _ = denom.sqrt_();
+            let _ = denom.g_div_scalar_(lr);
+            let _ = mom.addcdiv_(g, &denom);
+        }
     }
 
     /// The variables that get weight decay.
