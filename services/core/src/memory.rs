@@ -23,6 +23,14 @@ pub fn retain_freed_memory() -> bool {
     }
 }
 
+/// [`retain_freed_memory`] when the service's `setting` (named `key` in
+/// the log line) asks for it.
+pub fn retain_freed_memory_if(setting: bool, key: &str) {
+    if setting && retain_freed_memory() {
+        tracing::info!("malloc keeps freed memory for reuse ({key})");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,9 +35,7 @@ async fn main() -> anyhow::Result<()> {
         o.push(("eval.run_once".into(), "true".into()));
     }
     let settings = args.common.settings(o)?;
-    if settings.eval.retain_freed_memory && inception_core::memory::retain_freed_memory() {
-        tracing::info!("malloc keeps freed memory for reuse (eval.retain_freed_memory)");
-    }
+    inception_core::memory::retain_freed_memory_if(settings.eval.retain_freed_memory, "eval.retain_freed_memory");
     let service = start_service("evaluator", &settings.eval.metrics_addr).await?;
     let store = Store::open(&settings.store)?;
     let Ok(client) = nats::connect(&settings.nats, "inception-evaluator", &service.shutdown).await else {

@@ -47,9 +47,7 @@ async fn main() -> anyhow::Result<()> {
         o.push(("train.fine_tune".into(), "true".into()));
     }
     let settings = args.common.settings(o)?;
-    if settings.train.retain_freed_memory && inception_core::memory::retain_freed_memory() {
-        tracing::info!("malloc keeps freed memory for reuse (train.retain_freed_memory)");
-    }
+    inception_core::memory::retain_freed_memory_if(settings.train.retain_freed_memory, "train.retain_freed_memory");
     let service = start_service("trainer", &settings.train.metrics_addr).await?;
     let store = Store::open(&settings.store)?;
     let Ok(client) = nats::connect(&settings.nats, "inception-trainer", &service.shutdown).await else {
