@@ -158,12 +158,13 @@ pub fn drop_image(incoming: &Path, key: &str, bytes: &[u8]) {
     std::fs::rename(tmp, path).expect("rename image");
 }
 
-/// A plain HTTP GET on loopback; returns (status line, body).
+/// A plain HTTP GET on loopback; returns (status line, body). HTTP/1.0, so
+/// that no server (Prometheus's API included) answers with a chunked body.
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(String, String)> {
     use std::io::Write;
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));

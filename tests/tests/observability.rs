@@ -20,23 +20,11 @@ use inception_integration_tests::{free_port, http_get, scraped_value, wait_for_f
 use inception_proto::pipeline::{BatchReady, CheckpointReady, ShardReady};
 use inception_proto::Message;
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const STEPS: u64 = 30;
 const DATASET: &str = "obs";
-
-/// GET over HTTP/1.0 (so the body is never chunked); (status line, body).
-fn get(port: u16, path: &str) -> std::io::Result<(String, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    Ok((head.lines().next().unwrap_or("").to_string(), body.to_string()))
-}
 
 fn encode(s: &str) -> String {
     s.bytes()
@@ -49,7 +37,7 @@ fn encode(s: &str) -> String {
 
 /// A Prometheus API call; panics unless it answers `"status": "success"`.
 fn api(port: u16, path: &str) -> serde_json::Value {
-    let (status, body) = get(port, path).unwrap_or_else(|e| panic!("Prometheus {path}: {e}"));
+    let (status, body) = http_get(port, path).unwrap_or_else(|e| panic!("Prometheus {path}: {e}"));
     let doc: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {status} {body}"));
     assert_eq!(doc["status"], "success", "{path}: {body}");
     doc["data"].clone()
@@ -121,10 +109,10 @@ async fn prometheus_scrapes_the_pipeline_and_answers_every_dashboard_query() {
     let prom_port = free_port();
     let config = prometheus_config(dir.path(), &ports);
     let mut prometheus = spawn_prometheus(&config, &dir.path().join("tsdb"), prom_port, &logs);
-    wait_until("Prometheus ready", Duration::from_secs(30), || get(prom_port, "/-/ready").is_ok_and(|(s, _)| s.contains("200")), || format!("{:?}", prometheus.output()));
+    wait_until("Prometheus ready", Duration::from_secs(30), || http_get(prom_port, "/-/ready").is_ok_and(|(s, _)| s.contains("200")), || format!("{:?}", prometheus.output()));
     // Prometheus applies discovered targets every 5 s: wait for all four.
     wait_until("Prometheus targets", Duration::from_secs(30), || {
-        get(prom_port, "/api/v1/targets").is_ok_and(|(_, body)| ports.iter().all(|(_, p)| body.contains(&format!("127.0.0.1:{p}"))))
+        http_get(prom_port, "/api/v1/targets").is_ok_and(|(_, body)| ports.iter().all(|(_, p)| body.contains(&format!("127.0.0.1:{p}"))))
     }, || format!("{:?}", prometheus.output()));
     let start = now() - 1.0;
 
