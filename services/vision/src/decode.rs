@@ -41,17 +41,18 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage, VisionE
         return Err(VisionError::Empty);
     }
     let format = image::guess_format(bytes).map_err(|_| VisionError::UnknownFormat)?;
-    if format == ImageFormat::Jpeg {
-        // The JPEG decoder fills a cut-off scan with grey instead of failing.
-        read_jpeg_markers(bytes)?;
-    }
     let decode_err = |e: image::ImageError| VisionError::Decode {
         format,
         message: e.to_string(),
     };
-    let (width, height) = ImageReader::with_format(Cursor::new(bytes), format)
-        .into_dimensions()
-        .map_err(decode_err)?;
+    let (width, height) = if format == ImageFormat::Jpeg {
+        // Walked first because the JPEG decoder fills a cut-off scan with
+        // grey instead of failing; the frame header it reads gives the size.
+        let header = read_jpeg_markers(bytes)?;
+        (header.width, header.height)
+    } else {
+        ImageReader::with_format(Cursor::new(bytes), format).into_dimensions().map_err(decode_err)?
+    };
     let pixels = u64::from(width) * u64::from(height);
     if pixels > max_pixels || pixels == 0 {
         return Err(VisionError::TooLarge {
