@@ -95,7 +95,7 @@ fn main() -> anyhow::Result<()> {
         secs
     );
     if args.breakdown {
-        breakdown(&mut state, &images, &targets, args.steps)?;
+        breakdown(&mut state, &images, &targets, args.steps, device)?;
     }
     Ok(())
 }
@@ -118,17 +118,26 @@ fn bench_eval(state: &TrainState, images: &Tensor, args: &Args, device: Device, 
     Ok(())
 }
 
-fn breakdown(state: &mut TrainState, images: &Tensor, targets: &Tensor, steps: usize) -> anyhow::Result<()> {
+fn breakdown(state: &mut TrainState, images: &Tensor, targets: &Tensor, steps: usize, device: Device) -> anyhow::Result<()> {
+    // CUDA work is queued: each phase is timed to the end of its kernels.
+    let finish = || {
+        if let Device::Cuda(index) = device {
+            tch::Cuda::synchronize(index as i64);
+        }
+    };
     let (mut fb, mut opt, mut ema) = (0.0, 0.0, 0.0);
     for _ in 0..steps {
         let t = Instant::now();
         let (grads, _) = state.compute_gradients(images, targets)?;
+        finish();
         fb += t.elapsed().as_secs_f64();
         let t = Instant::now();
         state.optimizer.step(0.01, &grads);
+        finish();
         opt += t.elapsed().as_secs_f64();
         let t = Instant::now();
         state.averages.update(1000);
+        finish();
         ema += t.elapsed().as_secs_f64();
     }
     let n = steps as f64;
