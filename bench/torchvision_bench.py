@@ -20,8 +20,10 @@ p.add_argument("--steps", type=int, default=5)
 p.add_argument("--threads", type=int, default=0)
 p.add_argument("--no-aux", action="store_true", help="without the auxiliary head (torchvision's needs 299 px)")
 p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark (as torchvision's reference script)")
 a = p.parse_args()
 device = torch.device(a.device)
+torch.backends.cudnn.benchmark = a.cudnn_benchmark
 if a.threads > 0:
     torch.set_num_threads(a.threads)
 aux = not a.no_aux
@@ -62,6 +64,6 @@ for _ in range(a.steps):
     step()
 secs = (time.perf_counter() - start) / a.steps
 mode = "eval" if a.eval else f"train aux={aux}"
-on = "" if device.type == "cpu" else f" device={device}"
+on = "" if device.type == "cpu" else f" device={device} cudnn_benchmark={a.cudnn_benchmark}"
 print(f"torch  {mode} size={a.image_size} batch={a.batch_size} threads={torch.get_num_threads()}{on}: "
       f"{a.batch_size / secs:.2f} img/s ({secs:.3f} s/step)")

@@ -23,7 +23,10 @@ fi
 # links against: the project's venv has the same CUDA 13 ones.
 ln -sfn "$(echo "$root"/.venv/lib/python3*/site-packages/nvidia)" "$work/site/nvidia"
 rm -rf "$work/src" && mkdir -p "$work/src"
-git ls-files -z | xargs -0 cp --parents -t "$work/src"
+# The working tree as it is (new files included), as the device run would see it.
+git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do
+  if [ -e "$f" ]; then cp --parents "$f" "$work/src/"; fi
+done
 cd "$work/src"
 sed -i 's/^tch = .*/tch = "=0.24.0"/' Cargo.toml
 env -u LIBTORCH_USE_PYTORCH LIBTORCH="$torch" LIBTORCH_BYPASS_VERSION_CHECK=1 CARGO_TARGET_DIR="$work/target" \

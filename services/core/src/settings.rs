@@ -218,6 +218,7 @@ pub struct TrainSettings {
     pub tensorboard_dir: String,
     pub seed: i64,
     pub retain_freed_memory: bool,
+    pub cudnn_benchmark: bool,
     pub metrics_addr: String,
 }
 
@@ -232,6 +233,7 @@ pub struct EvalSettings {
     pub device: String,
     pub tensorboard_dir: String,
     pub retain_freed_memory: bool,
+    pub cudnn_benchmark: bool,
     pub metrics_addr: String,
 }
 

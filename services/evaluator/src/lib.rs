@@ -82,6 +82,7 @@ pub struct Evaluator {
 impl Evaluator {
     pub fn new(settings: Settings, store: Store) -> Result<Self, EvalError> {
         let device = inception_model::device_from_setting(&settings.eval.device).map_err(EvalError::Config)?;
+        inception_model::set_cudnn_benchmark(device, settings.eval.cudnn_benchmark);
         let events = OptionalEvents::open(&settings.eval.tensorboard_dir);
         Ok(Self { settings, store, device, cache: None, failed: HashSet::new(), events })
     }

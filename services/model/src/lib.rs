@@ -9,6 +9,15 @@ pub mod loss;
 pub use config::ModelConfig;
 pub use inception::{images_to_input, InceptionV3, Mode};
 
+/// Turns cuDNN's autotuner (PyTorch's `cudnn.benchmark`) on or off when
+/// `device` is a CUDA device: with a fixed batch shape, the first step times
+/// the convolution algorithms and later steps use the fastest.
+pub fn set_cudnn_benchmark(device: tch::Device, enabled: bool) {
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(enabled);
+    }
+}
+
 /// Picks the device named by a `device` setting: `auto`, `cpu` or `cuda:N`.
 pub fn device_from_setting(setting: &str) -> Result<tch::Device, String> {
     match setting {

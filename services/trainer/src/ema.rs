@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use tch::Tensor;
 
+use crate::flat::FlatVariables;
+
 /// `MOVING_AVERAGE_DECAY` of the original.
 pub const MOVING_AVERAGE_DECAY: f64 = 0.9999;
 
@@ -15,8 +17,12 @@ pub const MOVING_AVERAGE_DECAY: f64 = 0.9999;
 pub const PREFIX: &str = "ema/";
 
 pub struct MovingAverages {
-    /// (name, variable, shadow), sorted by name.
+    /// (name, variable, shadow).
     shadows: Vec<(String, Tensor, Tensor)>,
+    /// (shadows, variables) as whole buffers, when the variables lie in one
+    /// ([`FlatVariables`]): the shadows are views of the first, laid out
+    /// alike, and an update is one operation.
+    flat: Option<(Tensor, Tensor)>,
 }
 
 /// The decay used at update `num_updates`.
@@ -35,16 +41,33 @@ impl MovingAverages {
                 (n, v, s)
             })
             .collect();
-        Self { shadows }
+        Self { shadows, flat: None }
+    }
+
+    /// Shadows of every variable of `flat`, themselves in one buffer.
+    pub fn over_flat(flat: &FlatVariables) -> Self {
+        let shadow_all = tch::no_grad(|| flat.all.detach().copy());
+        let shadows = flat
+            .vars
+            .iter()
+            .enumerate()
+            .map(|(i, (n, v))| (n.clone(), v.shallow_clone(), flat.layout.view(&shadow_all, i, &v.size())))
+            .collect();
+        Self { shadows, flat: Some((shadow_all, flat.all.shallow_clone())) }
     }
 
     /// `shadow = decay * shadow + (1 - decay) * variable` for every variable.
     pub fn update(&mut self, num_updates: u64) {
         let weight = 1.0 - decay(num_updates);
-        tch::no_grad(|| {
-            for (_, v, s) in &mut self.shadows {
-                if s.is_floating_point() {
-                    let _ = s.lerp_(v, weight);
+        tch::no_grad(|| match &mut self.flat {
+            Some((shadows, vars)) => {
+                let _ = shadows.lerp_(vars, weight);
+            }
+            None => {
+                for (_, v, s) in &mut self.shadows {
+                    if s.is_floating_point() {
+                        let _ = s.lerp_(v, weight);
+                    }
                 }
             }
         });
@@ -97,5 +120,31 @@ mod tests {
         let s: Vec<f32> = Vec::try_from(&ema.state()[0].1).unwrap();
         assert!((s[0] - 0.9).abs() < 1e-6 && (s[1] - 19.0).abs() < 1e-5, "{s:?}");
         assert_eq!(ema.state()[0].0, "ema/w");
+    }
+
+    #[test]
+    fn one_buffer_update_equals_the_per_variable_one() {
+        tch::manual_seed(2);
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let _ = tch::nn::linear(vs.root() / "a", 70, 3, Default::default());
+        let _ = vs.root().zeros_no_train("stat", &[5]);
+        let trainable = vec!["a.bias".to_string(), "a.weight".to_string()];
+        let flat = FlatVariables::new(&vs, &trainable).unwrap();
+        let (mut whole, mut each) = (MovingAverages::over_flat(&flat), MovingAverages::new(flat.vars.iter().map(|(n, v)| (n.clone(), v.shallow_clone())).collect()));
+        assert!(whole.flat.is_some() && each.flat.is_none());
+        for n in 0..3 {
+            tch::no_grad(|| {
+                let _ = flat.all.shallow_clone().g_add_(&flat.all.rand_like());
+            });
+            whole.update(n);
+            each.update(n);
+        }
+        let sorted = |e: &MovingAverages| {
+            let mut s: Vec<(String, Vec<f32>)> = e.state().into_iter().map(|(n, t)| (n, Vec::try_from(&t.reshape([-1])).unwrap())).collect();
+            s.sort_by(|a, b| a.0.cmp(&b.0));
+            s
+        };
+        assert_eq!(sorted(&whole), sorted(&each));
+        assert_eq!(sorted(&whole).len(), 3);
     }
 }

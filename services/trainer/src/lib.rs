@@ -7,6 +7,7 @@
 //! every `train.checkpoint_every_steps` and at the end, and announced.
 
 pub mod ema;
+pub mod flat;
 pub mod optimizer;
 pub mod saver;
 pub mod towers;
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use ema::MovingAverages;
+use flat::FlatVariables;
 use optimizer::RmsProp;
 use towers::Replica;
 
@@ -58,6 +60,8 @@ pub struct TrainState {
     pub averages: MovingAverages,
     /// Towers 1..N (tower 0 is `model`); empty with one tower.
     pub replicas: Vec<Replica>,
+    /// The master's variables in one buffer (see [`flat`]), if they could be.
+    pub flat: Option<FlatVariables>,
     pub labels: Vec<String>,
     pub step: u64,
     pub bn_updates: u64,
@@ -65,6 +69,14 @@ pub struct TrainState {
     /// Towers run at once, one thread each (true when every tower has its
     /// own device; on one device they would only compete for its threads).
     pub concurrent_towers: bool,
+}
+
+/// Moving averages of every variable, starting from their current values.
+fn fresh_averages(vs: &VarStore, flat: Option<&FlatVariables>) -> MovingAverages {
+    match flat {
+        Some(f) => MovingAverages::over_flat(f),
+        None => MovingAverages::new(vs.variables().into_iter().collect()),
+    }
 }
 
 /// Gradients of one tower's variables and its loss (without the L2 term).
@@ -95,8 +107,10 @@ impl TrainState {
         let model = InceptionV3::new(&vs.root(), cfg);
         let mut trainable: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         trainable.sort_by(|a, b| a.0.cmp(&b.0));
+        let order: Vec<String> = trainable.iter().map(|(n, _)| n.clone()).collect();
+        let flat = FlatVariables::new(&vs, &order);
         let t = &settings.train;
-        let optimizer = RmsProp::new(
+        let mut optimizer = RmsProp::new(
             trainable,
             t.rmsprop_decay,
             t.rmsprop_momentum,
@@ -104,11 +118,13 @@ impl TrainState {
             loss::WEIGHT_DECAY,
             InceptionV3::is_regularized,
         );
-        let averages = MovingAverages::new(vs.variables().into_iter().collect());
-        let order = optimizer.names();
-        let replicas = devices.iter().skip(1).map(|d| Replica::new(&vs, cfg, *d, &order)).collect();
+        if let Some(f) = &flat {
+            optimizer = optimizer.with_flat_variables(f.trainable_part());
+        }
+        let averages = fresh_averages(&vs, flat.as_ref());
+        let replicas = devices.iter().skip(1).map(|d| Replica::new(&vs, cfg, *d, &order, flat.as_ref())).collect();
         let concurrent_towers = devices.len() > 1 && devices.iter().enumerate().all(|(i, d)| !devices[..i].contains(d));
-        Self { vs, model, optimizer, averages, replicas, labels, step: 0, bn_updates: 0, examples_seen: 0, concurrent_towers }
+        Self { vs, model, optimizer, averages, replicas, flat, labels, step: 0, bn_updates: 0, examples_seen: 0, concurrent_towers }
     }
 
     /// Forward and backward on every tower's share of the batch. Returns the
@@ -279,6 +295,7 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
     store.remove_stale_temporaries(&keys::checkpoint_dir(&t.run), Duration::ZERO);
     tracing::info!("CUDA available: {} ({} devices)", tch::Cuda::is_available(), tch::Cuda::device_count());
     let first = inception_model::device_from_setting(&t.device).map_err(TrainError::Config)?;
+    inception_model::set_cudnn_benchmark(first, t.cudnn_benchmark);
     let devices = towers::tower_devices(first, t.num_gpus as usize).map_err(TrainError::Config)?;
     let Some(labels) = wait_for_labels(store, dataset, shutdown).await? else { return Ok(0) };
     let cfg = model_config(settings, labels.len());
@@ -453,7 +470,7 @@ async fn start_from_pretrained(store: &Store, source: &str, fine_tune: bool, sta
         checkpoint::tensors_from_bytes(&bytes).map_err(|e| fail(e.to_string()))?
     };
     let report = checkpoint::load_pretrained(&state.vs, &tensors, fine_tune).map_err(|e| fail(e.to_string()))?;
-    state.averages = MovingAverages::new(state.vs.variables().into_iter().collect());
+    state.averages = fresh_averages(&state.vs, state.flat.as_ref());
     tracing::info!("loaded {} variables from {source}", report.loaded);
     if !report.reinitialised.is_empty() {
         tracing::info!("freshly initialised: {}", report.reinitialised.join(", "));

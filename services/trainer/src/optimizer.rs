@@ -15,6 +15,8 @@
 use std::collections::HashMap;
 use tch::Tensor;
 
+use crate::flat::{Layout, ALIGN};
+
 pub struct RmsProp {
     pub decay: f64,
     pub momentum: f64,
@@ -25,12 +27,26 @@ pub struct RmsProp {
     slots: Vec<(String, Tensor, Tensor, Tensor)>,
     /// Per slot: whether its variable gets weight decay.
     decayed: Vec<bool>,
-    /// Every slot's mean square and momentum, end to end (slot order): the
-    /// update runs as a few operations over all variables at once instead
-    /// of ~10 per variable (on a GPU, kernel launches add up: ~300
-    /// variables).
+    /// Every slot's mean square and momentum, end to end (slot order, laid
+    /// out by `layout`): the update runs as a few operations over all
+    /// variables at once instead of ~10 per variable (on a GPU, kernel
+    /// launches add up: ~300 variables).
     ms_all: Tensor,
     mom_all: Tensor,
+    layout: Layout,
+    /// [`ALIGN`] zeros: the gaps between gradients laid end to end.
+    zeros: Tensor,
+    /// Set when the variables themselves lie end to end with `layout`
+    /// ([`crate::flat::FlatVariables`]): then weight decay and `w -= mom`
+    /// are one operation each too.
+    flat: Option<FlatSlots>,
+}
+
+struct FlatSlots {
+    /// The variables' buffer.
+    vars: Tensor,
+    /// `weight_decay` where a variable is regularised, 0 elsewhere.
+    decay_mask: Tensor,
 }
 
 impl RmsProp {
@@ -46,21 +62,45 @@ impl RmsProp {
         regularized: impl Fn(&str) -> bool,
     ) -> Self {
         let decayed = vars.iter().map(|(n, _)| regularized(n)).collect();
-        let total: i64 = vars.iter().map(|(_, v)| v.numel() as i64).sum();
+        let layout = Layout::new(vars.iter().map(|(_, v)| v.numel() as i64));
         let options = vars.first().map_or((tch::Kind::Float, tch::Device::Cpu), |(_, v)| (v.kind(), v.device()));
-        let (ms_all, mom_all) = tch::no_grad(|| (Tensor::ones([total], options), Tensor::zeros([total], options)));
-        let mut offset = 0;
+        let (ms_all, mom_all, zeros) =
+            tch::no_grad(|| (Tensor::ones([layout.total], options), Tensor::zeros([layout.total], options), Tensor::zeros([ALIGN], options)));
         let slots = vars
             .into_iter()
-            .map(|(n, v)| {
-                let len = v.numel() as i64;
-                let view = |all: &Tensor| all.narrow(0, offset, len).view(v.size().as_slice());
-                let (ms, mom) = (view(&ms_all), view(&mom_all));
-                offset += len;
+            .enumerate()
+            .map(|(i, (n, v))| {
+                let (ms, mom) = (layout.view(&ms_all, i, &v.size()), layout.view(&mom_all, i, &v.size()));
                 (n, v, ms, mom)
             })
             .collect();
-        Self { decay, momentum, epsilon, weight_decay, slots, decayed, ms_all, mom_all }
+        Self { decay, momentum, epsilon, weight_decay, slots, decayed, ms_all, mom_all, layout, zeros, flat: None }
+    }
+
+    /// Uses `all`, the buffer the variables lie in end to end in slot order
+    /// (the trainable part of [`crate::flat::FlatVariables`]), for whole-model
+    /// updates. Ignored, with a warning, when the variables are not there.
+    pub fn with_flat_variables(mut self, all: Tensor) -> Self {
+        if !self.layout.holds(&all, &self.variables()) {
+            tracing::warn!("the optimizer's variables are not laid out in one buffer: updating them one by one");
+            return self;
+        }
+        let decay_mask = tch::no_grad(|| {
+            let mask = Tensor::zeros([self.layout.total], (all.kind(), all.device()));
+            for (i, decayed) in self.decayed.iter().enumerate() {
+                if *decayed {
+                    let _ = mask.narrow(0, self.layout.offsets[i], self.layout.lens[i]).fill_(self.weight_decay);
+                }
+            }
+            mask
+        });
+        self.flat = Some(FlatSlots { vars: all, decay_mask });
+        self
+    }
+
+    /// Whether whole-model updates run on one buffer of variables.
+    pub fn is_flat(&self) -> bool {
+        self.flat.is_some()
     }
 
     /// The variables, in slot order (the order [`RmsProp::step`] takes gradients in).
@@ -85,23 +125,40 @@ impl RmsProp {
 
     /// The update over all slots at once: the gradients (with their weight
     /// decay) end to end, then the RMSProp arithmetic on the whole slot
-    /// buffers; only the final `w -= mom` is per variable.
+    /// buffers, then `w -= mom` (per variable unless they lie in one buffer).
     fn step_all(&mut self, lr: f64, gradients: &[Tensor]) {
         tch::no_grad(|| {
-            let wd_factor = self.weight_decay_factor();
-            let flat: Vec<Tensor> = self
-                .slots
-                .iter()
-                .zip(&self.decayed)
-                .zip(gradients)
-                .map(|(((_, v, _, _), decayed), g)| self.with_weight_decay(g, v, *decayed, &wd_factor).reshape([-1]))
-                .collect();
-            let g = Tensor::cat(&flat, 0);
-            drop(flat);
+            let g = match &self.flat {
+                Some(flat) => {
+                    let mut g = self.layout.gather(gradients, &self.zeros);
+                    if self.weight_decay != 0.0 {
+                        let _ = g.addcmul_(&flat.vars, &flat.decay_mask);
+                    }
+                    g
+                }
+                None => {
+                    let wd_factor = self.weight_decay_factor();
+                    let decayed: Vec<Tensor> = self
+                        .slots
+                        .iter()
+                        .zip(&self.decayed)
+                        .zip(gradients)
+                        .map(|(((_, v, _, _), decayed), g)| self.with_weight_decay(g, v, *decayed, &wd_factor))
+                        .collect();
+                    self.layout.gather(&decayed, &self.zeros)
+                }
+            };
             let (mut ms, mut mom) = (self.ms_all.shallow_clone(), self.mom_all.shallow_clone());
             self.update_slots(&mut ms, &mut mom, &g, lr);
-            for (_, v, _, mom) in &mut self.slots {
-                let _ = v.g_sub_(&*mom);
+            match &mut self.flat {
+                Some(flat) => {
+                    let _ = flat.vars.g_sub_(&self.mom_all);
+                }
+                None => {
+                    for (_, v, _, mom) in &mut self.slots {
+                        let _ = v.g_sub_(&*mom);
+                    }
+                }
             }
         });
     }
@@ -234,6 +291,24 @@ mod tests {
         (RmsProp::new(vars, 0.9, 0.9, 1.0, 0.04, |n| n != "v1"), grads)
     }
 
+    /// [`three`] with the variables moved into one buffer, as
+    /// [`crate::flat::FlatVariables`] lays them out.
+    fn three_flat(seed: i64) -> (RmsProp, Vec<Tensor>) {
+        let (opt, grads) = three(seed);
+        let vars = opt.variables();
+        let layout = Layout::new(vars.iter().map(|v| v.numel() as i64));
+        let all = Tensor::full([layout.total], 7.0, (Kind::Float, tch::Device::Cpu));
+        for (i, v) in vars.into_iter().enumerate() {
+            let mut v = v;
+            let place = layout.view(&all, i, &v.size());
+            place.shallow_clone().copy_(&v);
+            v.set_data(&place);
+        }
+        let opt = opt.with_flat_variables(all);
+        assert!(opt.is_flat());
+        (opt, grads)
+    }
+
     fn snapshot(opt: &RmsProp) -> Vec<Vec<f32>> {
         opt.slots.iter().flat_map(|(_, v, ms, mom)| [v, ms, mom].map(|t| Vec::<f32>::try_from(&t.reshape([-1])).unwrap())).collect()
     }
@@ -254,6 +329,22 @@ mod tests {
         let after = snapshot(&together);
         assert_eq!(after[3..6], before[3..6], "v1 and its slots untouched");
         assert_ne!(after[0], before[0], "v0 moved");
+    }
+
+    #[test]
+    fn one_buffer_of_variables_equals_variable_by_variable() {
+        let (mut flat, grads) = three_flat(5);
+        let (mut each, _) = three(5);
+        assert!(!each.is_flat());
+        for lr in [0.1, 0.05] {
+            flat.step(lr, &grads.iter().map(Tensor::copy).collect::<Vec<_>>());
+            each.step_each(lr, &grads.iter().map(Tensor::copy).collect::<Vec<_>>());
+            assert_eq!(snapshot(&flat), snapshot(&each), "after a step at lr {lr}");
+        }
+        // Variables not where the layout puts them: refused, updated one by one.
+        let (opt, _) = three(5);
+        let elsewhere = Tensor::zeros([opt.layout.total], (Kind::Float, tch::Device::Cpu));
+        assert!(!opt.with_flat_variables(elsewhere).is_flat());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! refreshed from the master before every step. Towers on distinct devices
 //! run at once, one thread each (`TrainState::concurrent_towers`).
 
+use crate::flat::FlatVariables;
 use inception_model::{InceptionV3, ModelConfig};
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
@@ -21,13 +22,21 @@ pub struct Replica {
     stats: Vec<(Tensor, Tensor)>,
     /// Trainable variables in the optimizer's slot order.
     pub trainable: Vec<Tensor>,
+    /// (master's buffer, replica's buffer) when both models' variables lie
+    /// in one buffer each, laid out alike: a pull is then one copy.
+    flat: Option<(Tensor, Tensor)>,
 }
 
 impl Replica {
-    /// `trainable` names the master's trainable variables in optimizer order.
-    pub fn new(master: &VarStore, cfg: &ModelConfig, device: Device, trainable: &[String]) -> Self {
+    /// `trainable` names the master's trainable variables in optimizer order;
+    /// `master_flat`, the master's variables in one buffer, if they are.
+    pub fn new(master: &VarStore, cfg: &ModelConfig, device: Device, trainable: &[String], master_flat: Option<&FlatVariables>) -> Self {
         let vs = VarStore::new(device);
         let model = InceptionV3::new(&vs.root(), cfg);
+        let flat = master_flat.and_then(|m| {
+            let mine = FlatVariables::new(&vs, trainable)?;
+            (mine.names() == m.names() && mine.layout == m.layout).then(|| (m.all.shallow_clone(), mine.all))
+        });
         let mine = vs.variables();
         let mut pairs = Vec::new();
         let mut stats = Vec::new();
@@ -40,16 +49,24 @@ impl Replica {
             }
         }
         let trainable = trainable.iter().filter_map(|n| mine.get(n).map(Tensor::shallow_clone)).collect();
-        Self { vs, model, pairs, stats, trainable }
+        Self { vs, model, pairs, stats, trainable, flat }
     }
 
     /// Copies the master's variables into this replica.
     pub fn pull(&mut self) {
-        tch::no_grad(|| {
-            for (m, r) in &mut self.pairs {
-                r.copy_(m);
+        tch::no_grad(|| match &mut self.flat {
+            Some((m, r)) => r.copy_(m),
+            None => {
+                for (m, r) in &mut self.pairs {
+                    r.copy_(m);
+                }
             }
         });
+    }
+
+    /// Whether a pull is one copy of the whole buffer.
+    pub fn pulls_one_buffer(&self) -> bool {
+        self.flat.is_some()
     }
 
     /// Copies this replica's batch-norm statistics into the master.

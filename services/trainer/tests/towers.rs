@@ -61,6 +61,7 @@ fn two_towers_apply_the_average_of_their_gradients_once() {
         assert!(diff < 1e-6 * scale.max(1.0), "concurrent={concurrent}: the towers' gradient differs from the average by {diff} (scale {scale})");
     }
     let mut two = state(2);
+    assert!(two.replicas[0].pulls_one_buffer(), "the replica's variables lie in one buffer laid out as the master's");
 
     // One step applies it once.
     let before: Vec<(String, Tensor)> = two.vs.variables().into_iter().map(|(n, t)| (n, t.copy())).collect();
@@ -86,4 +87,25 @@ fn batch_norm_statistics_come_from_the_last_tower() {
         let (a, b) = (&two.vs.variables()[name], &only_last.vs.variables()[name]);
         assert!((a - b).abs().max().double_value(&[]) < 1e-5, "concurrent={concurrent}: running mean of the last tower's half");
     }
+}
+
+#[test]
+fn variables_stay_in_one_buffer_that_the_optimizer_and_averages_update() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut s = state(1);
+    assert!(s.optimizer.is_flat(), "the optimizer updates the variables' buffer");
+    let name = "Mixed_5b.branch1x1.conv.weight";
+    let initial = s.vs.variables()[name].copy();
+    let images = Tensor::randint(256, [4, 75, 75, 3], (Kind::Uint8, Device::Cpu));
+    s.train_step(&images, &Tensor::from_slice(&[1i64, 2, 3, 4]), 0.1).unwrap();
+    let flat = s.flat.as_ref().expect("the model's variables share one kind and device");
+    let vars: Vec<Tensor> = flat.vars.iter().map(|(_, v)| v.shallow_clone()).collect();
+    assert!(flat.layout.holds(&flat.all, &vars), "still views of the buffer after a step");
+    let now = s.vs.variables()[name].copy();
+    assert!((&now - &initial).abs().max().double_value(&[]) > 1e-6, "the step moved the variable");
+    // The average after one update: decay * initial + (1 - decay) * now.
+    let d = inception_trainer::ema::decay(s.step);
+    let expected = &initial * d + &now * (1.0 - d);
+    let shadow = s.averages.state().into_iter().find(|(n, _)| n == &format!("ema/{name}")).unwrap().1;
+    assert!((&shadow - &expected).abs().max().double_value(&[]) < 1e-6, "the average followed the variable");
 }

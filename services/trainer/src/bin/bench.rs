@@ -45,6 +45,9 @@ struct Args {
     /// auto, cpu or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// cuDNN's autotuner (the trainer's train.cudnn_benchmark; CUDA only).
+    #[arg(long)]
+    cudnn_benchmark: bool,
     /// glibc malloc's defaults instead of the services' retain_freed_memory.
     #[arg(long)]
     default_malloc: bool,
@@ -58,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         tch::set_num_threads(args.threads);
     }
     let device = inception_model::device_from_setting(&args.device).map_err(anyhow::Error::msg)?;
+    inception_model::set_cudnn_benchmark(device, args.cudnn_benchmark);
     let settings = Settings::defaults()?;
     let cfg = ModelConfig {
         num_classes: args.labels as i64 + 1,
@@ -85,12 +89,13 @@ fn main() -> anyhow::Result<()> {
     }
     let secs = started.elapsed().as_secs_f64() / args.steps as f64;
     println!(
-        "ours   size={} batch={} aux={} threads={} device={:?} retain_freed_memory={retained}: {:.2} img/s ({:.3} s/step)",
+        "ours   size={} batch={} aux={} threads={} device={:?} retain_freed_memory={retained} cudnn_benchmark={}: {:.2} img/s ({:.3} s/step)",
         args.image_size,
         args.batch_size,
         !args.no_aux,
         tch::get_num_threads(),
         device,
+        args.cudnn_benchmark,
         args.batch_size as f64 / secs,
         secs
     );
@@ -112,8 +117,8 @@ fn bench_eval(state: &TrainState, images: &Tensor, args: &Args, device: Device, 
     }
     let secs = started.elapsed().as_secs_f64() / args.steps as f64;
     println!(
-        "ours   eval size={} batch={} threads={} device={:?} retain_freed_memory={retained}: {:.2} img/s ({:.3} s/batch)",
-        args.image_size, args.batch_size, tch::get_num_threads(), device, args.batch_size as f64 / secs, secs
+        "ours   eval size={} batch={} threads={} device={:?} retain_freed_memory={retained} cudnn_benchmark={}: {:.2} img/s ({:.3} s/batch)",
+        args.image_size, args.batch_size, tch::get_num_threads(), device, args.cudnn_benchmark, args.batch_size as f64 / secs, secs
     );
     Ok(())
 }
