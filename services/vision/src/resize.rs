@@ -33,13 +33,35 @@ impl ResizeMethod {
 /// passes: each needed source row is resampled horizontally once, then
 /// output rows combine those. (A 2-D loop costs taps_x * taps_y per pixel.)
 pub fn resize(img: &RgbImage, crop: CropBox, out: u32, method: ResizeMethod) -> Vec<f32> {
-    resize_dispatch(img, crop, out, method)
+    let mut dst = Vec::with_capacity(out as usize * out as usize * 3);
+    resize_dispatch(img, crop, out, method, &mut Output::Floats(&mut dst));
+    dst
 }
 
-avx2_dispatch!(fn resize_dispatch(img: &RgbImage, crop: CropBox, out: u32, method: ResizeMethod) -> Vec<f32> => resize_portable);
+/// [`resize`] rounded to bytes as each output row is made (as
+/// `quantize(&resize(..), 1.0)` does, without the whole float image).
+pub fn resize_to_bytes(img: &RgbImage, crop: CropBox, out: u32, method: ResizeMethod) -> Vec<u8> {
+    let mut dst = Vec::with_capacity(out as usize * out as usize * 3);
+    resize_dispatch(img, crop, out, method, &mut Output::Bytes(&mut dst));
+    dst
+}
+
+/// Where output rows go.
+enum Output<'a> {
+    Floats(&'a mut Vec<f32>),
+    Bytes(&'a mut Vec<u8>),
+}
+
+thread_local! {
+    /// The horizontal pass's rows, kept between calls: a worker resizes
+    /// image after image, and a fresh buffer would be zeroed (~1 MB) each time.
+    static ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+avx2_dispatch!(fn resize_dispatch(img: &RgbImage, crop: CropBox, out: u32, method: ResizeMethod, dst: &mut Output) => resize_portable);
 
 #[inline(always)]
-fn resize_portable(img: &RgbImage, crop: CropBox, out: u32, method: ResizeMethod) -> Vec<f32> {
+fn resize_portable(img: &RgbImage, crop: CropBox, out: u32, method: ResizeMethod, dst: &mut Output) {
     let src = Source::new(img, crop);
     let o = out as usize;
     let (xt, yt) = (Taps::new(method, src.w, crop.width, out), Taps::new(method, src.h, crop.height, out));
@@ -53,7 +75,12 @@ fn resize_portable(img: &RgbImage, crop: CropBox, out: u32, method: ResizeMethod
             used += 1;
         }
     }
-    let mut rows = vec![0f32; used * row_len];
+    // Taken out rather than used inside `with`: a closure would not be
+    // compiled for AVX2 with this function.
+    let mut rows = ROWS.take();
+    if rows.len() < used * row_len {
+        rows.resize(used * row_len, 0.0);
+    }
     let mut line = vec![0f32; src.w * 3];
     for (yy, &s) in slot.iter().enumerate() {
         if s != usize::MAX {
@@ -61,17 +88,41 @@ fn resize_portable(img: &RgbImage, crop: CropBox, out: u32, method: ResizeMethod
             horizontal(&line, &xt, &mut rows[s * row_len..(s + 1) * row_len]);
         }
     }
-    // Vertical pass.
-    let mut dst = vec![0f32; o * row_len];
-    for (y, target) in dst.chunks_exact_mut(row_len).enumerate() {
-        for (&yy, &wy) in yt.of(y) {
+    // Vertical pass, one output row at a time.
+    let mut target = vec![0f32; row_len];
+    for y in 0..o {
+        let mut taps = yt.of(y);
+        if let Some((&yy, &wy)) = taps.next() {
+            let source = &rows[slot[yy] * row_len..(slot[yy] + 1) * row_len];
+            for (t, s) in target.iter_mut().zip(source) {
+                *t = wy * s;
+            }
+        }
+        for (&yy, &wy) in taps {
             let source = &rows[slot[yy] * row_len..(slot[yy] + 1) * row_len];
             for (t, s) in target.iter_mut().zip(source) {
                 *t += wy * s;
             }
         }
+        match dst {
+            Output::Floats(v) => v.extend_from_slice(&target),
+            Output::Bytes(v) => v.extend(target.iter().map(|&f| to_byte(f))),
+        }
     }
-    dst
+    ROWS.set(rows);
+}
+
+/// `v` rounded half up to a byte, clamped to 0..=255 (NaN becomes 0).
+#[inline(always)]
+#[allow(clippy::manual_clamp)] // clamp keeps NaN, which the cast below must not see
+pub(crate) fn to_byte(v: f32) -> u8 {
+    // max/min (unlike clamp) turn NaN into 0, so `half_up` is always in
+    // [0.5, 255.5]; truncating it rounds half up like round(), without
+    // round()'s library call.
+    let half_up = v.max(0.0).min(255.0) + 0.5;
+    // SAFETY: `half_up` is finite and within i32; the unchecked cast
+    // vectorises where the saturating `as` does not.
+    unsafe { half_up.to_int_unchecked::<i32>() as u8 }
 }
 
 /// The source taps of every output coordinate along one axis, flattened:
@@ -123,6 +174,7 @@ fn horizontal(line: &[f32], xt: &Taps, out: &mut [f32]) {
         4 => horizontal_fixed::<4>(line, xt, out),
         _ => {
             for (x, acc) in out.chunks_exact_mut(3).enumerate() {
+                acc.fill(0.0); // `out` holds an earlier image's row
                 for (&xx, &wx) in xt.of(x) {
                     for c in 0..3 {
                         acc[c] += wx * line[xx * 3 + c];
@@ -300,7 +352,26 @@ mod tests {
         let crop = CropBox { x: 4, y: 3, width: 45, height: 33 };
         for method in (0..4).map(ResizeMethod::from_index) {
             for out in [19, 64] {
-                assert_eq!(resize(&img, crop, out, method), resize_portable(&img, crop, out, method), "{method:?} to {out}");
+                let mut portable = Vec::new();
+                resize_portable(&img, crop, out, method, &mut Output::Floats(&mut portable));
+                assert_eq!(resize(&img, crop, out, method), portable, "{method:?} to {out}");
+                let mut bytes = Vec::new();
+                resize_portable(&img, crop, out, method, &mut Output::Bytes(&mut bytes));
+                assert_eq!(resize_to_bytes(&img, crop, out, method), bytes, "{method:?} to {out}, bytes");
+            }
+        }
+    }
+
+    #[test]
+    fn bytes_are_the_floats_rounded() {
+        let img = RgbImage::from_fn(61, 47, |x, y| image::Rgb([(x * 4 + y) as u8, (x * y % 253) as u8, (250 - y * 5) as u8]));
+        let crop = CropBox { x: 5, y: 1, width: 50, height: 44 };
+        for method in (0..4).map(ResizeMethod::from_index) {
+            // Twice: the second call reuses the thread's row buffer.
+            for out in [23, 23, 70] {
+                let floats = resize(&img, crop, out, method);
+                let bytes: Vec<u8> = floats.iter().map(|&f| to_byte(f)).collect();
+                assert_eq!(resize_to_bytes(&img, crop, out, method), bytes, "{method:?} to {out}");
             }
         }
     }

@@ -6,7 +6,7 @@
 use image::RgbImage;
 use rand::Rng;
 
-use crate::resize::{resize, ResizeMethod};
+use crate::resize::{resize, resize_to_bytes, to_byte, ResizeMethod};
 
 /// A crop window in pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,23 +125,12 @@ pub fn central_crop(width: u32, height: u32, fraction: f64) -> CropBox {
 /// Bilinear resize of `crop` of `img` to `out x out` bytes, with TF1's
 /// `align_corners=False` mapping `src = dst * in / out` (no half-pixel shift).
 pub fn resize_bilinear(img: &RgbImage, crop: CropBox, out: u32) -> Vec<u8> {
-    quantize(&resize(img, crop, out, ResizeMethod::Bilinear), 1.0)
+    resize_to_bytes(img, crop, out, ResizeMethod::Bilinear)
 }
 
-/// Floats (times `scale`) rounded to bytes, clamped to 0..=255.
-#[allow(clippy::manual_clamp)] // clamp keeps NaN, which the cast below must not see
+/// Floats (times `scale`) rounded half up to bytes, clamped to 0..=255.
 pub fn quantize(px: &[f32], scale: f32) -> Vec<u8> {
-    px.iter()
-        .map(|v| {
-            // max/min (unlike clamp) turn NaN into 0, so `half_up` is always
-            // in [0.5, 255.5]; truncating it rounds half up like round(),
-            // without round()'s library call.
-            let half_up = (v * scale).max(0.0).min(255.0) + 0.5;
-            // SAFETY: `half_up` is finite and within i32; the unchecked cast
-            // vectorises where the saturating `as` does not.
-            unsafe { half_up.to_int_unchecked::<i32>() as u8 }
-        })
-        .collect()
+    px.iter().map(|v| to_byte(v * scale)).collect()
 }
 
 /// Mirrors an `size x size` HWC buffer left to right, in place.
@@ -165,12 +154,17 @@ pub fn flip_left_right<T>(pixels: &mut [T], size: u32) {
 pub fn train_image<R: Rng>(img: &RgbImage, size: u32, boxes: &[ObjectBox], distort_color: bool, rng: &mut R) -> Vec<u8> {
     let crop = sample_distorted_crop(img.width(), img.height(), boxes, rng);
     let method = ResizeMethod::from_index(rng.random_range(0..4));
-    let mut px = resize(img, crop, size, method);
-    if rng.random_bool(0.5) {
-        flip_left_right(&mut px, size);
-    }
+    let flip = rng.random_bool(0.5);
     if !distort_color {
-        return quantize(&px, 1.0);
+        let mut px = resize_to_bytes(img, crop, size, method);
+        if flip {
+            flip_left_right(&mut px, size);
+        }
+        return px;
+    }
+    let mut px = resize(img, crop, size, method);
+    if flip {
+        flip_left_right(&mut px, size);
     }
     px.iter_mut().for_each(|v| *v /= 255.0);
     crate::color::distort_color(&mut px, rng.random_range(0..2), rng);
