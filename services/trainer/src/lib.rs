@@ -46,6 +46,13 @@ pub enum TrainError {
     Config(String),
     #[error("Model diverged with loss = {loss} at step {step}")]
     Diverged { step: u64, loss: f64 },
+    #[error(
+        "out of memory on {devices} at step {step} with a batch of {batch}: lower preprocess.batch_size \
+         or model.image_size, or split the batch over more GPUs with train.num_gpus (libtorch: {message})"
+    )]
+    OutOfMemory { devices: String, step: u64, batch: i64, message: String },
+    #[error("libtorch failed at step {step}: {message}")]
+    Libtorch { step: u64, message: String },
     #[error("pretrained checkpoint {from}: {message}")]
     Pretrained { from: String, message: String },
     #[error("cannot resume from {key}: {message}")]
@@ -219,6 +226,19 @@ impl TrainState {
         Ok(loss)
     }
 
+    /// [`TrainState::train_step`], with a libtorch failure (tch panics on a
+    /// C++ exception, such as running out of GPU memory) returned as an
+    /// error that says what failed, instead of unwinding through the service.
+    pub fn guarded_step(&mut self, images: &Tensor, labels: &Tensor, lr: f64) -> Result<f64, TrainError> {
+        let step = self.step + 1;
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.train_step(images, labels, lr)));
+        outcome.unwrap_or_else(|panic| {
+            let message = panic_message(panic.as_ref());
+            let devices = std::iter::once(self.vs.device()).chain(self.replicas.iter().map(|r| r.vs.device())).map(|d| format!("{d:?}")).collect::<Vec<_>>().join(", ");
+            Err(step_failure(&message, step, images.size().first().copied().unwrap_or(0), devices))
+        })
+    }
+
     /// Named tensors for a checkpoint: model variables, their moving
     /// averages (`ema/…`) and the optimizer slots (`optimizer/…`).
     pub fn checkpoint_tensors(&self) -> Vec<(String, Tensor)> {
@@ -227,6 +247,29 @@ impl TrainState {
         named.extend(self.optimizer.state());
         named.sort_by(|a, b| a.0.cmp(&b.0));
         named
+    }
+}
+
+/// The text of a caught panic (libtorch's exception message, for tch).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown failure".into())
+}
+
+/// The error for a step that libtorch failed with `message`: running out of
+/// memory is told apart, since the fix is a setting. Only the message's
+/// first line is kept (libtorch appends a C++ backtrace).
+pub fn step_failure(message: &str, step: u64, batch: i64, devices: String) -> TrainError {
+    let first = message.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+    let lower = message.to_ascii_lowercase();
+    // CUDA's allocator says "out of memory", the CPU one "not enough memory".
+    if lower.contains("out of memory") || lower.contains("not enough memory") {
+        TrainError::OutOfMemory { devices, step, batch, message: first }
+    } else {
+        TrainError::Libtorch { step, message: first }
     }
 }
 
@@ -379,7 +422,14 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
         let images = Tensor::from_slice(&batch.images).view([n, s, s, 3]);
         let targets = Tensor::from_slice(&batch.labels).to_kind(Kind::Int64);
         let lr = optimizer::learning_rate(t.initial_learning_rate, t.learning_rate_decay_factor, decay_steps, state.step);
-        let loss = state.train_step(&images, &targets, lr)?;
+        let loss = match state.guarded_step(&images, &targets, lr) {
+            Ok(loss) => loss,
+            Err(e) => {
+                // Handed back at once: the batch itself is fine.
+                message.ack_with(async_nats::jetstream::AckKind::Nak(None)).await.ok();
+                return Err(e);
+            }
+        };
         if let Err(e) = message.ack().await {
             tracing::warn!("ack of {key} failed ({e}); it may be trained on again");
         }
