@@ -21,7 +21,7 @@ use inception_core::tfevents::OptionalEvents;
 use inception_core::store::StoreError;
 use inception_core::{keys, tfrecord, Settings, Store};
 use inception_model::checkpoint::{self, CheckpointPointer};
-use inception_model::{images_to_input, InceptionV3, Mode};
+use inception_model::{images_to_input, InceptionV3, Mode, TorchFailure};
 use inception_proto::pipeline::{CheckpointReady, EvalResult};
 use inception_proto::Message;
 use serde::{Deserialize, Serialize};
@@ -41,6 +41,20 @@ pub enum EvalError {
     NoData(String),
     #[error("{0}")]
     Config(String),
+    #[error("out of memory on {device} evaluating a batch of {batch}: lower eval.batch_size (libtorch: {message})")]
+    OutOfMemory { device: String, batch: i64, message: String },
+    #[error("libtorch failed evaluating {key}: {message}")]
+    Libtorch { key: String, message: String },
+}
+
+/// The error for a batch that libtorch failed to evaluate: running out of
+/// memory is told apart, since the fix is a setting, not the checkpoint.
+pub fn batch_failure(failure: TorchFailure, key: &str, batch: i64, device: Device) -> EvalError {
+    if failure.out_of_memory {
+        EvalError::OutOfMemory { device: format!("{device:?}"), batch, message: failure.message }
+    } else {
+        EvalError::Libtorch { key: key.to_string(), message: failure.message }
+    }
 }
 
 /// What one evaluation found; also the JSON written to the store.
@@ -146,9 +160,14 @@ impl Evaluator {
             let picked: Vec<i64> = picks.iter().map(|&i| data.labels[i]).collect();
             let images = Tensor::from_slice(&pixels).view([n, size as i64, size as i64, 3]);
             let labels = Tensor::from_slice(&picked).to_device(device);
-            let (logits, _) = tch::no_grad(|| model.forward(&images_to_input(&images.to_device(device)), Mode::Eval));
-            top1 += topk::in_top_k(&logits, &labels, 1).sum(Kind::Int64).int64_value(&[]);
-            top5 += topk::in_top_k(&logits, &labels, 5).sum(Kind::Int64).int64_value(&[]);
+            let (hits1, hits5) = inception_model::catch_torch(|| {
+                let (logits, _) = tch::no_grad(|| model.forward(&images_to_input(&images.to_device(device)), Mode::Eval));
+                let hits = |k| topk::in_top_k(&logits, &labels, k).sum(Kind::Int64).int64_value(&[]);
+                (hits(1), hits(5))
+            })
+            .map_err(|failure| batch_failure(failure, metadata_key, n, device))?;
+            top1 += hits1;
+            top5 += hits5;
             if (b + 1) % 20 == 0 {
                 let secs = window.elapsed().as_secs_f64() / 20.0;
                 println!(
@@ -367,7 +386,21 @@ fn preprocess_shard(name: &str, bytes: &[u8], size: u32, max_pixels: u64) -> (Ve
 
 #[cfg(test)]
 mod tests {
-    use super::examples_to_count;
+    use super::*;
+
+    #[test]
+    fn a_failed_batch_says_whether_to_lower_the_batch_size() {
+        let oom = TorchFailure::from_message("CUDA out of memory. Tried to allocate 9.00 GiB\nException raised from malloc");
+        let e = batch_failure(oom, "checkpoints/r/model.ckpt-10.json", 1024, Device::Cuda(0));
+        assert!(matches!(e, EvalError::OutOfMemory { batch: 1024, .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(text.contains("lower eval.batch_size") && text.contains("Cuda(0)") && text.contains("Tried to allocate 9.00 GiB"), "{text}");
+        assert!(!text.contains("Exception raised"), "{text}");
+        // Anything else names the checkpoint.
+        let other = batch_failure(TorchFailure::from_message("device-side assert triggered"), "checkpoints/r/model.ckpt-10.json", 32, Device::Cpu);
+        assert_eq!(other.to_string(), "libtorch failed evaluating checkpoints/r/model.ckpt-10.json: device-side assert triggered");
+        assert!(inception_model::catch_torch(|| Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)).matmul(&Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)))).is_err(), "a libtorch exception is caught");
+    }
 
     #[test]
     fn exact_or_rounded_up_like_the_original() {

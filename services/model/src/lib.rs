@@ -9,6 +9,36 @@ pub mod loss;
 pub use config::ModelConfig;
 pub use inception::{images_to_input, InceptionV3, Mode};
 
+/// What libtorch said when an operation failed. tch turns libtorch's C++
+/// exceptions into panics; services catch them around a step or a batch
+/// ([`catch_torch`]) and report this instead of unwinding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TorchFailure {
+    /// The exception's first line (libtorch appends a C++ backtrace).
+    pub message: String,
+    /// Out of memory (CUDA's "out of memory", the CPU allocator's "not
+    /// enough memory"): the fix is a smaller batch, not a code change.
+    pub out_of_memory: bool,
+}
+
+impl TorchFailure {
+    pub fn from_message(message: &str) -> Self {
+        let first = message.lines().find(|l| !l.trim().is_empty()).unwrap_or("unknown failure").trim().to_string();
+        let lower = message.to_ascii_lowercase();
+        Self { message: first, out_of_memory: lower.contains("out of memory") || lower.contains("not enough memory") }
+    }
+
+    fn from_panic(panic: &(dyn std::any::Any + Send)) -> Self {
+        let text = panic.downcast_ref::<String>().map(String::as_str).or_else(|| panic.downcast_ref::<&str>().copied()).unwrap_or("unknown failure");
+        Self::from_message(text)
+    }
+}
+
+/// Runs `f`, returning a libtorch failure (a panic) as a [`TorchFailure`].
+pub fn catch_torch<T>(f: impl FnOnce() -> T) -> Result<T, TorchFailure> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| TorchFailure::from_panic(panic.as_ref()))
+}
+
 /// Turns cuDNN's autotuner (PyTorch's `cudnn.benchmark`) on or off when
 /// `device` is a CUDA device: with a fixed batch shape, the first step times
 /// the convolution algorithms and later steps use the fastest.

@@ -21,7 +21,7 @@ use inception_core::store::StoreError;
 use inception_core::{keys, Settings, Store};
 use inception_model::checkpoint::{self, CheckpointMeta};
 use inception_model::inception::debiased_momentum;
-use inception_model::{images_to_input, loss, InceptionV3, Mode, ModelConfig};
+use inception_model::{images_to_input, loss, InceptionV3, Mode, ModelConfig, TorchFailure};
 use inception_proto::pipeline::{BatchReady, ShardReady};
 use std::time::{Duration, Instant};
 use tch::{nn::VarStore, Device, Kind, Tensor};
@@ -231,11 +231,9 @@ impl TrainState {
     /// error that says what failed, instead of unwinding through the service.
     pub fn guarded_step(&mut self, images: &Tensor, labels: &Tensor, lr: f64) -> Result<f64, TrainError> {
         let step = self.step + 1;
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.train_step(images, labels, lr)));
-        outcome.unwrap_or_else(|panic| {
-            let message = panic_message(panic.as_ref());
+        inception_model::catch_torch(|| self.train_step(images, labels, lr)).unwrap_or_else(|failure| {
             let devices = std::iter::once(self.vs.device()).chain(self.replicas.iter().map(|r| r.vs.device())).map(|d| format!("{d:?}")).collect::<Vec<_>>().join(", ");
-            Err(step_failure(&message, step, images.size().first().copied().unwrap_or(0), devices))
+            Err(step_failure(failure, step, images.size().first().copied().unwrap_or(0), devices))
         })
     }
 
@@ -250,26 +248,13 @@ impl TrainState {
     }
 }
 
-/// The text of a caught panic (libtorch's exception message, for tch).
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "unknown failure".into())
-}
-
-/// The error for a step that libtorch failed with `message`: running out of
-/// memory is told apart, since the fix is a setting. Only the message's
-/// first line is kept (libtorch appends a C++ backtrace).
-pub fn step_failure(message: &str, step: u64, batch: i64, devices: String) -> TrainError {
-    let first = message.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
-    let lower = message.to_ascii_lowercase();
-    // CUDA's allocator says "out of memory", the CPU one "not enough memory".
-    if lower.contains("out of memory") || lower.contains("not enough memory") {
-        TrainError::OutOfMemory { devices, step, batch, message: first }
+/// The error for a training step that libtorch failed: running out of
+/// memory is told apart, since the fix is a setting.
+pub fn step_failure(failure: TorchFailure, step: u64, batch: i64, devices: String) -> TrainError {
+    if failure.out_of_memory {
+        TrainError::OutOfMemory { devices, step, batch, message: failure.message }
     } else {
-        TrainError::Libtorch { step, message: first }
+        TrainError::Libtorch { step, message: failure.message }
     }
 }
 

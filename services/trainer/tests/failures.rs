@@ -3,7 +3,7 @@
 //! panic unwinding through the trainer.
 
 use inception_core::Settings;
-use inception_model::ModelConfig;
+use inception_model::{ModelConfig, TorchFailure};
 use inception_trainer::{step_failure, TrainError, TrainState};
 use tch::{Device, Kind, Tensor};
 
@@ -33,7 +33,7 @@ fn a_libtorch_failure_in_a_step_is_returned_as_an_error() {
 #[test]
 fn running_out_of_memory_names_the_settings_to_change() {
     let message = "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB\nException raised from malloc at c10/cuda/CUDACachingAllocator.cpp:1234";
-    let e = step_failure(message, 7, 256, "Cuda(0)".into());
+    let e = step_failure(TorchFailure::from_message(message), 7, 256, "Cuda(0)".into());
     assert!(matches!(e, TrainError::OutOfMemory { step: 7, batch: 256, .. }), "{e:?}");
     let text = e.to_string();
     for wanted in ["out of memory on Cuda(0) at step 7 with a batch of 256", "preprocess.batch_size", "train.num_gpus", "Tried to allocate 2.00 GiB"] {
@@ -41,8 +41,8 @@ fn running_out_of_memory_names_the_settings_to_change() {
     }
     assert!(!text.contains("Exception raised"), "the C++ backtrace is left out: {text}");
     // The CPU allocator words it otherwise; the fix is the same.
-    let cpu = step_failure("DefaultCPUAllocator: not enough memory: you tried to allocate 123 bytes.", 1, 32, "Cpu".into());
+    let cpu = step_failure(TorchFailure::from_message("DefaultCPUAllocator: not enough memory: you tried to allocate 123 bytes."), 1, 32, "Cpu".into());
     assert!(matches!(cpu, TrainError::OutOfMemory { .. }), "{cpu:?}");
-    let other = step_failure("Expected all tensors to be on the same device", 1, 32, "Cpu".into());
+    let other = step_failure(TorchFailure::from_message("Expected all tensors to be on the same device"), 1, 32, "Cpu".into());
     assert!(matches!(other, TrainError::Libtorch { .. }), "{other:?}");
 }
