@@ -141,8 +141,16 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn ledger_entries(store: &Path) -> Vec<serde_json::Value> {
+/// Entry files of the ledger (not its segments).
+fn ledger_entry_files(store: &Path) -> Vec<PathBuf> {
     files_under(&store.join("datasets/flowers/ingest/ledger"))
+        .into_iter()
+        .filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("segment-")))
+        .collect()
+}
+
+fn ledger_entries(store: &Path) -> Vec<serde_json::Value> {
+    ledger_entry_files(store)
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .map(|p| serde_json::from_slice(&std::fs::read(&p).expect("ledger entry")).expect("ledger entry is JSON"))
@@ -159,7 +167,7 @@ fn ledger_images(store: &Path) -> Vec<(String, String)> {
 }
 
 fn ledger_settled(store: &Path) -> bool {
-    let files = files_under(&store.join("datasets/flowers/ingest/ledger"));
+    let files = ledger_entry_files(store);
     let done: HashSet<String> = files.iter().filter_map(|p| p.to_str()?.strip_suffix(".done").map(str::to_string)).collect();
     files.iter().filter_map(|p| p.to_str()?.strip_suffix(".json")).all(|p| done.contains(p))
 }

@@ -49,6 +49,10 @@ pub mod keys {
     pub fn ingest_ledger_entry(dataset: &str, sequence: u64) -> String {
         format!("datasets/{dataset}/ingest/ledger/{sequence:08}.json")
     }
+    /// The source keys taken by ledger entries `from..=through`.
+    pub fn ingest_ledger_segment(dataset: &str, from: u64, through: u64) -> String {
+        format!("datasets/{dataset}/ingest/ledger/segment-{from:08}-{through:08}.json")
+    }
     /// Written once a ledger entry's shard is stored and announced.
     pub fn ingest_ledger_done(dataset: &str, sequence: u64) -> String {
         format!("datasets/{dataset}/ingest/ledger/{sequence:08}.done")

@@ -27,19 +27,18 @@
 //! shard is announced again (the preprocess workers ignore a shard they know).
 
 use bytes::Bytes;
-use futures::StreamExt;
 use inception_core::nats::Streams;
 use inception_core::shutdown::{sleep_or_cancel, CancellationToken};
 use inception_core::store::StoreError;
 use inception_core::{keys, tfrecord, Settings, Store};
 use inception_proto::pipeline::ShardReady;
 use inception_proto::Message;
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use crate::ledger::{Ledger, LedgerEntry, LedgerImage};
 use crate::report::Outcome;
 use crate::source::{Location, Source, SourceObject};
 use crate::{bbox, labels, ImageFile, IngestError};
@@ -64,64 +63,6 @@ impl Announcer for NatsAnnouncer {
             self.streams.publish_acked(&subject, payload, &id, &self.shutdown).await?;
             Ok(())
         }
-    }
-}
-
-/// One image in a ledger entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LedgerImage {
-    /// `<label>/<name>` as the source lists it.
-    pub key: String,
-    pub result: Outcome,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-/// One sequence number of the ledger.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LedgerEntry {
-    pub sequence: u64,
-    pub split: String,
-    /// The shard's key; none when no image of the group was usable.
-    pub shard: Option<String>,
-    pub records: u64,
-    pub images: Vec<LedgerImage>,
-}
-
-/// Ledger entries fetched at once when the ledger is loaded.
-const LEDGER_LOAD_CONCURRENCY: usize = 16;
-
-/// What the ledger says so far.
-#[derive(Debug, Default)]
-pub struct Ledger {
-    /// Source keys already taken by some entry.
-    pub taken: HashSet<String>,
-    pub next_sequence: u64,
-    /// Entries without their `.done` marker.
-    pub unfinished: Vec<LedgerEntry>,
-}
-
-impl Ledger {
-    pub async fn load(store: &Store, dataset: &str) -> Result<Ledger, IngestError> {
-        let mut ledger = Ledger::default();
-        let listed = store.list(&keys::ingest_ledger_dir(dataset)).await?;
-        let done: HashSet<&str> = listed.iter().filter_map(|k| k.strip_suffix(".done")).collect();
-        // Many entries after a long run, each a small object: fetched
-        // concurrently (S3 round trips dominate), applied in listing order.
-        let mut fetched = futures::stream::iter(listed.iter().filter(|k| k.ends_with(".json")))
-            .map(|key| async move { store.get(key).await.map(|bytes| (key, bytes)) })
-            .buffered(LEDGER_LOAD_CONCURRENCY);
-        while let Some(got) = fetched.next().await {
-            let (key, bytes) = got?;
-            let entry: LedgerEntry =
-                serde_json::from_slice(&bytes).map_err(|e| IngestError::Ledger(format!("{key} is unreadable: {e}")))?;
-            ledger.next_sequence = ledger.next_sequence.max(entry.sequence + 1);
-            ledger.taken.extend(entry.images.iter().map(|i| i.key.clone()));
-            if !done.contains(key.trim_end_matches(".json")) {
-                ledger.unfinished.push(entry);
-            }
-        }
-        Ok(ledger)
     }
 }
 
@@ -349,8 +290,7 @@ impl<'a, A: Announcer> Watcher<'a, A> {
                     let fresh = Ledger::load(self.store, &dataset).await?;
                     let before = images.len();
                     images.retain(|i| !fresh.taken.contains(&i.key));
-                    self.ledger.taken = fresh.taken;
-                    self.ledger.next_sequence = fresh.next_sequence;
+                    self.ledger.refresh(fresh);
                     if images.len() != before {
                         // Some of the group is someone else's now: redo it from the listing.
                         return Ok(None);
@@ -365,8 +305,7 @@ impl<'a, A: Announcer> Watcher<'a, A> {
                     return Err(e.into());
                 }
             }
-            self.ledger.next_sequence = sequence + 1;
-            self.ledger.taken.extend(entry.images.iter().map(|i| i.key.clone()));
+            self.ledger.record(&entry);
             for i in &entry.images {
                 i.result.count();
             }
@@ -374,6 +313,7 @@ impl<'a, A: Announcer> Watcher<'a, A> {
                 self.ledger.unfinished.push(entry);
                 return Err(e);
             }
+            self.ledger.compact(self.store, &dataset).await;
             return Ok(Some(entry));
         }
     }

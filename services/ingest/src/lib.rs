@@ -14,6 +14,7 @@ pub mod bbox;
 pub mod continuous;
 pub mod demo;
 pub mod labels;
+pub mod ledger;
 pub mod progress;
 pub mod records;
 pub mod report;
