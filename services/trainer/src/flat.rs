@@ -56,12 +56,15 @@ impl Layout {
         Tensor::cat(&pieces, 0)
     }
 
-    /// Whether every tensor of `tensors` is, in order, where this layout
-    /// puts it in `all` (the same storage, contiguous).
+    /// Whether `all` is this layout's buffer and every tensor of `tensors`
+    /// is, in order, where this layout puts it in `all` (the same storage,
+    /// contiguous).
     pub fn holds(&self, all: &Tensor, tensors: &[Tensor]) -> bool {
         let base = all.data_ptr() as usize;
         let elem = all.kind().elt_size_in_bytes();
-        tensors.len() == self.offsets.len()
+        all.numel() as i64 == self.total
+            && all.is_contiguous()
+            && tensors.len() == self.offsets.len()
             && tensors.iter().zip(&self.offsets).zip(&self.lens).all(|((t, off), len)| {
                 t.kind() == all.kind()
                     && t.device() == all.device()
