@@ -34,7 +34,7 @@ struct Args {
     /// Eval preprocessing (central crop 0.875 + bilinear) instead of training distortion.
     #[arg(long)]
     eval: bool,
-    /// Also print the time of each stage (one worker, one pass).
+    /// Also print the time of each stage (one worker, `--passes` passes).
     #[arg(long)]
     breakdown: bool,
     /// glibc malloc's defaults instead of the workers' retain_freed_memory.
@@ -42,16 +42,22 @@ struct Args {
     default_malloc: bool,
 }
 
-/// Mean milliseconds per image of decode, crop + resize + flip, and colour.
-fn breakdown(jpegs: &[Vec<u8>], size: u32) -> anyhow::Result<()> {
+/// Mean milliseconds per image of each step: decode, crop + resize + flip
+/// and colour (training), or decode and crop + resize + rounding (eval).
+fn breakdown(jpegs: &[Vec<u8>], size: u32, eval: bool, passes: usize) -> anyhow::Result<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(9);
     let (mut decode, mut geometry, mut colour) = (0.0, 0.0, 0.0);
-    for jpeg in jpegs {
+    for jpeg in jpegs.iter().cycle().take(jpegs.len() * passes.max(1)) {
         let t = Instant::now();
         let decoded = inception_vision::decode_rgb(jpeg, u64::MAX)?;
         decode += t.elapsed().as_secs_f64();
         let t = Instant::now();
         let img = &decoded.image;
+        if eval {
+            std::hint::black_box(inception_vision::eval_image(img, size));
+            geometry += t.elapsed().as_secs_f64();
+            continue;
+        }
         let crop = inception_vision::transform::sample_distorted_crop(img.width(), img.height(), &[], &mut rng);
         let method = inception_vision::ResizeMethod::from_index(rng.random_range(0..4));
         let mut px = inception_vision::resize::resize(img, crop, size, method);
@@ -63,8 +69,12 @@ fn breakdown(jpegs: &[Vec<u8>], size: u32) -> anyhow::Result<()> {
         std::hint::black_box(inception_vision::quantize(&px, 255.0));
         colour += t.elapsed().as_secs_f64();
     }
-    let n = jpegs.len() as f64 / 1000.0;
-    println!("breakdown   train {size} px per image: decode {:.2} ms, crop+resize+flip {:.2} ms, colour {:.2} ms", decode / n, geometry / n, colour / n);
+    let n = (jpegs.len() * passes.max(1)) as f64 / 1000.0;
+    if eval {
+        println!("breakdown   eval  {size} px per image: decode {:.2} ms, central crop+resize+rounding {:.2} ms", decode / n, geometry / n);
+    } else {
+        println!("breakdown   train {size} px per image: decode {:.2} ms, crop+resize+flip {:.2} ms, colour {:.2} ms", decode / n, geometry / n, colour / n);
+    }
     Ok(())
 }
 
@@ -138,7 +148,7 @@ fn main() -> anyhow::Result<()> {
     })?;
     let secs = started.elapsed().as_secs_f64();
     if a.breakdown {
-        breakdown(&jpegs, a.image_size)?;
+        breakdown(&jpegs, a.image_size, a.eval, a.passes)?;
     }
     println!(
         "ours        {:<5} {} px, {} worker(s): {:.1} examples/s ({:.1} per worker; {} JPEGs, mean {:.0} KiB; retain_freed_memory={retained})",
