@@ -251,6 +251,16 @@ mod tests {
         Store::open(&s).unwrap()
     }
 
+    /// A store holding finished entries `0..count`.
+    async fn with_entries(count: u64) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        for s in 0..count {
+            commit(&store, s, true).await;
+        }
+        (dir, store)
+    }
+
     fn all_keys(through: u64) -> HashSet<String> {
         (0..=through).flat_map(|s| entry(s).images.into_iter().map(|i| i.key)).collect()
     }
@@ -267,11 +277,7 @@ mod tests {
 
     #[tokio::test]
     async fn segments_stand_in_for_their_entries() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store(dir.path());
-        for s in 0..10 {
-            commit(&store, s, true).await;
-        }
+        let (_dir, store) = with_entries(10).await;
         // Entries read one by one; the complete runs 0-3 and 4-7 get segments.
         let first = Ledger::load_with(&store, "flowers", 4).await.unwrap();
         assert_eq!((first.taken.clone(), first.next_sequence), (all_keys(9), 10));
@@ -295,11 +301,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreadable_segment_is_read_from_its_entries_and_written_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store(dir.path());
-        for s in 0..4 {
-            commit(&store, s, true).await;
-        }
+        let (_dir, store) = with_entries(4).await;
         let key = keys::ingest_ledger_segment("flowers", 0, 3);
         store.put(&key, Bytes::from_static(b"{ not json")).await.unwrap();
         let ledger = Ledger::load_with(&store, "flowers", 4).await.unwrap();
@@ -311,8 +313,7 @@ mod tests {
 
     #[tokio::test]
     async fn committed_entries_are_compacted_as_runs_complete() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store(dir.path());
+        let (_dir, store) = with_entries(0).await;
         let mut ledger = Ledger::empty(2);
         for s in 0..3 {
             ledger.record(&entry(s));
