@@ -137,14 +137,7 @@ struct Taps {
 
 impl Taps {
     fn new(method: ResizeMethod, len: usize, span: u32, out: u32) -> Self {
-        let scale = span as f32 / out as f32;
-        let lists: Vec<Vec<(usize, f32)>> = (0..out as usize)
-            .map(|i| match method {
-                // Coverage over the box size: the mean of the covered pixels.
-                ResizeMethod::Area => area_taps(i as f32 * scale, scale, len).into_iter().map(|(k, w)| (k, w / scale)).collect(),
-                _ => taps(method, i as f32 * scale, len),
-            })
-            .collect();
+        let lists: Vec<Vec<(usize, f32)>> = (0..out as usize).map(|i| output_taps(method, i, len, span, out)).collect();
         let per = lists.iter().map(Vec::len).max().unwrap_or(1);
         let (mut index, mut weight) = (Vec::with_capacity(per * lists.len()), Vec::with_capacity(per * lists.len()));
         for list in &lists {
@@ -233,6 +226,17 @@ impl<'a> Source<'a> {
     }
 }
 
+/// Source taps and weights of output coordinate `i` of `out`, along an axis
+/// of `len` pixels of which the crop spans `span`.
+fn output_taps(method: ResizeMethod, i: usize, len: usize, span: u32, out: u32) -> Vec<(usize, f32)> {
+    let scale = span as f32 / out as f32;
+    match method {
+        // Coverage over the box size: the mean of the covered pixels.
+        ResizeMethod::Area => area_taps(i as f32 * scale, scale, len).into_iter().map(|(k, w)| (k, w / scale)).collect(),
+        _ => taps(method, i as f32 * scale, len),
+    }
+}
+
 /// Source taps and weights of one output coordinate mapped to `coord`.
 fn taps(method: ResizeMethod, coord: f32, len: usize) -> Vec<(usize, f32)> {
     let last = len - 1;
@@ -303,15 +307,7 @@ mod tests {
 
     /// Every output pixel as a direct 2-D weighted sum (no separable passes).
     fn direct(img: &RgbImage, crop: CropBox, out: u32, method: ResizeMethod) -> Vec<f32> {
-        let axis = |len: usize, span: u32| -> Vec<Vec<(usize, f32)>> {
-            let scale = span as f32 / out as f32;
-            (0..out as usize)
-                .map(|i| match method {
-                    ResizeMethod::Area => area_taps(i as f32 * scale, scale, len).into_iter().map(|(k, w)| (k, w / scale)).collect(),
-                    _ => taps(method, i as f32 * scale, len),
-                })
-                .collect()
-        };
+        let axis = |len: usize, span: u32| -> Vec<Vec<(usize, f32)>> { (0..out as usize).map(|i| output_taps(method, i, len, span, out)).collect() };
         let (xt, yt) = (axis(crop.width as usize, crop.width), axis(crop.height as usize, crop.height));
         let mut dst = Vec::new();
         for ys in &yt {
