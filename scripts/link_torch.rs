@@ -14,10 +14,8 @@ fn torch_lib_dir() -> Option<PathBuf> {
         return Some(PathBuf::from(dir).join("lib"));
     }
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
-    let out = Command::new(python)
-        .args(["-c", "import os, torch; print(os.path.dirname(torch.__file__))"])
-        .output()
-        .ok()?;
+    let out =
+        Command::new(python).args(["-c", "import os, torch; print(os.path.dirname(torch.__file__))"]).output().ok()?;
     if !out.status.success() {
         return None;
     }

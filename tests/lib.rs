@@ -126,7 +126,11 @@ pub fn logged_steps(out: &str) -> Vec<u64> {
 
 /// The next shard announcement on `sub`, waiting up to `limit`; on timeout
 /// the test fails with the ingest process's output.
-pub async fn next_shard(sub: &mut async_nats::Subscriber, ingest: &Proc, limit: Duration) -> inception_proto::pipeline::ShardReady {
+pub async fn next_shard(
+    sub: &mut async_nats::Subscriber,
+    ingest: &Proc,
+    limit: Duration,
+) -> inception_proto::pipeline::ShardReady {
     use futures::StreamExt;
     use inception_proto::Message;
     match tokio::time::timeout(limit, sub.next()).await {
@@ -189,7 +193,11 @@ impl S3Server {
 
     pub fn start(logs: &Path) -> S3Server {
         let bin = Self::binary();
-        assert!(bin.is_file(), "{} is missing: run scripts/setup.sh (it installs moto[server] into .venv)", bin.display());
+        assert!(
+            bin.is_file(),
+            "{} is missing: run scripts/setup.sh (it installs moto[server] into .venv)",
+            bin.display()
+        );
         let port = free_port();
         let child = Command::new(&bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -216,8 +224,12 @@ impl S3Server {
         use std::io::Write;
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect to moto");
         s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-        write!(s, "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", self.port)
-            .expect("create bucket");
+        write!(
+            s,
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .expect("create bucket");
         let mut reply = String::new();
         let _ = s.read_to_string(&mut reply);
         assert!(reply.starts_with("HTTP/1.1 200"), "creating bucket {bucket}: {reply}");
@@ -246,7 +258,14 @@ impl Drop for S3Server {
 /// palette and 16-bit images, and headers that claim any size (a
 /// decompression bomb). `color_type` and `bit_depth` as in the PNG spec;
 /// `rows` are the raw scanlines (without filter bytes).
-pub fn png(width: u32, height: u32, color_type: u8, bit_depth: u8, palette: Option<&[u8]>, rows: &[Vec<u8>]) -> Vec<u8> {
+pub fn png(
+    width: u32,
+    height: u32,
+    color_type: u8,
+    bit_depth: u8,
+    palette: Option<&[u8]>,
+    rows: &[Vec<u8>],
+) -> Vec<u8> {
     fn crc32(bytes: &[u8]) -> u32 {
         let mut crc = 0xffff_ffffu32;
         for &b in bytes {

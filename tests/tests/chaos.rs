@@ -21,7 +21,9 @@
 use inception_core::local_nats::LocalNats;
 use inception_core::nats::Streams;
 use inception_core::settings::env_vars;
-use inception_integration_tests::{checkpoint_pointer, drop_image, free_port, http_get, logged_steps, pointer_step, record_filenames, wait_until, Proc};
+use inception_integration_tests::{
+    checkpoint_pointer, drop_image, free_port, http_get, logged_steps, pointer_step, record_filenames, wait_until, Proc,
+};
 use inception_proto::pipeline::{BatchReady, EvalResult};
 use inception_proto::Message;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -168,7 +170,8 @@ fn ledger_images(store: &Path) -> Vec<(String, String)> {
 
 fn ledger_settled(store: &Path) -> bool {
     let files = ledger_entry_files(store);
-    let done: HashSet<String> = files.iter().filter_map(|p| p.to_str()?.strip_suffix(".done").map(str::to_string)).collect();
+    let done: HashSet<String> =
+        files.iter().filter_map(|p| p.to_str()?.strip_suffix(".done").map(str::to_string)).collect();
     files.iter().filter_map(|p| p.to_str()?.strip_suffix(".json")).all(|p| done.contains(p))
 }
 
@@ -220,8 +223,14 @@ fn the_pipeline_survives_kills_and_nats_restarts_and_loses_nothing() {
     let root = if std::env::var_os("CHAOS_KEEP").is_some() { dir.keep() } else { dir.path().to_path_buf() };
     let root = root.as_path();
     eprintln!("chaos seed {seed} in {}", root.display());
-    let (images, pool, store, logs, incoming, nats_dir) =
-        (root.join("images"), root.join("pool"), root.join("store"), root.join("logs"), root.join("incoming"), root.join("nats"));
+    let (images, pool, store, logs, incoming, nats_dir) = (
+        root.join("images"),
+        root.join("pool"),
+        root.join("store"),
+        root.join("logs"),
+        root.join("incoming"),
+        root.join("nats"),
+    );
     for d in [&logs, &incoming] {
         std::fs::create_dir_all(d).expect("folder");
     }
@@ -286,16 +295,24 @@ fn the_pipeline_survives_kills_and_nats_restarts_and_loses_nothing() {
     let mut once = Proc::spawn(
         "inception-ingest",
         &[
-            "--train-directory", train_dir.to_str().expect("utf-8"),
-            "--validation-directory", validation_dir.to_str().expect("utf-8"),
-            "--labels-file", labels_file.to_str().expect("utf-8"),
+            "--train-directory",
+            train_dir.to_str().expect("utf-8"),
+            "--validation-directory",
+            validation_dir.to_str().expect("utf-8"),
+            "--labels-file",
+            labels_file.to_str().expect("utf-8"),
         ],
         &once_env,
         &logs,
     );
     assert!(once.wait(Duration::from_secs(60)).success(), "{:?}", once.output());
 
-    let ingest_args = vec!["--incoming".into(), incoming.display().to_string(), "--labels-file".into(), labels_file.display().to_string()];
+    let ingest_args = vec![
+        "--incoming".into(),
+        incoming.display().to_string(),
+        "--labels-file".into(),
+        labels_file.display().to_string(),
+    ];
     let mut services = [
         Service::new("inception-ingest", ingest_args, &env, "INGEST__METRICS_ADDR", &logs),
         Service::new("inception-preprocess", Vec::new(), &env, "PREPROCESS__METRICS_ADDR", &logs),
@@ -307,7 +324,12 @@ fn the_pipeline_survives_kills_and_nats_restarts_and_loses_nothing() {
     for s in services.iter_mut() {
         s.start();
     }
-    wait_until("the first checkpoint", Duration::from_secs(120), || pointer_step(&store).is_some(), || context(&services));
+    wait_until(
+        "the first checkpoint",
+        Duration::from_secs(120),
+        || pointer_step(&store).is_some(),
+        || context(&services),
+    );
     eprintln!("{:.0?}: pipeline up, first checkpoint at step {:?}", t0.elapsed(), pointer_step(&store));
 
     // The chaos: each round drops images, then kills one service (in turn)
@@ -355,7 +377,11 @@ fn the_pipeline_survives_kills_and_nats_restarts_and_loses_nothing() {
         drop_image(&incoming, &key, &bytes);
         dropped.push(key);
     }
-    eprintln!("{:.0?}: chaos over: {kills} kills, {nats_restarts} NATS restarts, {} images dropped", t0.elapsed(), dropped.len());
+    eprintln!(
+        "{:.0?}: chaos over: {kills} kills, {nats_restarts} NATS restarts, {} images dropped",
+        t0.elapsed(),
+        dropped.len()
+    );
     assert_eq!(dropped.len(), total_drops);
 
     // Quiet again: every image taken, every shard known to the worker, a
@@ -372,7 +398,9 @@ fn the_pipeline_survives_kills_and_nats_restarts_and_loses_nothing() {
     );
     let train_shards: Vec<String> = files_under(&store.join("datasets/flowers"))
         .iter()
-        .filter_map(|p| p.file_name()?.to_str().filter(|n| n.starts_with("train-") && !n.contains('#')).map(str::to_string))
+        .filter_map(|p| {
+            p.file_name()?.to_str().filter(|n| n.starts_with("train-") && !n.contains('#')).map(str::to_string)
+        })
         .collect();
     let worker = &services[1];
     let worker_now = worker.incarnations.len() - 1;
@@ -406,8 +434,10 @@ fn the_pipeline_survives_kills_and_nats_restarts_and_loses_nothing() {
             let queued = runtime.block_on(queued_batches(&url));
             files_under(&batches_dir).iter().all(|p| {
                 let key = format!("batches/flowers/{}", p.file_name().unwrap_or_default().to_string_lossy());
-                let age = p.metadata().and_then(|m| m.modified()).ok().and_then(|m| SystemTime::now().duration_since(m).ok());
-                queued.contains(&key) || age.is_some_and(|a| a < Duration::from_secs(ORPHAN_AGE_SECS + ORPHAN_AGE_SECS / 2 + 2))
+                let age =
+                    p.metadata().and_then(|m| m.modified()).ok().and_then(|m| SystemTime::now().duration_since(m).ok());
+                queued.contains(&key)
+                    || age.is_some_and(|a| a < Duration::from_secs(ORPHAN_AGE_SECS + ORPHAN_AGE_SECS / 2 + 2))
             })
         },
         || format!("{:?}", files_under(&batches_dir)),
@@ -440,7 +470,11 @@ fn the_pipeline_survives_kills_and_nats_restarts_and_loses_nothing() {
         *taken_count.entry(k.as_str()).or_default() += 1;
     }
     assert!(taken_count.values().all(|&n| n == 1), "an image taken twice: {taken_count:?}");
-    assert_eq!(taken_count.keys().copied().collect::<BTreeSet<_>>(), dropped_set, "the ledger lists exactly the dropped images");
+    assert_eq!(
+        taken_count.keys().copied().collect::<BTreeSet<_>>(),
+        dropped_set,
+        "the ledger lists exactly the dropped images"
+    );
     let outcome: BTreeMap<&str, &str> = ledger.iter().map(|(k, r)| (k.as_str(), r.as_str())).collect();
     assert_eq!(outcome["roses/c_broken.jpg"], "skipped_corrupt");
     assert_eq!(outcome["cactus/c_cactus.jpg"], "quarantined");
@@ -450,7 +484,10 @@ fn the_pipeline_survives_kills_and_nats_restarts_and_loses_nothing() {
         .filter(|(_, r)| r == "written")
         .map(|(k, _)| k.rsplit('/').next().unwrap_or_default().to_string())
         .collect();
-    let initial: BTreeSet<String> = files_under(&train_dir).iter().map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
+    let initial: BTreeSet<String> = files_under(&train_dir)
+        .iter()
+        .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned())
+        .collect();
     let mut in_shards: BTreeMap<String, usize> = BTreeMap::new();
     for shard in &train_shards {
         for name in record_filenames(&std::fs::read(store.join("datasets/flowers").join(shard)).expect("shard")) {
@@ -473,11 +510,18 @@ fn the_pipeline_survives_kills_and_nats_restarts_and_loses_nothing() {
         let expected_start = if i == 0 { None } else { pointer_at_trainer_kill[i - 1] };
         assert_eq!(resumed, expected_start, "incarnation {i} resumed from the pointer's checkpoint\n{err}");
         if let Some(step) = resumed {
-            assert!(err.contains(&format!("resumed from checkpoints/default/model.ckpt-{step}.json at step {step}")), "{err}");
+            assert!(
+                err.contains(&format!("resumed from checkpoints/default/model.ckpt-{step}.json at step {step}")),
+                "{err}"
+            );
             resumes += 1;
         }
         let steps = logged_steps(&out);
-        assert_eq!(steps.first().copied(), Some(resumed.unwrap_or(0) + 1), "incarnation {i} counts on from its checkpoint");
+        assert_eq!(
+            steps.first().copied(),
+            Some(resumed.unwrap_or(0) + 1),
+            "incarnation {i} counts on from its checkpoint"
+        );
         assert!(steps.windows(2).all(|w| w[1] == w[0] + 1), "incarnation {i}: {steps:?}");
         announced.extend(numbers_after(&err, "written and announced", "checkpoints/default/model.ckpt-", '.'));
     }
@@ -504,7 +548,8 @@ fn the_pipeline_survives_kills_and_nats_restarts_and_loses_nothing() {
         let out = evaluator.out(i);
         let mut current = None;
         for line in out.lines() {
-            if let Some(step) = line.split("at step=").nth(1).and_then(|s| s.trim_end_matches('.').parse::<u64>().ok()) {
+            if let Some(step) = line.split("at step=").nth(1).and_then(|s| s.trim_end_matches('.').parse::<u64>().ok())
+            {
                 current = Some(step);
             } else if line.contains("precision @ 1 = ") {
                 *completed.entry(current.expect("a precision line after a load line")).or_default() += 1;

@@ -31,10 +31,17 @@ fn promtool_accepts_the_prometheus_config_and_rules() {
     assert!(ok && text.contains("SUCCESS"), "{text}");
     // The config scrapes every service and NATS (through its exporter).
     let config = &yaml_file("deploy/prometheus/prometheus.yml")[0];
-    let jobs: BTreeSet<&str> = config["scrape_configs"].as_array().expect("scrape_configs").iter().filter_map(|j| j["job_name"].as_str()).collect();
+    let jobs: BTreeSet<&str> = config["scrape_configs"]
+        .as_array()
+        .expect("scrape_configs")
+        .iter()
+        .filter_map(|j| j["job_name"].as_str())
+        .collect();
     assert_eq!(jobs, BTreeSet::from(["ingest", "preprocess", "trainer", "evaluator", "nats"]));
     let text = read("deploy/prometheus/prometheus.yml");
-    for target in ["ingest:9101", "\"preprocess\"", "port: 9102", "trainer:9103", "evaluator:9104", "nats-exporter:7777"] {
+    for target in
+        ["ingest:9101", "\"preprocess\"", "port: 9102", "trainer:9103", "evaluator:9104", "nats-exporter:7777"]
+    {
         assert!(text.contains(target), "{target} is not scraped");
     }
 }
@@ -43,7 +50,8 @@ fn promtool_accepts_the_prometheus_config_and_rules() {
 fn promtool_rejects_a_broken_rule() {
     // The check above means something: a rule with a bad expression fails.
     let dir = tempfile::tempdir().expect("tempdir");
-    let broken = read("deploy/prometheus/rules/inception.rules.yml").replace("rate(inception_trainer_data_wait_seconds_sum[10m])", "rate(inception_trainer_data_wait_seconds_sum)");
+    let broken = read("deploy/prometheus/rules/inception.rules.yml")
+        .replace("rate(inception_trainer_data_wait_seconds_sum[10m])", "rate(inception_trainer_data_wait_seconds_sum)");
     std::fs::write(dir.path().join("broken.yml"), broken).expect("write");
     let (ok, text) = run(&tool("promtool"), &["check", "rules", "broken.yml"], dir.path());
     assert!(!ok, "a range function without a range passed: {text}");
@@ -56,11 +64,21 @@ fn alert_rules_pass_their_unit_tests() {
     // Every alert has a unit test that shows it firing.
     let tests = read("deploy/prometheus/tests/inception.rules.test.yml");
     let alerts: Vec<String> = support::alert_rules().into_iter().map(|(name, _)| name).collect();
-    for required in ["InceptionTrainerStalled", "InceptionTrainerLossNotFinite", "InceptionTrainerLossDiverging", "InceptionEvaluationOverdue", "InceptionTrainerStarved", "InceptionIngestErrorRate"] {
+    for required in [
+        "InceptionTrainerStalled",
+        "InceptionTrainerLossNotFinite",
+        "InceptionTrainerLossDiverging",
+        "InceptionEvaluationOverdue",
+        "InceptionTrainerStarved",
+        "InceptionIngestErrorRate",
+    ] {
         assert!(alerts.iter().any(|a| a == required), "no {required} alert");
     }
     for alert in &alerts {
-        assert!(tests.contains(&format!("alertname: {alert}\n        exp_alerts:\n          -")), "{alert} is never shown firing");
+        assert!(
+            tests.contains(&format!("alertname: {alert}\n        exp_alerts:\n          -")),
+            "{alert} is never shown firing"
+        );
     }
 }
 
@@ -108,12 +126,25 @@ fn grafana_provisioning_points_at_the_dashboard_and_its_datasource() {
         }
     }
     let titles: Vec<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
-    for wanted in ["Examples per second by stage", "Step time p50 / p95", "Loss", "Learning rate", "Precision@1 and recall@5 against checkpoint step", "Batch queue depth", "Preprocess workers", "Errors per second"] {
+    for wanted in [
+        "Examples per second by stage",
+        "Step time p50 / p95",
+        "Loss",
+        "Learning rate",
+        "Precision@1 and recall@5 against checkpoint step",
+        "Batch queue depth",
+        "Preprocess workers",
+        "Errors per second",
+    ] {
         assert!(titles.contains(&wanted), "no panel {wanted:?}: {titles:?}");
     }
     let queries = support::dashboard_queries(&dashboard);
-    assert!(queries.iter().any(|(_, e)| e.contains("histogram_quantile(0.95") && e.contains("inception_trainer_step_seconds_bucket")));
-    assert!(queries.iter().any(|(_, e)| e.contains("histogram_quantile(0.5,") && e.contains("inception_trainer_step_seconds_bucket")));
+    assert!(queries
+        .iter()
+        .any(|(_, e)| e.contains("histogram_quantile(0.95") && e.contains("inception_trainer_step_seconds_bucket")));
+    assert!(queries
+        .iter()
+        .any(|(_, e)| e.contains("histogram_quantile(0.5,") && e.contains("inception_trainer_step_seconds_bucket")));
 }
 
 fn compose_dir() -> std::path::PathBuf {
@@ -125,19 +156,29 @@ fn docker_compose_validates_the_compose_files() {
     let compose = tool("docker-compose");
     let (ok, text) = run(&compose, &["-f", "docker-compose.yml", "config", "--quiet"], &compose_dir());
     assert!(ok, "{text}");
-    let (ok, text) = run(&compose, &["-f", "docker-compose.yml", "-f", "docker-compose.gpu.yml", "config", "--quiet"], &compose_dir());
+    let (ok, text) = run(
+        &compose,
+        &["-f", "docker-compose.yml", "-f", "docker-compose.gpu.yml", "config", "--quiet"],
+        &compose_dir(),
+    );
     assert!(ok, "{text}");
     let (ok, services) = run(&compose, &["-f", "docker-compose.yml", "config", "--services"], &compose_dir());
     assert!(ok, "{services}");
     let services: BTreeSet<&str> = services.lines().collect();
-    for s in ["nats", "nats-exporter", "minio", "prometheus", "grafana", "ingest", "preprocess", "trainer", "evaluator"] {
+    for s in ["nats", "nats-exporter", "minio", "prometheus", "grafana", "ingest", "preprocess", "trainer", "evaluator"]
+    {
         assert!(services.contains(s), "no {s} service: {services:?}");
     }
     // The resolved file: JetStream on, each service's metrics on 0.0.0.0 and its port.
     let (ok, resolved) = run(&compose, &["-f", "docker-compose.yml", "config"], &compose_dir());
     assert!(ok, "{resolved}");
     let doc = &yaml_documents(&resolved)[0];
-    for (service, key, port) in [("ingest", "INGEST", 9101), ("preprocess", "PREPROCESS", 9102), ("trainer", "TRAIN", 9103), ("evaluator", "EVAL", 9104)] {
+    for (service, key, port) in [
+        ("ingest", "INGEST", 9101),
+        ("preprocess", "PREPROCESS", 9102),
+        ("trainer", "TRAIN", 9103),
+        ("evaluator", "EVAL", 9104),
+    ] {
         let env = &doc["services"][service]["environment"];
         assert_eq!(env[format!("INCEPTION__{key}__METRICS_ADDR")], format!("0.0.0.0:{port}"), "{service}");
         assert_eq!(env["INCEPTION__NATS__URL"], "nats://nats:4222", "{service}");
@@ -152,7 +193,8 @@ fn docker_compose_validates_the_compose_files() {
 #[test]
 fn docker_compose_rejects_a_broken_file() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let broken = read("deploy/compose/docker-compose.yml").replace("    image: nats:2.12.8\n", "    image: nats:2.12.8\n    no_such_option: 1\n");
+    let broken = read("deploy/compose/docker-compose.yml")
+        .replace("    image: nats:2.12.8\n", "    image: nats:2.12.8\n    no_such_option: 1\n");
     std::fs::write(dir.path().join("docker-compose.yml"), broken).expect("write");
     let (ok, text) = run(&tool("docker-compose"), &["-f", "docker-compose.yml", "config", "--quiet"], dir.path());
     assert!(!ok && text.contains("no_such_option"), "{text}");
@@ -162,11 +204,18 @@ fn docker_compose_rejects_a_broken_file() {
 fn dockerfile_gets_libtorch_from_the_pinned_pypi_torch() {
     let dockerfile = read("deploy/compose/Dockerfile");
     let setup = read("scripts/setup.sh");
-    let version = setup.lines().find_map(|l| l.strip_prefix("TORCH_VERSION=")).and_then(|v| v.split_whitespace().next()).expect("TORCH_VERSION in setup.sh");
+    let version = setup
+        .lines()
+        .find_map(|l| l.strip_prefix("TORCH_VERSION="))
+        .and_then(|v| v.split_whitespace().next())
+        .expect("TORCH_VERSION in setup.sh");
     assert!(dockerfile.contains(&format!("torch=={version}")), "Dockerfile's torch differs from setup.sh's {version}");
     assert!(dockerfile.contains("LIBTORCH_USE_PYTORCH=1"));
     for bin in ["inception-ingest", "inception-preprocess", "inception-trainer", "inception-evaluator"] {
-        assert!(dockerfile.contains(&format!("-p {bin}")) && dockerfile.contains(&format!("target/release/{bin}")), "{bin} not built");
+        assert!(
+            dockerfile.contains(&format!("-p {bin}")) && dockerfile.contains(&format!("target/release/{bin}")),
+            "{bin} not built"
+        );
     }
 }
 
@@ -199,7 +248,10 @@ fn kustomize_builds_objects_that_pass_the_kubernetes_schemas() {
         if kind == "ScaledObject" || kind == "PodMonitor" {
             continue;
         }
-        assert!(text.contains(&format!("passed for resource {}/{name}", kind.to_lowercase())), "{kind}/{name} not validated: {text}");
+        assert!(
+            text.contains(&format!("passed for resource {}/{name}", kind.to_lowercase())),
+            "{kind}/{name} not validated: {text}"
+        );
     }
     // A misspelt field is caught by the same check.
     std::fs::write(dir.path().join("bad.yaml"), built.replacen("readinessProbe:", "readinesProbe:", 1)).expect("write");
@@ -211,7 +263,12 @@ fn kustomize_builds_objects_that_pass_the_kubernetes_schemas() {
 fn kubernetes_workloads_have_probes_ports_and_the_trainer_a_gpu() {
     let (_, docs) = kustomize();
     let config = &find(&docs, "ConfigMap", "inception-config")["data"];
-    for (kind, name, key, port) in [("Deployment", "ingest", "INGEST", 9101), ("Deployment", "preprocess", "PREPROCESS", 9102), ("Deployment", "trainer", "TRAIN", 9103), ("Deployment", "evaluator", "EVAL", 9104)] {
+    for (kind, name, key, port) in [
+        ("Deployment", "ingest", "INGEST", 9101),
+        ("Deployment", "preprocess", "PREPROCESS", 9102),
+        ("Deployment", "trainer", "TRAIN", 9103),
+        ("Deployment", "evaluator", "EVAL", 9104),
+    ] {
         let pod = &find(&docs, kind, name)["spec"]["template"];
         let c = &pod["spec"]["containers"][0];
         assert_eq!(config[format!("INCEPTION__{key}__METRICS_ADDR")], format!("0.0.0.0:{port}"), "{name}");
@@ -252,7 +309,13 @@ fn keda_scales_preprocess_on_the_real_batch_queue() {
     // The formula scales on free room: capacity is preprocess.queue_capacity.
     let formula = scaled["advanced"]["scalingModifiers"]["formula"].as_str().expect("formula");
     let capacity = settings.preprocess.queue_capacity;
-    assert_eq!(formula, format!("{name} < {capacity} ? {capacity} - {name} : 0", name = trigger["name"].as_str().expect("trigger name")));
+    assert_eq!(
+        formula,
+        format!(
+            "{name} < {capacity} ? {capacity} - {name} : 0",
+            name = trigger["name"].as_str().expect("trigger name")
+        )
+    );
     // NATS from the official chart: JetStream on, monitoring where KEDA looks.
     let values = &yaml_file("deploy/k8s/nats/values.yaml")[0];
     assert_eq!(values["config"]["jetstream"]["enabled"], true);
@@ -260,7 +323,10 @@ fn keda_scales_preprocess_on_the_real_batch_queue() {
     let port = values["config"]["monitor"]["port"].as_i64().expect("monitor port");
     assert!(meta["natsServerMonitoringEndpoint"].as_str().is_some_and(|e| e.ends_with(&format!(":{port}"))), "{meta}");
     assert_eq!(values["promExporter"]["enabled"], true);
-    let nats_url = find(&docs, "ConfigMap", "inception-config")["data"]["INCEPTION__NATS__URL"].as_str().expect("nats url").to_string();
+    let nats_url = find(&docs, "ConfigMap", "inception-config")["data"]["INCEPTION__NATS__URL"]
+        .as_str()
+        .expect("nats url")
+        .to_string();
     let host = meta["natsServerMonitoringEndpoint"].as_str().and_then(|e| e.split(':').next()).expect("host");
     assert!(nats_url.contains(host), "services use {nats_url}, KEDA watches {host}");
 }

@@ -21,7 +21,8 @@ fn write_inputs(train: &Path) {
     std::fs::write(roses.join("empty.jpg"), b"").unwrap();
     std::fs::write(roses.join("notes.jpg"), b"this is text, not a JPEG").unwrap();
     // 16-bit grey, RGBA, palette: converted to RGB JPEG.
-    let deep: Vec<Vec<u8>> = (0..6).map(|y| (0..8u16).flat_map(|x| (x * 8000 + y * 100).to_be_bytes()).collect()).collect();
+    let deep: Vec<Vec<u8>> =
+        (0..6).map(|y| (0..8u16).flat_map(|x| (x * 8000 + y * 100).to_be_bytes()).collect()).collect();
     std::fs::write(daisy.join("deep16.png"), png(8, 6, 0, 16, None, &deep)).unwrap();
     let rgba: Vec<Vec<u8>> = (0..5).map(|_| (0..7).flat_map(|x| [200, x * 30, 10, 128]).collect()).collect();
     std::fs::write(daisy.join("rgba.PNG"), png(7, 5, 6, 8, None, &rgba)).unwrap();
@@ -122,7 +123,14 @@ fn bad_inputs_are_skipped_with_reasons_and_the_rest_is_written() {
     let bytes = std::fs::read(&shard).unwrap();
     let names = record_filenames(&bytes);
     assert_eq!(names.len(), 21);
-    for n in ["deep16.png", "rgba.PNG", "palette.jpg", "rose #1 (copy) 50%.jpg", "ünïcødé 花.jpeg", "latin1-\u{fffd}t\u{fffd}.jpg"] {
+    for n in [
+        "deep16.png",
+        "rgba.PNG",
+        "palette.jpg",
+        "rose #1 (copy) 50%.jpg",
+        "ünïcødé 花.jpeg",
+        "latin1-\u{fffd}t\u{fffd}.jpg",
+    ] {
         assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
     }
     assert!(!names.iter().any(|x| x.starts_with('.')), "{names:?}");
@@ -139,7 +147,10 @@ fn bad_inputs_are_skipped_with_reasons_and_the_rest_is_written() {
             assert!(boxes.is_empty());
         }
     }
-    assert_eq!(tfrecord::records(&bytes).filter(|r| parse_bounding_boxes(r.as_ref().unwrap()).unwrap().len() == 2).count(), 1);
+    assert_eq!(
+        tfrecord::records(&bytes).filter(|r| parse_bounding_boxes(r.as_ref().unwrap()).unwrap().len() == 2).count(),
+        1
+    );
 
     // The records tool agrees, and reports a cut file with its byte offset.
     let cli = inception_integration_tests::binary("inception");

@@ -7,7 +7,7 @@
 use futures::StreamExt;
 use inception_core::local_nats::LocalNats;
 use inception_core::settings::env_vars;
-use inception_integration_tests::{drop_image, next_shard, free_port, http_get, record_filenames, Proc};
+use inception_integration_tests::{drop_image, free_port, http_get, next_shard, record_filenames, Proc};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,7 +22,10 @@ async fn new_images_become_announced_shards_across_restarts() {
     let jpeg = |label: &str, i: usize| {
         let folder = images.join("train").join(label);
         let prefix = format!("{label}_{i:04}.");
-        let entry = std::fs::read_dir(&folder).unwrap().filter_map(Result::ok).find(|e| e.file_name().to_string_lossy().starts_with(&prefix));
+        let entry = std::fs::read_dir(&folder)
+            .unwrap()
+            .filter_map(Result::ok)
+            .find(|e| e.file_name().to_string_lossy().starts_with(&prefix));
         std::fs::read(entry.unwrap().path()).unwrap()
     };
     let labels = dir.path().join("labels.txt");

@@ -54,7 +54,9 @@ async fn uploads_to_an_s3_prefix_become_announced_shards() {
     let mut announced = client.subscribe("inception.shards.s3live.train").await.unwrap();
 
     // Uploaded before the start, so the first listing sees them together.
-    for (key, bytes) in [("roses/a.jpg", image("roses", 0)), ("daisy/b.jpg", image("daisy", 0)), ("tulips/c.jpg", image("tulips", 0))] {
+    for (key, bytes) in
+        [("roses/a.jpg", image("roses", 0)), ("daisy/b.jpg", image("daisy", 0)), ("tulips/c.jpg", image("tulips", 0))]
+    {
         incoming.put(key, bytes).await.unwrap();
     }
     incoming.put("cactus/d.jpg", image("roses", 1)).await.unwrap();

@@ -35,7 +35,8 @@ fn bytes(ex: &Example, key: &str) -> String {
 #[test]
 fn tensorflow_written_records_read_correctly() {
     let data = std::fs::read(fixtures().join("build_image_data.tfrecord")).unwrap();
-    let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(fixtures().join("expected.json")).unwrap()).unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixtures().join("expected.json")).unwrap()).unwrap();
     let want = expected["records"].as_array().unwrap();
     let records: Vec<&[u8]> = tfrecord::records(&data).collect::<Result<_, _>>().unwrap();
     assert_eq!(records.len(), want.len(), "made by TensorFlow {}", expected["tensorflow"]);

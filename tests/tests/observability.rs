@@ -51,7 +51,11 @@ fn query_range(port: u16, expr: &str, start: f64, end: f64) -> Vec<serde_json::V
 
 fn has_finite_value(series: &[serde_json::Value]) -> bool {
     series.iter().any(|s| {
-        s["values"].as_array().into_iter().flatten().any(|v| v[1].as_str().and_then(|x| x.parse::<f64>().ok()).is_some_and(f64::is_finite))
+        s["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|v| v[1].as_str().and_then(|x| x.parse::<f64>().ok()).is_some_and(f64::is_finite))
     })
 }
 
@@ -104,16 +108,28 @@ async fn prometheus_scrapes_the_pipeline_and_answers_every_dashboard_query() {
     std::fs::write(images.join("train/roses/empty.jpg"), b"").expect("write");
     let nats = LocalNats::start(&dir.path().join("nats")).expect("nats-server");
 
-    let ports = [("ingest", free_port()), ("preprocess", free_port()), ("trainer", free_port()), ("evaluator", free_port())];
+    let ports =
+        [("ingest", free_port()), ("preprocess", free_port()), ("trainer", free_port()), ("evaluator", free_port())];
     let port_of = |job: &str| ports.iter().find(|(j, _)| *j == job).map(|(_, p)| *p).expect("port");
     let prom_port = free_port();
     let config = prometheus_config(dir.path(), &ports);
     let mut prometheus = spawn_prometheus(&config, &dir.path().join("tsdb"), prom_port, &logs);
-    wait_until("Prometheus ready", Duration::from_secs(30), || http_get(prom_port, "/-/ready").is_ok_and(|(s, _)| s.contains("200")), || format!("{:?}", prometheus.output()));
+    wait_until(
+        "Prometheus ready",
+        Duration::from_secs(30),
+        || http_get(prom_port, "/-/ready").is_ok_and(|(s, _)| s.contains("200")),
+        || format!("{:?}", prometheus.output()),
+    );
     // Prometheus applies discovered targets every 5 s: wait for all four.
-    wait_until("Prometheus targets", Duration::from_secs(30), || {
-        http_get(prom_port, "/api/v1/targets").is_ok_and(|(_, body)| ports.iter().all(|(_, p)| body.contains(&format!("127.0.0.1:{p}"))))
-    }, || format!("{:?}", prometheus.output()));
+    wait_until(
+        "Prometheus targets",
+        Duration::from_secs(30),
+        || {
+            http_get(prom_port, "/api/v1/targets")
+                .is_ok_and(|(_, body)| ports.iter().all(|(_, p)| body.contains(&format!("127.0.0.1:{p}"))))
+        },
+        || format!("{:?}", prometheus.output()),
+    );
     let start = now() - 1.0;
 
     let env = env_vars([
@@ -141,19 +157,27 @@ async fn prometheus_scrapes_the_pipeline_and_answers_every_dashboard_query() {
     ]);
 
     // Ingest: two unreadable images are skipped.
-    let (train, validation) = (images.join("train").display().to_string(), images.join("validation").display().to_string());
+    let (train, validation) =
+        (images.join("train").display().to_string(), images.join("validation").display().to_string());
     // It runs for a fraction of a second; should the 10 ms scrapes miss it
     // (a loaded machine), it runs again: a re-run keeps and re-announces the shards.
     let ingest_seen = |prom_port: u16| {
         let t = now();
-        let written = query_range(prom_port, "count_over_time(inception_ingest_images_total{result=\"written\"}[5m]) >= 2", t, t);
-        let skipped = query_range(prom_port, "count_over_time(inception_ingest_images_total{result!=\"written\"}[5m])", t, t);
+        let written =
+            query_range(prom_port, "count_over_time(inception_ingest_images_total{result=\"written\"}[5m]) >= 2", t, t);
+        let skipped =
+            query_range(prom_port, "count_over_time(inception_ingest_images_total{result!=\"written\"}[5m])", t, t);
         has_finite_value(&written) && has_finite_value(&skipped)
     };
     for attempt in 1..=3 {
         let ingest_logs = logs.join(format!("ingest-{attempt}"));
         std::fs::create_dir_all(&ingest_logs).expect("logs dir");
-        let mut ingest = Proc::spawn("inception-ingest", &["--train-directory", &train, "--validation-directory", &validation], &env, &ingest_logs);
+        let mut ingest = Proc::spawn(
+            "inception-ingest",
+            &["--train-directory", &train, "--validation-directory", &validation],
+            &env,
+            &ingest_logs,
+        );
         assert!(ingest.wait(Duration::from_secs(120)).success(), "{:?}", ingest.output());
         std::thread::sleep(Duration::from_millis(500));
         if ingest_seen(prom_port) {
@@ -179,23 +203,62 @@ async fn prometheus_scrapes_the_pipeline_and_answers_every_dashboard_query() {
         ..Default::default()
     };
     let subject = streams.subjects.shards(DATASET, "train");
-    streams.publish_acked(&subject, junk_shard.encode_to_vec().into(), "obs-junk-shard", &stop).await.expect("announce junk shard");
-    streams.publish_acked(&subject, b"\xff\xff\xff not protobuf".to_vec().into(), "obs-garbage", &stop).await.expect("announce garbage");
+    streams
+        .publish_acked(&subject, junk_shard.encode_to_vec().into(), "obs-junk-shard", &stop)
+        .await
+        .expect("announce junk shard");
+    streams
+        .publish_acked(&subject, b"\xff\xff\xff not protobuf".to_vec().into(), "obs-garbage", &stop)
+        .await
+        .expect("announce garbage");
     let batches = streams.batches(2).await.expect("batch queue");
     drop(batches);
-    let stray = BatchReady { uri: "batches/elsewhere/x.safetensors".into(), batch_size: 8, image_size: 75, labels: vec![1; 8], ..Default::default() };
-    streams.publish_acked(&streams.subjects.batches(DATASET), stray.encode_to_vec().into(), "obs-stray-batch", &stop).await.expect("queue a stray batch");
+    let stray = BatchReady {
+        uri: "batches/elsewhere/x.safetensors".into(),
+        batch_size: 8,
+        image_size: 75,
+        labels: vec![1; 8],
+        ..Default::default()
+    };
+    streams
+        .publish_acked(&streams.subjects.batches(DATASET), stray.encode_to_vec().into(), "obs-stray-batch", &stop)
+        .await
+        .expect("queue a stray batch");
 
     // Evaluator and one worker; the worker fills the queue (capacity 2, one
     // slot taken by the stray message) and then waits for room.
     let mut evaluator = Proc::spawn("inception-evaluator", &[], &env, &logs);
     let mut worker = Proc::spawn("inception-preprocess", &["--worker-id", "w1"], &env, &logs);
     let (eval_port, worker_port) = (port_of("evaluator"), port_of("preprocess"));
-    wait_until("evaluator ready", Duration::from_secs(60), || http_get(eval_port, "/readyz").is_ok_and(|(s, _)| s.contains("200")), || format!("{:?}", evaluator.output()));
+    wait_until(
+        "evaluator ready",
+        Duration::from_secs(60),
+        || http_get(eval_port, "/readyz").is_ok_and(|(s, _)| s.contains("200")),
+        || format!("{:?}", evaluator.output()),
+    );
     streams.checkpoints().await.expect("checkpoint stream");
-    let missing = CheckpointReady { run: "default".into(), step: 3, uri: "checkpoints/default/model.ckpt-3.safetensors".into(), metadata_uri: "checkpoints/default/model.ckpt-3.json".into(), ..Default::default() };
-    streams.publish_acked(&streams.subjects.checkpoints("default"), missing.encode_to_vec().into(), "obs-missing-ckpt", &stop).await.expect("announce a missing checkpoint");
-    wait_until("a batch from the worker", Duration::from_secs(120), || scraped_value(worker_port, "inception_preprocess_batches_total").is_some_and(|v| v >= 1.0), || format!("{:?}", worker.output()));
+    let missing = CheckpointReady {
+        run: "default".into(),
+        step: 3,
+        uri: "checkpoints/default/model.ckpt-3.safetensors".into(),
+        metadata_uri: "checkpoints/default/model.ckpt-3.json".into(),
+        ..Default::default()
+    };
+    streams
+        .publish_acked(
+            &streams.subjects.checkpoints("default"),
+            missing.encode_to_vec().into(),
+            "obs-missing-ckpt",
+            &stop,
+        )
+        .await
+        .expect("announce a missing checkpoint");
+    wait_until(
+        "a batch from the worker",
+        Duration::from_secs(120),
+        || scraped_value(worker_port, "inception_preprocess_batches_total").is_some_and(|v| v >= 1.0),
+        || format!("{:?}", worker.output()),
+    );
     std::thread::sleep(Duration::from_secs(2)); // the next batch waits for room
 
     let mut trainer = Proc::spawn("inception-trainer", &[], &env, &logs);
@@ -208,7 +271,12 @@ async fn prometheus_scrapes_the_pipeline_and_answers_every_dashboard_query() {
 
     // The rules loaded and every one evaluates without error on real series.
     let groups = api(prom_port, "/api/v1/rules");
-    let rules: Vec<serde_json::Value> = groups["groups"].as_array().expect("groups").iter().flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default()).collect();
+    let rules: Vec<serde_json::Value> = groups["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+        .collect();
     let expected: BTreeSet<String> = support::alert_rules().into_iter().map(|(name, _)| name).collect();
     let loaded: BTreeSet<String> = rules.iter().filter_map(|r| r["name"].as_str().map(str::to_string)).collect();
     assert_eq!(loaded, expected);
@@ -240,7 +308,8 @@ async fn prometheus_scrapes_the_pipeline_and_answers_every_dashboard_query() {
     // Every pipeline metric Prometheus saw is in the catalogue.
     let names = api(prom_port, "/api/v1/label/__name__/values");
     let documented = support::documented_metric_names();
-    let seen: BTreeSet<String> = names.as_array().expect("names").iter().filter_map(|n| n.as_str()).flat_map(support::metric_names).collect();
+    let seen: BTreeSet<String> =
+        names.as_array().expect("names").iter().filter_map(|n| n.as_str()).flat_map(support::metric_names).collect();
     let undocumented: Vec<&String> = seen.difference(&documented).collect();
     assert!(undocumented.is_empty(), "scraped but not in docs/metrics.md: {undocumented:?}");
     assert!(seen.len() >= 25, "{seen:?}");
@@ -254,9 +323,17 @@ async fn prometheus_scrapes_the_pipeline_and_answers_every_dashboard_query() {
         ("evaluator", "inception_eval_failures_total"),
         ("evaluator", "inception_eval_errors_total"),
     ] {
-        assert!(has_finite_value(&query_range(prom_port, &format!("max_over_time({metric}[{range}]) > 0"), start, end)), "{job}: {metric} never counted");
+        assert!(
+            has_finite_value(&query_range(prom_port, &format!("max_over_time({metric}[{range}]) > 0"), start, end)),
+            "{job}: {metric} never counted"
+        );
     }
-    assert!(worker.is_running() && evaluator.is_running(), "a service died: {:?} {:?}", worker.output(), evaluator.output());
+    assert!(
+        worker.is_running() && evaluator.is_running(),
+        "a service died: {:?} {:?}",
+        worker.output(),
+        evaluator.output()
+    );
     assert!(worker.terminate(Duration::from_secs(30)).success(), "{:?}", worker.output());
     assert!(evaluator.terminate(Duration::from_secs(30)).success(), "{:?}", evaluator.output());
     prometheus.terminate(Duration::from_secs(30));

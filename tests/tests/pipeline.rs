@@ -1,10 +1,10 @@
 //! The whole pipeline as separate processes: a real nats-server, a local
 //! object store, the four built service binaries, generated images.
 
-use inception_core::settings::env_vars;
 use futures::StreamExt;
 use inception_core::example::parse_image_example;
 use inception_core::local_nats::LocalNats;
+use inception_core::settings::env_vars;
 use inception_core::tfrecord;
 use inception_integration_tests::{free_port, http_get, wait_for_file, Proc};
 use inception_proto::pipeline::{CheckpointReady, EvalResult, ShardReady};
@@ -145,8 +145,16 @@ async fn four_services_train_and_evaluate_over_nats() {
     let mut once = Proc::spawn("inception-evaluator", &["--run-once"], &once_env, &once_logs);
     assert!(once.wait(Duration::from_secs(120)).success(), "{:?}", once.output());
     let (once_out, _) = once.output();
-    assert!(once_out.contains(&format!("Successfully loaded model from checkpoints/default/model.ckpt-{STEPS}.json at step={STEPS}.")), "{once_out}");
-    assert!(once_out.contains(&format!("precision @ 1 = {p1:.4} recall @ 5 = ")), "same weights, same answer: {once_out}");
+    assert!(
+        once_out.contains(&format!(
+            "Successfully loaded model from checkpoints/default/model.ckpt-{STEPS}.json at step={STEPS}."
+        )),
+        "{once_out}"
+    );
+    assert!(
+        once_out.contains(&format!("precision @ 1 = {p1:.4} recall @ 5 = ")),
+        "same weights, same answer: {once_out}"
+    );
 
     // classify: top-5 labels per image, a clear error for a bad file.
     let mut args: Vec<String> = vec!["classify".into(), "--checkpoint".into(), "latest".into(), "--json".into()];

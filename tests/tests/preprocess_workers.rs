@@ -51,7 +51,10 @@ fn workers_join_and_leave_while_the_trainer_runs() {
     ]);
     let worker_env = |name: &str, port: u16| {
         let mut e = env.clone();
-        e.extend(env_vars([("PREPROCESS__WORKER_ID", name.to_string()), ("PREPROCESS__METRICS_ADDR", format!("127.0.0.1:{port}"))]));
+        e.extend(env_vars([
+            ("PREPROCESS__WORKER_ID", name.to_string()),
+            ("PREPROCESS__METRICS_ADDR", format!("127.0.0.1:{port}")),
+        ]));
         e
     };
     let train = images.join("train");
@@ -63,11 +66,21 @@ fn workers_join_and_leave_while_the_trainer_runs() {
     let mut trainer = Proc::spawn("inception-trainer", &[], &env, &logs);
     let t0 = Instant::now();
     let step = |t: &Proc| logged_steps(&t.output().0).last().copied().unwrap_or(0);
-    wait_until("step 10", Duration::from_secs(180), || step(&trainer) >= 10, || format!("{:?}\n{:?}", trainer.output(), a.output()));
+    wait_until(
+        "step 10",
+        Duration::from_secs(180),
+        || step(&trainer) >= 10,
+        || format!("{:?}\n{:?}", trainer.output(), a.output()),
+    );
 
     // A second worker joins; new shards are announced while both run.
     let mut b = Proc::spawn("inception-preprocess", &[], &worker_env("b", port_b), &logs.join("b"));
-    wait_until("worker b's first batch", Duration::from_secs(60), || scraped_value(port_b, "inception_preprocess_batches_total").unwrap_or(0.0) >= 1.0, || format!("{:?}", b.output()));
+    wait_until(
+        "worker b's first batch",
+        Duration::from_secs(60),
+        || scraped_value(port_b, "inception_preprocess_batches_total").unwrap_or(0.0) >= 1.0,
+        || format!("{:?}", b.output()),
+    );
     assert!(trainer.is_running() && step(&trainer) < STEPS, "b joined while the trainer ran");
     let more_train = more.join("train");
     let mut ingest2 = Proc::spawn(
@@ -93,8 +106,16 @@ fn workers_join_and_leave_while_the_trainer_runs() {
     let ghost = store.join("batches/flowers/ghost-1-0000000000.safetensors");
     std::fs::write(&ghost, b"half a batch").unwrap();
     let mut c = Proc::spawn("inception-preprocess", &[], &worker_env("c", port_c), &logs.join("c"));
-    wait_until("worker c's first batch", Duration::from_secs(60), || scraped_value(port_c, "inception_preprocess_batches_total").unwrap_or(0.0) >= 1.0, || format!("{:?}", c.output()));
-    assert!(trainer.is_running() && step(&trainer) < STEPS, "c joined while the trainer ran (a killed at step {before})");
+    wait_until(
+        "worker c's first batch",
+        Duration::from_secs(60),
+        || scraped_value(port_c, "inception_preprocess_batches_total").unwrap_or(0.0) >= 1.0,
+        || format!("{:?}", c.output()),
+    );
+    assert!(
+        trainer.is_running() && step(&trainer) < STEPS,
+        "c joined while the trainer ran (a killed at step {before})"
+    );
     assert!(trainer.wait(Duration::from_secs(300)).success(), "{:?}", trainer.output());
     eprintln!("{:?}: trainer done", t0.elapsed());
     let (out, err) = trainer.output();
@@ -102,14 +123,18 @@ fn workers_join_and_leave_while_the_trainer_runs() {
     assert_eq!(steps, (1..=STEPS).collect::<Vec<_>>(), "every step once, in order (a was killed after {before})");
     assert!(!err.contains("dropping a batch message"), "no batch was lost or corrupt: {err}");
     for (name, port) in [("b", port_b), ("c", port_c)] {
-        assert!(scraped_value(port, "inception_preprocess_batches_total").unwrap_or(0.0) >= 1.0, "worker {name} handed over batches");
+        assert!(
+            scraped_value(port, "inception_preprocess_batches_total").unwrap_or(0.0) >= 1.0,
+            "worker {name} handed over batches"
+        );
     }
 
     // Memory: shuffle buffer within its byte cap; the process within the
     // documented budget (docs/design.md: 64 MB + cap + 2 shards + 2 batches).
     for (w, port) in [(&b, port_b), (&c, port_c)] {
         let buffered = scraped_value(port, "inception_preprocess_shuffle_buffer_bytes").unwrap_or(0.0);
-        let largest_shard = std::fs::read_dir(store.join("datasets/flowers")).unwrap()
+        let largest_shard = std::fs::read_dir(store.join("datasets/flowers"))
+            .unwrap()
             .filter_map(Result::ok)
             .filter_map(|e| e.metadata().ok().map(|m| m.len()))
             .max()
@@ -129,7 +154,11 @@ fn workers_join_and_leave_while_the_trainer_runs() {
         || !ghost.exists() && batch_objects(&store).len() <= 3,
         || format!("{:?}\n{:?}", batch_objects(&store), c.output()),
     );
-    assert!(scraped_value(port_b, "inception_preprocess_orphan_batches_deleted_total").unwrap_or(0.0) + scraped_value(port_c, "inception_preprocess_orphan_batches_deleted_total").unwrap_or(0.0) >= 1.0);
+    assert!(
+        scraped_value(port_b, "inception_preprocess_orphan_batches_deleted_total").unwrap_or(0.0)
+            + scraped_value(port_c, "inception_preprocess_orphan_batches_deleted_total").unwrap_or(0.0)
+            >= 1.0
+    );
     for w in [&mut b, &mut c] {
         assert!(w.terminate(Duration::from_secs(30)).success(), "{:?}", w.output());
     }
@@ -160,7 +189,8 @@ async fn a_batch_not_acknowledged_in_time_is_delivered_again() {
     let consumer = streams.batch_consumer(&stream, "flowers", ack_wait).await.unwrap();
     let started = Instant::now();
     let again = loop {
-        let mut fetched = consumer.fetch().max_messages(1).expires(Duration::from_millis(500)).messages().await.unwrap();
+        let mut fetched =
+            consumer.fetch().max_messages(1).expires(Duration::from_millis(500)).messages().await.unwrap();
         if let Some(m) = fetched.next().await {
             break m.unwrap();
         }

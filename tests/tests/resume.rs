@@ -2,9 +2,11 @@
 //! the evaluator watching that run skips broken checkpoints (of another
 //! model shape, or with unreadable weights) once each and keeps serving.
 
-use inception_core::settings::env_vars;
 use inception_core::local_nats::LocalNats;
-use inception_integration_tests::{free_port, http_get, logged_steps, pointer_step, scraped_value, wait_for_file, Proc};
+use inception_core::settings::env_vars;
+use inception_integration_tests::{
+    free_port, http_get, logged_steps, pointer_step, scraped_value, wait_for_file, Proc,
+};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -56,7 +58,10 @@ fn killed_trainer_resumes_from_the_latest_complete_checkpoint() {
     let mut second = Proc::spawn("inception-trainer", &[], &env, &logs.join("second"));
     assert!(second.wait(Duration::from_secs(300)).success(), "{:?}", second.output());
     let (out, err) = second.output();
-    assert!(err.contains(&format!("resumed from checkpoints/default/model.ckpt-{saved}.json at step {saved}")), "{err}");
+    assert!(
+        err.contains(&format!("resumed from checkpoints/default/model.ckpt-{saved}.json at step {saved}")),
+        "{err}"
+    );
     let steps = logged_steps(&out);
     assert_eq!(steps.first(), Some(&(saved + 1)), "continues right after the checkpoint: {steps:?}");
     assert!(steps.windows(2).all(|w| w[1] == w[0] + 1), "never goes backwards: {steps:?}");
@@ -81,7 +86,15 @@ fn killed_trainer_resumes_from_the_latest_complete_checkpoint() {
     std::fs::create_dir_all(logs.join("tuned")).unwrap();
     let mut tuned = Proc::spawn(
         "inception-trainer",
-        &["--run", "tuned", "--max-steps", "3", "--fine-tune", "--pretrained-checkpoint", "checkpoints/default/model.ckpt-60.safetensors"],
+        &[
+            "--run",
+            "tuned",
+            "--max-steps",
+            "3",
+            "--fine-tune",
+            "--pretrained-checkpoint",
+            "checkpoints/default/model.ckpt-60.safetensors",
+        ],
         &env,
         &logs.join("tuned"),
     );
@@ -103,14 +116,20 @@ fn point_at(store: &Path, step: u64, metadata: &str) {
 fn evaluator_skips_broken_checkpoints_and_keeps_serving(store: &Path, env: &[(String, String)], logs: &Path) {
     let port = free_port();
     let mut env = env.to_vec();
-    env.extend(env_vars([("EVAL__EVAL_INTERVAL_SECS", "1".to_string()), ("EVAL__METRICS_ADDR", format!("127.0.0.1:{port}"))]));
+    env.extend(env_vars([
+        ("EVAL__EVAL_INTERVAL_SECS", "1".to_string()),
+        ("EVAL__METRICS_ADDR", format!("127.0.0.1:{port}")),
+    ]));
     std::fs::create_dir_all(logs.join("eval")).unwrap();
     let mut evaluator = Proc::spawn("inception-evaluator", &[], &env, &logs.join("eval"));
     let ckpt = store.join("checkpoints/default");
-    wait_for_file(&store.join("eval/default/step-60.json"), Duration::from_secs(120), || format!("{:?}", evaluator.output()));
+    wait_for_file(&store.join("eval/default/step-60.json"), Duration::from_secs(120), || {
+        format!("{:?}", evaluator.output())
+    });
 
     // Step 70: a checkpoint of another model shape (wider layers than its weights).
-    let mut meta: serde_json::Value = serde_json::from_slice(&std::fs::read(ckpt.join("model.ckpt-60.json")).unwrap()).unwrap();
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ckpt.join("model.ckpt-60.json")).unwrap()).unwrap();
     meta["step"] = 70.into();
     meta["model"]["depth_multiplier"] = 0.3.into();
     std::fs::write(ckpt.join("model.ckpt-70.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
@@ -151,6 +170,8 @@ fn evaluator_skips_broken_checkpoints_and_keeps_serving(store: &Path, env: &[(St
     meta["weights"] = "checkpoints/default/model.ckpt-60.safetensors".into();
     std::fs::write(ckpt.join("model.ckpt-90.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
     point_at(store, 90, "checkpoints/default/model.ckpt-90.json");
-    wait_for_file(&store.join("eval/default/step-90.json"), Duration::from_secs(60), || format!("{:?}", evaluator.output()));
+    wait_for_file(&store.join("eval/default/step-90.json"), Duration::from_secs(60), || {
+        format!("{:?}", evaluator.output())
+    });
     assert!(evaluator.terminate(Duration::from_secs(30)).success(), "{:?}", evaluator.output());
 }

@@ -59,12 +59,17 @@ async fn each_kind_of_credentials_is_required_and_accepted() {
 
     // Nkey: the server knows only the public key.
     let user = nkeys::KeyPair::new_user();
-    let srv = server(dir.path(), "nkey", &format!("authorization {{ users = [ {{ nkey: \"{}\" }} ] }}", user.public_key()));
+    let srv =
+        server(dir.path(), "nkey", &format!("authorization {{ users = [ {{ nkey: \"{}\" }} ] }}", user.public_key()));
     try_connect(&NatsSettings { nkey_seed: Secret::new(user.seed().unwrap()), ..settings(srv.url()) }).await.unwrap();
     assert!(try_connect(&settings(srv.url())).await.is_err());
     let stranger = nkeys::KeyPair::new_user();
-    assert!(try_connect(&NatsSettings { nkey_seed: Secret::new(stranger.seed().unwrap()), ..settings(srv.url()) }).await.is_err());
-    let bad_seed = try_connect(&NatsSettings { nkey_seed: Secret::new("SUnot-a-seed-xyz"), ..settings(srv.url()) }).await.unwrap_err();
+    assert!(try_connect(&NatsSettings { nkey_seed: Secret::new(stranger.seed().unwrap()), ..settings(srv.url()) })
+        .await
+        .is_err());
+    let bad_seed = try_connect(&NatsSettings { nkey_seed: Secret::new("SUnot-a-seed-xyz"), ..settings(srv.url()) })
+        .await
+        .unwrap_err();
     assert!(bad_seed.contains("not a valid nkey seed") && !bad_seed.contains("SUnot-a-seed-xyz"), "{bad_seed}");
 
     // TLS with a CA made here, and a password on top.
@@ -88,7 +93,8 @@ async fn each_kind_of_credentials_is_required_and_accepted() {
     try_connect(&tls).await.unwrap();
     let untrusted = try_connect(&NatsSettings { tls_ca_file: String::new(), ..tls.clone() }).await.unwrap_err();
     assert!(!untrusted.contains("pw-tls-5d"), "{untrusted}");
-    let missing = try_connect(&NatsSettings { tls_ca_file: "/nonexistent/ca.pem".into(), ..tls.clone() }).await.unwrap_err();
+    let missing =
+        try_connect(&NatsSettings { tls_ca_file: "/nonexistent/ca.pem".into(), ..tls.clone() }).await.unwrap_err();
     assert!(missing.contains("nats.tls_ca_file /nonexistent/ca.pem"), "{missing}");
 }
 
@@ -110,7 +116,8 @@ impl Pki {
         let server_key = KeyPair::generate().unwrap();
         let server_params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
         let server = server_params.signed_by(&server_key, &ca, &ca_key).unwrap();
-        let pki = Pki { ca: dir.join("ca.pem"), server_cert: dir.join("server.pem"), server_key: dir.join("server-key.pem") };
+        let pki =
+            Pki { ca: dir.join("ca.pem"), server_cert: dir.join("server.pem"), server_key: dir.join("server-key.pem") };
         std::fs::write(&pki.ca, ca.pem()).unwrap();
         std::fs::write(&pki.server_cert, server.pem()).unwrap();
         std::fs::write(&pki.server_key, server_key.serialize_pem()).unwrap();
@@ -194,7 +201,8 @@ fn secrets_never_reach_logs_metrics_or_errors() {
         }
     }
     // Settings print safely too.
-    let s: Settings = Settings::load(None, &[("nats.password".into(), PASSWORD.into()), ("nats.user".into(), "svc".into())]).unwrap();
+    let s: Settings =
+        Settings::load(None, &[("nats.password".into(), PASSWORD.into()), ("nats.user".into(), "svc".into())]).unwrap();
     let printed = format!("{s:?}");
     assert!(!printed.contains(PASSWORD) && printed.contains("password: [redacted]"), "{printed}");
 }
@@ -229,10 +237,29 @@ async fn hostile_messages_are_refused_counted_and_survived() {
     streams.checkpoints().await.unwrap();
     let stop = CancellationToken::new();
     let oversized = vec![0x0a; 200 * 1024];
-    let shard = |uri: &str| ShardReady { dataset: "flowers".into(), split: "train".into(), uri: uri.into(), records: 1, ..Default::default() }.encode_to_vec();
+    let shard = |uri: &str| {
+        ShardReady {
+            dataset: "flowers".into(),
+            split: "train".into(),
+            uri: uri.into(),
+            records: 1,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
     let checkpoint = |uri: &str| CheckpointReady { metadata_uri: uri.into(), ..Default::default() }.encode_to_vec();
-    let hostile_shards = [b"\xff\xff not protobuf".to_vec(), oversized.clone(), shard("datasets/flowers/../../etc/passwd"), shard("/etc/passwd")];
-    let hostile_checkpoints = [b"\xff\xff not protobuf".to_vec(), oversized, checkpoint("/etc/passwd"), checkpoint("checkpoints/default/../../x.json")];
+    let hostile_shards = [
+        b"\xff\xff not protobuf".to_vec(),
+        oversized.clone(),
+        shard("datasets/flowers/../../etc/passwd"),
+        shard("/etc/passwd"),
+    ];
+    let hostile_checkpoints = [
+        b"\xff\xff not protobuf".to_vec(),
+        oversized,
+        checkpoint("/etc/passwd"),
+        checkpoint("checkpoints/default/../../x.json"),
+    ];
     for (i, payload) in hostile_shards.into_iter().enumerate() {
         let subject = streams.subjects.shards("flowers", "train");
         streams.publish_acked(&subject, payload.into(), &format!("shard-{i}"), &stop).await.unwrap();
@@ -245,14 +272,22 @@ async fn hostile_messages_are_refused_counted_and_survived() {
     while scraped_value(preprocess_port, "inception_preprocess_rejected_messages_total") != Some(4.0)
         || scraped_value(eval_port, "inception_eval_rejected_messages_total") != Some(4.0)
     {
-        assert!(Instant::now() < deadline, "not all refused and counted:\n{:?}\n{:?}", preprocess.output(), evaluator.output());
+        assert!(
+            Instant::now() < deadline,
+            "not all refused and counted:\n{:?}\n{:?}",
+            preprocess.output(),
+            evaluator.output()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(preprocess.is_running() && evaluator.is_running());
     assert!(http_get(preprocess_port, "/healthz").unwrap().0.contains("200"));
     assert!(http_get(eval_port, "/healthz").unwrap().0.contains("200"));
     let (_, err) = preprocess.output();
-    assert!(err.contains("is more than a ShardReady may have") && err.contains("is outside datasets/flowers/"), "{err}");
+    assert!(
+        err.contains("is more than a ShardReady may have") && err.contains("is outside datasets/flowers/"),
+        "{err}"
+    );
     let (_, err) = evaluator.output();
     assert!(err.contains("announcement of /etc/passwd outside checkpoints/default/"), "{err}");
     assert!(!dir.path().join("store/eval").exists(), "nothing was evaluated");

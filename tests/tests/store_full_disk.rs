@@ -30,7 +30,8 @@ async fn a_full_disk_stops_writes_clearly_and_keeps_what_was_written() {
         return;
     }
     let _mount = Mount(dir.path().to_path_buf());
-    let settings = StoreSettings { url: format!("file://{}", dir.path().display()), ..Settings::defaults().unwrap().store };
+    let settings =
+        StoreSettings { url: format!("file://{}", dir.path().display()), ..Settings::defaults().unwrap().store };
     let store = Store::open(&settings).unwrap();
     let chunk = |i: u8| Bytes::from(vec![i; 40 * 1024]);
     let mut written = Vec::new();
@@ -56,5 +57,9 @@ async fn a_full_disk_stops_writes_clearly_and_keeps_what_was_written() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.contains('#'))
         .collect();
-    assert!(leftovers.is_empty() || store.remove_stale_temporaries("datasets", std::time::Duration::ZERO) == leftovers.len(), "{leftovers:?}");
+    assert!(
+        leftovers.is_empty()
+            || store.remove_stale_temporaries("datasets", std::time::Duration::ZERO) == leftovers.len(),
+        "{leftovers:?}"
+    );
 }

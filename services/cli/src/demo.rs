@@ -1,9 +1,9 @@
 //! `inception demo`: every service as its own process, wired together the
 //! way a deployment wires them, on this machine.
 
-use inception_core::settings::env_vars;
 use anyhow::{bail, Context};
 use inception_core::local_nats::LocalNats;
+use inception_core::settings::env_vars;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
@@ -103,7 +103,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     for split in ["train", "validation"] {
         if !images.join(split).is_dir() {
-            bail!("{} has no {split}/ folder: give --images a folder with train/<label>/ and validation/<label>/", images.display());
+            bail!(
+                "{} has no {split}/ folder: give --images a folder with train/<label>/ and validation/<label>/",
+                images.display()
+            );
         }
     }
     // Each demo starts from an empty store and queue.

@@ -39,7 +39,8 @@ fn read(args: &CommonArgs, file: &str) -> anyhow::Result<Vec<u8>> {
     // A URL (s3://bucket/prefix/shard, file:///dir/shard): open its folder as a store.
     if inception_ingest::source::is_url(file) {
         let (dir, name) = file.rsplit_once('/').with_context(|| format!("{file}: no object name"))?;
-        let store = Store::open(&inception_core::settings::StoreSettings { url: dir.to_string(), ..settings.store.clone() })?;
+        let store =
+            Store::open(&inception_core::settings::StoreSettings { url: dir.to_string(), ..settings.store.clone() })?;
         let bytes = runtime.block_on(store.get(name)).with_context(|| format!("cannot read {file}"))?;
         return Ok(bytes.to_vec());
     }
@@ -66,7 +67,8 @@ pub fn run(args: RecordsArgs) -> anyhow::Result<()> {
             }
         }
         Action::Inspect { file, index } => {
-            let lines = records::inspect(&read(&args.common, file)?, *index).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+            let lines =
+                records::inspect(&read(&args.common, file)?, *index).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
             for l in lines {
                 println!("{l}");
             }

@@ -124,11 +124,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_rejects_garbage() {
-        let batch = Batch {
-            image_size: 2,
-            images: (0..24).collect(),
-            labels: vec![1, 5],
-        };
+        let batch = Batch { image_size: 2, images: (0..24).collect(), labels: vec![1, 5] };
         let bytes = batch.to_bytes();
         assert_eq!((u64::from_le_bytes(bytes[..8].try_into().unwrap()) % 8), 0);
         assert_eq!(Batch::from_bytes(&bytes).unwrap(), batch);

@@ -17,9 +17,7 @@ pub struct CommonArgs {
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?} is not SECTION.KEY=VALUE"))?;
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not SECTION.KEY=VALUE"))?;
     if !k.contains('.') {
         return Err(format!("{k:?} must name a section and a key, e.g. train.max_steps"));
     }

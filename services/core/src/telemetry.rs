@@ -22,27 +22,20 @@ pub fn log_timestamp() -> String {
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }
 
 /// Buckets (seconds) for every `_seconds` histogram: 1 ms to about 2 minutes.
-const SECONDS_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
-];
+const SECONDS_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
     #[error("cannot install the metrics recorder: {0}")]
     Recorder(String),
     #[error("cannot listen for metrics on {addr}: {source}")]
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
+    Bind { addr: String, source: std::io::Error },
 }
 
 /// Readiness flag a service flips once its dependencies are usable.
@@ -74,16 +67,9 @@ pub async fn serve(
         "version" => env!("CARGO_PKG_VERSION")
     )
     .set(1.0);
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| TelemetryError::Bind {
-            addr: addr.to_string(),
-            source,
-        })?;
-    let bound = listener.local_addr().map_err(|source| TelemetryError::Bind {
-        addr: addr.to_string(),
-        source,
-    })?;
+    let listener =
+        TcpListener::bind(addr).await.map_err(|source| TelemetryError::Bind { addr: addr.to_string(), source })?;
+    let bound = listener.local_addr().map_err(|source| TelemetryError::Bind { addr: addr.to_string(), source })?;
     tracing::info!(%bound, "metrics and health endpoints listening");
     tokio::spawn(async move {
         loop {
@@ -128,7 +114,8 @@ pub fn resident_memory_bytes_of(pid: u32) -> Option<u64> {
 
 fn vm_rss(status_file: &str) -> Option<u64> {
     let status = std::fs::read_to_string(status_file).ok()?;
-    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
+    let kib =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
     Some(kib * 1024)
 }
 

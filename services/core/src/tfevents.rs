@@ -27,7 +27,11 @@ impl EventWriter {
         let path = dir.join(name);
         let file = std::fs::OpenOptions::new().create_new(true).append(true).open(&path)?;
         let mut writer = Self { file, path };
-        writer.write(Event { wall_time: now(), step: 0, what: Some(event::What::FileVersion("brain.Event:2".into())) })?;
+        writer.write(Event {
+            wall_time: now(),
+            step: 0,
+            what: Some(event::What::FileVersion("brain.Event:2".into())),
+        })?;
         Ok(writer)
     }
 
@@ -52,11 +56,7 @@ impl EventWriter {
                 value: Some(summary::value::Value::SimpleValue(*v as f32)),
             })
             .collect();
-        self.write(Event {
-            wall_time: now(),
-            step: step as i64,
-            what: Some(event::What::Summary(Summary { value })),
-        })
+        self.write(Event { wall_time: now(), step: step as i64, what: Some(event::What::Summary(Summary { value })) })
     }
 }
 

@@ -16,11 +16,7 @@ pub enum TfRecordError {
     #[error("length checksum mismatch at byte {offset}")]
     LengthCrc { offset: usize },
     #[error("record at byte {offset} claims {length} bytes but only {available} remain")]
-    TruncatedData {
-        offset: usize,
-        length: u64,
-        available: usize,
-    },
+    TruncatedData { offset: usize, length: u64, available: usize },
     #[error("data checksum mismatch in the record at byte {offset}")]
     DataCrc { offset: usize },
 }
@@ -46,11 +42,7 @@ pub struct Records<'a> {
 }
 
 pub fn records(bytes: &[u8]) -> Records<'_> {
-    Records {
-        bytes,
-        offset: 0,
-        failed: false,
-    }
+    Records { bytes, offset: 0, failed: false }
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -74,11 +66,7 @@ impl<'a> Records<'a> {
         let length = u64::from_le_bytes(len_bytes);
         let available = rest.len() - 12;
         if length > available.saturating_sub(4) as u64 {
-            return Err(TfRecordError::TruncatedData {
-                offset,
-                length,
-                available,
-            });
+            return Err(TfRecordError::TruncatedData { offset, length, available });
         }
         let n = length as usize;
         let data = &rest[12..12 + n];

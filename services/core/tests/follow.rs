@@ -3,13 +3,13 @@
 //! comes back without its state (the stream made again by a publisher), and
 //! delivers no message twice because of it.
 
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use bytes::Bytes;
+use futures::StreamExt;
 use inception_core::follow::Follower;
 use inception_core::local_nats::LocalNats;
 use inception_core::nats::Streams;
 use inception_core::shutdown::CancellationToken;
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
-use futures::StreamExt;
 use std::time::Duration;
 
 async fn next(follower: &mut Follower) -> String {
@@ -22,10 +22,13 @@ async fn next(follower: &mut Follower) -> String {
 
 async fn publish(streams: &Streams, subject: &str, text: &str) {
     let stop = CancellationToken::new();
-    tokio::time::timeout(Duration::from_secs(30), streams.publish_acked(subject, Bytes::from(text.to_string()), text, &stop))
-        .await
-        .expect("published within 30 s")
-        .expect("acknowledged");
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        streams.publish_acked(subject, Bytes::from(text.to_string()), text, &stop),
+    )
+    .await
+    .expect("published within 30 s")
+    .expect("acknowledged");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,5 +79,8 @@ async fn a_follower_outlives_its_consumer_and_the_server() {
     .expect("stream made again");
     publish(&streams, &subject, "d").await;
     assert_eq!(next(&mut follower).await, "d");
-    assert!(tokio::time::timeout(Duration::from_millis(500), follower.next()).await.is_err(), "nothing delivered twice");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), follower.next()).await.is_err(),
+        "nothing delivered twice"
+    );
 }

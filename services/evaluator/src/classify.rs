@@ -36,15 +36,14 @@ impl Classifier {
     /// `checkpoint`: `latest` (the run's pointer) or the store key of a
     /// checkpoint's `.json` metadata.
     pub async fn load(store: &Store, run: &str, checkpoint: &str, device: Device) -> Result<Self, String> {
-        let key = if checkpoint == "latest" {
-            checkpoint::read_pointer(store, run)
-                .await
-                .map_err(|e| e.to_string())?
-                .map(|p| p.metadata)
-                .ok_or_else(|| format!("run {run:?} has no checkpoint ({} not found)", keys::checkpoint_pointer(run)))?
-        } else {
-            checkpoint.to_string()
-        };
+        let key =
+            if checkpoint == "latest" {
+                checkpoint::read_pointer(store, run).await.map_err(|e| e.to_string())?.map(|p| p.metadata).ok_or_else(
+                    || format!("run {run:?} has no checkpoint ({} not found)", keys::checkpoint_pointer(run)),
+                )?
+            } else {
+                checkpoint.to_string()
+            };
         let (meta, tensors) = checkpoint::read(store, &key).await.map_err(|e| e.to_string())?;
         meta.model.validate().map_err(|e| format!("{key}: {e}"))?;
         let vs = VarStore::new(device);
@@ -76,9 +75,14 @@ impl Classifier {
         let probs = logits.softmax(-1, Kind::Float).squeeze_dim(0);
         let k = top_k.clamp(1, self.meta.model.num_classes as usize) as i64;
         let (values, indices) = probs.topk(k, -1, true, true);
-        let values: Vec<f64> = Vec::<f32>::try_from(&values).map_err(|e| e.to_string())?.into_iter().map(f64::from).collect();
+        let values: Vec<f64> =
+            Vec::<f32>::try_from(&values).map_err(|e| e.to_string())?.into_iter().map(f64::from).collect();
         let indices: Vec<i64> = Vec::<i64>::try_from(&indices).map_err(|e| e.to_string())?;
-        Ok(indices.into_iter().zip(values).map(|(index, probability)| Prediction { label: self.label(index), index, probability }).collect())
+        Ok(indices
+            .into_iter()
+            .zip(values)
+            .map(|(index, probability)| Prediction { label: self.label(index), index, probability })
+            .collect())
     }
 
     /// Classifies every file; a bad file gets its error, the rest are still classified.

@@ -15,10 +15,10 @@ use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use bytes::Bytes;
 use inception_core::example::parse_image_example;
 use inception_core::nats::{NatsError, Streams};
-use inception_core::telemetry::{log_timestamp, Readiness};
 use inception_core::shutdown::CancellationToken;
-use inception_core::tfevents::OptionalEvents;
 use inception_core::store::StoreError;
+use inception_core::telemetry::{log_timestamp, Readiness};
+use inception_core::tfevents::OptionalEvents;
 use inception_core::{keys, tfrecord, Settings, Store};
 use inception_model::checkpoint::{self, CheckpointPointer};
 use inception_model::{images_to_input, InceptionV3, Mode, TorchFailure};
@@ -72,7 +72,10 @@ pub struct Evaluation {
 impl Evaluation {
     /// The original's final line, without the leading timestamp.
     pub fn line(&self) -> String {
-        format!("precision @ 1 = {:.4} recall @ 5 = {:.4} [{} examples]", self.precision_at_1, self.recall_at_5, self.examples)
+        format!(
+            "precision @ 1 = {:.4} recall @ 5 = {:.4} [{} examples]",
+            self.precision_at_1, self.recall_at_5, self.examples
+        )
     }
 }
 
@@ -127,7 +130,8 @@ impl Evaluator {
     /// Evaluates the checkpoint whose metadata is at `metadata_key`.
     pub async fn evaluate(&mut self, metadata_key: &str) -> Result<Evaluation, EvalError> {
         let fail = |message: String| EvalError::Checkpoint { key: metadata_key.to_string(), message };
-        let (meta, tensors) = checkpoint::read(&self.store, metadata_key).await.map_err(|e| checkpoint_error(metadata_key, e))?;
+        let (meta, tensors) =
+            checkpoint::read(&self.store, metadata_key).await.map_err(|e| checkpoint_error(metadata_key, e))?;
         meta.model.validate().map_err(&fail)?;
         let vs = VarStore::new(self.device);
         let model = InceptionV3::new(&vs.root(), &meta.model);
@@ -153,7 +157,8 @@ impl Evaluator {
         let mut window = Instant::now();
         for b in 0..num_batches {
             // Example i is record i mod available: the original's queue wraps around.
-            let picks: Vec<usize> = (b * batch_size..((b + 1) * batch_size).min(total)).map(|i| i % available).collect();
+            let picks: Vec<usize> =
+                (b * batch_size..((b + 1) * batch_size).min(total)).map(|i| i % available).collect();
             let n = picks.len() as i64;
             let mut pixels = Vec::with_capacity(picks.len() * per_image);
             picks.iter().for_each(|&i| pixels.extend_from_slice(&data.pixels[i * per_image..(i + 1) * per_image]));
@@ -161,7 +166,8 @@ impl Evaluator {
             let images = Tensor::from_slice(&pixels).view([n, size as i64, size as i64, 3]);
             let labels = Tensor::from_slice(&picked).to_device(device);
             let (hits1, hits5) = inception_model::catch_torch(|| {
-                let (logits, _) = tch::no_grad(|| model.forward(&images_to_input(&images.to_device(device)), Mode::Eval));
+                let (logits, _) =
+                    tch::no_grad(|| model.forward(&images_to_input(&images.to_device(device)), Mode::Eval));
                 let hits = |k| topk::in_top_k(&logits, &labels, k).sum(Kind::Int64).int64_value(&[]);
                 (hits(1), hits(5))
             })
@@ -172,7 +178,11 @@ impl Evaluator {
                 let secs = window.elapsed().as_secs_f64() / 20.0;
                 println!(
                     "{}: [{} batches out of {}] ({:.1} examples/sec; {:.3}sec/batch)",
-                    log_timestamp(), b + 1, num_batches, batch_size as f64 / secs, secs
+                    log_timestamp(),
+                    b + 1,
+                    num_batches,
+                    batch_size as f64 / secs,
+                    secs
                 );
                 window = Instant::now();
             }
@@ -191,10 +201,18 @@ impl Evaluator {
 
     /// Evaluates, prints, records and announces; skips checkpoints done before.
     /// Returns `None` when skipped.
-    pub async fn evaluate_and_report(&mut self, streams: &Streams, metadata_key: &str, force: bool) -> Result<Option<Evaluation>, EvalError> {
+    pub async fn evaluate_and_report(
+        &mut self,
+        streams: &Streams,
+        metadata_key: &str,
+        force: bool,
+    ) -> Result<Option<Evaluation>, EvalError> {
         let run = self.settings.train.run.clone();
         let Some(step) = checkpoint::step_of(metadata_key) else {
-            return Err(EvalError::Checkpoint { key: metadata_key.into(), message: "not a model.ckpt-<step>.json key".into() });
+            return Err(EvalError::Checkpoint {
+                key: metadata_key.into(),
+                message: "not a model.ckpt-<step>.json key".into(),
+            });
         };
         let result_key = keys::eval_result(&run, step);
         if !force && (self.failed.contains(metadata_key) || self.store.exists(&result_key).await?) {
@@ -222,7 +240,10 @@ impl Evaluator {
         metrics::gauge!("inception_eval_last_evaluation_timestamp_seconds").set(evaluation.evaluated_at_unix as f64);
         metrics::counter!("inception_eval_evaluations_total").increment(1);
         // The original's TensorBoard tags.
-        self.events.scalars(evaluation.step, &[("Precision @ 1", evaluation.precision_at_1), ("Recall @ 5", evaluation.recall_at_5)]);
+        self.events.scalars(
+            evaluation.step,
+            &[("Precision @ 1", evaluation.precision_at_1), ("Recall @ 5", evaluation.recall_at_5)],
+        );
         Ok(Some(evaluation))
     }
 
@@ -246,13 +267,17 @@ impl Evaluator {
             true => format!("{run}-{}-{}", evaluation.step, evaluation.evaluated_at_unix),
             false => format!("{run}-{}", evaluation.step),
         };
-        streams.publish_acked(&streams.subjects.evals(&run), Bytes::from(message.encode_to_vec()), &id, &shutdown).await?;
+        streams
+            .publish_acked(&streams.subjects.evals(&run), Bytes::from(message.encode_to_vec()), &id, &shutdown)
+            .await?;
         Ok(())
     }
 
     async fn latest(&self) -> Result<Option<CheckpointPointer>, EvalError> {
         let run = &self.settings.train.run;
-        checkpoint::read_pointer(&self.store, run).await.map_err(|e| checkpoint_error(&keys::checkpoint_pointer(run), e))
+        checkpoint::read_pointer(&self.store, run)
+            .await
+            .map_err(|e| checkpoint_error(&keys::checkpoint_pointer(run), e))
     }
 
     /// `--run-once`: evaluates the latest checkpoint and returns.
@@ -260,7 +285,11 @@ impl Evaluator {
         match self.latest().await? {
             Some(p) => self.evaluate_and_report(streams, &p.metadata, true).await,
             None => {
-                println!("{}: No checkpoint file found at {}", log_timestamp(), keys::checkpoint_pointer(&self.settings.train.run));
+                println!(
+                    "{}: No checkpoint file found at {}",
+                    log_timestamp(),
+                    keys::checkpoint_pointer(&self.settings.train.run)
+                );
                 Ok(None)
             }
         }
@@ -284,7 +313,12 @@ impl Evaluator {
     /// Watches announcements and polls the pointer until shutdown. `ready`
     /// is set once announcements are followed: one published after that is
     /// seen (before it, only the polling would find its checkpoint).
-    pub async fn watch(&mut self, streams: &Streams, ready: &Readiness, shutdown: &CancellationToken) -> Result<(), EvalError> {
+    pub async fn watch(
+        &mut self,
+        streams: &Streams,
+        ready: &Readiness,
+        shutdown: &CancellationToken,
+    ) -> Result<(), EvalError> {
         let run = self.settings.train.run.clone();
         // One evaluator per run writes its results: a half-written one is from before a crash.
         self.store.remove_stale_temporaries(&format!("eval/{run}"), Duration::ZERO);
@@ -369,7 +403,9 @@ fn preprocess_shard(name: &str, bytes: &[u8], size: u32, max_pixels: u64) -> (Ve
         let outcome = record
             .map_err(|e| e.to_string())
             .and_then(|r| parse_image_example(r).map_err(|e| e.to_string()))
-            .and_then(|p| inception_vision::decode_rgb(&p.encoded, max_pixels).map(|d| (d, p.label)).map_err(|e| e.to_string()));
+            .and_then(|p| {
+                inception_vision::decode_rgb(&p.encoded, max_pixels).map(|d| (d, p.label)).map_err(|e| e.to_string())
+            });
         match outcome {
             Ok((decoded, label)) => {
                 pixels.extend(inception_vision::eval_image(&decoded.image, size));
@@ -390,16 +426,35 @@ mod tests {
 
     #[test]
     fn a_failed_batch_says_whether_to_lower_the_batch_size() {
-        let oom = TorchFailure::from_message("CUDA out of memory. Tried to allocate 9.00 GiB\nException raised from malloc");
+        let oom =
+            TorchFailure::from_message("CUDA out of memory. Tried to allocate 9.00 GiB\nException raised from malloc");
         let e = batch_failure(oom, "checkpoints/r/model.ckpt-10.json", 1024, Device::Cuda(0));
         assert!(matches!(e, EvalError::OutOfMemory { batch: 1024, .. }), "{e:?}");
         let text = e.to_string();
-        assert!(text.contains("lower eval.batch_size") && text.contains("Cuda(0)") && text.contains("Tried to allocate 9.00 GiB"), "{text}");
+        assert!(
+            text.contains("lower eval.batch_size")
+                && text.contains("Cuda(0)")
+                && text.contains("Tried to allocate 9.00 GiB"),
+            "{text}"
+        );
         assert!(!text.contains("Exception raised"), "{text}");
         // Anything else names the checkpoint.
-        let other = batch_failure(TorchFailure::from_message("device-side assert triggered"), "checkpoints/r/model.ckpt-10.json", 32, Device::Cpu);
-        assert_eq!(other.to_string(), "libtorch failed evaluating checkpoints/r/model.ckpt-10.json: device-side assert triggered");
-        assert!(inception_model::catch_torch(|| Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)).matmul(&Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)))).is_err(), "a libtorch exception is caught");
+        let other = batch_failure(
+            TorchFailure::from_message("device-side assert triggered"),
+            "checkpoints/r/model.ckpt-10.json",
+            32,
+            Device::Cpu,
+        );
+        assert_eq!(
+            other.to_string(),
+            "libtorch failed evaluating checkpoints/r/model.ckpt-10.json: device-side assert triggered"
+        );
+        assert!(
+            inception_model::catch_torch(|| Tensor::zeros([2, 3], (Kind::Float, Device::Cpu))
+                .matmul(&Tensor::zeros([2, 3], (Kind::Float, Device::Cpu))))
+            .is_err(),
+            "a libtorch exception is caught"
+        );
     }
 
     #[test]

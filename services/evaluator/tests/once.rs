@@ -52,7 +52,8 @@ async fn once_per_checkpoint_and_bad_checkpoints_are_skipped() {
     settings.nats.url = nats_server.url();
     settings.dataset.name = "shapes".into();
     settings.eval.num_examples = 0;
-    settings.store = StoreSettings { url: format!("file://{}", dir.path().join("store").display()), ..settings.store.clone() };
+    settings.store =
+        StoreSettings { url: format!("file://{}", dir.path().join("store").display()), ..settings.store.clone() };
     let store = Store::open(&settings.store).unwrap();
 
     // Validation shards as ingest writes them.

@@ -17,7 +17,8 @@ pub fn load(path: &str) -> Result<Boxes, IngestError> {
     if path.is_empty() {
         return Ok(Boxes::new());
     }
-    let text = std::fs::read_to_string(path).map_err(|e| IngestError::Input { path: path.into(), message: e.to_string() })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| IngestError::Input { path: path.into(), message: e.to_string() })?;
     parse(&text).map_err(|message| IngestError::Input { path: path.into(), message })
 }
 

@@ -96,7 +96,8 @@ pub async fn labels(settings: &Settings, store: &Store) -> Result<Vec<String>, I
         (true, Some(s)) => Ok(s),
         (true, None) => Err(IngestError::Input {
             path: key,
-            message: "continuous ingest needs a label set: set ingest.labels_file or run a one-shot ingest first".into(),
+            message: "continuous ingest needs a label set: set ingest.labels_file or run a one-shot ingest first"
+                .into(),
         }),
     }
 }
@@ -268,7 +269,8 @@ impl<'a, A: Announcer> Watcher<'a, A> {
                 }
                 Err(skip) => {
                     tracing::warn!("SKIPPED {}: {} ({})", skip.file, skip.reason, skip.result.as_str());
-                    images[i] = LedgerImage { key: group[i].key.clone(), result: skip.result, reason: Some(skip.reason) };
+                    images[i] =
+                        LedgerImage { key: group[i].key.clone(), result: skip.result, reason: Some(skip.reason) };
                 }
             }
         }
@@ -300,7 +302,8 @@ impl<'a, A: Announcer> Watcher<'a, A> {
                 Err(e) => {
                     // Nothing recorded: the group goes back to waiting.
                     for o in group {
-                        self.pending.insert(o.key.clone(), Pending { object: o, first_seen: Instant::now(), stable: true });
+                        self.pending
+                            .insert(o.key.clone(), Pending { object: o, first_seen: Instant::now(), stable: true });
                     }
                     return Err(e.into());
                 }
@@ -495,7 +498,9 @@ mod tests {
             .map(|r| {
                 let ex = inception_proto::tensorflow::Example::decode(r.unwrap()).unwrap();
                 match ex.features.unwrap().feature["image/filename"].kind.clone() {
-                    Some(inception_proto::tensorflow::feature::Kind::BytesList(l)) => String::from_utf8(l.value[0].clone()).unwrap(),
+                    Some(inception_proto::tensorflow::feature::Kind::BytesList(l)) => {
+                        String::from_utf8(l.value[0].clone()).unwrap()
+                    }
                     _ => panic!("no filename"),
                 }
             })
@@ -535,7 +540,13 @@ mod tests {
         names.sort();
         assert_eq!(names, vec!["a.jpg", "b.jpg", "c.jpg", "d.jpg"]);
         let quarantined = store.list("datasets/flowers/ingest/quarantine/").await.unwrap();
-        assert_eq!(quarantined, vec!["datasets/flowers/ingest/quarantine/tulips/t.jpg", "datasets/flowers/ingest/quarantine/tulips/t.jpg.reason.json"]);
+        assert_eq!(
+            quarantined,
+            vec![
+                "datasets/flowers/ingest/quarantine/tulips/t.jpg",
+                "datasets/flowers/ingest/quarantine/tulips/t.jpg.reason.json"
+            ]
+        );
         let reason = store.get(&quarantined[1]).await.unwrap();
         assert!(String::from_utf8_lossy(&reason).contains("tulips"), "{reason:?}");
 

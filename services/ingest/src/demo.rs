@@ -33,11 +33,23 @@ struct Style {
 
 fn style(class: usize) -> Style {
     match class {
-        0 => Style { background: [40.0, 110.0, 40.0], foreground: [245.0, 245.0, 240.0], pattern: Pattern::HorizontalStripes },
-        1 => Style { background: [60.0, 140.0, 60.0], foreground: [250.0, 215.0, 30.0], pattern: Pattern::VerticalStripes },
+        0 => Style {
+            background: [40.0, 110.0, 40.0],
+            foreground: [245.0, 245.0, 240.0],
+            pattern: Pattern::HorizontalStripes,
+        },
+        1 => Style {
+            background: [60.0, 140.0, 60.0],
+            foreground: [250.0, 215.0, 30.0],
+            pattern: Pattern::VerticalStripes,
+        },
         2 => Style { background: [30.0, 30.0, 40.0], foreground: [210.0, 20.0, 40.0], pattern: Pattern::Checkerboard },
         3 => Style { background: [90.0, 160.0, 230.0], foreground: [250.0, 160.0, 20.0], pattern: Pattern::Rings },
-        _ => Style { background: [230.0, 220.0, 200.0], foreground: [200.0, 40.0, 160.0], pattern: Pattern::DiagonalStripes },
+        _ => Style {
+            background: [230.0, 220.0, 200.0],
+            foreground: [200.0, 40.0, 160.0],
+            pattern: Pattern::DiagonalStripes,
+        },
     }
 }
 
@@ -45,7 +57,8 @@ fn draw(class: usize, rng: &mut ChaCha8Rng) -> RgbImage {
     let s = style(class);
     let width = rng.random_range(72..=200u32);
     let height = rng.random_range(72..=200u32);
-    let jitter: [f32; 3] = [rng.random_range(-25.0..25.0), rng.random_range(-25.0..25.0), rng.random_range(-25.0..25.0)];
+    let jitter: [f32; 3] =
+        [rng.random_range(-25.0..25.0), rng.random_range(-25.0..25.0), rng.random_range(-25.0..25.0)];
     let (cx, cy) = (rng.random_range(0.2..0.8) * width as f32, rng.random_range(0.2..0.8) * height as f32);
     let period = rng.random_range(12.0..20.0f32);
     let phase = rng.random_range(0.0..period);
@@ -76,7 +89,12 @@ pub struct DemoError {
 
 /// Writes `train_per_class` and `validation_per_class` images of each of the
 /// five classes under `dir`. The same seed always gives the same files.
-pub fn generate(dir: &Path, train_per_class: usize, validation_per_class: usize, seed: u64) -> Result<usize, DemoError> {
+pub fn generate(
+    dir: &Path,
+    train_per_class: usize,
+    validation_per_class: usize,
+    seed: u64,
+) -> Result<usize, DemoError> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut written = 0;
     for (split, count) in [("train", train_per_class), ("validation", validation_per_class)] {

@@ -34,10 +34,8 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<String>, IngestError> {
 
 pub fn read_labels(labels_file: &str, train_directory: &Path) -> Result<Vec<String>, IngestError> {
     let labels: Vec<String> = if labels_file.is_empty() {
-        let entries = std::fs::read_dir(train_directory).map_err(|e| IngestError::Input {
-            path: train_directory.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let entries = std::fs::read_dir(train_directory)
+            .map_err(|e| IngestError::Input { path: train_directory.display().to_string(), message: e.to_string() })?;
         let mut names: Vec<String> = entries
             .filter_map(Result::ok)
             .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
@@ -47,10 +45,8 @@ pub fn read_labels(labels_file: &str, train_directory: &Path) -> Result<Vec<Stri
         names.sort();
         names
     } else {
-        let text = std::fs::read_to_string(labels_file).map_err(|e| IngestError::Input {
-            path: labels_file.to_string(),
-            message: e.to_string(),
-        })?;
+        let text = std::fs::read_to_string(labels_file)
+            .map_err(|e| IngestError::Input { path: labels_file.to_string(), message: e.to_string() })?;
         text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect()
     };
     let origin = if labels_file.is_empty() { train_directory.display().to_string() } else { labels_file.to_string() };
@@ -71,7 +67,10 @@ fn check(labels: Vec<String>, labels_file: &str) -> Result<Vec<String>, IngestEr
     }
     let mut seen = std::collections::HashSet::new();
     if let Some(dup) = labels.iter().find(|l| !seen.insert(l.as_str())) {
-        return Err(IngestError::Input { path: labels_file.to_string(), message: format!("label {dup:?} appears twice") });
+        return Err(IngestError::Input {
+            path: labels_file.to_string(),
+            message: format!("label {dup:?} appears twice"),
+        });
     }
     Ok(labels)
 }

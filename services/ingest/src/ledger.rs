@@ -94,7 +94,13 @@ fn parse_name(name: &str) -> Option<LedgerObject> {
 
 impl Ledger {
     fn empty(segment_entries: u64) -> Self {
-        Self { taken: HashSet::new(), next_sequence: 0, unfinished: Vec::new(), uncovered: BTreeMap::new(), segment_entries: segment_entries.max(1) }
+        Self {
+            taken: HashSet::new(),
+            next_sequence: 0,
+            unfinished: Vec::new(),
+            uncovered: BTreeMap::new(),
+            segment_entries: segment_entries.max(1),
+        }
     }
 
     /// Reads the ledger of `dataset`, and writes the segments that complete
@@ -133,7 +139,13 @@ impl Ledger {
             let segment = got
                 .map_err(|e| e.to_string())
                 .and_then(|bytes| serde_json::from_slice::<Segment>(&bytes).map_err(|e| e.to_string()))
-                .and_then(|s| if (s.from, s.through) == (from, through) { Ok(s) } else { Err("its range is not its name's".into()) });
+                .and_then(|s| {
+                    if (s.from, s.through) == (from, through) {
+                        Ok(s)
+                    } else {
+                        Err("its range is not its name's".into())
+                    }
+                });
             match segment {
                 Ok(s) => {
                     ledger.taken.extend(s.taken);
@@ -147,7 +159,9 @@ impl Ledger {
         // Many entries after a long run, each a small object: fetched
         // concurrently (S3 round trips dominate), applied in listing order.
         let wanted = entries.iter().filter(|(s, _)| !is_covered(**s) || !done.contains(*s));
-        let mut fetched = futures::stream::iter(wanted).map(|(_, key)| async move { store.get(key).await.map(|bytes| (key, bytes)) }).buffered(LEDGER_LOAD_CONCURRENCY);
+        let mut fetched = futures::stream::iter(wanted)
+            .map(|(_, key)| async move { store.get(key).await.map(|bytes| (key, bytes)) })
+            .buffered(LEDGER_LOAD_CONCURRENCY);
         while let Some(got) = fetched.next().await {
             let (key, bytes) = got?;
             let entry: LedgerEntry =
@@ -190,7 +204,8 @@ impl Ledger {
             if self.uncovered.range(from..=through).count() as u64 != n {
                 continue;
             }
-            let mut taken: Vec<String> = self.uncovered.range(from..=through).flat_map(|(_, keys)| keys.iter().cloned()).collect();
+            let mut taken: Vec<String> =
+                self.uncovered.range(from..=through).flat_map(|(_, keys)| keys.iter().cloned()).collect();
             taken.sort();
             let segment = Segment { from, through, taken };
             let key = keys::ingest_ledger_segment(dataset, from, through);
@@ -228,12 +243,24 @@ mod tests {
             split: "train".into(),
             shard: Some(keys::live_shard("flowers", "train", sequence)),
             records: 2,
-            images: (0..2).map(|i| LedgerImage { key: format!("daisy/{sequence}-{i}.jpg"), result: Outcome::Written, reason: None }).collect(),
+            images: (0..2)
+                .map(|i| LedgerImage {
+                    key: format!("daisy/{sequence}-{i}.jpg"),
+                    result: Outcome::Written,
+                    reason: None,
+                })
+                .collect(),
         }
     }
 
     async fn commit(store: &Store, sequence: u64, done: bool) {
-        store.put_new(&keys::ingest_ledger_entry("flowers", sequence), Bytes::from(serde_json::to_vec(&entry(sequence)).unwrap())).await.unwrap();
+        store
+            .put_new(
+                &keys::ingest_ledger_entry("flowers", sequence),
+                Bytes::from(serde_json::to_vec(&entry(sequence)).unwrap()),
+            )
+            .await
+            .unwrap();
         if done {
             store.put(&keys::ingest_ledger_done("flowers", sequence), Bytes::new()).await.unwrap();
         }
@@ -264,7 +291,10 @@ mod tests {
     fn names_are_parsed_strictly() {
         assert_eq!(parse_name("00000012.json"), Some(LedgerObject::Entry(12)));
         assert_eq!(parse_name("00000012.done"), Some(LedgerObject::Done(12)));
-        assert_eq!(parse_name("segment-00000000-00001023.json"), Some(LedgerObject::Segment { from: 0, through: 1023 }));
+        assert_eq!(
+            parse_name("segment-00000000-00001023.json"),
+            Some(LedgerObject::Segment { from: 0, through: 1023 })
+        );
         for other in ["00000012.json.tmp-1", "notes.json", "segment-1.json", "+5.json", "segment-00-x.json"] {
             assert_eq!(parse_name(other), None, "{other}");
         }

@@ -81,9 +81,7 @@ pub fn find_image_files(dir: &Path, labels: &[String]) -> Result<Vec<ImageFile>,
                 tracing::warn!("no folder {} for label {text:?}: no images of that label", folder.display());
                 continue;
             }
-            Err(e) => {
-                return Err(IngestError::Input { path: folder.display().to_string(), message: e.to_string() })
-            }
+            Err(e) => return Err(IngestError::Input { path: folder.display().to_string(), message: e.to_string() }),
         };
         let mut paths: Vec<std::path::PathBuf> = entries
             .filter_map(Result::ok)
@@ -139,7 +137,11 @@ pub struct ImageChecks {
 
 impl ImageChecks {
     pub fn of(settings: &inception_core::settings::IngestSettings) -> Self {
-        let jpeg = if settings.jpeg_check == "decode" { inception_vision::JpegCheck::Decode } else { inception_vision::JpegCheck::Markers };
+        let jpeg = if settings.jpeg_check == "decode" {
+            inception_vision::JpegCheck::Decode
+        } else {
+            inception_vision::JpegCheck::Markers
+        };
         Self { max_pixels: settings.max_image_pixels, jpeg }
     }
 
@@ -153,8 +155,8 @@ impl ImageChecks {
 pub fn convert(file: &ImageFile, checks: ImageChecks, boxes: &bbox::Boxes) -> Result<Vec<u8>, Skipped> {
     let skipped = |result, reason: String| Skipped { file: file.display.clone(), result, reason };
     let bytes = file.location.read_blocking().map_err(|e| skipped(Outcome::SkippedUnreadable, e))?;
-    let (encoded, width, height) =
-        inception_vision::into_rgb_jpeg_checked(bytes, checks.max_pixels, checks.jpeg).map_err(|e| skipped(Outcome::of(&e), e.to_string()))?;
+    let (encoded, width, height) = inception_vision::into_rgb_jpeg_checked(bytes, checks.max_pixels, checks.jpeg)
+        .map_err(|e| skipped(Outcome::of(&e), e.to_string()))?;
     let example = ImageExample {
         encoded,
         height: i64::from(height),
@@ -300,10 +302,14 @@ pub async fn run_once(
         }
         let source = Source::open(dir, &settings.store)?;
         let files = find_in_source(&source, &labels).await?;
-        let report = write_split(settings, store, streams, shutdown, split, &labels, files, shards, boxes.clone()).await?;
+        let report =
+            write_split(settings, store, streams, shutdown, split, &labels, files, shards, boxes.clone()).await?;
         tracing::info!(
             "{split}: {} of {} images written to {} shards, {} skipped",
-            report.written, report.found, report.shards.len(), report.skipped.len()
+            report.written,
+            report.found,
+            report.shards.len(),
+            report.skipped.len()
         );
         reports.push(report);
     }
@@ -345,16 +351,20 @@ async fn write_split(
             if store.exists(&key).await? {
                 // Shards are never replaced: convert only to count what the
                 // announcement says, keep the stored one.
-                let built = tokio::task::spawn_blocking(move || build_shard_with(&files[range], checks, &boxes, Some(&progress)))
-                    .await
-                    .map_err(|e| IngestError::Worker(e.to_string()))?;
+                let built = tokio::task::spawn_blocking(move || {
+                    build_shard_with(&files[range], checks, &boxes, Some(&progress))
+                })
+                .await
+                .map_err(|e| IngestError::Worker(e.to_string()))?;
                 tracing::warn!("{key} already exists; kept as it is (shards are never replaced)");
                 return Ok::<_, IngestError>((index, key, built.written, built.skipped));
             }
             // Stored while converted: writing overlaps conversion, and a
             // shard is never whole in memory.
             let (tx, rx) = tokio::sync::mpsc::channel(2);
-            let converting = tokio::task::spawn_blocking(move || stream_shard_with(&files[range], checks, &boxes, Some(&progress), &tx));
+            let converting = tokio::task::spawn_blocking(move || {
+                stream_shard_with(&files[range], checks, &boxes, Some(&progress), &tx)
+            });
             let stored = store.put_streamed(&key, rx).await;
             let (written, skipped) = converting.await.map_err(|e| IngestError::Worker(e.to_string()))?;
             stored?;
@@ -376,7 +386,12 @@ async fn write_split(
             num_shards,
         };
         streams
-            .publish_acked(&streams.subjects.shards(&dataset, split), Bytes::from(message.encode_to_vec()), &key, shutdown)
+            .publish_acked(
+                &streams.subjects.shards(&dataset, split),
+                Bytes::from(message.encode_to_vec()),
+                &key,
+                shutdown,
+            )
             .await?;
         report.written += written;
         report.skipped.extend(skipped);

@@ -88,7 +88,11 @@ async fn main() -> anyhow::Result<()> {
         for r in &report.splits {
             println!(
                 "{}: {} images found, {} written to {} shards, {} skipped",
-                r.split, r.found, r.written, r.shards.len(), r.skipped.len()
+                r.split,
+                r.found,
+                r.written,
+                r.shards.len(),
+                r.skipped.len()
             );
             for s in &r.skipped {
                 println!("  skipped {}: {} ({})", s.file, s.reason, s.result.as_str());
@@ -98,9 +102,7 @@ async fn main() -> anyhow::Result<()> {
     if continuous {
         streams.shards().await.context("cannot create the shard stream")?;
         let announcer = NatsAnnouncer { streams: streams.clone(), shutdown: service.shutdown.clone() };
-        continuous::run(&settings, &store, &announcer, &service.shutdown)
-            .await
-            .context("continuous ingest failed")?;
+        continuous::run(&settings, &store, &announcer, &service.shutdown).await.context("continuous ingest failed")?;
     }
     client.flush().await.ok();
     Ok(())

@@ -41,10 +41,8 @@ pub fn stats(bytes: &[u8]) -> RecordStats {
 
 /// One record's features as `key: type = value` lines (bytes summarised).
 pub fn inspect(bytes: &[u8], index: usize) -> Result<Vec<String>, String> {
-    let data = tfrecord::records(bytes)
-        .nth(index)
-        .ok_or_else(|| format!("no record {index}"))?
-        .map_err(|e| e.to_string())?;
+    let data =
+        tfrecord::records(bytes).nth(index).ok_or_else(|| format!("no record {index}"))?.map_err(|e| e.to_string())?;
     let example = Example::decode(data).map_err(|e| format!("record {index} is not a tf.Example: {e}"))?;
     let features = example.features.map(|f| f.feature).unwrap_or_default();
     Ok(features
@@ -76,7 +74,14 @@ mod tests {
     fn file() -> Vec<u8> {
         let mut out = Vec::new();
         for (label, text) in [(1, "daisy"), (2, "roses"), (2, "roses")] {
-            let ex = ImageExample { encoded: vec![0xff; 300], height: 2, width: 3, label, text: text.into(), filename: "f.jpg".into() };
+            let ex = ImageExample {
+                encoded: vec![0xff; 300],
+                height: 2,
+                width: 3,
+                label,
+                text: text.into(),
+                filename: "f.jpg".into(),
+            };
             tfrecord::write_record(&mut out, &ex.to_bytes());
         }
         tfrecord::write_record(&mut out, b"not an example");

@@ -14,7 +14,10 @@ use crate::IngestError;
 pub enum Location {
     Path(PathBuf),
     /// A key exactly as the store listed it (read with `get_listed`).
-    Store { store: Store, key: String },
+    Store {
+        store: Store,
+        key: String,
+    },
 }
 
 impl Location {
@@ -33,7 +36,9 @@ impl Location {
     pub async fn read(&self) -> Result<Vec<u8>, String> {
         match self {
             Location::Path(p) => tokio::fs::read(p).await.map_err(|e| e.to_string()),
-            Location::Store { store, key } => store.get_listed(key).await.map(|b| b.to_vec()).map_err(|e| e.to_string()),
+            Location::Store { store, key } => {
+                store.get_listed(key).await.map(|b| b.to_vec()).map_err(|e| e.to_string())
+            }
         }
     }
 }
@@ -61,7 +66,9 @@ pub enum Source {
 
 /// True for `scheme://…` (an object store URL) rather than a plain path.
 pub fn is_url(location: &str) -> bool {
-    location.split_once("://").is_some_and(|(scheme, _)| !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric()))
+    location
+        .split_once("://")
+        .is_some_and(|(scheme, _)| !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric()))
 }
 
 impl Source {
@@ -147,7 +154,10 @@ fn hidden(name: &str) -> bool {
 }
 
 fn list_local(dir: &std::path::Path) -> Result<Vec<SourceObject>, IngestError> {
-    let input = |p: &std::path::Path, e: std::io::Error| IngestError::Input { path: p.display().to_string(), message: e.to_string() };
+    let input = |p: &std::path::Path, e: std::io::Error| IngestError::Input {
+        path: p.display().to_string(),
+        message: e.to_string(),
+    };
     let mut out = Vec::new();
     for label_entry in std::fs::read_dir(dir).map_err(|e| input(dir, e))?.filter_map(Result::ok) {
         let label = label_entry.file_name().to_string_lossy().into_owned();
@@ -226,7 +236,13 @@ mod tests {
     async fn local_and_store_sources_list_label_slash_name_only() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("in");
-        for (p, b) in [("roses/a.jpg", "1"), ("roses/.partial", "2"), ("daisy/b c#1.png", "3"), ("top.jpg", "4"), ("daisy/deep/x.jpg", "5")] {
+        for (p, b) in [
+            ("roses/a.jpg", "1"),
+            ("roses/.partial", "2"),
+            ("daisy/b c#1.png", "3"),
+            ("top.jpg", "4"),
+            ("daisy/deep/x.jpg", "5"),
+        ] {
             let path = root.join(p);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, b).unwrap();

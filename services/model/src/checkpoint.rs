@@ -60,7 +60,8 @@ pub fn tensors_to_bytes(named: &[(String, Tensor)]) -> Result<Vec<u8>, Checkpoin
     let err = |e: String| CheckpointError::Tensors(e);
     let dir = tempfile::tempdir().map_err(|e| err(e.to_string()))?;
     let path = dir.path().join("t.safetensors");
-    let cpu: Vec<(String, Tensor)> = named.iter().map(|(n, t)| (n.clone(), t.to_device(tch::Device::Cpu).contiguous())).collect();
+    let cpu: Vec<(String, Tensor)> =
+        named.iter().map(|(n, t)| (n.clone(), t.to_device(tch::Device::Cpu).contiguous())).collect();
     Tensor::write_safetensors(&cpu, &path).map_err(|e| err(e.to_string()))?;
     std::fs::read(&path).map_err(|e| err(e.to_string()))
 }
@@ -115,11 +116,15 @@ pub async fn read_pointer(store: &Store, run: &str) -> Result<Option<CheckpointP
 }
 
 /// Reads a checkpoint's metadata and its tensors.
-pub async fn read(store: &Store, metadata_key: &str) -> Result<(CheckpointMeta, HashMap<String, Tensor>), CheckpointError> {
+pub async fn read(
+    store: &Store,
+    metadata_key: &str,
+) -> Result<(CheckpointMeta, HashMap<String, Tensor>), CheckpointError> {
     let corrupt = |key: &str, message: String| CheckpointError::Corrupt { key: key.to_string(), message };
     let meta: CheckpointMeta =
         serde_json::from_slice(&store.get(metadata_key).await?).map_err(|e| corrupt(metadata_key, e.to_string()))?;
-    let tensors = tensors_from_bytes(&store.get(&meta.weights).await?).map_err(|e| corrupt(&meta.weights, e.to_string()))?;
+    let tensors =
+        tensors_from_bytes(&store.get(&meta.weights).await?).map_err(|e| corrupt(&meta.weights, e.to_string()))?;
     Ok((meta, tensors))
 }
 
@@ -168,7 +173,11 @@ pub struct PretrainedReport {
 /// initialisation. A file without the auxiliary head (timm's) leaves it
 /// freshly initialised. Any other missing or mis-shaped variable is an error
 /// that names them.
-pub fn load_pretrained(vs: &VarStore, tensors: &HashMap<String, Tensor>, fine_tune: bool) -> Result<PretrainedReport, CheckpointError> {
+pub fn load_pretrained(
+    vs: &VarStore,
+    tensors: &HashMap<String, Tensor>,
+    fine_tune: bool,
+) -> Result<PretrainedReport, CheckpointError> {
     let is_logits = |n: &str| n.starts_with("fc.") || n.starts_with("AuxLogits.fc.");
     let has_aux = tensors.keys().any(|k| k.starts_with("AuxLogits."));
     let mut report = PretrainedReport::default();
@@ -216,7 +225,15 @@ mod tests {
     use tch::Device;
 
     fn cfg(classes: i64) -> ModelConfig {
-        ModelConfig { num_classes: classes, image_size: 75, depth_multiplier: 0.1, min_depth: 8, dropout: 0.2, aux_logits: true, avg_pool_count_include_pad: false }
+        ModelConfig {
+            num_classes: classes,
+            image_size: 75,
+            depth_multiplier: 0.1,
+            min_depth: 8,
+            dropout: 0.2,
+            aux_logits: true,
+            avg_pool_count_include_pad: false,
+        }
     }
 
     #[test]

@@ -74,7 +74,15 @@ mod tests {
     use super::*;
 
     fn at(size: i64) -> ModelConfig {
-        ModelConfig { num_classes: 6, image_size: size, depth_multiplier: 1.0, min_depth: 16, dropout: 0.2, aux_logits: true, avg_pool_count_include_pad: false }
+        ModelConfig {
+            num_classes: 6,
+            image_size: size,
+            depth_multiplier: 1.0,
+            min_depth: 16,
+            dropout: 0.2,
+            aux_logits: true,
+            avg_pool_count_include_pad: false,
+        }
     }
 
     #[test]

@@ -105,7 +105,9 @@ enum Op {
     /// 3x3 max pool, stride 2, no padding.
     MaxPool,
     /// 3x3 average pool, stride 1, SAME padding (counted or not).
-    AvgPool { count_include_pad: bool },
+    AvgPool {
+        count_include_pad: bool,
+    },
     /// Two convs on the same input, concatenated (Mixed_7b/7c's 1x3 and 3x1).
     Split(BasicConv, BasicConv),
 }
@@ -115,7 +117,9 @@ impl Op {
         match self {
             Op::Conv(c) => c.forward(x, mode),
             Op::MaxPool => x.max_pool2d([3, 3], [2, 2], [0, 0], [1, 1], false),
-            Op::AvgPool { count_include_pad } => x.avg_pool2d([3, 3], [1, 1], [1, 1], false, *count_include_pad, None::<i64>),
+            Op::AvgPool { count_include_pad } => {
+                x.avg_pool2d([3, 3], [1, 1], [1, 1], false, *count_include_pad, None::<i64>)
+            }
             Op::Split(a, b) => Tensor::cat(&[a.forward(x, mode), b.forward(x, mode)], 1),
         }
     }
@@ -129,11 +133,8 @@ struct Block {
 
 impl Block {
     fn forward(&self, x: &Tensor, mode: Mode) -> Tensor {
-        let outs: Vec<Tensor> = self
-            .branches
-            .iter()
-            .map(|ops| ops.iter().fold(x.shallow_clone(), |h, op| op.forward(&h, mode)))
-            .collect();
+        let outs: Vec<Tensor> =
+            self.branches.iter().map(|ops| ops.iter().fold(x.shallow_clone(), |h, op| op.forward(&h, mode))).collect();
         Tensor::cat(&outs, 1)
     }
 }
@@ -147,7 +148,16 @@ const CONV_STD: f64 = 0.1;
 
 impl Builder<'_> {
     /// `name` under `p`: a conv from `cin` to `depth(cout)` channels.
-    fn conv(&self, p: &Path, name: &str, cin: i64, cout: i64, k: [i64; 2], stride: i64, pad: [i64; 2]) -> (BasicConv, i64) {
+    fn conv(
+        &self,
+        p: &Path,
+        name: &str,
+        cin: i64,
+        cout: i64,
+        k: [i64; 2],
+        stride: i64,
+        pad: [i64; 2],
+    ) -> (BasicConv, i64) {
         let out = self.cfg.depth(cout);
         (BasicConv::new(p / name, cin, out, k, stride, pad, CONV_STD), out)
     }
@@ -274,7 +284,8 @@ impl InceptionV3 {
         let (c2b, c) = b.conv(p, "Conv2d_2b_3x3", c, 64, [3, 3], 1, [1, 1]);
         let (c3b, c) = b.conv(p, "Conv2d_3b_1x1", c, 80, [1, 1], 1, [0, 0]);
         let (c4a, c) = b.conv(p, "Conv2d_4a_3x3", c, 192, [3, 3], 1, [0, 0]);
-        let stem = vec![Op::Conv(c1a), Op::Conv(c2a), Op::Conv(c2b), Op::MaxPool, Op::Conv(c3b), Op::Conv(c4a), Op::MaxPool];
+        let stem =
+            vec![Op::Conv(c1a), Op::Conv(c2a), Op::Conv(c2b), Op::MaxPool, Op::Conv(c3b), Op::Conv(c4a), Op::MaxPool];
         let (m5b, c) = b.inception_a(&(p / "Mixed_5b"), c, 32);
         let (m5c, c) = b.inception_a(&(p / "Mixed_5c"), c, 64);
         let (m5d, c) = b.inception_a(&(p / "Mixed_5d"), c, 64);
@@ -351,7 +362,15 @@ mod tests {
     use tch::{nn::VarStore, Device};
 
     fn tiny() -> ModelConfig {
-        ModelConfig { num_classes: 6, image_size: 75, depth_multiplier: 0.1, min_depth: 8, dropout: 0.2, aux_logits: true, avg_pool_count_include_pad: false }
+        ModelConfig {
+            num_classes: 6,
+            image_size: 75,
+            depth_multiplier: 0.1,
+            min_depth: 8,
+            dropout: 0.2,
+            aux_logits: true,
+            avg_pool_count_include_pad: false,
+        }
     }
 
     #[test]
@@ -385,7 +404,15 @@ mod tests {
         // torchvision's inception_v3 (with AuxLogits, 1000 classes) has
         // 27,161,264 parameters; ours has the same tensors.
         let vs = VarStore::new(Device::Cpu);
-        let cfg = ModelConfig { num_classes: 1000, image_size: 299, depth_multiplier: 1.0, min_depth: 16, dropout: 0.2, aux_logits: true, avg_pool_count_include_pad: false };
+        let cfg = ModelConfig {
+            num_classes: 1000,
+            image_size: 299,
+            depth_multiplier: 1.0,
+            min_depth: 16,
+            dropout: 0.2,
+            aux_logits: true,
+            avg_pool_count_include_pad: false,
+        };
         let _ = InceptionV3::new(&vs.root(), &cfg);
         let params: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
         assert_eq!(params, 27_161_264);

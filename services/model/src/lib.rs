@@ -29,7 +29,11 @@ impl TorchFailure {
     }
 
     fn from_panic(panic: &(dyn std::any::Any + Send)) -> Self {
-        let text = panic.downcast_ref::<String>().map(String::as_str).or_else(|| panic.downcast_ref::<&str>().copied()).unwrap_or("unknown failure");
+        let text = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown failure");
         Self::from_message(text)
     }
 }

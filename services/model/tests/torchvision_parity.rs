@@ -21,7 +21,8 @@ fn python() -> PathBuf {
 #[test]
 fn eval_logits_match_torchvision() {
     let py = python();
-    let has_torchvision = Command::new(&py).args(["-c", "import torchvision"]).output().map(|o| o.status.success()).unwrap_or(false);
+    let has_torchvision =
+        Command::new(&py).args(["-c", "import torchvision"]).output().map(|o| o.status.success()).unwrap_or(false);
     if !has_torchvision {
         eprintln!("SKIPPED eval_logits_match_torchvision: torchvision is not installed (scripts/setup.sh installs it)");
         return;
@@ -32,7 +33,8 @@ fn eval_logits_match_torchvision() {
     let out = Command::new(&py).arg(script).arg(&file).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
-    let mut tensors: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&file).unwrap().into_iter().collect();
+    let mut tensors: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(&file).unwrap().into_iter().collect();
     let input = tensors.remove("test.input").unwrap();
     let expected = tensors.remove("test.logits").unwrap();
     let cfg = ModelConfig {

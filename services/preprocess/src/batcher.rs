@@ -8,7 +8,13 @@ use rand::Rng;
 
 /// Appends the transformed image of `record` to `batch`; returns the reason
 /// when the record is unusable.
-pub fn add_record<R: Rng>(batch: &mut Batch, record: &[u8], max_pixels: u64, distort_color: bool, rng: &mut R) -> Result<(), String> {
+pub fn add_record<R: Rng>(
+    batch: &mut Batch,
+    record: &[u8],
+    max_pixels: u64,
+    distort_color: bool,
+    rng: &mut R,
+) -> Result<(), String> {
     let parsed = parse_image_example(record).map_err(|e| e.to_string())?;
     // Object boxes (build_imagenet_data.py-style records) guide the crop.
     let boxes: Vec<ObjectBox> = parse_bounding_boxes(record)
@@ -24,7 +30,13 @@ pub fn add_record<R: Rng>(batch: &mut Batch, record: &[u8], max_pixels: u64, dis
 }
 
 /// Builds one batch from `records`, skipping bad ones (counted by kind).
-pub fn build_batch<R: Rng>(records: &[Vec<u8>], image_size: u32, max_pixels: u64, distort_color: bool, rng: &mut R) -> Batch {
+pub fn build_batch<R: Rng>(
+    records: &[Vec<u8>],
+    image_size: u32,
+    max_pixels: u64,
+    distort_color: bool,
+    rng: &mut R,
+) -> Batch {
     let mut batch = Batch { image_size, images: Vec::new(), labels: Vec::new() };
     batch.images.reserve(records.len() * (image_size as usize).pow(2) * 3);
     for record in records {
@@ -56,8 +68,17 @@ mod tests {
             filename: "x.png".into(),
         }
         .to_bytes();
-        let bad_image = ImageExample { encoded: b"not an image".to_vec(), ..ImageExample {
-            encoded: vec![], height: 1, width: 1, label: 1, text: String::new(), filename: String::new() } }
+        let bad_image = ImageExample {
+            encoded: b"not an image".to_vec(),
+            ..ImageExample {
+                encoded: vec![],
+                height: 1,
+                width: 1,
+                label: 1,
+                text: String::new(),
+                filename: String::new(),
+            }
+        }
         .to_bytes();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         let batch = build_batch(&[good.clone(), b"garbage".to_vec(), bad_image, good], 16, 1 << 20, true, &mut rng);
@@ -75,10 +96,19 @@ mod tests {
     fn crops_keep_the_records_object_box() {
         use inception_core::example::BoundingBox;
         // Red top-left quadrant, blue elsewhere; the object is the 10x10 corner.
-        let img = image::RgbImage::from_fn(200, 200, |x, y| image::Rgb(if x < 100 && y < 100 { [255, 0, 0] } else { [0, 0, 255] }));
+        let img = image::RgbImage::from_fn(200, 200, |x, y| {
+            image::Rgb(if x < 100 && y < 100 { [255, 0, 0] } else { [0, 0, 255] })
+        });
         let mut png = std::io::Cursor::new(Vec::new());
         img.write_to(&mut png, image::ImageFormat::Png).unwrap();
-        let example = ImageExample { encoded: png.into_inner(), height: 200, width: 200, label: 1, text: "x".into(), filename: "x.png".into() };
+        let example = ImageExample {
+            encoded: png.into_inner(),
+            height: 200,
+            width: 200,
+            label: 1,
+            text: "x".into(),
+            filename: "x.png".into(),
+        };
         let corner = BoundingBox { xmin: 0.0, ymin: 0.0, xmax: 0.05, ymax: 0.05 };
         let with_box = example.to_bytes_with_boxes(&[corner]);
         let without = example.to_bytes();

@@ -73,7 +73,12 @@ async fn put_retrying(store: &Store, key: &str, bytes: Bytes, shutdown: &Cancell
 }
 
 /// Runs one worker until `shutdown`. Returns the number of batches handed over.
-pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown: &CancellationToken) -> Result<u64, PreprocessError> {
+pub async fn run(
+    settings: &Settings,
+    store: &Store,
+    streams: &Streams,
+    shutdown: &CancellationToken,
+) -> Result<u64, PreprocessError> {
     let dataset = settings.dataset.name.clone();
     let cfg = &settings.preprocess;
     let id = worker_id(&cfg.worker_id);
@@ -84,7 +89,13 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
     if cfg.orphan_batch_age_secs > 0 {
         let max_age = std::time::Duration::from_secs(cfg.orphan_batch_age_secs);
         let prefix = format!("{}/", keys::batch_dir(&dataset));
-        tokio::spawn(queue::clean_orphans_periodically(store.clone(), queue.clone(), prefix, max_age, shutdown.clone()));
+        tokio::spawn(queue::clean_orphans_periodically(
+            store.clone(),
+            queue.clone(),
+            prefix,
+            max_age,
+            shutdown.clone(),
+        ));
     }
     let shards = Arc::new(ShardSet::default());
     let follower = {
@@ -100,7 +111,8 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
     let subject = streams.subjects.batches(&dataset);
     let mut sequence = 0u64;
     let batch_size = cfg.batch_size as usize;
-    let mut buffer = shuffle::ShuffleBuffer::new(settings.shuffle_buffer_records(), cfg.shuffle_buffer_max_bytes as usize);
+    let mut buffer =
+        shuffle::ShuffleBuffer::new(settings.shuffle_buffer_records(), cfg.shuffle_buffer_max_bytes as usize);
     tracing::info!(worker = %id, "waiting for train shards of {dataset}");
     while shards.wait_nonempty(shutdown).await {
         if buffer.needs_more(batch_size) {
@@ -132,11 +144,14 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
         }
         let chunk = buffer.take(batch_size, &mut rng);
         let started = Instant::now();
-        let (size, max_pixels, mut local_rng) = (settings.model.image_size, settings.ingest.max_image_pixels, ChaCha8Rng::seed_from_u64(rng.random()));
+        let (size, max_pixels, mut local_rng) =
+            (settings.model.image_size, settings.ingest.max_image_pixels, ChaCha8Rng::seed_from_u64(rng.random()));
         let distort_color = cfg.distort_color;
-        let batch = tokio::task::spawn_blocking(move || batcher::build_batch(&chunk, size, max_pixels, distort_color, &mut local_rng))
-            .await
-            .map_err(|e| PreprocessError::Worker(e.to_string()))?;
+        let batch = tokio::task::spawn_blocking(move || {
+            batcher::build_batch(&chunk, size, max_pixels, distort_color, &mut local_rng)
+        })
+        .await
+        .map_err(|e| PreprocessError::Worker(e.to_string()))?;
         if batch.is_empty() {
             continue;
         }
@@ -158,7 +173,9 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
             labels: batch.labels.clone(),
         };
         match streams.publish_acked(&subject, Bytes::from(message.encode_to_vec()), &key, shutdown).await {
-            Ok(_) => metrics::histogram!("inception_preprocess_queue_wait_seconds").record(waited.elapsed().as_secs_f64()),
+            Ok(_) => {
+                metrics::histogram!("inception_preprocess_queue_wait_seconds").record(waited.elapsed().as_secs_f64())
+            }
             Err(NatsError::Cancelled) => {
                 // Nobody will consume it: remove the object we wrote.
                 store.delete(&key).await.ok();
@@ -194,12 +211,18 @@ mod tests {
         std::fs::write(root.join("batches/flowers"), b"in the way").expect("blocker");
         let writer = {
             let store = store.clone();
-            tokio::spawn(async move { put_retrying(&store, "batches/flowers/w-0", Bytes::from_static(b"batch"), &CancellationToken::new()).await })
+            tokio::spawn(async move {
+                put_retrying(&store, "batches/flowers/w-0", Bytes::from_static(b"batch"), &CancellationToken::new())
+                    .await
+            })
         };
         tokio::time::sleep(std::time::Duration::from_millis(600)).await;
         assert!(!writer.is_finished(), "still retrying while the store fails");
         std::fs::remove_file(root.join("batches/flowers")).expect("unblock");
-        let written = tokio::time::timeout(std::time::Duration::from_secs(10), writer).await.expect("written after the fault").expect("task");
+        let written = tokio::time::timeout(std::time::Duration::from_secs(10), writer)
+            .await
+            .expect("written after the fault")
+            .expect("task");
         assert!(written);
         assert_eq!(store.get("batches/flowers/w-0").await.expect("the batch"), Bytes::from_static(b"batch"));
 

@@ -24,7 +24,10 @@ async fn main() -> anyhow::Result<()> {
     let mut o = Vec::new();
     flag(&mut o, "preprocess.worker_id", &args.worker_id);
     let settings = args.common.settings(o)?;
-    inception_core::memory::retain_freed_memory_if(settings.preprocess.retain_freed_memory, "preprocess.retain_freed_memory");
+    inception_core::memory::retain_freed_memory_if(
+        settings.preprocess.retain_freed_memory,
+        "preprocess.retain_freed_memory",
+    );
     let service = start_service("preprocess", &settings.preprocess.metrics_addr).await?;
     let store = Store::open(&settings.store)?;
     let Ok(client) = nats::connect(&settings.nats, "inception-preprocess", &service.shutdown).await else {

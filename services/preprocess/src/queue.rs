@@ -67,7 +67,12 @@ pub async fn queued_batches(stream: &Stream) -> Result<HashSet<String>, NatsErro
 
 /// Deletes batch objects under `prefix` older than `max_age` that no queued
 /// message points at. Returns how many were deleted.
-pub async fn delete_orphans(store: &Store, stream: &Stream, prefix: &str, max_age: Duration) -> Result<usize, OrphanError> {
+pub async fn delete_orphans(
+    store: &Store,
+    stream: &Stream,
+    prefix: &str,
+    max_age: Duration,
+) -> Result<usize, OrphanError> {
     let now_ms = chrono::Utc::now().timestamp_millis();
     let old: Vec<String> = store
         .list_objects(prefix)
@@ -99,7 +104,13 @@ pub enum OrphanError {
 }
 
 /// Looks for orphans every half of `max_age` until shutdown.
-pub async fn clean_orphans_periodically(store: Store, stream: Stream, prefix: String, max_age: Duration, shutdown: CancellationToken) {
+pub async fn clean_orphans_periodically(
+    store: Store,
+    stream: Stream,
+    prefix: String,
+    max_age: Duration,
+    shutdown: CancellationToken,
+) {
     loop {
         store.remove_stale_temporaries(&prefix, max_age);
         if let Err(e) = delete_orphans(&store, &stream, &prefix, max_age).await {

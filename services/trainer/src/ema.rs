@@ -130,7 +130,10 @@ mod tests {
         let _ = vs.root().zeros_no_train("stat", &[5]);
         let trainable = vec!["a.bias".to_string(), "a.weight".to_string()];
         let flat = FlatVariables::new(&vs, &trainable).unwrap();
-        let (mut whole, mut each) = (MovingAverages::over_flat(&flat), MovingAverages::new(flat.vars.iter().map(|(n, v)| (n.clone(), v.shallow_clone())).collect()));
+        let (mut whole, mut each) = (
+            MovingAverages::over_flat(&flat),
+            MovingAverages::new(flat.vars.iter().map(|(n, v)| (n.clone(), v.shallow_clone())).collect()),
+        );
         assert!(whole.flat.is_some() && each.flat.is_none());
         for n in 0..3 {
             tch::no_grad(|| {
@@ -140,7 +143,8 @@ mod tests {
             each.update(n);
         }
         let sorted = |e: &MovingAverages| {
-            let mut s: Vec<(String, Vec<f32>)> = e.state().into_iter().map(|(n, t)| (n, Vec::try_from(&t.reshape([-1])).unwrap())).collect();
+            let mut s: Vec<(String, Vec<f32>)> =
+                e.state().into_iter().map(|(n, t)| (n, Vec::try_from(&t.reshape([-1])).unwrap())).collect();
             s.sort_by(|a, b| a.0.cmp(&b.0));
             s
         };

@@ -101,7 +101,9 @@ impl FlatVariables {
         rest.sort_by(|a, b| a.0.cmp(&b.0));
         vars.extend(rest);
         let (kind, device) = vars.first().map(|(_, v)| (v.kind(), v.device()))?;
-        if !matches!(kind, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16) || vars.iter().any(|(_, v)| v.kind() != kind || v.device() != device) {
+        if !matches!(kind, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16)
+            || vars.iter().any(|(_, v)| v.kind() != kind || v.device() != device)
+        {
             return None;
         }
         let lens = |vs: &[(String, Tensor)]| vs.iter().map(|(_, v)| v.numel() as i64).collect::<Vec<_>>();
@@ -157,7 +159,8 @@ mod tests {
         let lin = nn::linear(&root / "a", 3, 2, Default::default());
         let _stat = root.zeros_no_train("stat", &[5]);
         let before: Vec<(String, Vec<f32>)> = {
-            let mut v: Vec<_> = vs.variables().into_iter().map(|(n, t)| (n, Vec::<f32>::try_from(&t.reshape([-1])).unwrap())).collect();
+            let mut v: Vec<_> =
+                vs.variables().into_iter().map(|(n, t)| (n, Vec::<f32>::try_from(&t.reshape([-1])).unwrap())).collect();
             v.sort_by(|a, b| a.0.cmp(&b.0));
             v
         };

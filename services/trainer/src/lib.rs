@@ -15,9 +15,9 @@ pub mod towers;
 use futures::StreamExt;
 use inception_core::batch::Batch;
 use inception_core::nats::{NatsError, Streams};
-use inception_core::telemetry::log_timestamp;
 use inception_core::shutdown::{sleep_or_cancel, CancellationToken};
 use inception_core::store::StoreError;
+use inception_core::telemetry::log_timestamp;
 use inception_core::{keys, Settings, Store};
 use inception_model::checkpoint::{self, CheckpointMeta};
 use inception_model::inception::debiased_momentum;
@@ -112,7 +112,8 @@ impl TrainState {
         tch::manual_seed(settings.train.seed);
         let vs = VarStore::new(devices.first().copied().unwrap_or(Device::Cpu));
         let model = InceptionV3::new(&vs.root(), cfg);
-        let mut trainable: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let mut trainable: Vec<(String, Tensor)> =
+            vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         trainable.sort_by(|a, b| a.0.cmp(&b.0));
         let order: Vec<String> = trainable.iter().map(|(n, _)| n.clone()).collect();
         let flat = FlatVariables::new(&vs, &order);
@@ -131,7 +132,19 @@ impl TrainState {
         let averages = fresh_averages(&vs, flat.as_ref());
         let replicas = devices.iter().skip(1).map(|d| Replica::new(&vs, cfg, *d, &order, flat.as_ref())).collect();
         let concurrent_towers = devices.len() > 1 && devices.iter().enumerate().all(|(i, d)| !devices[..i].contains(d));
-        Self { vs, model, optimizer, averages, replicas, flat, labels, step: 0, bn_updates: 0, examples_seen: 0, concurrent_towers }
+        Self {
+            vs,
+            model,
+            optimizer,
+            averages,
+            replicas,
+            flat,
+            labels,
+            step: 0,
+            bn_updates: 0,
+            examples_seen: 0,
+            concurrent_towers,
+        }
     }
 
     /// Forward and backward on every tower's share of the batch. Returns the
@@ -147,7 +160,8 @@ impl TrainState {
         for r in &mut self.replicas {
             r.pull();
         }
-        let parts: Vec<(Tensor, Tensor)> = images.chunk(towers as i64, 0).into_iter().zip(labels.chunk(towers as i64, 0)).collect();
+        let parts: Vec<(Tensor, Tensor)> =
+            images.chunk(towers as i64, 0).into_iter().zip(labels.chunk(towers as i64, 0)).collect();
         let master_vars = self.optimizer.variables();
         let (model, replicas) = (&self.model, &mut self.replicas);
         let results: Vec<TowerResult> = if self.concurrent_towers && towers > 1 {
@@ -164,14 +178,22 @@ impl TrainState {
                     .collect();
                 let first = tower_pass(model, &master_vars, &parts[0].0, &parts[0].1, bn_momentum(0));
                 std::iter::once(first)
-                    .chain(handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))))
+                    .chain(
+                        handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))),
+                    )
                     .collect()
             })
         } else {
             (0..towers)
                 .map(|i| match i {
                     0 => tower_pass(model, &master_vars, &parts[0].0, &parts[0].1, bn_momentum(0)),
-                    _ => tower_pass(&replicas[i - 1].model, &replicas[i - 1].trainable, &parts[i].0, &parts[i].1, bn_momentum(i)),
+                    _ => tower_pass(
+                        &replicas[i - 1].model,
+                        &replicas[i - 1].trainable,
+                        &parts[i].0,
+                        &parts[i].1,
+                        bn_momentum(i),
+                    ),
                 })
                 .collect()
         };
@@ -232,7 +254,11 @@ impl TrainState {
     pub fn guarded_step(&mut self, images: &Tensor, labels: &Tensor, lr: f64) -> Result<f64, TrainError> {
         let step = self.step + 1;
         inception_model::catch_torch(|| self.train_step(images, labels, lr)).unwrap_or_else(|failure| {
-            let devices = std::iter::once(self.vs.device()).chain(self.replicas.iter().map(|r| r.vs.device())).map(|d| format!("{d:?}")).collect::<Vec<_>>().join(", ");
+            let devices = std::iter::once(self.vs.device())
+                .chain(self.replicas.iter().map(|r| r.vs.device()))
+                .map(|d| format!("{d:?}"))
+                .collect::<Vec<_>>()
+                .join(", ");
             Err(step_failure(failure, step, images.size().first().copied().unwrap_or(0), devices))
         })
     }
@@ -272,14 +298,22 @@ pub fn model_config(settings: &Settings, labels: usize) -> ModelConfig {
 }
 
 /// Waits for `datasets/<name>/labels.txt`, which ingest writes before any shard.
-pub async fn wait_for_labels(store: &Store, dataset: &str, shutdown: &CancellationToken) -> Result<Option<Vec<String>>, TrainError> {
+pub async fn wait_for_labels(
+    store: &Store,
+    dataset: &str,
+    shutdown: &CancellationToken,
+) -> Result<Option<Vec<String>>, TrainError> {
     let key = keys::labels(dataset);
     let mut announced = false;
     loop {
         match store.get(&key).await {
             Ok(bytes) => {
-                let labels: Vec<String> =
-                    String::from_utf8_lossy(&bytes).lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
+                let labels: Vec<String> = String::from_utf8_lossy(&bytes)
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string)
+                    .collect();
                 if labels.is_empty() {
                     return Err(TrainError::Config(format!("{key} lists no labels")));
                 }
@@ -316,7 +350,12 @@ async fn examples_per_epoch(settings: &Settings, streams: &Streams) -> Result<u6
 }
 
 /// Trains until `train.max_steps` or shutdown; returns the final step.
-pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown: &CancellationToken) -> Result<u64, TrainError> {
+pub async fn run(
+    settings: &Settings,
+    store: &Store,
+    streams: &Streams,
+    shutdown: &CancellationToken,
+) -> Result<u64, TrainError> {
     let t = &settings.train;
     let dataset = &settings.dataset.name;
     // This run's checkpoints have one writer: anything half-written is ours, from before a crash.
@@ -335,7 +374,11 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
     }
     tracing::info!(
         "training {} classes (+ background) at {}px, depth multiplier {}, on {:?}, from step {}",
-        labels.len(), cfg.image_size, cfg.depth_multiplier, devices, state.step
+        labels.len(),
+        cfg.image_size,
+        cfg.depth_multiplier,
+        devices,
+        state.step
     );
     streams.checkpoints().await?; // the stream this service announces on
     if resumed {
@@ -381,11 +424,16 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
             metrics::gauge!("inception_trainer_queue_batches").set(info.pending as f64);
             if info.delivered > 1 {
                 metrics::counter!("inception_trainer_redelivered_batches_total").increment(1);
-                tracing::info!("batch message {} delivered again (attempt {}): it was not acknowledged in time", info.stream_sequence, info.delivered);
+                tracing::info!(
+                    "batch message {} delivered again (attempt {}): it was not acknowledged in time",
+                    info.stream_sequence,
+                    info.delivered
+                );
             }
         }
         let started = Instant::now();
-        let batch = match receive_batch(store, dataset, &message.payload, cfg.image_size as u32, cfg.num_classes).await {
+        let batch = match receive_batch(store, dataset, &message.payload, cfg.image_size as u32, cfg.num_classes).await
+        {
             Ok(b) => b,
             Err(BatchProblem::Unusable(reason)) => {
                 metrics::counter!("inception_trainer_rejected_batches_total").increment(1);
@@ -406,7 +454,8 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
         let s = cfg.image_size;
         let images = Tensor::from_slice(&batch.images).view([n, s, s, 3]);
         let targets = Tensor::from_slice(&batch.labels).to_kind(Kind::Int64);
-        let lr = optimizer::learning_rate(t.initial_learning_rate, t.learning_rate_decay_factor, decay_steps, state.step);
+        let lr =
+            optimizer::learning_rate(t.initial_learning_rate, t.learning_rate_decay_factor, decay_steps, state.step);
         let loss = match state.guarded_step(&images, &targets, lr) {
             Ok(loss) => loss,
             Err(e) => {
@@ -433,10 +482,17 @@ pub async fn run(settings: &Settings, store: &Store, streams: &Streams, shutdown
             // The total loss, as the original logs it: data loss + L2 term.
             let loss = loss + state.regularization_loss();
             metrics::gauge!("inception_trainer_loss").set(loss);
-            events.scalars(state.step, &[("loss", loss), ("learning_rate", lr), ("examples_per_sec", n as f64 / elapsed)]);
+            events.scalars(
+                state.step,
+                &[("loss", loss), ("learning_rate", lr), ("examples_per_sec", n as f64 / elapsed)],
+            );
             println!(
                 "{}: step {}, loss = {:.2} ({:.1} examples/sec; {:.3} sec/batch)",
-                log_timestamp(), state.step, loss, n as f64 / elapsed, elapsed
+                log_timestamp(),
+                state.step,
+                loss,
+                n as f64 / elapsed,
+                elapsed
             );
         }
         if state.step % t.checkpoint_every_steps == 0 {
@@ -472,7 +528,13 @@ impl From<String> for BatchProblem {
     }
 }
 
-async fn receive_batch(store: &Store, dataset: &str, payload: &[u8], image_size: u32, num_classes: i64) -> Result<(String, Batch), BatchProblem> {
+async fn receive_batch(
+    store: &Store,
+    dataset: &str,
+    payload: &[u8],
+    image_size: u32,
+    num_classes: i64,
+) -> Result<(String, Batch), BatchProblem> {
     let ready: BatchReady = inception_core::nats::decode_control(payload)?;
     let prefix = format!("{}/", keys::batch_dir(dataset));
     if !ready.uri.starts_with(&prefix) || ready.uri.contains("..") {
@@ -495,7 +557,12 @@ async fn receive_batch(store: &Store, dataset: &str, payload: &[u8], image_size:
 /// Loads `source` (a local weights file, or a store key) into a fresh model.
 /// As in the original, only weights are taken: the global step, optimizer
 /// slots and moving averages start anew (the averages from the loaded weights).
-async fn start_from_pretrained(store: &Store, source: &str, fine_tune: bool, state: &mut TrainState) -> Result<(), TrainError> {
+async fn start_from_pretrained(
+    store: &Store,
+    source: &str,
+    fine_tune: bool,
+    state: &mut TrainState,
+) -> Result<(), TrainError> {
     let fail = |message: String| TrainError::Pretrained { from: source.to_string(), message };
     let path = std::path::Path::new(source);
     let tensors = if path.is_file() {
@@ -511,7 +578,11 @@ async fn start_from_pretrained(store: &Store, source: &str, fine_tune: bool, sta
         tracing::info!("freshly initialised: {}", report.reinitialised.join(", "));
     }
     if !report.unexpected.is_empty() {
-        tracing::warn!("{} tensors of {source} are not in the model and were ignored: {}", report.unexpected.len(), summarize(&report.unexpected));
+        tracing::warn!(
+            "{} tensors of {source} are not in the model and were ignored: {}",
+            report.unexpected.len(),
+            summarize(&report.unexpected)
+        );
     }
     Ok(())
 }
@@ -527,7 +598,9 @@ fn summarize(names: &[String]) -> String {
 
 /// Restores the run's latest checkpoint; false when there is none.
 async fn resume(store: &Store, run: &str, cfg: &ModelConfig, state: &mut TrainState) -> Result<bool, TrainError> {
-    let Some(pointer) = checkpoint::read_pointer(store, run).await.map_err(saver::SaverError::from)? else { return Ok(false) };
+    let Some(pointer) = checkpoint::read_pointer(store, run).await.map_err(saver::SaverError::from)? else {
+        return Ok(false);
+    };
     let fail = |message: String| TrainError::Resume { key: pointer.metadata.clone(), message };
     let (meta, tensors) = checkpoint::read(store, &pointer.metadata).await.map_err(|e| fail(e.to_string()))?;
     if &meta.model != cfg {
@@ -542,7 +615,11 @@ async fn resume(store: &Store, run: &str, cfg: &ModelConfig, state: &mut TrainSt
     state.step = meta.step;
     state.bn_updates = meta.bn_updates;
     state.examples_seen = meta.examples_seen;
-    tracing::info!("resumed from {} at step {} ({slots} optimizer slots, {averages} moving averages)", pointer.metadata, meta.step);
+    tracing::info!(
+        "resumed from {} at step {} ({slots} optimizer slots, {averages} moving averages)",
+        pointer.metadata,
+        meta.step
+    );
     Ok(true)
 }
 

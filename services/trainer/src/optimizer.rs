@@ -64,8 +64,13 @@ impl RmsProp {
         let decayed = vars.iter().map(|(n, _)| regularized(n)).collect();
         let layout = Layout::new(vars.iter().map(|(_, v)| v.numel() as i64));
         let options = vars.first().map_or((tch::Kind::Float, tch::Device::Cpu), |(_, v)| (v.kind(), v.device()));
-        let (ms_all, mom_all, zeros) =
-            tch::no_grad(|| (Tensor::ones([layout.total], options), Tensor::zeros([layout.total], options), Tensor::zeros([ALIGN], options)));
+        let (ms_all, mom_all, zeros) = tch::no_grad(|| {
+            (
+                Tensor::ones([layout.total], options),
+                Tensor::zeros([layout.total], options),
+                Tensor::zeros([ALIGN], options),
+            )
+        });
         let slots = vars
             .into_iter()
             .enumerate()
@@ -229,7 +234,9 @@ impl RmsProp {
         let mut found = 0;
         tch::no_grad(|| {
             for (n, _, ms, mom) in &mut self.slots {
-                if let (Some(a), Some(b)) = (tensors.get(&format!("optimizer/ms/{n}")), tensors.get(&format!("optimizer/mom/{n}"))) {
+                if let (Some(a), Some(b)) =
+                    (tensors.get(&format!("optimizer/ms/{n}")), tensors.get(&format!("optimizer/mom/{n}")))
+                {
                     if a.size() == ms.size() && b.size() == mom.size() {
                         ms.copy_(a);
                         mom.copy_(b);
@@ -286,7 +293,11 @@ mod tests {
     fn three(seed: i64) -> (RmsProp, Vec<Tensor>) {
         tch::manual_seed(seed);
         let shapes: [&[i64]; 3] = [&[4, 3], &[5], &[2, 2, 2]];
-        let vars: Vec<(String, Tensor)> = shapes.iter().enumerate().map(|(i, s)| (format!("v{i}"), Tensor::randn(*s, (Kind::Float, tch::Device::Cpu)))).collect();
+        let vars: Vec<(String, Tensor)> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("v{i}"), Tensor::randn(*s, (Kind::Float, tch::Device::Cpu))))
+            .collect();
         let grads = shapes.iter().map(|s| Tensor::randn(*s, (Kind::Float, tch::Device::Cpu))).collect();
         (RmsProp::new(vars, 0.9, 0.9, 1.0, 0.04, |n| n != "v1"), grads)
     }
@@ -310,7 +321,10 @@ mod tests {
     }
 
     fn snapshot(opt: &RmsProp) -> Vec<Vec<f32>> {
-        opt.slots.iter().flat_map(|(_, v, ms, mom)| [v, ms, mom].map(|t| Vec::<f32>::try_from(&t.reshape([-1])).unwrap())).collect()
+        opt.slots
+            .iter()
+            .flat_map(|(_, v, ms, mom)| [v, ms, mom].map(|t| Vec::<f32>::try_from(&t.reshape([-1])).unwrap()))
+            .collect()
     }
 
     #[test]
@@ -355,7 +369,9 @@ mod tests {
         let loaded = inception_model::checkpoint::tensors_from_bytes(&bytes).unwrap();
         let (mut fresh, _) = three(4);
         assert_eq!(fresh.load_state(&loaded), 3);
-        let slots = |o: &RmsProp| snapshot(o).into_iter().enumerate().filter(|(i, _)| i % 3 != 0).map(|(_, s)| s).collect::<Vec<_>>();
+        let slots = |o: &RmsProp| {
+            snapshot(o).into_iter().enumerate().filter(|(i, _)| i % 3 != 0).map(|(_, s)| s).collect::<Vec<_>>()
+        };
         assert_eq!(slots(&fresh), slots(&opt), "mean squares and momenta restored, the last variable's included");
         // Restored into the shared buffers: the next update uses them.
         fresh.step(0.1, &grads);

@@ -40,15 +40,18 @@ pub async fn save(
     let weights = checkpoint::tensors_to_bytes(tensors)?;
     store.put(&meta.weights, Bytes::from(weights)).await?;
     let metadata_key = keys::checkpoint_metadata(run, meta.step);
-    let json = serde_json::to_vec_pretty(meta).map_err(|e| SaverError::Corrupt { key: metadata_key.clone(), message: e.to_string() })?;
+    let json = serde_json::to_vec_pretty(meta)
+        .map_err(|e| SaverError::Corrupt { key: metadata_key.clone(), message: e.to_string() })?;
     store.put(&metadata_key, Bytes::from(json)).await?;
 
     let mut all = checkpoint::read_pointer(store, run).await?.map(|p| p.all).unwrap_or_default();
     all.retain(|k| k != &metadata_key);
     all.push(metadata_key.clone());
-    let dropped: Vec<String> = if all.len() > keep.max(1) { all.drain(..all.len() - keep.max(1)).collect() } else { Vec::new() };
+    let dropped: Vec<String> =
+        if all.len() > keep.max(1) { all.drain(..all.len() - keep.max(1)).collect() } else { Vec::new() };
     let pointer = CheckpointPointer { step: meta.step, metadata: metadata_key.clone(), all };
-    let json = serde_json::to_vec_pretty(&pointer).map_err(|e| SaverError::Corrupt { key: metadata_key.clone(), message: e.to_string() })?;
+    let json = serde_json::to_vec_pretty(&pointer)
+        .map_err(|e| SaverError::Corrupt { key: metadata_key.clone(), message: e.to_string() })?;
     store.put(&keys::checkpoint_pointer(run), Bytes::from(json)).await?;
     for old in dropped {
         if let Some(step) = checkpoint::step_of(&old) {
@@ -75,6 +78,8 @@ pub async fn announce(streams: &Streams, run: &str, step: u64, shutdown: &Cancel
         metadata_uri: keys::checkpoint_metadata(run, step),
     };
     let id = format!("{run}-{step}");
-    streams.publish_acked(&streams.subjects.checkpoints(run), Bytes::from(message.encode_to_vec()), &id, shutdown).await?;
+    streams
+        .publish_acked(&streams.subjects.checkpoints(run), Bytes::from(message.encode_to_vec()), &id, shutdown)
+        .await?;
     Ok(())
 }

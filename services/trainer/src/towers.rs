@@ -30,7 +30,13 @@ pub struct Replica {
 impl Replica {
     /// `trainable` names the master's trainable variables in optimizer order;
     /// `master_flat`, the master's variables in one buffer, if they are.
-    pub fn new(master: &VarStore, cfg: &ModelConfig, device: Device, trainable: &[String], master_flat: Option<&FlatVariables>) -> Self {
+    pub fn new(
+        master: &VarStore,
+        cfg: &ModelConfig,
+        device: Device,
+        trainable: &[String],
+        master_flat: Option<&FlatVariables>,
+    ) -> Self {
         let vs = VarStore::new(device);
         let model = InceptionV3::new(&vs.root(), cfg);
         let flat = master_flat.and_then(|m| {
@@ -77,7 +83,6 @@ impl Replica {
             }
         });
     }
-
 }
 
 /// The devices of N towers starting at `first`: consecutive CUDA devices, or

@@ -9,7 +9,15 @@ use tch::{Device, Kind, Tensor};
 
 #[test]
 fn a_libtorch_failure_in_a_step_is_returned_as_an_error() {
-    let cfg = ModelConfig { num_classes: 3, image_size: 75, depth_multiplier: 0.1, min_depth: 8, dropout: 0.0, aux_logits: true, avg_pool_count_include_pad: false };
+    let cfg = ModelConfig {
+        num_classes: 3,
+        image_size: 75,
+        depth_multiplier: 0.1,
+        min_depth: 8,
+        dropout: 0.0,
+        aux_logits: true,
+        avg_pool_count_include_pad: false,
+    };
     let settings = Settings::defaults().unwrap();
     let mut state = TrainState::new(&cfg, vec!["a".into(), "b".into()], &settings, &[Device::Cpu]);
     // Two channels where the first convolution takes three: libtorch throws.
@@ -36,13 +44,24 @@ fn running_out_of_memory_names_the_settings_to_change() {
     let e = step_failure(TorchFailure::from_message(message), 7, 256, "Cuda(0)".into());
     assert!(matches!(e, TrainError::OutOfMemory { step: 7, batch: 256, .. }), "{e:?}");
     let text = e.to_string();
-    for wanted in ["out of memory on Cuda(0) at step 7 with a batch of 256", "preprocess.batch_size", "train.num_gpus", "Tried to allocate 2.00 GiB"] {
+    for wanted in [
+        "out of memory on Cuda(0) at step 7 with a batch of 256",
+        "preprocess.batch_size",
+        "train.num_gpus",
+        "Tried to allocate 2.00 GiB",
+    ] {
         assert!(text.contains(wanted), "{wanted:?} missing from: {text}");
     }
     assert!(!text.contains("Exception raised"), "the C++ backtrace is left out: {text}");
     // The CPU allocator words it otherwise; the fix is the same.
-    let cpu = step_failure(TorchFailure::from_message("DefaultCPUAllocator: not enough memory: you tried to allocate 123 bytes."), 1, 32, "Cpu".into());
+    let cpu = step_failure(
+        TorchFailure::from_message("DefaultCPUAllocator: not enough memory: you tried to allocate 123 bytes."),
+        1,
+        32,
+        "Cpu".into(),
+    );
     assert!(matches!(cpu, TrainError::OutOfMemory { .. }), "{cpu:?}");
-    let other = step_failure(TorchFailure::from_message("Expected all tensors to be on the same device"), 1, 32, "Cpu".into());
+    let other =
+        step_failure(TorchFailure::from_message("Expected all tensors to be on the same device"), 1, 32, "Cpu".into());
     assert!(matches!(other, TrainError::Libtorch { .. }), "{other:?}");
 }

@@ -10,7 +10,15 @@ use inception_trainer::TrainState;
 use tch::{Device, Kind, Tensor};
 
 fn cfg() -> ModelConfig {
-    ModelConfig { num_classes: 6, image_size: 75, depth_multiplier: 0.1, min_depth: 8, dropout: 0.0, aux_logits: true, avg_pool_count_include_pad: false }
+    ModelConfig {
+        num_classes: 6,
+        image_size: 75,
+        depth_multiplier: 0.1,
+        min_depth: 8,
+        dropout: 0.0,
+        aux_logits: true,
+        avg_pool_count_include_pad: false,
+    }
 }
 
 /// Weight initialisation draws from libtorch's global generator: tests that
@@ -31,10 +39,13 @@ fn gradients(s: &mut TrainState, images: &Tensor, labels: &Tensor) -> Vec<(Strin
 
 fn max_difference(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|((na, ta), (nb, tb))| {
-        assert_eq!(na, nb);
-        (ta - tb).abs().max().double_value(&[])
-    }).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|((na, ta), (nb, tb))| {
+            assert_eq!(na, nb);
+            (ta - tb).abs().max().double_value(&[])
+        })
+        .fold(0.0, f64::max)
 }
 
 #[test]
@@ -48,7 +59,8 @@ fn two_towers_apply_the_average_of_their_gradients_once() {
     // What each tower computes alone.
     let ga = gradients(&mut state(1), &first, &labels.narrow(0, 0, 4));
     let gb = gradients(&mut state(1), &second, &labels.narrow(0, 4, 4));
-    let average: Vec<(String, Tensor)> = ga.iter().zip(&gb).map(|((n, a), (_, b))| (n.clone(), (a + b) / 2.0)).collect();
+    let average: Vec<(String, Tensor)> =
+        ga.iter().zip(&gb).map(|((n, a), (_, b))| (n.clone(), (a + b) / 2.0)).collect();
     assert!(max_difference(&ga, &gb) > 1e-4, "the halves' gradients differ, so averaging is observable");
 
     let scale = average.iter().map(|(_, g)| g.abs().max().double_value(&[])).fold(0.0, f64::max);
@@ -58,7 +70,10 @@ fn two_towers_apply_the_average_of_their_gradients_once() {
         assert!(!two.concurrent_towers, "two towers on one CPU run in turn by default");
         two.concurrent_towers = concurrent;
         let diff = max_difference(&gradients(&mut two, &images, &labels), &average);
-        assert!(diff < 1e-6 * scale.max(1.0), "concurrent={concurrent}: the towers' gradient differs from the average by {diff} (scale {scale})");
+        assert!(
+            diff < 1e-6 * scale.max(1.0),
+            "concurrent={concurrent}: the towers' gradient differs from the average by {diff} (scale {scale})"
+        );
     }
     let mut two = state(2);
     assert!(two.replicas[0].pulls_one_buffer(), "the replica's variables lie in one buffer laid out as the master's");
@@ -85,7 +100,10 @@ fn batch_norm_statistics_come_from_the_last_tower() {
         two.concurrent_towers = concurrent;
         two.train_step(&Tensor::cat(&[&first, &last], 0), &labels, 0.0).unwrap();
         let (a, b) = (&two.vs.variables()[name], &only_last.vs.variables()[name]);
-        assert!((a - b).abs().max().double_value(&[]) < 1e-5, "concurrent={concurrent}: running mean of the last tower's half");
+        assert!(
+            (a - b).abs().max().double_value(&[]) < 1e-5,
+            "concurrent={concurrent}: running mean of the last tower's half"
+        );
     }
 }
 

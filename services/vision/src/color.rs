@@ -76,7 +76,13 @@ pub fn rgb_to_hsv(r: f32, g: f32, b: f32) -> (f32, f32, f32) {
     let from_r = if from_r < 0.0 { from_r + 6.0 } else { from_r };
     let from_g = (b - r) * inv + 2.0;
     let from_b = (r - g) * inv + 4.0;
-    let h6 = if max == r { from_r } else if max == g { from_g } else { from_b };
+    let h6 = if max == r {
+        from_r
+    } else if max == g {
+        from_g
+    } else {
+        from_b
+    };
     let h = if delta > 0.0 { h6 / 6.0 } else { 0.0 };
     let s = if max > 0.0 { delta / max } else { 0.0 };
     (h, s, max)
@@ -87,7 +93,13 @@ pub fn rgb_to_hsv(r: f32, g: f32, b: f32) -> (f32, f32, f32) {
 /// with `k = (n + 6h) mod 6`: the sector table without branches.
 #[inline(always)]
 pub fn hsv_to_rgb(h: f32, s: f32, v: f32) -> (f32, f32, f32) {
-    let h = if h < 0.0 { h + 1.0 } else if h >= 1.0 { h - 1.0 } else { h };
+    let h = if h < 0.0 {
+        h + 1.0
+    } else if h >= 1.0 {
+        h - 1.0
+    } else {
+        h
+    };
     let h6 = h * 6.0;
     let channel = |n: f32| {
         let k = n + h6;
@@ -259,7 +271,8 @@ mod tests {
         // 37 pixels: blocked partial sums plus a remainder.
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
         let mut px: Vec<f32> = (0..37 * 3).map(|_| rng.random_range(0.0..1.0)).collect();
-        let mean: Vec<f64> = (0..3).map(|c| px.iter().skip(c).step_by(3).map(|&v| f64::from(v)).sum::<f64>() / 37.0).collect();
+        let mean: Vec<f64> =
+            (0..3).map(|c| px.iter().skip(c).step_by(3).map(|&v| f64::from(v)).sum::<f64>() / 37.0).collect();
         adjust_contrast(&mut px, 0.0);
         for (i, v) in px.iter().enumerate() {
             assert!((f64::from(*v) - mean[i % 3]).abs() < 1e-6, "element {i}: {v} vs mean {}", mean[i % 3]);

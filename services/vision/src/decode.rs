@@ -12,12 +12,7 @@ pub enum VisionError {
     #[error("not a recognised image format")]
     UnknownFormat,
     #[error("image is {width}x{height} = {pixels} pixels, above the limit of {limit}")]
-    TooLarge {
-        width: u32,
-        height: u32,
-        pixels: u64,
-        limit: u64,
-    },
+    TooLarge { width: u32, height: u32, pixels: u64, limit: u64 },
     #[error("cannot decode {format:?} image: {message}")]
     Decode { format: ImageFormat, message: String },
     #[error("truncated JPEG: no end-of-image marker after the last scan")]
@@ -41,10 +36,7 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage, VisionE
         return Err(VisionError::Empty);
     }
     let format = image::guess_format(bytes).map_err(|_| VisionError::UnknownFormat)?;
-    let decode_err = |e: image::ImageError| VisionError::Decode {
-        format,
-        message: e.to_string(),
-    };
+    let decode_err = |e: image::ImageError| VisionError::Decode { format, message: e.to_string() };
     let (width, height) = if format == ImageFormat::Jpeg {
         // Walked first because the JPEG decoder fills a cut-off scan with
         // grey instead of failing; the frame header it reads gives the size.
@@ -55,12 +47,7 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage, VisionE
     };
     let pixels = u64::from(width) * u64::from(height);
     if pixels > max_pixels || pixels == 0 {
-        return Err(VisionError::TooLarge {
-            width,
-            height,
-            pixels,
-            limit: max_pixels,
-        });
+        return Err(VisionError::TooLarge { width, height, pixels, limit: max_pixels });
     }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
@@ -69,11 +56,7 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage, VisionE
     reader.limits(limits);
     let dynamic = reader.decode().map_err(decode_err)?;
     let was_rgb8 = matches!(dynamic, image::DynamicImage::ImageRgb8(_));
-    Ok(DecodedImage {
-        image: dynamic.into_rgb8(),
-        format,
-        was_rgb8,
-    })
+    Ok(DecodedImage { image: dynamic.into_rgb8(), format, was_rgb8 })
 }
 
 /// What a JPEG's marker segments say, read without decoding a pixel.
@@ -122,7 +105,11 @@ pub fn read_jpeg_markers(bytes: &[u8]) -> Result<JpegHeader, VisionError> {
         }
         let length = usize::from(u16::from_be_bytes([bytes[at], bytes[at + 1]]));
         if length < 2 || at + length > bytes.len() {
-            return Err(if at + length > bytes.len() { VisionError::TruncatedJpeg } else { bad(format!("segment 0xFF{marker:02X} at byte {} has length {length}", at - 2)) });
+            return Err(if at + length > bytes.len() {
+                VisionError::TruncatedJpeg
+            } else {
+                bad(format!("segment 0xFF{marker:02X} at byte {} has length {length}", at - 2))
+            });
         }
         let segment = &bytes[at + 2..at + length];
         match marker {
@@ -137,7 +124,11 @@ pub fn read_jpeg_markers(bytes: &[u8]) -> Result<JpegHeader, VisionError> {
                     width: u32::from(u16::from_be_bytes([segment[3], segment[4]])),
                     components: segment[5],
                 };
-                if h.width == 0 || h.height == 0 || !matches!(h.components, 1 | 3 | 4) || segment.len() < 6 + 3 * usize::from(h.components) {
+                if h.width == 0
+                    || h.height == 0
+                    || !matches!(h.components, 1 | 3 | 4)
+                    || segment.len() < 6 + 3 * usize::from(h.components)
+                {
                     return Err(bad(format!("invalid frame header {h:?}")));
                 }
                 header = Some(h);
@@ -193,7 +184,11 @@ pub fn to_rgb_jpeg(bytes: &[u8], max_pixels: u64) -> Result<(Vec<u8>, u32, u32),
 
 /// As [`to_rgb_jpeg`], checking 8-bit 3-component JPEGs as `check` says
 /// (anything else is decoded: it must be converted anyway).
-pub fn to_rgb_jpeg_checked(bytes: &[u8], max_pixels: u64, check: JpegCheck) -> Result<(Vec<u8>, u32, u32), VisionError> {
+pub fn to_rgb_jpeg_checked(
+    bytes: &[u8],
+    max_pixels: u64,
+    check: JpegCheck,
+) -> Result<(Vec<u8>, u32, u32), VisionError> {
     match inspect(bytes, max_pixels, check)? {
         Verdict::Keep(w, h) => Ok((bytes.to_vec(), w, h)),
         Verdict::Converted(out, w, h) => Ok((out, w, h)),
@@ -202,7 +197,11 @@ pub fn to_rgb_jpeg_checked(bytes: &[u8], max_pixels: u64, check: JpegCheck) -> R
 
 /// As [`to_rgb_jpeg_checked`], taking the bytes: a kept JPEG is returned
 /// without a copy.
-pub fn into_rgb_jpeg_checked(bytes: Vec<u8>, max_pixels: u64, check: JpegCheck) -> Result<(Vec<u8>, u32, u32), VisionError> {
+pub fn into_rgb_jpeg_checked(
+    bytes: Vec<u8>,
+    max_pixels: u64,
+    check: JpegCheck,
+) -> Result<(Vec<u8>, u32, u32), VisionError> {
     match inspect(&bytes, max_pixels, check)? {
         Verdict::Keep(w, h) => Ok((bytes, w, h)),
         Verdict::Converted(out, w, h) => Ok((out, w, h)),
@@ -234,10 +233,7 @@ fn inspect(bytes: &[u8], max_pixels: u64, check: JpegCheck) -> Result<Verdict, V
     }
     let mut out = Vec::new();
     let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 100);
-    decoded
-        .image
-        .write_with_encoder(encoder)
-        .map_err(|e| VisionError::Encode(e.to_string()))?;
+    decoded.image.write_with_encoder(encoder).map_err(|e| VisionError::Encode(e.to_string()))?;
     Ok(Verdict::Converted(out, w, h))
 }
 
@@ -246,7 +242,8 @@ mod marker_tests {
     use super::*;
 
     fn jpeg(w: u32, h: u32) -> Vec<u8> {
-        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7) as u8, (y * 5) as u8, ((x ^ y) * 3) as u8]));
+        let img =
+            image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7) as u8, (y * 5) as u8, ((x ^ y) * 3) as u8]));
         let mut out = Cursor::new(Vec::new());
         image::DynamicImage::ImageRgb8(img).write_to(&mut out, ImageFormat::Jpeg).unwrap();
         out.into_inner()
@@ -255,7 +252,10 @@ mod marker_tests {
     #[test]
     fn markers_give_the_frame_and_catch_cut_and_broken_files() {
         let good = jpeg(50, 30);
-        assert_eq!(read_jpeg_markers(&good).unwrap(), JpegHeader { width: 50, height: 30, components: 3, precision: 8 });
+        assert_eq!(
+            read_jpeg_markers(&good).unwrap(),
+            JpegHeader { width: 50, height: 30, components: 3, precision: 8 }
+        );
         for cut in [good.len() - 2, good.len() / 2, 200, 3] {
             assert!(read_jpeg_markers(&good[..cut]).is_err(), "cut at {cut} of {}", good.len());
             assert!(to_rgb_jpeg_checked(&good[..cut], 1 << 20, JpegCheck::Markers).is_err());
@@ -264,7 +264,10 @@ mod marker_tests {
         let (kept, w, h) = to_rgb_jpeg_checked(&good, 1 << 20, JpegCheck::Markers).unwrap();
         assert_eq!((kept.as_slice(), w, h), (good.as_slice(), 50, 30));
         // The pixel limit applies without decoding.
-        assert!(matches!(to_rgb_jpeg_checked(&good, 1000, JpegCheck::Markers), Err(VisionError::TooLarge { pixels: 1500, .. })));
+        assert!(matches!(
+            to_rgb_jpeg_checked(&good, 1000, JpegCheck::Markers),
+            Err(VisionError::TooLarge { pixels: 1500, .. })
+        ));
         // A broken segment length.
         let mut broken = good.clone();
         let sof = broken.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();

@@ -10,6 +10,11 @@ pub mod resize;
 mod simd;
 pub mod transform;
 
-pub use decode::{decode_rgb, into_rgb_jpeg_checked, read_jpeg_markers, to_rgb_jpeg, to_rgb_jpeg_checked, DecodedImage, JpegCheck, JpegHeader, VisionError};
+pub use decode::{
+    decode_rgb, into_rgb_jpeg_checked, read_jpeg_markers, to_rgb_jpeg, to_rgb_jpeg_checked, DecodedImage, JpegCheck,
+    JpegHeader, VisionError,
+};
 pub use resize::ResizeMethod;
-pub use transform::{central_crop, eval_image, flip_left_right, quantize, resize_bilinear, train_image, CropBox, ObjectBox};
+pub use transform::{
+    central_crop, eval_image, flip_left_right, quantize, resize_bilinear, train_image, CropBox, ObjectBox,
+};

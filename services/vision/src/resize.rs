@@ -232,7 +232,9 @@ fn output_taps(method: ResizeMethod, i: usize, len: usize, span: u32, out: u32) 
     let scale = span as f32 / out as f32;
     match method {
         // Coverage over the box size: the mean of the covered pixels.
-        ResizeMethod::Area => area_taps(i as f32 * scale, scale, len).into_iter().map(|(k, w)| (k, w / scale)).collect(),
+        ResizeMethod::Area => {
+            area_taps(i as f32 * scale, scale, len).into_iter().map(|(k, w)| (k, w / scale)).collect()
+        }
         _ => taps(method, i as f32 * scale, len),
     }
 }
@@ -307,7 +309,9 @@ mod tests {
 
     /// Every output pixel as a direct 2-D weighted sum (no separable passes).
     fn direct(img: &RgbImage, crop: CropBox, out: u32, method: ResizeMethod) -> Vec<f32> {
-        let axis = |len: usize, span: u32| -> Vec<Vec<(usize, f32)>> { (0..out as usize).map(|i| output_taps(method, i, len, span, out)).collect() };
+        let axis = |len: usize, span: u32| -> Vec<Vec<(usize, f32)>> {
+            (0..out as usize).map(|i| output_taps(method, i, len, span, out)).collect()
+        };
         let (xt, yt) = (axis(crop.width as usize, crop.width), axis(crop.height as usize, crop.height));
         let mut dst = Vec::new();
         for ys in &yt {
@@ -328,7 +332,8 @@ mod tests {
 
     #[test]
     fn separable_passes_equal_the_direct_sum_for_every_method() {
-        let img = RgbImage::from_fn(37, 29, |x, y| image::Rgb([(x * 7 + y * 3) as u8, (x * y) as u8, (255 - x * 5) as u8]));
+        let img =
+            RgbImage::from_fn(37, 29, |x, y| image::Rgb([(x * 7 + y * 3) as u8, (x * y) as u8, (255 - x * 5) as u8]));
         let crop = CropBox { x: 3, y: 2, width: 31, height: 23 };
         for method in (0..4).map(ResizeMethod::from_index) {
             // Down (area: 1-3 taps per output), up, and an odd ratio.
@@ -344,7 +349,8 @@ mod tests {
 
     #[test]
     fn avx2_and_portable_builds_give_the_same_bits() {
-        let img = RgbImage::from_fn(53, 41, |x, y| image::Rgb([(x * 5 + y) as u8, (x * y % 251) as u8, (200 - y * 3) as u8]));
+        let img =
+            RgbImage::from_fn(53, 41, |x, y| image::Rgb([(x * 5 + y) as u8, (x * y % 251) as u8, (200 - y * 3) as u8]));
         let crop = CropBox { x: 4, y: 3, width: 45, height: 33 };
         for method in (0..4).map(ResizeMethod::from_index) {
             for out in [19, 64] {
@@ -360,7 +366,8 @@ mod tests {
 
     #[test]
     fn bytes_are_the_floats_rounded() {
-        let img = RgbImage::from_fn(61, 47, |x, y| image::Rgb([(x * 4 + y) as u8, (x * y % 253) as u8, (250 - y * 5) as u8]));
+        let img =
+            RgbImage::from_fn(61, 47, |x, y| image::Rgb([(x * 4 + y) as u8, (x * y % 253) as u8, (250 - y * 5) as u8]));
         let crop = CropBox { x: 5, y: 1, width: 50, height: 44 };
         for method in (0..4).map(ResizeMethod::from_index) {
             // Twice: the second call reuses the thread's row buffer.
@@ -386,7 +393,8 @@ mod tests {
         // 4 -> 2: each output averages two inputs; 4 -> 3: scale 4/3 with partial coverage.
         assert_eq!(row(&img, 2, ResizeMethod::Area), vec![50., 225.]);
         let third = row(&img, 3, ResizeMethod::Area);
-        let expected = [(0.0 + 100.0 / 3.0) * 0.75, (100.0 * 2.0 / 3.0 + 200.0 * 2.0 / 3.0) * 0.75, (200.0 / 3.0 + 250.0) * 0.75];
+        let expected =
+            [(0.0 + 100.0 / 3.0) * 0.75, (100.0 * 2.0 / 3.0 + 200.0 * 2.0 / 3.0) * 0.75, (200.0 / 3.0 + 250.0) * 0.75];
         for (g, e) in third.iter().zip(expected) {
             assert!((g - e).abs() < 1e-3, "{third:?} vs {expected:?}");
         }

@@ -114,12 +114,7 @@ pub fn central_crop(width: u32, height: u32, fraction: f64) -> CropBox {
     }
     let k = (1.0 / ((1.0 - fraction) / 2.0)) as u32;
     let (x, y) = (width / k, height / k);
-    CropBox {
-        x,
-        y,
-        width: width - 2 * x,
-        height: height - 2 * y,
-    }
+    CropBox { x, y, width: width - 2 * x, height: height - 2 * y }
 }
 
 /// Bilinear resize of `crop` of `img` to `out x out` bytes, with TF1's
@@ -151,7 +146,13 @@ pub fn flip_left_right<T>(pixels: &mut [T], size: u32) {
 /// (The original ties method and order to the preprocessing thread id; a
 /// per-example draw gives the same mixture.) `distort_color = false` skips
 /// the colour step. `boxes`: the record's object boxes, if any.
-pub fn train_image<R: Rng>(img: &RgbImage, size: u32, boxes: &[ObjectBox], distort_color: bool, rng: &mut R) -> Vec<u8> {
+pub fn train_image<R: Rng>(
+    img: &RgbImage,
+    size: u32,
+    boxes: &[ObjectBox],
+    distort_color: bool,
+    rng: &mut R,
+) -> Vec<u8> {
     let crop = sample_distorted_crop(img.width(), img.height(), boxes, rng);
     let method = ResizeMethod::from_index(rng.random_range(0..4));
     let flip = rng.random_bool(0.5);

@@ -54,7 +54,10 @@ pub fn yaml_documents(text: &str) -> Vec<serde_json::Value> {
     use std::io::Write;
     let python = repo_root().join(".venv/bin/python");
     let mut child = Command::new(&python)
-        .args(["-c", "import sys, json, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d is not None]))"])
+        .args([
+            "-c",
+            "import sys, json, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d is not None]))",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

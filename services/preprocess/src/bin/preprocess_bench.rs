@@ -71,9 +71,18 @@ fn breakdown(jpegs: &[Vec<u8>], size: u32, eval: bool, passes: usize) -> anyhow:
     }
     let n = (jpegs.len() * passes.max(1)) as f64 / 1000.0;
     if eval {
-        println!("breakdown   eval  {size} px per image: decode {:.2} ms, central crop+resize+rounding {:.2} ms", decode / n, geometry / n);
+        println!(
+            "breakdown   eval  {size} px per image: decode {:.2} ms, central crop+resize+rounding {:.2} ms",
+            decode / n,
+            geometry / n
+        );
     } else {
-        println!("breakdown   train {size} px per image: decode {:.2} ms, crop+resize+flip {:.2} ms, colour {:.2} ms", decode / n, geometry / n, colour / n);
+        println!(
+            "breakdown   train {size} px per image: decode {:.2} ms, crop+resize+flip {:.2} ms, colour {:.2} ms",
+            decode / n,
+            geometry / n,
+            colour / n
+        );
     }
     Ok(())
 }
@@ -90,7 +99,8 @@ fn photo(i: usize) -> RgbImage {
         let inside = ((fx - cx).powi(2) + (fy - cy).powi(2)).sqrt() < r;
         let mut px = [0u8; 3];
         for c in 0..3 {
-            let v = base[c] + 50.0 * ((fx / 37.0 + c as f32).sin() * (fy / 23.0).cos()) + if inside { 60.0 } else { 0.0 };
+            let v =
+                base[c] + 50.0 * ((fx / 37.0 + c as f32).sin() * (fy / 23.0).cos()) + if inside { 60.0 } else { 0.0 };
             px[c] = (v + rng.random_range(-30.0..30.0)).clamp(0.0, 255.0) as u8;
         }
         Rgb(px)
@@ -103,7 +113,9 @@ fn ensure_images(dir: &Path, count: usize) -> anyhow::Result<Vec<Vec<u8>>> {
         .map(|i| {
             let path = dir.join(format!("photo_{i:04}.jpg"));
             if !path.is_file() {
-                photo(i).save_with_format(&path, image::ImageFormat::Jpeg).with_context(|| format!("cannot write {}", path.display()))?;
+                photo(i)
+                    .save_with_format(&path, image::ImageFormat::Jpeg)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
             }
             std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
         })
@@ -144,7 +156,10 @@ fn main() -> anyhow::Result<()> {
                 s.spawn(move || work(jpegs, a.image_size, a.passes, a.eval, w as u64 + 1))
             })
             .collect();
-        handles.into_iter().map(|h| h.join().map_err(|_| anyhow::anyhow!("worker panicked"))?).sum::<anyhow::Result<usize>>()
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| anyhow::anyhow!("worker panicked"))?)
+            .sum::<anyhow::Result<usize>>()
     })?;
     let secs = started.elapsed().as_secs_f64();
     if a.breakdown {

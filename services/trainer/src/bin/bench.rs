@@ -75,7 +75,8 @@ fn main() -> anyhow::Result<()> {
     cfg.validate().map_err(anyhow::Error::msg)?;
     let labels = (1..=args.labels).map(|i| format!("class{i}")).collect();
     let mut state = TrainState::new(&cfg, labels, &settings, &[device]);
-    let images = Tensor::randint(256, [args.batch_size, args.image_size, args.image_size, 3], (Kind::Uint8, Device::Cpu));
+    let images =
+        Tensor::randint(256, [args.batch_size, args.image_size, args.image_size, 3], (Kind::Uint8, Device::Cpu));
     let targets = Tensor::randint_low(1, args.labels as i64 + 1, [args.batch_size], (Kind::Int64, Device::Cpu));
     if args.eval {
         return bench_eval(&state, &images, &args, device, retained);
@@ -107,7 +108,11 @@ fn main() -> anyhow::Result<()> {
 
 fn bench_eval(state: &TrainState, images: &Tensor, args: &Args, device: Device, retained: bool) -> anyhow::Result<()> {
     use inception_model::{images_to_input, Mode};
-    let run = || tch::no_grad(|| state.model.forward(&images_to_input(&images.to_device(device)), Mode::Eval).0.double_value(&[0, 0]));
+    let run = || {
+        tch::no_grad(|| {
+            state.model.forward(&images_to_input(&images.to_device(device)), Mode::Eval).0.double_value(&[0, 0])
+        })
+    };
     for _ in 0..args.warmup {
         run();
     }
@@ -123,7 +128,13 @@ fn bench_eval(state: &TrainState, images: &Tensor, args: &Args, device: Device, 
     Ok(())
 }
 
-fn breakdown(state: &mut TrainState, images: &Tensor, targets: &Tensor, steps: usize, device: Device) -> anyhow::Result<()> {
+fn breakdown(
+    state: &mut TrainState,
+    images: &Tensor,
+    targets: &Tensor,
+    steps: usize,
+    device: Device,
+) -> anyhow::Result<()> {
     // CUDA work is queued: each phase is timed to the end of its kernels.
     let finish = || {
         if let Device::Cuda(index) = device {
@@ -146,6 +157,11 @@ fn breakdown(state: &mut TrainState, images: &Tensor, targets: &Tensor, steps: u
         ema += t.elapsed().as_secs_f64();
     }
     let n = steps as f64;
-    println!("phases per step: forward+backward {:.3} s, optimizer {:.3} s, moving averages {:.3} s", fb / n, opt / n, ema / n);
+    println!(
+        "phases per step: forward+backward {:.3} s, optimizer {:.3} s, moving averages {:.3} s",
+        fb / n,
+        opt / n,
+        ema / n
+    );
     Ok(())
 }
