@@ -2,9 +2,10 @@
 //! processes, free ports, waiting for files and conditions, reading metrics
 //! and trainer logs.
 
+use inception_core::process::{ChildGuard, OnDrop};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// `target/debug` (or `$CARGO_TARGET_DIR/debug`), where `cargo build --workspace` put the services.
@@ -30,7 +31,7 @@ pub fn free_port() -> u16 {
 /// A service process whose stdout and stderr go to files; killed on drop.
 pub struct Proc {
     pub name: String,
-    pub child: Child,
+    pub process: ChildGuard,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
 }
@@ -48,7 +49,7 @@ impl Proc {
             .stderr(std::fs::File::create(&stderr).expect("stderr file"))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc { name: name.to_string(), child, stdout, stderr }
+        Proc { name: name.to_string(), process: ChildGuard::new(name, child, OnDrop::Kill), stdout, stderr }
     }
 
     pub fn output(&self) -> (String, String) {
@@ -61,36 +62,32 @@ impl Proc {
     }
 
     /// Waits for the process to exit; panics with its output after `limit`.
-    pub fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let (out, err) = self.output();
-                panic!("{} still running after {limit:?}\nstdout:\n{out}\nstderr:\n{err}", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(100));
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        if let Some(status) = self.process.wait_for(limit) {
+            return status;
         }
+        self.process.kill();
+        let (out, err) = self.output();
+        panic!("{} still running after {limit:?}\nstdout:\n{out}\nstderr:\n{err}", self.name);
     }
 
     /// Sends SIGTERM and waits for the exit.
-    pub fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+    pub fn terminate(&mut self, limit: Duration) -> ExitStatus {
+        self.process.signal_terminate();
         self.wait(limit)
     }
 
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+    /// SIGKILL (no chance to clean up) and reap.
+    pub fn kill(&mut self) {
+        assert!(self.process.kill().is_some(), "{} could not be killed and reaped", self.name);
     }
-}
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    pub fn id(&self) -> u32 {
+        self.process.id()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
     }
 }
 
@@ -179,7 +176,7 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(String, String)> {
 /// pinned and installed into `.venv` by scripts/setup.sh) on a free loopback
 /// port; killed on drop. Credentials are not checked: any key works.
 pub struct S3Server {
-    child: Child,
+    _process: ChildGuard,
     pub port: u16,
 }
 
@@ -206,7 +203,7 @@ impl S3Server {
             .stderr(std::fs::File::create(logs.join("moto.err")).expect("moto log"))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let server = S3Server { child, port };
+        let server = S3Server { _process: ChildGuard::new("moto_server", child, OnDrop::Kill), port };
         let deadline = Instant::now() + Duration::from_secs(30);
         while http_get(port, "/").is_err() {
             assert!(Instant::now() < deadline, "moto_server did not answer on port {port} within 30 s");
@@ -244,13 +241,6 @@ impl S3Server {
             ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
             ("AWS_DEFAULT_REGION".into(), "us-east-1".into()),
         ]
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -84,8 +84,7 @@ impl Service {
     fn kill9(&mut self) {
         if let Some(mut p) = self.proc.take() {
             assert!(p.is_running(), "{} died on its own before the kill:\n{}", self.bin, self.tail());
-            p.child.kill().expect("kill -9");
-            p.child.wait().expect("reap");
+            p.kill();
         }
     }
 
@@ -234,10 +233,10 @@ fn the_pipeline_survives_kills_and_nats_restarts_and_loses_nothing() {
     for d in [&logs, &incoming] {
         std::fs::create_dir_all(d).expect("folder");
     }
-    inception_ingest::demo::generate(&images, 4, 2, 21).expect("initial images");
-    inception_ingest::demo::generate(&pool, 8, 0, 22).expect("images to drop");
+    inception_demo_data::generate(&images, 4, 2, 21).expect("initial images");
+    inception_demo_data::generate(&pool, 8, 0, 22).expect("images to drop");
     let labels_file = root.join("labels.txt");
-    std::fs::write(&labels_file, inception_ingest::demo::DEMO_LABELS.join("\n")).expect("labels");
+    std::fs::write(&labels_file, inception_demo_data::DEMO_LABELS.join("\n")).expect("labels");
     // Images to drop, in a seeded order: good ones, plus one corrupt file
     // and one of an unknown label.
     let mut to_drop: Vec<(String, Vec<u8>)> = files_under(&pool.join("train"))

@@ -46,7 +46,7 @@ fn bad_inputs_are_skipped_with_reasons_and_the_rest_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let (images, store, logs) = (dir.path().join("images"), dir.path().join("store"), dir.path().join("logs"));
     std::fs::create_dir_all(&logs).unwrap();
-    inception_ingest::demo::generate(&images, 3, 0, 5).unwrap();
+    inception_demo_data::generate(&images, 3, 0, 5).unwrap();
     let train = images.join("train");
     write_inputs(&train);
     let boxes = dir.path().join("boxes.csv");

@@ -17,7 +17,7 @@ async fn new_images_become_announced_shards_across_restarts() {
         (dir.path().join("images"), dir.path().join("store"), dir.path().join("logs"), dir.path().join("incoming"));
     std::fs::create_dir_all(&logs).unwrap();
     std::fs::create_dir_all(&incoming).unwrap();
-    inception_ingest::demo::generate(&images, 3, 0, 11).unwrap();
+    inception_demo_data::generate(&images, 3, 0, 11).unwrap();
     // The generator writes every third image as PNG: take files by number, whatever the format.
     let jpeg = |label: &str, i: usize| {
         let folder = images.join("train").join(label);
@@ -29,7 +29,7 @@ async fn new_images_become_announced_shards_across_restarts() {
         std::fs::read(entry.unwrap().path()).unwrap()
     };
     let labels = dir.path().join("labels.txt");
-    std::fs::write(&labels, inception_ingest::demo::DEMO_LABELS.join("\n")).unwrap();
+    std::fs::write(&labels, inception_demo_data::DEMO_LABELS.join("\n")).unwrap();
     let nats = LocalNats::start(&dir.path().join("nats")).unwrap();
     let port = free_port();
     let env = env_vars([

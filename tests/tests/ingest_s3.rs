@@ -28,11 +28,11 @@ async fn one_shot_ingest_reads_and_writes_s3() {
         s3_access_key_id: String::new(),
         s3_secret_access_key: Default::default(),
     };
-    inception_ingest::demo::generate(&images, 2, 1, 3).unwrap();
+    inception_demo_data::generate(&images, 2, 1, 3).unwrap();
     let upload = Store::open(&settings("s3://pics/photos")).unwrap();
     let mut expected = Vec::new();
     for split in ["train", "validation"] {
-        for label in inception_ingest::demo::DEMO_LABELS {
+        for label in inception_demo_data::DEMO_LABELS {
             for e in std::fs::read_dir(images.join(split).join(label)).unwrap() {
                 let e = e.unwrap();
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -82,7 +82,7 @@ async fn one_shot_ingest_reads_and_writes_s3() {
     names.sort();
     assert_eq!(names, expected);
     let labels = store.get("datasets/s3set/labels.txt").await.unwrap();
-    assert_eq!(String::from_utf8_lossy(&labels).lines().collect::<Vec<_>>(), inception_ingest::demo::DEMO_LABELS);
+    assert_eq!(String::from_utf8_lossy(&labels).lines().collect::<Vec<_>>(), inception_demo_data::DEMO_LABELS);
     let report = store.get("datasets/s3set/ingest/report.json").await.unwrap();
     assert!(String::from_utf8_lossy(&report).contains("skipped_not_image"));
 

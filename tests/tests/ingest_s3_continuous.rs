@@ -29,14 +29,14 @@ async fn uploads_to_an_s3_prefix_become_announced_shards() {
     };
     let incoming = Store::open(&settings("s3://pics/incoming")).unwrap();
     let store = Store::open(&settings("s3://pics/store")).unwrap();
-    inception_ingest::demo::generate(&images, 3, 0, 21).unwrap();
+    inception_demo_data::generate(&images, 3, 0, 21).unwrap();
     let image = |label: &str, i: usize| {
         let folder = images.join("train").join(label);
         let entry = std::fs::read_dir(&folder).unwrap().filter_map(Result::ok).nth(i).unwrap();
         Bytes::from(std::fs::read(entry.path()).unwrap())
     };
     let labels = dir.path().join("labels.txt");
-    std::fs::write(&labels, inception_ingest::demo::DEMO_LABELS.join("\n")).unwrap();
+    std::fs::write(&labels, inception_demo_data::DEMO_LABELS.join("\n")).unwrap();
 
     let nats = LocalNats::start(&dir.path().join("nats")).unwrap();
     let mut env = env_vars([

@@ -78,8 +78,8 @@ fn records_we_write_parse_in_tensorflow() {
     };
     let dir = tempfile::tempdir().unwrap();
     let images = dir.path().join("images");
-    inception_ingest::demo::generate(&images, 2, 0, 9).unwrap();
-    let labels: Vec<String> = inception_ingest::demo::DEMO_LABELS.iter().map(|s| s.to_string()).collect();
+    inception_demo_data::generate(&images, 2, 0, 9).unwrap();
+    let labels: Vec<String> = inception_demo_data::DEMO_LABELS.iter().map(|s| s.to_string()).collect();
     let mut files = inception_ingest::find_image_files(&images.join("train"), &labels).unwrap();
     files.sort_by(|a, b| a.name.cmp(&b.name));
     let boxes = inception_ingest::bbox::parse(&format!("{},0.25,0.1,0.75,0.9\n", files[0].name)).unwrap();

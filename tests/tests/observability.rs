@@ -76,7 +76,8 @@ fn spawn_prometheus(config: &Path, tsdb: &Path, port: u16, logs: &Path) -> Proc 
         .stderr(std::fs::File::create(&stderr).expect("stderr file"))
         .spawn()
         .expect("start prometheus (scripts/setup-ops.sh installs it)");
-    Proc { name: "prometheus".into(), child, stdout, stderr }
+    let process = inception_core::process::ChildGuard::new("prometheus", child, inception_core::process::OnDrop::Kill);
+    Proc { name: "prometheus".into(), process, stdout, stderr }
 }
 
 fn prometheus_config(dir: &Path, ports: &[(&str, u16)]) -> std::path::PathBuf {
@@ -103,7 +104,7 @@ async fn prometheus_scrapes_the_pipeline_and_answers_every_dashboard_query() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (images, store, logs) = (dir.path().join("images"), dir.path().join("store"), dir.path().join("logs"));
     std::fs::create_dir_all(&logs).expect("logs dir");
-    inception_ingest::demo::generate(&images, 60, 20, 3).expect("generate images");
+    inception_demo_data::generate(&images, 60, 20, 3).expect("generate images");
     std::fs::write(images.join("train/roses/notes.jpg"), b"this is text, not a JPEG").expect("write");
     std::fs::write(images.join("train/roses/empty.jpg"), b"").expect("write");
     let nats = LocalNats::start(&dir.path().join("nats")).expect("nats-server");
@@ -199,7 +200,7 @@ async fn prometheus_scrapes_the_pipeline_and_answers_every_dashboard_query() {
         split: "train".into(),
         uri: format!("datasets/{DATASET}/train-junk"),
         records: 4,
-        labels: inception_ingest::demo::DEMO_LABELS.iter().map(|l| l.to_string()).collect(),
+        labels: inception_demo_data::DEMO_LABELS.iter().map(|l| l.to_string()).collect(),
         ..Default::default()
     };
     let subject = streams.subjects.shards(DATASET, "train");

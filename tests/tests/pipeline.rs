@@ -61,7 +61,7 @@ async fn four_services_train_and_evaluate_over_nats() {
     let dir = tempfile::tempdir().unwrap();
     let (images, store, logs) = (dir.path().join("images"), dir.path().join("store"), dir.path().join("logs"));
     std::fs::create_dir_all(&logs).unwrap();
-    inception_ingest::demo::generate(&images, 60, 20, 7).unwrap();
+    inception_demo_data::generate(&images, 60, 20, 7).unwrap();
     write_bad_inputs(&images.join("train"));
     let nats = LocalNats::start(&dir.path().join("nats")).unwrap();
     let env = env(&nats, &store);
@@ -96,7 +96,7 @@ async fn four_services_train_and_evaluate_over_nats() {
         for r in tfrecord::records(&bytes) {
             let ex = parse_image_example(r.unwrap()).unwrap();
             assert!((1..=5).contains(&ex.label));
-            let expected = inception_ingest::demo::DEMO_LABELS[(ex.label - 1) as usize];
+            let expected = inception_demo_data::DEMO_LABELS[(ex.label - 1) as usize];
             assert_eq!(ex.text, expected);
             records += 1;
         }
@@ -158,7 +158,7 @@ async fn four_services_train_and_evaluate_over_nats() {
 
     // classify: top-5 labels per image, a clear error for a bad file.
     let mut args: Vec<String> = vec!["classify".into(), "--checkpoint".into(), "latest".into(), "--json".into()];
-    for label in inception_ingest::demo::DEMO_LABELS {
+    for label in inception_demo_data::DEMO_LABELS {
         args.push(images.join(format!("validation/{label}/{label}_0000.jpg")).display().to_string());
     }
     let bad = images.join("train/roses/notes.jpg").display().to_string();
@@ -173,7 +173,7 @@ async fn four_services_train_and_evaluate_over_nats() {
     let results = doc["results"].as_array().unwrap();
     assert_eq!(results.len(), 6);
     let mut correct = 0;
-    for (r, label) in results.iter().zip(inception_ingest::demo::DEMO_LABELS) {
+    for (r, label) in results.iter().zip(inception_demo_data::DEMO_LABELS) {
         let p = r["predictions"].as_array().unwrap_or_else(|| panic!("{r}"));
         assert_eq!(p.len(), 5);
         let probs: Vec<f64> = p.iter().map(|x| x["probability"].as_f64().unwrap()).collect();
@@ -241,7 +241,7 @@ async fn four_services_train_and_evaluate_over_nats() {
 fn unreachable_nats_is_reported_and_retried_without_panic() {
     let dir = tempfile::tempdir().unwrap();
     let images = dir.path().join("images");
-    inception_ingest::demo::generate(&images, 1, 0, 1).unwrap();
+    inception_demo_data::generate(&images, 1, 0, 1).unwrap();
     let port = free_port();
     let env: Vec<(String, String)> = vec![
         ("INCEPTION__NATS__URL".into(), format!("nats://127.0.0.1:{port}")),

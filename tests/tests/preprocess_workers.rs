@@ -28,8 +28,8 @@ fn workers_join_and_leave_while_the_trainer_runs() {
     for sub in ["a", "b", "c", "ingest2"] {
         std::fs::create_dir_all(logs.join(sub)).unwrap();
     }
-    inception_ingest::demo::generate(&images, 8, 0, 5).unwrap();
-    inception_ingest::demo::generate(&more, 8, 0, 6).unwrap();
+    inception_demo_data::generate(&images, 8, 0, 5).unwrap();
+    inception_demo_data::generate(&more, 8, 0, 6).unwrap();
     let nats = LocalNats::start(&dir.path().join("nats")).unwrap();
     const STEPS: u64 = 150;
     const SHUFFLE_CAP: u64 = 200_000;
@@ -100,8 +100,7 @@ fn workers_join_and_leave_while_the_trainer_runs() {
     eprintln!("{:?}: new shards known at step {}", t0.elapsed(), step(&trainer));
     // Worker a dies mid-work; a third worker starts; training goes on.
     let before = step(&trainer);
-    a.child.kill().unwrap();
-    a.child.wait().unwrap();
+    a.kill();
     // An object a worker wrote but never queued (as a could have left).
     let ghost = store.join("batches/flowers/ghost-1-0000000000.safetensors");
     std::fs::write(&ghost, b"half a batch").unwrap();
@@ -140,7 +139,7 @@ fn workers_join_and_leave_while_the_trainer_runs() {
             .max()
             .unwrap();
         assert!(buffered > 0.0 && buffered <= (SHUFFLE_CAP + largest_shard) as f64, "buffer {buffered} bytes");
-        let rss = inception_core::telemetry::resident_memory_bytes_of(w.child.id()).unwrap_or(0);
+        let rss = inception_core::telemetry::resident_memory_bytes_of(w.id()).unwrap_or(0);
         let budget = 64_000_000 + SHUFFLE_CAP + 2 * largest_shard + 2 * 8 * 75 * 75 * 3;
         eprintln!("worker {}: shuffle buffer {buffered} bytes, resident {rss} bytes, budget {budget}", w.name);
         assert!(rss > 0 && rss < budget, "worker {} resident {rss} bytes, budget {budget}", w.name);

@@ -15,7 +15,7 @@ fn killed_trainer_resumes_from_the_latest_complete_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let (images, store, logs) = (dir.path().join("images"), dir.path().join("store"), dir.path().join("logs"));
     std::fs::create_dir_all(logs.join("second")).unwrap();
-    inception_ingest::demo::generate(&images, 12, 2, 3).unwrap();
+    inception_demo_data::generate(&images, 12, 2, 3).unwrap();
     let nats = LocalNats::start(&dir.path().join("nats")).unwrap();
     let env: Vec<(String, String)> = env_vars([
         ("NATS__URL", nats.url()),
@@ -48,8 +48,7 @@ fn killed_trainer_resumes_from_the_latest_complete_checkpoint() {
         assert!(Instant::now() < deadline && first.is_running(), "no checkpoint at step 20: {:?}", first.output());
         std::thread::sleep(Duration::from_millis(50));
     }
-    first.child.kill().unwrap(); // SIGKILL: no chance to save
-    first.child.wait().unwrap();
+    first.kill(); // SIGKILL: no chance to save
     let saved = pointer_step(&store).unwrap();
     let (first_out, _) = first.output();
     let reached = *logged_steps(&first_out).last().unwrap();

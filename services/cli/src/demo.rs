@@ -3,9 +3,10 @@
 
 use anyhow::{bail, Context};
 use inception_core::local_nats::LocalNats;
+use inception_core::process::{ChildGuard, OnDrop};
 use inception_core::settings::env_vars;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, clap::Args)]
@@ -43,34 +44,13 @@ pub struct DemoArgs {
     distort_color: bool,
 }
 
-/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
-struct Service {
-    name: &'static str,
-    child: Child,
-}
+/// How long a service may take to finish after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(30);
 
-impl Service {
-    fn terminate(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        eprintln!("{} did not stop within 30s of SIGTERM; killing it", self.name);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.terminate();
+/// SIGTERM, and SIGKILL if that did not stop it within [`STOP_GRACE`].
+fn stop(service: &mut ChildGuard) {
+    if let (_, true) = service.terminate(STOP_GRACE) {
+        eprintln!("{} did not stop within {STOP_GRACE:?} of SIGTERM; killed it", service.name());
     }
 }
 
@@ -95,7 +75,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         None => {
             let dir = workdir.join("images");
             if !dir.join("train").is_dir() {
-                let n = inception_ingest::demo::generate(&dir, 60, 20, 42)?;
+                let n = inception_demo_data::generate(&dir, 60, 20, 42)?;
                 println!("generated {n} demo images under {}", dir.display());
             }
             dir
@@ -148,9 +128,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         c.envs(env.iter().cloned());
         Ok(c)
     };
-    let spawn = |name: &'static str, extra: &[&str]| -> anyhow::Result<Service> {
+    let spawn = |name: &'static str, extra: &[&str]| -> anyhow::Result<ChildGuard> {
         let child = command(name)?.args(extra).spawn().with_context(|| format!("cannot start {name}"))?;
-        Ok(Service { name, child })
+        Ok(ChildGuard::new(name, child, OnDrop::Terminate(STOP_GRACE)))
     };
     let check = |name: &str, status: ExitStatus| -> anyhow::Result<()> {
         if !status.success() {
@@ -171,12 +151,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     check("inception-ingest", status)?;
 
     let mut evaluator = spawn("inception-evaluator", &[])?;
-    let mut workers: Vec<Service> = (0..args.workers.max(1))
+    let mut workers: Vec<ChildGuard> = (0..args.workers.max(1))
         .map(|i| spawn("inception-preprocess", &["--worker-id", &format!("demo-worker-{i}")]))
         .collect::<anyhow::Result<_>>()?;
     let status = command("inception-trainer")?.status().context("cannot run inception-trainer")?;
     for w in &mut workers {
-        w.terminate();
+        stop(w);
     }
     check("inception-trainer", status)?;
 
@@ -187,12 +167,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         if Instant::now() > deadline {
             bail!("the evaluator wrote no result for step {} within 10 minutes", args.steps);
         }
-        if let Ok(Some(status)) = evaluator.child.try_wait() {
+        if let Some(status) = evaluator.exited() {
             bail!("the evaluator exited early ({status})");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    evaluator.terminate();
+    stop(&mut evaluator);
     let text = std::fs::read_to_string(&result)?;
     let json: serde_json::Value = serde_json::from_str(&text)?;
     let p1 = json["precision_at_1"].as_f64().unwrap_or(f64::NAN);

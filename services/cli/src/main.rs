@@ -49,7 +49,7 @@ fn main() -> anyhow::Result<()> {
         Command::Classify(args) => classify::run(args),
         Command::Records(args) => records::run(args),
         Command::GenerateDemoData { dir, train_per_class, validation_per_class, seed } => {
-            let n = inception_ingest::demo::generate(&dir, train_per_class, validation_per_class, seed)?;
+            let n = inception_demo_data::generate(&dir, train_per_class, validation_per_class, seed)?;
             println!("wrote {n} images under {}", dir.display());
             Ok(())
         }

@@ -1,10 +1,8 @@
-//! Flags every service binary shares, and the start-up they all do.
+//! Flags every service binary shares (the start-up they share is [`crate::bootstrap`]).
 
 use std::path::PathBuf;
 
 use crate::settings::{Settings, SettingsError};
-use crate::shutdown::{self, CancellationToken};
-use crate::telemetry::{self, Readiness};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonArgs {
@@ -31,20 +29,6 @@ impl CommonArgs {
         overrides.extend(self.set.iter().cloned());
         Settings::load(self.config.as_deref(), &overrides)
     }
-}
-
-/// A running service's shared handles.
-pub struct Service {
-    pub shutdown: CancellationToken,
-    pub readiness: Readiness,
-}
-
-/// Logging, signal handling, and the metrics/health endpoints on `metrics_addr`.
-pub async fn start_service(name: &'static str, metrics_addr: &str) -> anyhow::Result<Service> {
-    let shutdown = shutdown::on_signals();
-    let readiness = Readiness::default();
-    telemetry::serve(name, metrics_addr, readiness.clone(), shutdown.clone()).await?;
-    Ok(Service { shutdown, readiness })
 }
 
 /// Adds an override when a flag was given.

@@ -18,10 +18,9 @@ use async_nats::jetstream::{self, stream::Stream};
 use futures::StreamExt;
 use std::time::Duration;
 
+use crate::backoff::Backoff;
 use crate::nats::NatsError;
 
-const FIRST_RETRY: Duration = Duration::from_millis(200);
-const MAX_RETRY: Duration = Duration::from_secs(5);
 const HEARTBEAT: Duration = Duration::from_secs(2);
 
 /// An ephemeral pull consumer's messages that outlive the consumer.
@@ -33,7 +32,7 @@ pub struct Follower {
     messages: Option<pull::Stream>,
     /// Stream sequence after the last message delivered to the caller.
     resume_at: Option<u64>,
-    retry: Duration,
+    retry: Backoff,
     subscriptions: u64,
 }
 
@@ -49,7 +48,7 @@ impl Follower {
             consumer: None,
             messages: None,
             resume_at: None,
-            retry: FIRST_RETRY,
+            retry: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
             subscriptions: 0,
         }
     }
@@ -131,12 +130,11 @@ impl Follower {
                                 self.resume_at
                             );
                         }
-                        self.retry = FIRST_RETRY;
+                        self.retry.reset();
                     }
                     Err(e) => {
-                        tracing::warn!("{e}; trying again in {:.1}s", self.retry.as_secs_f64());
-                        tokio::time::sleep(self.retry).await;
-                        self.retry = (self.retry * 2).min(MAX_RETRY);
+                        tracing::warn!("{e}; trying again in {:.1}s", self.retry.delay().as_secs_f64());
+                        self.retry.sleep().await;
                     }
                 }
                 continue;

@@ -7,15 +7,21 @@
 //! * [`telemetry`]: logs, Prometheus metrics, `/healthz` and `/readyz`.
 //! * [`shutdown`]: SIGTERM handling.
 //! * [`tfrecord`], [`example`], [`batch`]: the on-store formats; [`tfevents`]: TensorBoard files.
-//! * [`local_nats`]: a nats-server child process for local runs and tests.
+//! * [`local_nats`]: a nats-server child process for local runs and tests;
+//!   [`process`]: a child process stopped when its guard is dropped.
+//! * [`backoff`]: the exponential back-off of every retry loop.
+//! * [`bootstrap`]: the start-up every service main shares.
 
+pub mod backoff;
 pub mod batch;
+pub mod bootstrap;
 pub mod cli;
 pub mod example;
 pub mod follow;
 pub mod local_nats;
 pub mod memory;
 pub mod nats;
+pub mod process;
 pub mod settings;
 pub mod shutdown;
 pub mod store;
@@ -28,6 +34,16 @@ pub use store::Store;
 
 /// Object-store keys of the pipeline, in one place.
 pub mod keys {
+    /// The part of `key` below the folder `dir` (`<dir>/<rest>`), or None
+    /// when the key is outside it or contains `..`. Every key a message
+    /// names is checked with this before it is read, so that no message can
+    /// point a service at an arbitrary object.
+    pub fn below<'a>(key: &'a str, dir: &str) -> Option<&'a str> {
+        if key.contains("..") {
+            return None;
+        }
+        key.strip_prefix(dir)?.strip_prefix('/')
+    }
     /// Directory of a dataset's shards and label file.
     pub fn dataset_dir(dataset: &str) -> String {
         format!("datasets/{dataset}")
@@ -92,5 +108,20 @@ pub mod keys {
     }
     pub fn eval_result(run: &str, step: u64) -> String {
         format!("eval/{run}/step-{step}.json")
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::keys::below;
+
+    #[test]
+    fn below_accepts_only_keys_inside_the_folder() {
+        assert_eq!(below("batches/demo/w-1.safetensors", "batches/demo"), Some("w-1.safetensors"));
+        assert_eq!(below("batches/demo/a/b", "batches/demo"), Some("a/b"));
+        assert_eq!(below("batches/demox/w-1", "batches/demo"), None, "a sibling with the same start");
+        assert_eq!(below("batches/demo", "batches/demo"), None);
+        assert_eq!(below("batches/demo/../secret", "batches/demo"), None);
+        assert_eq!(below("other/batches/demo/x", "batches/demo"), None);
     }
 }

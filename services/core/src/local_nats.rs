@@ -1,10 +1,12 @@
 //! A nats-server child process with JetStream on a free loopback port: the
 //! embedded default of `inception demo`, and the server integration tests use.
-//! The server is killed when the handle is dropped.
+//! The server is killed when the handle is dropped (its [`ChildGuard`]).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use crate::process::{ChildGuard, OnDrop};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -22,7 +24,7 @@ pub enum LocalNatsError {
 }
 
 pub struct LocalNats {
-    child: Child,
+    process: ChildGuard,
     port: u16,
 }
 
@@ -81,7 +83,7 @@ impl LocalNats {
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match rx.recv_timeout(left) {
-                Ok(Ok(port)) => return Ok(Self { child, port }),
+                Ok(Ok(port)) => return Ok(Self { process: ChildGuard::new("nats-server", child, OnDrop::Kill), port }),
                 Ok(Err(line)) => last = line,
                 Err(_) => {
                     let _ = child.kill();
@@ -102,14 +104,7 @@ impl LocalNats {
 
     /// Stops the server now (as `kill -9` would).
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for LocalNats {
-    fn drop(&mut self) {
-        self.kill();
+        self.process.kill();
     }
 }
 

@@ -12,8 +12,9 @@ use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use std::time::Duration;
 
+use crate::backoff::Backoff;
 use crate::settings::NatsSettings;
-use crate::shutdown::{sleep_or_cancel, CancellationToken};
+use crate::shutdown::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
@@ -143,8 +144,10 @@ pub async fn connect(
     client_name: &str,
     shutdown: &CancellationToken,
 ) -> Result<async_nats::Client, NatsError> {
-    let mut delay = Duration::from_secs_f64(settings.connect_retry_secs.max(0.05));
-    let max_delay = Duration::from_secs_f64(settings.connect_retry_max_secs.max(0.05));
+    let mut backoff = Backoff::new(
+        Duration::from_secs_f64(settings.connect_retry_secs.max(0.05)),
+        Duration::from_secs_f64(settings.connect_retry_max_secs.max(0.05)),
+    );
     let url = settings.url_for_logs();
     loop {
         let options = connect_options(settings, client_name).await?;
@@ -155,11 +158,10 @@ pub async fn connect(
                 return Ok(client);
             }
             Err(e) => {
-                tracing::error!("cannot reach NATS at {url}: {e}; retrying in {:.1}s", delay.as_secs_f64());
-                if !sleep_or_cancel(shutdown, delay).await {
+                tracing::error!("cannot reach NATS at {url}: {e}; retrying in {:.1}s", backoff.delay().as_secs_f64());
+                if !backoff.wait(shutdown).await {
                     return Err(NatsError::Cancelled);
                 }
-                delay = (delay * 2).min(max_delay);
             }
         }
     }
@@ -182,7 +184,7 @@ impl Streams {
     /// about half a minute before the error is returned.
     async fn ensure(&self, config: stream::Config) -> Result<stream::Stream, NatsError> {
         let name = config.name.clone();
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let mut attempt = 1;
         loop {
             match self.context.get_or_create_stream(config.clone()).await {
@@ -190,10 +192,9 @@ impl Streams {
                 Err(e) if attempt < ENSURE_ATTEMPTS => {
                     tracing::warn!(
                         "JetStream stream {name} not available ({e}); retrying in {:.1}s",
-                        delay.as_secs_f64()
+                        backoff.delay().as_secs_f64()
                     );
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    backoff.sleep().await;
                     attempt += 1;
                 }
                 Err(e) => return Err(NatsError::Stream { stream: name, message: e.to_string() }),
@@ -311,7 +312,7 @@ impl Streams {
         shutdown: &CancellationToken,
     ) -> Result<u64, NatsError> {
         let mut refusals = 0u64;
-        let mut delay = Duration::from_millis(20);
+        let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
         loop {
             let publish = jetstream::message::PublishMessage::build().payload(payload.clone()).message_id(message_id);
             let outcome = match self.context.send_publish(subject.to_string(), publish).await {
@@ -326,10 +327,9 @@ impl Streams {
                 }
                 Err(e) => tracing::warn!("publish to {subject} not acknowledged ({e}); retrying"),
             }
-            if !sleep_or_cancel(shutdown, delay).await {
+            if !backoff.wait(shutdown).await {
                 return Err(NatsError::Cancelled);
             }
-            delay = (delay * 2).min(Duration::from_millis(500));
         }
     }
 }

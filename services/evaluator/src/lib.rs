@@ -340,7 +340,7 @@ impl Evaluator {
         }
         ready.set(true);
         let mut poll = tokio::time::interval(Duration::from_secs(self.settings.eval.eval_interval_secs.max(1)));
-        let prefix = format!("{}/", keys::checkpoint_dir(&run));
+        let dir = keys::checkpoint_dir(&run);
         loop {
             let key = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -353,8 +353,8 @@ impl Evaluator {
                     None => return Ok(()),
                     Some(Err(e)) => { tracing::warn!("checkpoint announcements: {e}"); continue }
                     Some(Ok(m)) => match inception_core::nats::decode_control::<CheckpointReady>(&m.payload) {
-                        Ok(c) if c.metadata_uri.starts_with(&prefix) && !c.metadata_uri.contains("..") => c.metadata_uri,
-                        Ok(c) => { reject(&format!("announcement of {} outside {prefix}", c.metadata_uri)); continue }
+                        Ok(c) if keys::below(&c.metadata_uri, &dir).is_some() => c.metadata_uri,
+                        Ok(c) => { reject(&format!("announcement of {} outside {dir}/", c.metadata_uri)); continue }
                         Err(e) => { reject(&e); continue }
                     },
                 },

@@ -1,9 +1,8 @@
 //! `inception-evaluator`: evaluates each new checkpoint.
 
 use clap::Parser;
-use inception_core::cli::{flag, start_service, CommonArgs};
-use inception_core::nats::{self, Streams};
-use inception_core::{telemetry, Store};
+use inception_core::bootstrap::{self, ServiceSpec};
+use inception_core::cli::{flag, CommonArgs};
 
 /// Reports precision@1 and recall@5 of each new checkpoint on the validation
 /// shards (announcements, with polling as fall-back), or of the latest one
@@ -24,9 +23,14 @@ struct Args {
     num_examples: Option<u64>,
 }
 
+const SPEC: ServiceSpec = ServiceSpec {
+    name: "evaluator",
+    metrics_addr: |s| &s.eval.metrics_addr,
+    retain_freed_memory: Some((|s| s.eval.retain_freed_memory, "eval.retain_freed_memory")),
+};
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init_logging();
     let args = Args::parse();
     let mut o = Vec::new();
     flag(&mut o, "train.run", &args.run);
@@ -34,24 +38,17 @@ async fn main() -> anyhow::Result<()> {
     if args.run_once {
         o.push(("eval.run_once".into(), "true".into()));
     }
-    let settings = args.common.settings(o)?;
-    inception_core::memory::retain_freed_memory_if(settings.eval.retain_freed_memory, "eval.retain_freed_memory");
-    let service = start_service("evaluator", &settings.eval.metrics_addr).await?;
-    let store = Store::open(&settings.store)?;
-    let Ok(client) = nats::connect(&settings.nats, "inception-evaluator", &service.shutdown).await else {
-        return Ok(());
-    };
-    let streams = Streams::new(client, &settings.nats.subject_prefix);
-    streams.evals().await?;
-    let run_once = settings.eval.run_once;
-    let mut evaluator = inception_evaluator::Evaluator::new(settings, store)?;
+    let Some(service) = bootstrap::start(&SPEC, &args.common, o).await? else { return Ok(()) };
+    service.streams.evals().await?;
+    let run_once = service.settings.eval.run_once;
+    let mut evaluator = inception_evaluator::Evaluator::new(service.settings, service.store)?;
     if run_once {
         service.readiness.set(true);
-        if evaluator.run_once(&streams).await?.is_none() {
+        if evaluator.run_once(&service.streams).await?.is_none() {
             std::process::exit(1);
         }
     } else {
-        evaluator.watch(&streams, &service.readiness, &service.shutdown).await?;
+        evaluator.watch(&service.streams, &service.readiness, &service.shutdown).await?;
     }
     Ok(())
 }

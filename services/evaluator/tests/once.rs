@@ -31,7 +31,7 @@ async fn put_checkpoint(store: &Store, step: u64, weights: Option<Vec<u8>>) -> S
         format_version: checkpoint::FORMAT_VERSION,
         run: "default".into(),
         step,
-        labels: inception_ingest::demo::DEMO_LABELS.iter().map(|s| s.to_string()).collect(),
+        labels: inception_demo_data::DEMO_LABELS.iter().map(|s| s.to_string()).collect(),
         model,
         bn_updates: 0,
         examples_seen: 0,
@@ -58,9 +58,9 @@ async fn once_per_checkpoint_and_bad_checkpoints_are_skipped() {
 
     // Validation shards as ingest writes them.
     let images = dir.path().join("images");
-    inception_ingest::demo::generate(&images, 0, 2, 1).unwrap();
-    let files = inception_ingest::find_image_files(&images.join("validation"), &settings_labels()).unwrap();
-    let (shard, written, _) = inception_ingest::build_shard(&files, 1 << 24);
+    inception_demo_data::generate(&images, 0, 2, 1).unwrap();
+    let (shard, written) =
+        inception_demo_data::shard_of_folder(&images.join("validation"), &settings_labels()).unwrap();
     assert_eq!(written, 10);
     store.put_new(&keys::shard("shapes", "validation", 0, 1), Bytes::from(shard)).await.unwrap();
 
@@ -90,5 +90,5 @@ async fn once_per_checkpoint_and_bad_checkpoints_are_skipped() {
 }
 
 fn settings_labels() -> Vec<String> {
-    inception_ingest::demo::DEMO_LABELS.iter().map(|s| s.to_string()).collect()
+    inception_demo_data::DEMO_LABELS.iter().map(|s| s.to_string()).collect()
 }

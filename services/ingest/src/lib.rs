@@ -12,7 +12,6 @@
 
 pub mod bbox;
 pub mod continuous;
-pub mod demo;
 pub mod labels;
 pub mod ledger;
 pub mod progress;
@@ -260,12 +259,6 @@ fn convert_all(
         }
     }
     (written, skipped)
-}
-
-/// [`build_shard_with`] without boxes or progress: (bytes, written, skipped).
-pub fn build_shard(files: &[ImageFile], max_pixels: u64) -> (Vec<u8>, usize, Vec<Skipped>) {
-    let b = build_shard_with(files, ImageChecks::full(max_pixels), &bbox::Boxes::new(), None);
-    (b.bytes, b.written, b.skipped)
 }
 
 /// One-shot ingest of the configured train and validation folders or

@@ -3,9 +3,8 @@
 
 use anyhow::Context;
 use clap::Parser;
-use inception_core::cli::{flag, start_service, CommonArgs};
-use inception_core::nats::{self, Streams};
-use inception_core::{telemetry, Store};
+use inception_core::bootstrap::{self, ServiceSpec};
+use inception_core::cli::{flag, CommonArgs};
 use inception_ingest::continuous::{self, NatsAnnouncer};
 
 /// Image folders (<label>/<image>) to TFRecord shards of tf.Example in the
@@ -56,9 +55,11 @@ struct Args {
     jpeg_check: Option<String>,
 }
 
+const SPEC: ServiceSpec =
+    ServiceSpec { name: "ingest", metrics_addr: |s| &s.ingest.metrics_addr, retain_freed_memory: None };
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init_logging();
     let args = Args::parse();
     let mut o = Vec::new();
     flag(&mut o, "ingest.train_directory", &args.train_directory);
@@ -74,17 +75,13 @@ async fn main() -> anyhow::Result<()> {
     flag(&mut o, "ingest.incoming", &args.incoming);
     flag(&mut o, "ingest.max_image_pixels", &args.max_image_pixels);
     flag(&mut o, "ingest.jpeg_check", &args.jpeg_check);
-    let settings = args.common.settings(o)?;
-    let service = start_service("ingest", &settings.ingest.metrics_addr).await?;
-    let store = Store::open(&settings.store)?;
-    let client = nats::connect(&settings.nats, "inception-ingest", &service.shutdown).await?;
-    let streams = Streams::new(client.clone(), &settings.nats.subject_prefix);
+    let Some(service) = bootstrap::start(&SPEC, &args.common, o).await? else { return Ok(()) };
+    let (settings, store, streams, client) = (&service.settings, &service.store, &service.streams, &service.client);
     service.readiness.set(true);
     let continuous = !settings.ingest.incoming.is_empty();
     if !settings.ingest.train_directory.is_empty() || !continuous {
-        let report = inception_ingest::run_once(&settings, &store, &streams, &service.shutdown)
-            .await
-            .context("ingest failed")?;
+        let report =
+            inception_ingest::run_once(settings, store, streams, &service.shutdown).await.context("ingest failed")?;
         for r in &report.splits {
             println!(
                 "{}: {} images found, {} written to {} shards, {} skipped",
@@ -102,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
     if continuous {
         streams.shards().await.context("cannot create the shard stream")?;
         let announcer = NatsAnnouncer { streams: streams.clone(), shutdown: service.shutdown.clone() };
-        continuous::run(&settings, &store, &announcer, &service.shutdown).await.context("continuous ingest failed")?;
+        continuous::run(settings, store, &announcer, &service.shutdown).await.context("continuous ingest failed")?;
     }
     client.flush().await.ok();
     Ok(())

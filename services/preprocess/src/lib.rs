@@ -22,6 +22,7 @@ pub mod shard_set;
 pub mod shuffle;
 
 use bytes::Bytes;
+use inception_core::backoff::Backoff;
 use inception_core::nats::{NatsError, Streams};
 use inception_core::shutdown::CancellationToken;
 use inception_core::store::StoreError;
@@ -31,7 +32,7 @@ use inception_proto::Message;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use shard_set::ShardSet;
 
@@ -59,16 +60,15 @@ pub fn worker_id(configured: &str) -> String {
 /// (unreachable, throttling, a full disk): the worker waits with the batch
 /// in memory instead of exiting. False when stopped meanwhile.
 async fn put_retrying(store: &Store, key: &str, bytes: Bytes, shutdown: &CancellationToken) -> bool {
-    let mut delay = std::time::Duration::from_millis(250);
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
     loop {
         match store.put(key, bytes.clone()).await {
             Ok(()) => return true,
-            Err(e) => tracing::error!("cannot write batch: {e}; retrying in {:.1}s", delay.as_secs_f64()),
+            Err(e) => tracing::error!("cannot write batch: {e}; retrying in {:.1}s", backoff.delay().as_secs_f64()),
         }
-        if !inception_core::shutdown::sleep_or_cancel(shutdown, delay).await {
+        if !backoff.wait(shutdown).await {
             return false;
         }
-        delay = (delay * 2).min(std::time::Duration::from_secs(10));
     }
 }
 

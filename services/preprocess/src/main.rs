@@ -1,9 +1,8 @@
 //! `inception-preprocess`: one preprocess worker; run as many as you like.
 
 use clap::Parser;
-use inception_core::cli::{flag, start_service, CommonArgs};
-use inception_core::nats::{self, Streams};
-use inception_core::{telemetry, Store};
+use inception_core::bootstrap::{self, ServiceSpec};
+use inception_core::cli::{flag, CommonArgs};
 
 /// Reads announced train shards, distorts and batches images, and queues the
 /// batches for the trainer (waiting when the queue is full).
@@ -17,24 +16,19 @@ struct Args {
     worker_id: Option<String>,
 }
 
+const SPEC: ServiceSpec = ServiceSpec {
+    name: "preprocess",
+    metrics_addr: |s| &s.preprocess.metrics_addr,
+    retain_freed_memory: Some((|s| s.preprocess.retain_freed_memory, "preprocess.retain_freed_memory")),
+};
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init_logging();
     let args = Args::parse();
     let mut o = Vec::new();
     flag(&mut o, "preprocess.worker_id", &args.worker_id);
-    let settings = args.common.settings(o)?;
-    inception_core::memory::retain_freed_memory_if(
-        settings.preprocess.retain_freed_memory,
-        "preprocess.retain_freed_memory",
-    );
-    let service = start_service("preprocess", &settings.preprocess.metrics_addr).await?;
-    let store = Store::open(&settings.store)?;
-    let Ok(client) = nats::connect(&settings.nats, "inception-preprocess", &service.shutdown).await else {
-        return Ok(()); // stopped before NATS was reachable
-    };
-    let streams = Streams::new(client, &settings.nats.subject_prefix);
+    let Some(service) = bootstrap::start(&SPEC, &args.common, o).await? else { return Ok(()) };
     service.readiness.set(true);
-    inception_preprocess::run(&settings, &store, &streams, &service.shutdown).await?;
+    inception_preprocess::run(&service.settings, &service.store, &service.streams, &service.shutdown).await?;
     Ok(())
 }

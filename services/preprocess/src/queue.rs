@@ -3,6 +3,7 @@
 //! points at (left by a worker killed between writing and queueing).
 
 use async_nats::jetstream::stream::{RawMessageErrorKind, Stream};
+use inception_core::backoff::Backoff;
 use inception_core::nats::NatsError;
 use inception_core::shutdown::{sleep_or_cancel, CancellationToken};
 use inception_core::store::StoreError;
@@ -22,7 +23,7 @@ fn stream_error(stream: &Stream, e: impl std::fmt::Display) -> NatsError {
 /// Updates `inception_preprocess_queue_depth_batches`. While NATS cannot
 /// be asked (restarting, unreachable) it keeps asking, with back-off.
 pub async fn wait_for_room(stream: &Stream, shutdown: &CancellationToken) -> Result<bool, NatsError> {
-    let mut delay = Duration::from_millis(20);
+    let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
     loop {
         match stream.get_info().await {
             Ok(info) => {
@@ -34,10 +35,9 @@ pub async fn wait_for_room(stream: &Stream, shutdown: &CancellationToken) -> Res
             }
             Err(e) => tracing::warn!("{}; asking again", stream_error(stream, e)),
         }
-        if !sleep_or_cancel(shutdown, delay).await {
+        if !backoff.wait(shutdown).await {
             return Ok(false);
         }
-        delay = (delay * 2).min(Duration::from_millis(500));
     }
 }
 

@@ -50,9 +50,10 @@ impl ShardSet {
 /// Checks that an announced shard is one of this dataset's, so a message
 /// cannot point the worker at an arbitrary object.
 pub fn accept(shard: &ShardReady, dataset: &str) -> Result<(), String> {
-    let dir = format!("{}/", inception_core::keys::dataset_dir(dataset));
-    let name = shard.uri.strip_prefix(&dir).ok_or_else(|| format!("{} is outside {dir}", shard.uri))?;
-    if name.contains('/') || name.contains("..") || !name.starts_with("train-") {
+    let dir = inception_core::keys::dataset_dir(dataset);
+    let name =
+        inception_core::keys::below(&shard.uri, &dir).ok_or_else(|| format!("{} is outside {dir}/", shard.uri))?;
+    if name.contains('/') || !name.starts_with("train-") {
         return Err(format!("{} is not a train shard of {dataset}", shard.uri));
     }
     Ok(())

@@ -536,9 +536,9 @@ async fn receive_batch(
     num_classes: i64,
 ) -> Result<(String, Batch), BatchProblem> {
     let ready: BatchReady = inception_core::nats::decode_control(payload)?;
-    let prefix = format!("{}/", keys::batch_dir(dataset));
-    if !ready.uri.starts_with(&prefix) || ready.uri.contains("..") {
-        return Err(format!("{} is outside {prefix}", ready.uri).into());
+    let dir = keys::batch_dir(dataset);
+    if keys::below(&ready.uri, &dir).is_none() {
+        return Err(format!("{} is outside {dir}/", ready.uri).into());
     }
     let bytes = store.get(&ready.uri).await.map_err(|e| match e {
         StoreError::NotFound { .. } => BatchProblem::Unusable(e.to_string()),

@@ -1,9 +1,8 @@
 //! `inception-trainer`: trains Inception-v3 from the batch queue.
 
 use clap::Parser;
-use inception_core::cli::{flag, start_service, CommonArgs};
-use inception_core::nats::{self, Streams};
-use inception_core::{telemetry, Store};
+use inception_core::bootstrap::{self, ServiceSpec};
+use inception_core::cli::{flag, CommonArgs};
 
 /// Trains Inception-v3 on batches from the preprocess workers, writing and
 /// announcing checkpoints; resumes from the run's latest checkpoint.
@@ -33,9 +32,14 @@ struct Args {
     fine_tune: bool,
 }
 
+const SPEC: ServiceSpec = ServiceSpec {
+    name: "trainer",
+    metrics_addr: |s| &s.train.metrics_addr,
+    retain_freed_memory: Some((|s| s.train.retain_freed_memory, "train.retain_freed_memory")),
+};
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init_logging();
     let args = Args::parse();
     let mut o = Vec::new();
     flag(&mut o, "train.max_steps", &args.max_steps);
@@ -46,16 +50,9 @@ async fn main() -> anyhow::Result<()> {
     if args.fine_tune {
         o.push(("train.fine_tune".into(), "true".into()));
     }
-    let settings = args.common.settings(o)?;
-    inception_core::memory::retain_freed_memory_if(settings.train.retain_freed_memory, "train.retain_freed_memory");
-    let service = start_service("trainer", &settings.train.metrics_addr).await?;
-    let store = Store::open(&settings.store)?;
-    let Ok(client) = nats::connect(&settings.nats, "inception-trainer", &service.shutdown).await else {
-        return Ok(());
-    };
-    let streams = Streams::new(client, &settings.nats.subject_prefix);
+    let Some(service) = bootstrap::start(&SPEC, &args.common, o).await? else { return Ok(()) };
     service.readiness.set(true);
-    let step = inception_trainer::run(&settings, &store, &streams, &service.shutdown).await?;
+    let step = inception_trainer::run(&service.settings, &service.store, &service.streams, &service.shutdown).await?;
     tracing::info!("trainer stopped at step {step}");
     Ok(())
 }

@@ -4,6 +4,9 @@
 //! sizes, saved as JPEG and PNG.
 //!
 //! Layout: `<dir>/train/<label>/<file>` and `<dir>/validation/<label>/<file>`.
+//!
+//! A crate of its own, not part of a stage: the `inception` command and the
+//! tests of every stage use it, and stages never import each other.
 
 use image::{Rgb, RgbImage};
 use rand::{Rng, SeedableRng};
@@ -136,5 +139,65 @@ mod tests {
         let png = std::fs::read(a.path().join(f)).unwrap();
         assert_eq!(image::guess_format(&png).unwrap(), image::ImageFormat::Png);
         assert!(a.path().join("validation/tulips/tulips_0000.jpg").is_file());
+    }
+}
+
+/// A TFRecord shard of tf.Example, as ingest writes one, of every image
+/// under `folder/<label>/` for the given `labels` (label i + 1, as ingest
+/// numbers them), in name order; images that are not JPEG become JPEGs.
+/// For tests of the stages that read shards, without the ingest stage.
+/// Returns the shard's bytes and how many records it holds.
+pub fn shard_of_folder(folder: &Path, labels: &[String]) -> Result<(Vec<u8>, usize), DemoError> {
+    use inception_core::example::ImageExample;
+    let fail = |path: &Path, e: &dyn std::fmt::Display| DemoError { path: path.to_path_buf(), message: e.to_string() };
+    let mut shard = Vec::new();
+    let mut records = 0;
+    for (index, label) in labels.iter().enumerate() {
+        let dir = folder.join(label);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| fail(&dir, &e))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        for path in files {
+            let img = image::open(&path).map_err(|e| fail(&path, &e))?.to_rgb8();
+            let mut encoded = Vec::new();
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut encoded, 100)
+                .encode_image(&img)
+                .map_err(|e| fail(&path, &e))?;
+            let example = ImageExample {
+                encoded,
+                height: i64::from(img.height()),
+                width: i64::from(img.width()),
+                label: index as i64 + 1,
+                text: label.clone(),
+                filename: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            };
+            inception_core::tfrecord::write_record(&mut shard, &example.to_bytes());
+            records += 1;
+        }
+    }
+    Ok((shard, records))
+}
+
+#[cfg(test)]
+mod shard_tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_folder_becomes_a_shard_of_readable_examples() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(generate(dir.path(), 0, 2, 1).unwrap(), 10);
+        let labels: Vec<String> = DEMO_LABELS.iter().map(|l| l.to_string()).collect();
+        let (shard, records) = shard_of_folder(&dir.path().join("validation"), &labels).unwrap();
+        assert_eq!(records, 10);
+        let parsed: Vec<_> = inception_core::tfrecord::records(&shard)
+            .map(|r| inception_core::example::parse_image_example(r.unwrap()).unwrap())
+            .collect();
+        assert_eq!(parsed.len(), 10);
+        assert_eq!(parsed[0].label, 1);
+        assert_eq!(parsed[9].label, 5);
+        assert!(parsed.iter().all(|p| p.encoded.starts_with(&[0xff, 0xd8])), "every image is a JPEG");
     }
 }
