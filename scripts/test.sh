@@ -3,12 +3,16 @@
 # of the workspace: unit tests of each crate and the cross-service tests in
 # tests/, which start their own nats-server on a free loopback port (and
 # check deploy/ with the tools scripts/setup-ops.sh installs).
+# The lint gate comes first: the tree must be formatted (rustfmt.toml) and
+# clippy-clean with the workspace lints (Cargo.toml, clippy.toml).
 # Ends with one summary line over all test binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+cargo fmt --all -- --check || { echo "cargo fmt --check failed: run cargo fmt --all" >&2; exit 1; }
 scripts/setup.sh
 scripts/setup-ops.sh   # promtool, prometheus, kubectl, docker-compose, kubernetes-validate for deploy/ checks
 . scripts/env.sh
+cargo clippy --locked --workspace --all-targets -- -D warnings
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0

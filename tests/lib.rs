@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 /// `target/debug` (or `$CARGO_TARGET_DIR/debug`), where `cargo build --workspace` put the services.
 pub fn bin_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"), PathBuf::from);
     target.join("debug")
 }
 
@@ -184,8 +183,7 @@ impl S3Server {
     /// `INCEPTION_MOTO_SERVER`, else `.venv/bin/moto_server` of this checkout.
     pub fn binary() -> PathBuf {
         std::env::var_os("INCEPTION_MOTO_SERVER")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/moto_server"))
+            .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/moto_server"), PathBuf::from)
     }
 
     pub fn start(logs: &Path) -> S3Server {

@@ -320,7 +320,7 @@ fn the_pipeline_survives_kills_and_nats_restarts_and_loses_nothing() {
     ];
     const TRAINER: usize = 2;
     let context = |services: &[Service]| services.iter().map(Service::tail).collect::<Vec<_>>().join("\n");
-    for s in services.iter_mut() {
+    for s in &mut services {
         s.start();
     }
     wait_until(
@@ -366,7 +366,7 @@ fn the_pipeline_survives_kills_and_nats_restarts_and_loses_nothing() {
             s.start();
             victim = (victim + 1) % services.len();
         }
-        for s in services.iter_mut() {
+        for s in &mut services {
             assert!(s.running(), "{} stopped during the chaos\n{}", s.bin, s.tail());
         }
     }
@@ -419,7 +419,7 @@ fn the_pipeline_survives_kills_and_nats_restarts_and_loses_nothing() {
         || pointer_step(&store).is_some_and(|s| s >= quiet_from + CHECKPOINT_EVERY),
         || context(&services),
     );
-    for s in services.iter_mut() {
+    for s in &mut services {
         assert!(s.running(), "{} is not running\n{}", s.bin, s.tail());
         let port = s.port;
         wait_until(&format!("{} healthy and ready", s.bin), Duration::from_secs(20), || healthy(port), || s.tail());

@@ -177,7 +177,7 @@ fn is_three_channel_jpeg(bytes: &[u8]) -> bool {
         }
         let marker = bytes[i + 1];
         let len = usize::from(u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]));
-        if matches!(marker, 0xC0 | 0xC1 | 0xC2) {
+        if matches!(marker, 0xC0..=0xC2) {
             return bytes[i + 9] == 3;
         }
         i += 2 + len;

@@ -243,7 +243,6 @@ async fn prometheus_scrapes_the_pipeline_and_answers_every_dashboard_query() {
         step: 3,
         uri: "checkpoints/default/model.ckpt-3.safetensors".into(),
         metadata_uri: "checkpoints/default/model.ckpt-3.json".into(),
-        ..Default::default()
     };
     streams
         .publish_acked(

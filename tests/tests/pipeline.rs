@@ -233,7 +233,7 @@ async fn four_services_train_and_evaluate_over_nats() {
     }
 
     // Consumed batches were deleted (at most the unconsumed queue remains).
-    let left = std::fs::read_dir(store.join("batches/shapes")).map(|d| d.count()).unwrap_or(0);
+    let left = std::fs::read_dir(store.join("batches/shapes")).map_or(0, |d| d.count());
     assert!(left <= 5, "{left} batch objects left behind");
 }
 

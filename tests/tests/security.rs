@@ -153,7 +153,7 @@ fn secrets_never_reach_logs_metrics_or_errors() {
     // Right password: ready; nothing secret in logs or metrics.
     let mut good = Proc::spawn("inception-preprocess", &[], &base(PASSWORD, srv.url()), &logs.join("good"));
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !http_get(port, "/readyz").map(|(s, _)| s.contains("200")).unwrap_or(false) {
+    while !http_get(port, "/readyz").is_ok_and(|(s, _)| s.contains("200")) {
         assert!(Instant::now() < deadline && good.is_running(), "never ready: {:?}", good.output());
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -224,7 +224,7 @@ async fn hostile_messages_are_refused_counted_and_survived() {
     ]);
     let mut preprocess = Proc::spawn("inception-preprocess", &[], &env, &logs);
     let mut evaluator = Proc::spawn("inception-evaluator", &[], &env, &logs);
-    let ready = |port: u16| http_get(port, "/readyz").map(|(s, _)| s.contains("200")).unwrap_or(false);
+    let ready = |port: u16| http_get(port, "/readyz").is_ok_and(|(s, _)| s.contains("200"));
     let deadline = Instant::now() + Duration::from_secs(60);
     while !(ready(preprocess_port) && ready(eval_port)) {
         assert!(Instant::now() < deadline, "{:?}\n{:?}", preprocess.output(), evaluator.output());

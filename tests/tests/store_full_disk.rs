@@ -23,8 +23,7 @@ async fn a_full_disk_stops_writes_clearly_and_keeps_what_was_written() {
         .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
         .arg(dir.path())
         .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
+        .is_ok_and(|o| o.status.success());
     if !mounted {
         eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
         return;

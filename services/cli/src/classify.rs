@@ -10,7 +10,7 @@ use inception_evaluator::classify::Classifier;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
-pub struct ClassifyArgs {
+pub(crate) struct ClassifyArgs {
     #[command(flatten)]
     common: CommonArgs,
     /// `latest` (the run's newest checkpoint) or the store key of a
@@ -31,7 +31,7 @@ pub struct ClassifyArgs {
     images: Vec<PathBuf>,
 }
 
-pub fn run(args: ClassifyArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: ClassifyArgs) -> anyhow::Result<()> {
     let mut overrides = Vec::new();
     inception_core::cli::flag(&mut overrides, "train.run", &args.run);
     let settings = args.common.settings(overrides)?;

@@ -8,7 +8,7 @@ use inception_core::Store;
 use inception_ingest::records;
 
 #[derive(Debug, clap::Args)]
-pub struct RecordsArgs {
+pub(crate) struct RecordsArgs {
     #[command(flatten)]
     common: CommonArgs,
     #[command(subcommand)]
@@ -39,8 +39,7 @@ fn read(args: &CommonArgs, file: &str) -> anyhow::Result<Vec<u8>> {
     // A URL (s3://bucket/prefix/shard, file:///dir/shard): open its folder as a store.
     if inception_ingest::source::is_url(file) {
         let (dir, name) = file.rsplit_once('/').with_context(|| format!("{file}: no object name"))?;
-        let store =
-            Store::open(&inception_core::settings::StoreSettings { url: dir.to_string(), ..settings.store.clone() })?;
+        let store = Store::open(&inception_core::settings::StoreSettings { url: dir.to_string(), ..settings.store })?;
         let bytes = runtime.block_on(store.get(name)).with_context(|| format!("cannot read {file}"))?;
         return Ok(bytes.to_vec());
     }
@@ -49,7 +48,7 @@ fn read(args: &CommonArgs, file: &str) -> anyhow::Result<Vec<u8>> {
     Ok(bytes.to_vec())
 }
 
-pub fn run(args: RecordsArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: RecordsArgs) -> anyhow::Result<()> {
     match &args.action {
         Action::Verify { file } | Action::Stats { file } => {
             let s = records::stats(&read(&args.common, file)?);

@@ -40,7 +40,7 @@ impl Batch {
         .to_string();
         // safetensors pads the header with spaces to a multiple of 8.
         let mut header = header.into_bytes();
-        while header.len() % 8 != 0 {
+        while !header.len().is_multiple_of(8) {
             header.push(b' ');
         }
         let mut out = Vec::with_capacity(8 + header.len() + img_len + 8 * b);

@@ -11,6 +11,9 @@ use crate::shutdown::{self, CancellationToken};
 use crate::store::{Store, StoreError};
 use crate::telemetry::{self, Readiness, TelemetryError};
 
+/// Reads one setting (a section's field) from the settings.
+pub type SettingOf<T> = for<'a> fn(&'a Settings) -> T;
+
 /// What differs between the services' start-ups.
 #[derive(Debug, Clone, Copy)]
 pub struct ServiceSpec {
@@ -21,7 +24,7 @@ pub struct ServiceSpec {
     pub metrics_addr: fn(&Settings) -> &str,
     /// Its `<section>.retain_freed_memory` setting and that setting's key,
     /// for the services whose steps free and reallocate large buffers.
-    pub retain_freed_memory: Option<(fn(&Settings) -> bool, &'static str)>,
+    pub retain_freed_memory: Option<(SettingOf<bool>, &'static str)>,
 }
 
 /// A started service's handles.

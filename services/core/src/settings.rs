@@ -278,6 +278,8 @@ impl Settings {
         (1024.0 * self.preprocess.input_queue_memory_factor).round() as usize
     }
 
+    // `!(x > 0.0)` on purpose: unlike `x <= 0.0`, it also refuses NaN.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
     fn validate(&self) -> Result<(), config::ConfigError> {
         let fail = |m: String| Err(config::ConfigError::Message(m));
         if self.preprocess.batch_size == 0 {
@@ -302,8 +304,8 @@ impl Settings {
             return fail("model.dropout must be in [0, 1)".into());
         }
         if self.ingest.num_threads == 0
-            || self.ingest.train_shards % self.ingest.num_threads != 0
-            || self.ingest.validation_shards % self.ingest.num_threads != 0
+            || !self.ingest.train_shards.is_multiple_of(self.ingest.num_threads)
+            || !self.ingest.validation_shards.is_multiple_of(self.ingest.num_threads)
         {
             return fail(format!(
                 "ingest.train_shards ({}) and ingest.validation_shards ({}) must be multiples of ingest.num_threads ({})",
@@ -325,7 +327,7 @@ impl Settings {
                 self.ingest.incoming_split
             ));
         }
-        if self.train.num_gpus == 0 || self.preprocess.batch_size % self.train.num_gpus != 0 {
+        if self.train.num_gpus == 0 || !self.preprocess.batch_size.is_multiple_of(self.train.num_gpus) {
             return fail(format!(
                 "preprocess.batch_size ({}) must be a multiple of train.num_gpus ({})",
                 self.preprocess.batch_size, self.train.num_gpus

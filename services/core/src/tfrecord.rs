@@ -106,7 +106,7 @@ mod tests {
         assert_eq!(u32_at(&out, 16), masked_crc(b"abcd"));
         // The CRC-32C check value of "123456789" is 0xE3069283; mask it by hand.
         let crc: u32 = 0xe306_9283;
-        let masked = ((crc >> 15) | (crc << 17)).wrapping_add(0xa282_ead8);
+        let masked = crc.rotate_right(15).wrapping_add(0xa282_ead8);
         assert_eq!(masked_crc(b"123456789"), masked);
     }
 

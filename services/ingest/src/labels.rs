@@ -38,7 +38,7 @@ pub fn read_labels(labels_file: &str, train_directory: &Path) -> Result<Vec<Stri
             .map_err(|e| IngestError::Input { path: train_directory.display().to_string(), message: e.to_string() })?;
         let mut names: Vec<String> = entries
             .filter_map(Result::ok)
-            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
             .filter_map(|e| e.file_name().to_str().map(str::to_string))
             .filter(|n| !n.starts_with('.'))
             .collect();

@@ -268,7 +268,7 @@ mod tests {
 
     fn store(dir: &std::path::Path) -> Store {
         let settings = inception_core::Settings::defaults().unwrap();
-        let mut s = settings.store.clone();
+        let mut s = settings.store;
         s.url = format!("file://{}", dir.display());
         Store::open(&s).unwrap()
     }

@@ -85,7 +85,7 @@ pub fn find_image_files(dir: &Path, labels: &[String]) -> Result<Vec<ImageFile>,
         let mut paths: Vec<std::path::PathBuf> = entries
             .filter_map(Result::ok)
             .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-            .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
             .map(|e| e.path())
             .collect();
         paths.sort();
@@ -164,7 +164,7 @@ pub fn convert(file: &ImageFile, checks: ImageChecks, boxes: &bbox::Boxes) -> Re
         text: file.text.clone(),
         filename: file.name.clone(),
     };
-    let b = boxes.get(&file.name).map(Vec::as_slice).unwrap_or(&[]);
+    let b = boxes.get(&file.name).map_or(&[][..], Vec::as_slice);
     Ok(example.into_bytes_with_boxes(b))
 }
 

@@ -31,7 +31,7 @@ impl Progress {
         let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
         match &self.bar {
             Some(bar) => bar.inc(1),
-            None if done % 1000 == 0 || done == self.total => {
+            None if done.is_multiple_of(1000) || done == self.total => {
                 tracing::info!("{}: processed {done} of {} images", self.split, self.total);
             }
             None => {}

@@ -96,7 +96,7 @@ mod tests {
         assert_eq!(s.labels[&2], ("roses".to_string(), 2));
         assert_eq!(s.unreadable.len(), 1);
         assert_eq!(s.framing, None);
-        let mut bad = bytes.clone();
+        let mut bad = bytes;
         let last = bad.len() - 2;
         bad[last] ^= 0xff;
         let s = stats(&bad);

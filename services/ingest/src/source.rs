@@ -132,7 +132,7 @@ impl Source {
                     .map_err(|e| IngestError::Input { path: dir.display().to_string(), message: e.to_string() })?;
                 let mut names: Vec<String> = entries
                     .filter_map(Result::ok)
-                    .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
                     .filter_map(|e| e.file_name().to_str().map(str::to_string))
                     .filter(|n| !hidden(n))
                     .collect();
@@ -161,7 +161,7 @@ fn list_local(dir: &std::path::Path) -> Result<Vec<SourceObject>, IngestError> {
     let mut out = Vec::new();
     for label_entry in std::fs::read_dir(dir).map_err(|e| input(dir, e))?.filter_map(Result::ok) {
         let label = label_entry.file_name().to_string_lossy().into_owned();
-        if hidden(&label) || !label_entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+        if hidden(&label) || !label_entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
         let folder = label_entry.path();
@@ -174,7 +174,7 @@ fn list_local(dir: &std::path::Path) -> Result<Vec<SourceObject>, IngestError> {
         };
         for e in entries.filter_map(Result::ok) {
             let name = e.file_name().to_string_lossy().into_owned();
-            if hidden(&name) || !e.file_type().map(|t| t.is_file()).unwrap_or(false) {
+            if hidden(&name) || !e.file_type().is_ok_and(|t| t.is_file()) {
                 continue;
             }
             let meta = e.metadata().ok();

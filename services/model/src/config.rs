@@ -55,6 +55,8 @@ impl ModelConfig {
         pooled.min(5)
     }
 
+    // `!(x > 0.0)` on purpose: unlike `x <= 0.0`, it also refuses NaN.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
     pub fn validate(&self) -> Result<(), String> {
         if self.image_size < MIN_IMAGE_SIZE {
             return Err(format!("image size {} is below the minimum of {MIN_IMAGE_SIZE}", self.image_size));

@@ -148,6 +148,8 @@ const CONV_STD: f64 = 0.1;
 
 impl Builder<'_> {
     /// `name` under `p`: a conv from `cin` to `depth(cout)` channels.
+    // The arguments are the layer's shape, named as in the original's slim calls.
+    #[allow(clippy::too_many_arguments)]
     fn conv(
         &self,
         p: &Path,

@@ -16,11 +16,11 @@ pub fn total_loss(logits: &Tensor, aux: Option<&Tensor>, labels: &Tensor, regula
     let ce = |l: &Tensor| l.cross_entropy_loss::<Tensor>(labels, None, Reduction::Mean, -100, LABEL_SMOOTHING);
     let mut loss = ce(logits);
     if let Some(a) = aux {
-        loss = loss + ce(a) * AUX_LOSS_WEIGHT;
+        loss += ce(a) * AUX_LOSS_WEIGHT;
     }
     if !regularized.is_empty() {
         let l2: Tensor = regularized.iter().map(|w| w.square().sum(tch::Kind::Float)).sum();
-        loss = loss + l2 * (WEIGHT_DECAY / 2.0);
+        loss += l2 * (WEIGHT_DECAY / 2.0);
     }
     loss
 }

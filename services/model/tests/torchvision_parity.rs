@@ -22,7 +22,7 @@ fn python() -> PathBuf {
 fn eval_logits_match_torchvision() {
     let py = python();
     let has_torchvision =
-        Command::new(&py).args(["-c", "import torchvision"]).output().map(|o| o.status.success()).unwrap_or(false);
+        Command::new(&py).args(["-c", "import torchvision"]).output().is_ok_and(|o| o.status.success());
     if !has_torchvision {
         eprintln!("SKIPPED eval_logits_match_torchvision: torchvision is not installed (scripts/setup.sh installs it)");
         return;

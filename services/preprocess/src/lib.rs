@@ -174,7 +174,7 @@ pub async fn run(
         };
         match streams.publish_acked(&subject, Bytes::from(message.encode_to_vec()), &key, shutdown).await {
             Ok(_) => {
-                metrics::histogram!("inception_preprocess_queue_wait_seconds").record(waited.elapsed().as_secs_f64())
+                metrics::histogram!("inception_preprocess_queue_wait_seconds").record(waited.elapsed().as_secs_f64());
             }
             Err(NatsError::Cancelled) => {
                 // Nobody will consume it: remove the object we wrote.

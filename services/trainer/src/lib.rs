@@ -478,7 +478,7 @@ pub async fn run(
         metrics::gauge!("inception_trainer_global_step").set(state.step as f64);
         metrics::gauge!("inception_trainer_learning_rate").set(lr);
         metrics::counter!("inception_trainer_examples_total").increment(n as u64);
-        if state.step % t.log_every_steps == 0 || state.step == 1 {
+        if state.step.is_multiple_of(t.log_every_steps) || state.step == 1 {
             // The total loss, as the original logs it: data loss + L2 term.
             let loss = loss + state.regularization_loss();
             metrics::gauge!("inception_trainer_loss").set(loss);
@@ -495,7 +495,7 @@ pub async fn run(
                 elapsed
             );
         }
-        if state.step % t.checkpoint_every_steps == 0 {
+        if state.step.is_multiple_of(t.checkpoint_every_steps) {
             checkpoint(store, streams, settings, &state, &cfg, shutdown).await?;
             last_saved = state.step;
         }

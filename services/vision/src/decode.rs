@@ -269,7 +269,7 @@ mod marker_tests {
             Err(VisionError::TooLarge { pixels: 1500, .. })
         ));
         // A broken segment length.
-        let mut broken = good.clone();
+        let mut broken = good;
         let sof = broken.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
         broken[sof + 2] = 0xFF;
         assert!(read_jpeg_markers(&broken).is_err());
@@ -300,7 +300,7 @@ mod tests {
     #[test]
     fn rgb_jpeg_bytes_are_kept_and_png_is_converted() {
         let rgb = image::DynamicImage::ImageRgb8(RgbImage::from_pixel(8, 6, image::Rgb([200, 10, 10])));
-        let jpeg = encode(rgb.clone(), ImageFormat::Jpeg);
+        let jpeg = encode(rgb, ImageFormat::Jpeg);
         let (kept, w, h) = to_rgb_jpeg(&jpeg, 1000).unwrap();
         assert_eq!((kept.as_slice(), w, h), (jpeg.as_slice(), 8, 6));
 

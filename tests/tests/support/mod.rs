@@ -7,21 +7,21 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-pub fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-pub fn repo_file(relative: &str) -> PathBuf {
+pub(crate) fn repo_file(relative: &str) -> PathBuf {
     repo_root().join(relative)
 }
 
-pub fn read(relative: &str) -> String {
+pub(crate) fn read(relative: &str) -> String {
     std::fs::read_to_string(repo_file(relative)).unwrap_or_else(|e| panic!("read {relative}: {e}"))
 }
 
 /// A tool installed by scripts/setup-ops.sh: `.tools/bin/<name>`, `.venv/bin/<name>`,
 /// else on PATH. Panics with the fix when it is missing.
-pub fn tool(name: &str) -> PathBuf {
+pub(crate) fn tool(name: &str) -> PathBuf {
     let root = repo_root();
     for dir in [root.join(".tools/bin"), root.join(".venv/bin")] {
         let p = dir.join(name);
@@ -38,7 +38,7 @@ pub fn tool(name: &str) -> PathBuf {
 }
 
 /// Runs `program args` in `dir`; returns (success, stdout + stderr).
-pub fn run(program: &Path, args: &[&str], dir: &Path) -> (bool, String) {
+pub(crate) fn run(program: &Path, args: &[&str], dir: &Path) -> (bool, String) {
     let out = Command::new(program)
         .args(args)
         .current_dir(dir)
@@ -50,7 +50,7 @@ pub fn run(program: &Path, args: &[&str], dir: &Path) -> (bool, String) {
 }
 
 /// Every document of a YAML text, as JSON (PyYAML's safe_load_all in the venv).
-pub fn yaml_documents(text: &str) -> Vec<serde_json::Value> {
+pub(crate) fn yaml_documents(text: &str) -> Vec<serde_json::Value> {
     use std::io::Write;
     let python = repo_root().join(".venv/bin/python");
     let mut child = Command::new(&python)
@@ -70,13 +70,13 @@ pub fn yaml_documents(text: &str) -> Vec<serde_json::Value> {
     docs.as_array().cloned().unwrap_or_default()
 }
 
-pub fn yaml_file(relative: &str) -> Vec<serde_json::Value> {
+pub(crate) fn yaml_file(relative: &str) -> Vec<serde_json::Value> {
     yaml_documents(&read(relative))
 }
 
 /// `inception_*` metric names in a PromQL expression, with the histogram
 /// series suffixes (_bucket, _sum, _count) taken off.
-pub fn metric_names(expr: &str) -> BTreeSet<String> {
+pub(crate) fn metric_names(expr: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let bytes = expr.as_bytes();
     let mut i = 0;
@@ -103,7 +103,7 @@ pub fn metric_names(expr: &str) -> BTreeSet<String> {
 
 /// Metric names the services record: string literals `"inception_…"` given
 /// to the `metrics` macros in services/**/*.rs (the test-only ones left out).
-pub fn exported_metric_names() -> BTreeSet<String> {
+pub(crate) fn exported_metric_names() -> BTreeSet<String> {
     fn walk(dir: &Path, out: &mut BTreeSet<String>) {
         let Ok(entries) = std::fs::read_dir(dir) else { return };
         for entry in entries.flatten() {
@@ -131,7 +131,7 @@ pub fn exported_metric_names() -> BTreeSet<String> {
 }
 
 /// Metric names of docs/metrics.md's catalogue table (first column).
-pub fn documented_metric_names() -> BTreeSet<String> {
+pub(crate) fn documented_metric_names() -> BTreeSet<String> {
     read("docs/metrics.md")
         .lines()
         .filter_map(|l| l.strip_prefix("| `"))
@@ -142,7 +142,7 @@ pub fn documented_metric_names() -> BTreeSet<String> {
 }
 
 /// (panel title, expression) of every query of the Grafana dashboard, rows included.
-pub fn dashboard_queries(dashboard: &serde_json::Value) -> Vec<(String, String)> {
+pub(crate) fn dashboard_queries(dashboard: &serde_json::Value) -> Vec<(String, String)> {
     fn collect(panels: &[serde_json::Value], out: &mut Vec<(String, String)>) {
         for p in panels {
             let title = p["title"].as_str().unwrap_or("").to_string();
@@ -157,16 +157,16 @@ pub fn dashboard_queries(dashboard: &serde_json::Value) -> Vec<(String, String)>
         }
     }
     let mut out = Vec::new();
-    collect(dashboard["panels"].as_array().map(Vec::as_slice).unwrap_or(&[]), &mut out);
+    collect(dashboard["panels"].as_array().map_or(&[][..], Vec::as_slice), &mut out);
     out
 }
 
-pub fn dashboard() -> serde_json::Value {
+pub(crate) fn dashboard() -> serde_json::Value {
     serde_json::from_str(&read("deploy/grafana/dashboards/inception.json")).expect("dashboard JSON parses")
 }
 
 /// Alert names and expressions of the rules file.
-pub fn alert_rules() -> Vec<(String, String)> {
+pub(crate) fn alert_rules() -> Vec<(String, String)> {
     let docs = yaml_file("deploy/prometheus/rules/inception.rules.yml");
     let mut out = Vec::new();
     for group in docs[0]["groups"].as_array().expect("groups") {
