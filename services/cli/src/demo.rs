@@ -5,8 +5,9 @@ use anyhow::{bail, Context};
 use inception_core::local_nats::LocalNats;
 use inception_core::process::{ChildGuard, OnDrop};
 use inception_core::settings::env_vars;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, clap::Args)]
@@ -70,6 +71,46 @@ fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
 pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let workdir = absolute(&args.workdir)?;
+    let images = image_folders(&args, &workdir)?;
+    // Each demo starts from an empty store and queue.
+    let store_dir = workdir.join("store");
+    let nats_dir = workdir.join("nats");
+    for d in [&store_dir, &nats_dir] {
+        if d.exists() {
+            std::fs::remove_dir_all(d).with_context(|| format!("cannot clear {}", d.display()))?;
+        }
+        std::fs::create_dir_all(d)?;
+    }
+    let nats = LocalNats::start(&nats_dir)?;
+    println!("nats-server on {}; object store file://{}", nats.url(), store_dir.display());
+    let services = Services { env: service_env(&args, &nats, &store_dir, &workdir) };
+
+    let (train, validation) = (images.join("train"), images.join("validation"));
+    let ingest_args =
+        [OsStr::new("--train-directory"), train.as_os_str(), "--validation-directory".as_ref(), validation.as_os_str()];
+    services.run_to_end("inception-ingest", &ingest_args)?;
+    let mut evaluator = services.spawn("inception-evaluator", &[])?;
+    let mut workers: Vec<ChildGuard> = (0..args.workers.max(1))
+        .map(|i| services.spawn("inception-preprocess", &["--worker-id", &format!("demo-worker-{i}")]))
+        .collect::<anyhow::Result<_>>()?;
+    let trained = services.run_to_end::<&str>("inception-trainer", &[]);
+    for w in &mut workers {
+        stop(w);
+    }
+    trained?;
+
+    // The evaluator picks up the final checkpoint from its announcement.
+    let result = store_dir.join(format!("eval/default/step-{}.json", args.steps));
+    wait_for_evaluation(&result, &mut evaluator, args.steps)?;
+    stop(&mut evaluator);
+    println!("demo finished in {:.0}s; final evaluation of step {}:", started.elapsed().as_secs_f64(), args.steps);
+    print_evaluation(&result)?;
+    drop(nats);
+    Ok(())
+}
+
+/// The folder with train/ and validation/: given, or generated once under the work folder.
+fn image_folders(args: &DemoArgs, workdir: &Path) -> anyhow::Result<PathBuf> {
     let images = match &args.images {
         Some(dir) => absolute(dir)?,
         None => {
@@ -89,19 +130,12 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
             );
         }
     }
-    // Each demo starts from an empty store and queue.
-    let store_dir = workdir.join("store");
-    let nats_dir = workdir.join("nats");
-    for d in [&store_dir, &nats_dir] {
-        if d.exists() {
-            std::fs::remove_dir_all(d).with_context(|| format!("cannot clear {}", d.display()))?;
-        }
-        std::fs::create_dir_all(d)?;
-    }
-    let nats = LocalNats::start(&nats_dir)?;
-    println!("nats-server on {}; object store file://{}", nats.url(), store_dir.display());
+    Ok(images)
+}
 
-    let env: Vec<(String, String)> = env_vars([
+/// The settings every service of the demo gets, as `INCEPTION__…` variables.
+fn service_env(args: &DemoArgs, nats: &LocalNats, store_dir: &Path, workdir: &Path) -> Vec<(String, String)> {
+    env_vars([
         ("NATS__URL", nats.url()),
         ("STORE__URL", format!("file://{}", store_dir.display())),
         ("DATASET__NAME", "demo".into()),
@@ -122,64 +156,58 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
         ("PREPROCESS__METRICS_ADDR", "127.0.0.1:0".into()),
         ("TRAIN__METRICS_ADDR", "127.0.0.1:0".into()),
         ("EVAL__METRICS_ADDR", "127.0.0.1:0".into()),
-    ]);
-    let command = |name: &str| -> anyhow::Result<Command> {
+    ])
+}
+
+/// The service binaries beside this one, each started with the demo's settings.
+struct Services {
+    env: Vec<(String, String)>,
+}
+
+impl Services {
+    fn command(&self, name: &str) -> anyhow::Result<Command> {
         let mut c = Command::new(binary(name)?);
-        c.envs(env.iter().cloned());
+        c.envs(self.env.iter().cloned());
         Ok(c)
-    };
-    let spawn = |name: &'static str, extra: &[&str]| -> anyhow::Result<ChildGuard> {
-        let child = command(name)?.args(extra).spawn().with_context(|| format!("cannot start {name}"))?;
+    }
+
+    /// Starts a long-running service, stopped when its guard is dropped.
+    fn spawn(&self, name: &'static str, args: &[&str]) -> anyhow::Result<ChildGuard> {
+        let child = self.command(name)?.args(args).spawn().with_context(|| format!("cannot start {name}"))?;
         Ok(ChildGuard::new(name, child, OnDrop::Terminate(STOP_GRACE)))
-    };
-    let check = |name: &str, status: ExitStatus| -> anyhow::Result<()> {
+    }
+
+    /// Runs a service until it exits; an error unless it succeeded.
+    fn run_to_end<S: AsRef<OsStr>>(&self, name: &str, args: &[S]) -> anyhow::Result<()> {
+        let status = self.command(name)?.args(args).status().with_context(|| format!("cannot run {name}"))?;
         if !status.success() {
             bail!("{name} failed ({status})");
         }
         Ok(())
-    };
-
-    let train_dir = images.join("train");
-    let validation_dir = images.join("validation");
-    let status = command("inception-ingest")?
-        .arg("--train-directory")
-        .arg(&train_dir)
-        .arg("--validation-directory")
-        .arg(&validation_dir)
-        .status()
-        .context("cannot run inception-ingest")?;
-    check("inception-ingest", status)?;
-
-    let mut evaluator = spawn("inception-evaluator", &[])?;
-    let mut workers: Vec<ChildGuard> = (0..args.workers.max(1))
-        .map(|i| spawn("inception-preprocess", &["--worker-id", &format!("demo-worker-{i}")]))
-        .collect::<anyhow::Result<_>>()?;
-    let status = command("inception-trainer")?.status().context("cannot run inception-trainer")?;
-    for w in &mut workers {
-        stop(w);
     }
-    check("inception-trainer", status)?;
+}
 
-    // The evaluator picks up the final checkpoint from its announcement.
-    let result = store_dir.join(format!("eval/default/step-{}.json", args.steps));
+/// Waits up to 10 minutes for the evaluator's result of `step`.
+fn wait_for_evaluation(result: &Path, evaluator: &mut ChildGuard, step: u64) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
     while !result.is_file() {
         if Instant::now() > deadline {
-            bail!("the evaluator wrote no result for step {} within 10 minutes", args.steps);
+            bail!("the evaluator wrote no result for step {step} within 10 minutes");
         }
         if let Some(status) = evaluator.exited() {
             bail!("the evaluator exited early ({status})");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    stop(&mut evaluator);
-    let text = std::fs::read_to_string(&result)?;
+    Ok(())
+}
+
+fn print_evaluation(result: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(result)?;
     let json: serde_json::Value = serde_json::from_str(&text)?;
     let p1 = json["precision_at_1"].as_f64().unwrap_or(f64::NAN);
     let r5 = json["recall_at_5"].as_f64().unwrap_or(f64::NAN);
     let n = json["examples"].as_u64().unwrap_or(0);
-    println!("demo finished in {:.0}s; final evaluation of step {}:", started.elapsed().as_secs_f64(), args.steps);
     println!("precision @ 1 = {p1:.4} recall @ 5 = {r5:.4} [{n} examples]");
-    drop(nats);
     Ok(())
 }

@@ -79,120 +79,195 @@ pub async fn run(
     streams: &Streams,
     shutdown: &CancellationToken,
 ) -> Result<u64, PreprocessError> {
-    let dataset = settings.dataset.name.clone();
-    let cfg = &settings.preprocess;
-    let id = worker_id(&cfg.worker_id);
-    // Batch keys are unique per process, so a restarted worker with the same
-    // id never overwrites a batch that is still queued.
-    let producer = format!("{id}-{:x}", chrono::Utc::now().timestamp_millis());
-    let queue = streams.batches(cfg.queue_capacity).await?;
-    if cfg.orphan_batch_age_secs > 0 {
-        let max_age = std::time::Duration::from_secs(cfg.orphan_batch_age_secs);
-        let prefix = format!("{}/", keys::batch_dir(&dataset));
-        tokio::spawn(queue::clean_orphans_periodically(
-            store.clone(),
-            queue.clone(),
-            prefix,
-            max_age,
-            shutdown.clone(),
-        ));
-    }
+    let id = worker_id(&settings.preprocess.worker_id);
+    let queue = streams.batches(settings.preprocess.queue_capacity).await?;
+    clean_orphans_in_background(settings, store, &queue, shutdown);
     let shards = Arc::new(ShardSet::default());
-    let follower = {
-        let (streams_ctx, dataset, shards, stop) = (streams.clone(), dataset.clone(), shards.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            if let Err(e) = shard_set::follow(&streams_ctx, &dataset, shards, stop).await {
-                tracing::error!("cannot follow shard announcements: {e}");
-            }
-        })
-    };
-    let seed = cfg.seed ^ id.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let subject = streams.subjects.batches(&dataset);
-    let mut sequence = 0u64;
-    let batch_size = cfg.batch_size as usize;
-    let mut buffer =
-        shuffle::ShuffleBuffer::new(settings.shuffle_buffer_records(), cfg.shuffle_buffer_max_bytes as usize);
-    tracing::info!(worker = %id, "waiting for train shards of {dataset}");
+    let follower = follow_in_background(streams, &settings.dataset.name, &shards, shutdown);
+    let mut worker = Worker::new(settings, store, streams, queue, &id);
+    tracing::info!(worker = %id, "waiting for train shards of {}", settings.dataset.name);
     while shards.wait_nonempty(shutdown).await {
-        if buffer.needs_more(batch_size) {
-            let known = shards.snapshot();
-            let Some(shard) = known.get(rng.random_range(0..known.len())) else { continue };
-            let bytes = match store.get(&shard.uri).await {
-                Ok(b) => b,
-                Err(e) => {
-                    metrics::counter!("inception_preprocess_errors_total", "kind" => "shard").increment(1);
-                    tracing::error!("cannot read shard {}: {e}; trying another in 1s", shard.uri);
-                    if !inception_core::shutdown::sleep_or_cancel(shutdown, std::time::Duration::from_secs(1)).await {
-                        break;
-                    }
-                    continue;
-                }
-            };
-            for r in tfrecord::records(&bytes) {
-                match r {
-                    Ok(data) => buffer.extend([data.to_vec()]),
-                    Err(e) => {
-                        metrics::counter!("inception_preprocess_errors_total", "kind" => "framing").increment(1);
-                        tracing::error!("shard {}: {e}; using the records before it", shard.uri);
-                    }
-                }
+        if worker.buffer.needs_more(worker.batch_size) {
+            if !worker.fill_from_a_shard(&shards, shutdown).await {
+                break;
             }
-            metrics::gauge!("inception_preprocess_shuffle_buffer_records").set(buffer.len() as f64);
-            metrics::gauge!("inception_preprocess_shuffle_buffer_bytes").set(buffer.bytes() as f64);
             continue;
         }
-        let chunk = buffer.take(batch_size, &mut rng);
+        let Some(batch) = worker.next_batch().await? else { continue };
+        if !worker.hand_over(&batch, shutdown).await? || shutdown.is_cancelled() {
+            break;
+        }
+    }
+    follower.abort();
+    tracing::info!(worker = %id, "stopped after {} batches", worker.sequence);
+    Ok(worker.sequence)
+}
+
+/// Deletes orphan batch objects every so often (`preprocess.orphan_batch_age_secs`; 0: never).
+fn clean_orphans_in_background(
+    settings: &Settings,
+    store: &Store,
+    queue: &async_nats::jetstream::stream::Stream,
+    shutdown: &CancellationToken,
+) {
+    let age = settings.preprocess.orphan_batch_age_secs;
+    if age > 0 {
+        let prefix = format!("{}/", keys::batch_dir(&settings.dataset.name));
+        let (store, queue, stop) = (store.clone(), queue.clone(), shutdown.clone());
+        tokio::spawn(queue::clean_orphans_periodically(store, queue, prefix, Duration::from_secs(age), stop));
+    }
+}
+
+/// Follows the dataset's train-shard announcements into `shards`.
+fn follow_in_background(
+    streams: &Streams,
+    dataset: &str,
+    shards: &Arc<ShardSet>,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let (streams, dataset, shards, stop) = (streams.clone(), dataset.to_string(), shards.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        if let Err(e) = shard_set::follow(&streams, &dataset, shards, stop).await {
+            tracing::error!("cannot follow shard announcements: {e}");
+        }
+    })
+}
+
+/// One worker's state: its shuffle buffer and random stream, and the
+/// numbering of the batches it hands over.
+struct Worker<'a> {
+    settings: &'a Settings,
+    store: &'a Store,
+    streams: &'a Streams,
+    queue: async_nats::jetstream::stream::Stream,
+    /// Names this process's batches (see [`Worker::new`]).
+    producer: String,
+    subject: String,
+    batch_size: usize,
+    buffer: shuffle::ShuffleBuffer,
+    rng: ChaCha8Rng,
+    /// Batches handed over so far (and the next batch's number).
+    sequence: u64,
+}
+
+impl<'a> Worker<'a> {
+    fn new(
+        settings: &'a Settings,
+        store: &'a Store,
+        streams: &'a Streams,
+        queue: async_nats::jetstream::stream::Stream,
+        id: &str,
+    ) -> Self {
+        let cfg = &settings.preprocess;
+        // Batch keys are unique per process, so a restarted worker with the same
+        // id never overwrites a batch that is still queued.
+        let producer = format!("{id}-{:x}", chrono::Utc::now().timestamp_millis());
+        let seed = cfg.seed ^ id.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        Self {
+            settings,
+            store,
+            streams,
+            queue,
+            producer,
+            subject: streams.subjects.batches(&settings.dataset.name),
+            batch_size: cfg.batch_size as usize,
+            buffer: shuffle::ShuffleBuffer::new(
+                settings.shuffle_buffer_records(),
+                cfg.shuffle_buffer_max_bytes as usize,
+            ),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            sequence: 0,
+        }
+    }
+
+    /// Adds the records of one randomly chosen known shard to the shuffle
+    /// buffer. A shard that cannot be read is counted and another is tried
+    /// a second later. False when stopped meanwhile.
+    async fn fill_from_a_shard(&mut self, shards: &ShardSet, shutdown: &CancellationToken) -> bool {
+        let known = shards.snapshot();
+        let Some(shard) = known.get(self.rng.random_range(0..known.len())) else { return true };
+        let bytes = match self.store.get(&shard.uri).await {
+            Ok(b) => b,
+            Err(e) => {
+                metrics::counter!("inception_preprocess_errors_total", "kind" => "shard").increment(1);
+                tracing::error!("cannot read shard {}: {e}; trying another in 1s", shard.uri);
+                return inception_core::shutdown::sleep_or_cancel(shutdown, Duration::from_secs(1)).await;
+            }
+        };
+        for r in tfrecord::records(&bytes) {
+            match r {
+                Ok(data) => self.buffer.extend([data.to_vec()]),
+                Err(e) => {
+                    metrics::counter!("inception_preprocess_errors_total", "kind" => "framing").increment(1);
+                    tracing::error!("shard {}: {e}; using the records before it", shard.uri);
+                }
+            }
+        }
+        metrics::gauge!("inception_preprocess_shuffle_buffer_records").set(self.buffer.len() as f64);
+        metrics::gauge!("inception_preprocess_shuffle_buffer_bytes").set(self.buffer.bytes() as f64);
+        true
+    }
+
+    /// Decodes and distorts a batch drawn from the buffer (on a blocking
+    /// thread); None when none of its records could be used.
+    async fn next_batch(&mut self) -> Result<Option<inception_core::batch::Batch>, PreprocessError> {
+        let chunk = self.buffer.take(self.batch_size, &mut self.rng);
         let started = Instant::now();
-        let (size, max_pixels, mut local_rng) =
-            (settings.model.image_size, settings.ingest.max_image_pixels, ChaCha8Rng::seed_from_u64(rng.random()));
-        let distort_color = cfg.distort_color;
+        let (size, max_pixels) = (self.settings.model.image_size, self.settings.ingest.max_image_pixels);
+        let distort_color = self.settings.preprocess.distort_color;
+        let mut rng = ChaCha8Rng::seed_from_u64(self.rng.random());
         let batch = tokio::task::spawn_blocking(move || {
-            batcher::build_batch(&chunk, size, max_pixels, distort_color, &mut local_rng)
+            batcher::build_batch(&chunk, size, max_pixels, distort_color, &mut rng)
         })
         .await
         .map_err(|e| PreprocessError::Worker(e.to_string()))?;
         if batch.is_empty() {
-            continue;
+            return Ok(None);
         }
         metrics::histogram!("inception_preprocess_batch_seconds").record(started.elapsed().as_secs_f64());
+        Ok(Some(batch))
+    }
+
+    /// Waits for room in the queue, writes the batch object and queues its
+    /// message. False when stopped meanwhile (an object nobody will consume
+    /// is removed again).
+    async fn hand_over(
+        &mut self,
+        batch: &inception_core::batch::Batch,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, PreprocessError> {
         let waited = Instant::now();
-        if !queue::wait_for_room(&queue, shutdown).await? {
-            break;
+        if !queue::wait_for_room(&self.queue, shutdown).await? {
+            return Ok(false);
         }
-        let key = keys::batch(&dataset, &producer, sequence);
-        if !put_retrying(store, &key, Bytes::from(batch.to_bytes()), shutdown).await {
-            break;
+        let key = keys::batch(&self.settings.dataset.name, &self.producer, self.sequence);
+        if !put_retrying(self.store, &key, Bytes::from(batch.to_bytes()), shutdown).await {
+            return Ok(false);
         }
         let message = BatchReady {
             uri: key.clone(),
             batch_size: batch.len() as u32,
             image_size: batch.image_size,
-            producer: producer.clone(),
-            sequence,
+            producer: self.producer.clone(),
+            sequence: self.sequence,
             labels: batch.labels.clone(),
         };
-        match streams.publish_acked(&subject, Bytes::from(message.encode_to_vec()), &key, shutdown).await {
+        match self.streams.publish_acked(&self.subject, Bytes::from(message.encode_to_vec()), &key, shutdown).await {
             Ok(_) => {
                 metrics::histogram!("inception_preprocess_queue_wait_seconds").record(waited.elapsed().as_secs_f64());
             }
             Err(NatsError::Cancelled) => {
                 // Nobody will consume it: remove the object we wrote.
-                store.delete(&key).await.ok();
-                break;
+                self.store.delete(&key).await.ok();
+                return Ok(false);
             }
             Err(e) => return Err(e.into()),
         }
         metrics::counter!("inception_preprocess_examples_total").increment(batch.len() as u64);
         metrics::counter!("inception_preprocess_batches_total").increment(1);
-        sequence += 1;
-        if shutdown.is_cancelled() {
-            break;
-        }
+        self.sequence += 1;
+        Ok(true)
     }
-    follower.abort();
-    tracing::info!(worker = %id, "stopped after {sequence} batches");
-    Ok(sequence)
 }
 
 #[cfg(test)]

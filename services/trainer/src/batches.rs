@@ -1,0 +1,196 @@
+//! The batch source: messages from the `BATCHES` work queue, the batch
+//! objects they point at, checked against the model, and the one place that
+//! decides, from an [`Outcome`], what becomes of a message: acknowledged,
+//! handed back for redelivery, or dropped.
+
+use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
+use futures::StreamExt;
+use inception_core::batch::Batch;
+use inception_core::shutdown::{sleep_or_cancel, CancellationToken};
+use inception_core::store::StoreError;
+use inception_core::{keys, Store};
+use inception_proto::pipeline::BatchReady;
+use std::time::{Duration, Instant};
+use tch::{Kind, Tensor};
+
+/// What became of a delivered batch message; [`settle`] acts on it.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Trained on: acknowledged (it leaves the queue) and its object deleted.
+    Trained,
+    /// Malformed, outside the dataset, missing or of the wrong shape: no
+    /// retry can help, so it is acknowledged (dropped) and counted.
+    Unusable(String),
+    /// The store failed to answer; it may be back soon: handed back for
+    /// redelivery in 2 s.
+    StoreUnavailable(String),
+    /// The step failed, not the batch: handed back at once.
+    StepFailed,
+}
+
+/// Acknowledges, hands back or drops a message as its outcome says.
+async fn settle(message: &jetstream::Message, outcome: &Outcome) {
+    match outcome {
+        Outcome::Trained => {
+            if let Err(e) = message.ack().await {
+                tracing::warn!("ack of a trained batch failed ({e}); it may be trained on again");
+            }
+        }
+        Outcome::Unusable(reason) => {
+            metrics::counter!("inception_trainer_rejected_batches_total").increment(1);
+            tracing::error!("dropping a batch message: {reason}");
+            message.ack().await.ok();
+        }
+        Outcome::StoreUnavailable(reason) => {
+            tracing::warn!("cannot read a batch ({reason}); handing it back for redelivery in 2s");
+            message.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await.ok();
+        }
+        Outcome::StepFailed => {
+            message.ack_with(AckKind::Nak(None)).await.ok();
+        }
+    }
+}
+
+/// A batch fit for a step, with the message it came in.
+pub struct Delivery {
+    message: jetstream::Message,
+    /// The batch object's key.
+    pub key: String,
+    pub batch: Batch,
+    /// From the end of the previous step until this message arrived.
+    pub waited: Duration,
+    /// When the message arrived: a step's time counts from here.
+    pub arrived: Instant,
+}
+
+impl Delivery {
+    /// The images (`[N, S, S, 3]` u8) and labels (i64) as tensors.
+    pub fn tensors(&self) -> (Tensor, Tensor) {
+        let (n, s) = (self.batch.len() as i64, i64::from(self.batch.image_size));
+        let images = Tensor::from_slice(&self.batch.images).view([n, s, s, 3]);
+        let labels = Tensor::from_slice(&self.batch.labels).to_kind(Kind::Int64);
+        (images, labels)
+    }
+
+    /// Settles the message (see [`Outcome`]); a trained batch's object is deleted.
+    pub async fn settle(self, outcome: Outcome, store: &Store) {
+        settle(&self.message, &outcome).await;
+        if let Outcome::Trained = outcome {
+            store.delete(&self.key).await.ok();
+        }
+    }
+}
+
+/// The trainer's view of the batch queue.
+pub struct BatchSource {
+    consumer: PullConsumer,
+    store: Store,
+    dataset: String,
+    image_size: u32,
+    num_classes: i64,
+}
+
+impl BatchSource {
+    /// Batches of `dataset` through `consumer`, checked against a model of
+    /// `image_size` pixels and `num_classes` classes.
+    pub fn new(consumer: PullConsumer, store: Store, dataset: &str, image_size: u32, num_classes: i64) -> Self {
+        Self { consumer, store, dataset: dataset.to_string(), image_size, num_classes }
+    }
+
+    /// The next batch fit for a step; None once `shutdown` fires. Messages
+    /// that cannot be trained on are settled here and skipped.
+    pub async fn next(&self, shutdown: &CancellationToken) -> Option<Delivery> {
+        let wait_started = Instant::now();
+        while !shutdown.is_cancelled() {
+            let Some(message) = self.fetch(shutdown).await else { continue };
+            let waited = wait_started.elapsed();
+            record_arrival(&message, waited);
+            let arrived = Instant::now();
+            match receive_batch(&self.store, &self.dataset, &message.payload, self.image_size, self.num_classes).await {
+                Ok((key, batch)) => return Some(Delivery { message, key, batch, waited, arrived }),
+                Err(BatchProblem::Unusable(reason)) => settle(&message, &Outcome::Unusable(reason)).await,
+                Err(BatchProblem::Store(reason)) => {
+                    settle(&message, &Outcome::StoreUnavailable(reason)).await;
+                    sleep_or_cancel(shutdown, Duration::from_secs(1)).await;
+                }
+            }
+        }
+        None
+    }
+
+    /// One message, waiting up to a second for it.
+    async fn fetch(&self, shutdown: &CancellationToken) -> Option<jetstream::Message> {
+        let mut fetched = match self.consumer.fetch().max_messages(1).expires(Duration::from_secs(1)).messages().await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!("fetching from the batch queue: {e}");
+                sleep_or_cancel(shutdown, Duration::from_secs(1)).await;
+                return None;
+            }
+        };
+        match fetched.next().await? {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!("batch queue: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// The data wait, the queue depth behind this message, and redeliveries.
+fn record_arrival(message: &jetstream::Message, waited: Duration) {
+    metrics::histogram!("inception_trainer_data_wait_seconds").record(waited.as_secs_f64());
+    if let Ok(info) = message.info() {
+        // Batches still queued behind this one (the consumer's num_pending).
+        metrics::gauge!("inception_trainer_queue_batches").set(info.pending as f64);
+        if info.delivered > 1 {
+            metrics::counter!("inception_trainer_redelivered_batches_total").increment(1);
+            tracing::info!(
+                "batch message {} delivered again (attempt {}): it was not acknowledged in time",
+                info.stream_sequence,
+                info.delivered
+            );
+        }
+    }
+}
+
+/// Why a batch object cannot be trained on.
+pub(crate) enum BatchProblem {
+    /// Malformed, outside the dataset, missing or of the wrong shape: dropped.
+    Unusable(String),
+    /// The store failed to answer: handed back for redelivery.
+    Store(String),
+}
+
+impl From<String> for BatchProblem {
+    fn from(reason: String) -> Self {
+        Self::Unusable(reason)
+    }
+}
+
+async fn receive_batch(
+    store: &Store,
+    dataset: &str,
+    payload: &[u8],
+    image_size: u32,
+    num_classes: i64,
+) -> Result<(String, Batch), BatchProblem> {
+    let ready: BatchReady = inception_core::nats::decode_control(payload)?;
+    let dir = keys::batch_dir(dataset);
+    if keys::below(&ready.uri, &dir).is_none() {
+        return Err(format!("{} is outside {dir}/", ready.uri).into());
+    }
+    let bytes = store.get(&ready.uri).await.map_err(|e| match e {
+        StoreError::NotFound { .. } => BatchProblem::Unusable(e.to_string()),
+        other => BatchProblem::Store(other.to_string()),
+    })?;
+    let batch = Batch::from_bytes(&bytes).map_err(|e| format!("{}: {e}", ready.uri))?;
+    if batch.image_size != image_size {
+        return Err(format!("{} has {}px images; the model takes {image_size}px", ready.uri, batch.image_size).into());
+    }
+    if let Some(bad) = batch.labels.iter().find(|l| **l < 0 || **l >= num_classes) {
+        return Err(format!("{} has label {bad}, outside 0..{num_classes}", ready.uri).into());
+    }
+    Ok((ready.uri, batch))
+}

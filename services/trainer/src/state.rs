@@ -1,0 +1,238 @@
+//! The training state: the model and its towers, the optimizer, the moving
+//! averages and the counters a checkpoint keeps; one optimizer step on a batch.
+
+use inception_core::Settings;
+use inception_model::inception::debiased_momentum;
+use inception_model::{images_to_input, loss, InceptionV3, Mode, ModelConfig, TorchFailure};
+use tch::{nn::VarStore, Device, Tensor};
+
+use crate::ema::MovingAverages;
+use crate::flat::FlatVariables;
+use crate::optimizer::RmsProp;
+use crate::towers::Replica;
+use crate::{TrainError, BN_DECAY};
+
+/// Everything that changes as training goes.
+pub struct TrainState {
+    pub vs: VarStore,
+    pub model: InceptionV3,
+    pub optimizer: RmsProp,
+    pub averages: MovingAverages,
+    /// Towers 1..N (tower 0 is `model`); empty with one tower.
+    pub replicas: Vec<Replica>,
+    /// The master's variables in one buffer (see [`flat`]), if they could be.
+    pub flat: Option<FlatVariables>,
+    pub labels: Vec<String>,
+    pub step: u64,
+    pub bn_updates: u64,
+    pub examples_seen: u64,
+    /// Towers run at once, one thread each (true when every tower has its
+    /// own device; on one device they would only compete for its threads).
+    pub concurrent_towers: bool,
+}
+
+/// Moving averages of every variable, starting from their current values.
+pub(crate) fn fresh_averages(vs: &VarStore, flat: Option<&FlatVariables>) -> MovingAverages {
+    match flat {
+        Some(f) => MovingAverages::over_flat(f),
+        None => MovingAverages::new(vs.variables().into_iter().collect()),
+    }
+}
+
+/// Gradients of one tower's variables and its loss (without the L2 term).
+type TowerResult = (Vec<Tensor>, f64);
+
+/// Forward and backward of one tower on its share of the batch, on the
+/// tower's device. A non-finite loss is returned as is (with no gradients)
+/// for the caller to report.
+fn tower_pass(model: &InceptionV3, vars: &[Tensor], images: &Tensor, labels: &Tensor, bn_momentum: f64) -> TowerResult {
+    let device = vars.first().map_or(Device::Cpu, Tensor::device);
+    let x = images_to_input(&images.to_device(device));
+    let y = labels.to_device(device);
+    let (logits, aux) = model.forward(&x, Mode::Train { bn_momentum });
+    // The L2 term's gradient is applied by the optimizer.
+    let total = loss::total_loss(&logits, aux.as_ref(), &y, &[]);
+    let value = total.double_value(&[]);
+    if !value.is_finite() {
+        return (Vec::new(), value);
+    }
+    (Tensor::run_backward(&[&total], vars, false, false), value)
+}
+
+impl TrainState {
+    /// Tower 0 (the master) on `devices[0]`, one replica per further device.
+    pub fn new(cfg: &ModelConfig, labels: Vec<String>, settings: &Settings, devices: &[Device]) -> Self {
+        tch::manual_seed(settings.train.seed);
+        let vs = VarStore::new(devices.first().copied().unwrap_or(Device::Cpu));
+        let model = InceptionV3::new(&vs.root(), cfg);
+        let mut trainable: Vec<(String, Tensor)> =
+            vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        trainable.sort_by(|a, b| a.0.cmp(&b.0));
+        let order: Vec<String> = trainable.iter().map(|(n, _)| n.clone()).collect();
+        let flat = FlatVariables::new(&vs, &order);
+        let t = &settings.train;
+        let mut optimizer = RmsProp::new(
+            trainable,
+            t.rmsprop_decay,
+            t.rmsprop_momentum,
+            t.rmsprop_epsilon,
+            loss::WEIGHT_DECAY,
+            InceptionV3::is_regularized,
+        );
+        if let Some(f) = &flat {
+            optimizer = optimizer.with_flat_variables(f.trainable_part());
+        }
+        let averages = fresh_averages(&vs, flat.as_ref());
+        let replicas = devices.iter().skip(1).map(|d| Replica::new(&vs, cfg, *d, &order, flat.as_ref())).collect();
+        let concurrent_towers = devices.len() > 1 && devices.iter().enumerate().all(|(i, d)| !devices[..i].contains(d));
+        Self {
+            vs,
+            model,
+            optimizer,
+            averages,
+            replicas,
+            flat,
+            labels,
+            step: 0,
+            bn_updates: 0,
+            examples_seen: 0,
+            concurrent_towers,
+        }
+    }
+
+    /// Forward and backward on every tower's share of the batch. Returns the
+    /// gradients averaged over towers, on the master's device, in the
+    /// optimizer's order (fresh tensors: nothing accumulates into `.grad`,
+    /// which saves a zeroing and an addition pass per step), and the mean loss
+    /// without the L2 term. Moves the batch-norm statistics (last tower's).
+    pub fn compute_gradients(&mut self, images: &Tensor, labels: &Tensor) -> Result<(Vec<Tensor>, f64), TrainError> {
+        let towers = 1 + self.replicas.len();
+        let momentum = debiased_momentum(BN_DECAY, self.bn_updates + 1);
+        // Only the last tower moves the batch-norm statistics.
+        let bn_momentum = |tower: usize| if tower + 1 == towers { momentum } else { 0.0 };
+        for r in &mut self.replicas {
+            r.pull();
+        }
+        let parts: Vec<(Tensor, Tensor)> =
+            images.chunk(towers as i64, 0).into_iter().zip(labels.chunk(towers as i64, 0)).collect();
+        let master_vars = self.optimizer.variables();
+        let (model, replicas) = (&self.model, &mut self.replicas);
+        let results: Vec<TowerResult> = if self.concurrent_towers && towers > 1 {
+            // One thread per replica, tower 0 on this one: devices work at once.
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = replicas
+                    .iter_mut()
+                    .zip(parts.iter().skip(1))
+                    .enumerate()
+                    .map(|(k, (r, (x, y)))| {
+                        let (x, y, m) = (x.shallow_clone(), y.shallow_clone(), bn_momentum(k + 1));
+                        scope.spawn(move || tower_pass(&r.model, &r.trainable, &x, &y, m))
+                    })
+                    .collect();
+                let first = tower_pass(model, &master_vars, &parts[0].0, &parts[0].1, bn_momentum(0));
+                std::iter::once(first)
+                    .chain(
+                        handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))),
+                    )
+                    .collect()
+            })
+        } else {
+            (0..towers)
+                .map(|i| match i {
+                    0 => tower_pass(model, &master_vars, &parts[0].0, &parts[0].1, bn_momentum(0)),
+                    _ => tower_pass(
+                        &replicas[i - 1].model,
+                        &replicas[i - 1].trainable,
+                        &parts[i].0,
+                        &parts[i].1,
+                        bn_momentum(i),
+                    ),
+                })
+                .collect()
+        };
+        let mut sum: Vec<Tensor> = Vec::new();
+        let mut losses = 0.0;
+        for (grads, value) in results {
+            if !value.is_finite() {
+                return Err(TrainError::Diverged { step: self.step, loss: value });
+            }
+            losses += value;
+            if sum.is_empty() {
+                sum = grads;
+                continue;
+            }
+            tch::no_grad(|| {
+                for (s, g) in sum.iter_mut().zip(&grads) {
+                    if s.defined() && g.defined() {
+                        let _ = s.g_add_(&g.to_device(s.device()));
+                    }
+                }
+            });
+        }
+        if towers > 1 {
+            tch::no_grad(|| {
+                for g in sum.iter_mut().filter(|g| g.defined()) {
+                    let _ = g.g_div_scalar_(towers as f64);
+                }
+            });
+            if let Some(last) = self.replicas.last_mut() {
+                last.push_statistics();
+            }
+        }
+        Ok((sum, losses / towers as f64))
+    }
+
+    /// The L2 term of the loss at the current weights (a pass over them:
+    /// computed when a loss is reported, not every step).
+    pub fn regularization_loss(&self) -> f64 {
+        loss::l2_value(&self.optimizer.regularized_variables())
+    }
+
+    /// One optimizer update on `images` (`[N, S, S, 3]` u8) and `labels`,
+    /// split over the towers. Returns the data loss before it (mean over
+    /// towers, without the L2 term: add [`TrainState::regularization_loss`]).
+    pub fn train_step(&mut self, images: &Tensor, labels: &Tensor, lr: f64) -> Result<f64, TrainError> {
+        let (gradients, loss) = self.compute_gradients(images, labels)?;
+        self.optimizer.step(lr, &gradients);
+        self.step += 1;
+        self.bn_updates += 1;
+        self.averages.update(self.step);
+        self.examples_seen += images.size()[0] as u64;
+        Ok(loss)
+    }
+
+    /// [`TrainState::train_step`], with a libtorch failure (tch panics on a
+    /// C++ exception, such as running out of GPU memory) returned as an
+    /// error that says what failed, instead of unwinding through the service.
+    pub fn guarded_step(&mut self, images: &Tensor, labels: &Tensor, lr: f64) -> Result<f64, TrainError> {
+        let step = self.step + 1;
+        inception_model::catch_torch(|| self.train_step(images, labels, lr)).unwrap_or_else(|failure| {
+            let devices = std::iter::once(self.vs.device())
+                .chain(self.replicas.iter().map(|r| r.vs.device()))
+                .map(|d| format!("{d:?}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            Err(step_failure(failure, step, images.size().first().copied().unwrap_or(0), devices))
+        })
+    }
+
+    /// Named tensors for a checkpoint: model variables, their moving
+    /// averages (`ema/…`) and the optimizer slots (`optimizer/…`).
+    pub fn checkpoint_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut named: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        named.extend(self.averages.state());
+        named.extend(self.optimizer.state());
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        named
+    }
+}
+
+/// The error for a training step that libtorch failed: running out of
+/// memory is told apart, since the fix is a setting.
+pub fn step_failure(failure: TorchFailure, step: u64, batch: i64, devices: String) -> TrainError {
+    if failure.out_of_memory {
+        TrainError::OutOfMemory { devices, step, batch, message: failure.message }
+    } else {
+        TrainError::Libtorch { step, message: failure.message }
+    }
+}
