@@ -6,29 +6,38 @@
 
 use serde_json::{json, Value};
 
+/// Square RGB images of one size, with their labels.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
+    /// Height and width of every image, in pixels.
     pub image_size: u32,
     /// `batch * size * size * 3` bytes, NHWC.
     pub images: Vec<u8>,
+    /// One class index per image, in image order.
     pub labels: Vec<i64>,
 }
 
+/// Why bytes are not a batch object.
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
+    /// Not a safetensors file of the two tensors; what is wrong.
     #[error("batch object is malformed: {0}")]
     Malformed(String),
 }
 
 impl Batch {
+    /// Number of images.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
 
+    /// Whether there are no images.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
 
+    /// The safetensors file: header (padded with spaces to a multiple of 8),
+    /// then `images`, then `labels` (little-endian).
     pub fn to_bytes(&self) -> Vec<u8> {
         let b = self.labels.len();
         let s = self.image_size as usize;
@@ -53,6 +62,8 @@ impl Batch {
         out
     }
 
+    /// Parses a batch object, checking dtypes, shapes and offsets; any
+    /// safetensors file with such `images` and `labels` is accepted.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, BatchError> {
         let bad = |m: &str| BatchError::Malformed(m.to_string());
         if bytes.len() < 8 {

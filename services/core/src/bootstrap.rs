@@ -29,22 +29,33 @@ pub struct ServiceSpec {
 
 /// A started service's handles.
 pub struct Running {
+    /// The loaded settings, overrides applied.
     pub settings: Settings,
+    /// The opened object store.
     pub store: Store,
+    /// The connected NATS client (it reconnects by itself).
     pub client: async_nats::Client,
+    /// The pipeline's JetStream streams under `nats.subject_prefix`.
     pub streams: Streams,
+    /// Cancelled on SIGTERM or SIGINT.
     pub shutdown: CancellationToken,
+    /// What `/readyz` reports; the service sets it once it can work.
     pub readiness: Readiness,
 }
 
+/// Why a service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
+    /// The settings did not load or are invalid.
     #[error(transparent)]
     Settings(#[from] SettingsError),
+    /// The metrics and health endpoints could not start.
     #[error(transparent)]
     Telemetry(#[from] TelemetryError),
+    /// The object store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The NATS settings are unusable (an unreachable server is retried, not an error).
     #[error(transparent)]
     Nats(NatsError),
 }

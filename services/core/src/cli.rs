@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use crate::settings::{Settings, SettingsError};
 
+/// Flags every service binary shares: the configuration file and overrides.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonArgs {
     /// Configuration file layered over config/default.toml (also INCEPTION_CONFIG).

@@ -5,51 +5,79 @@ use inception_proto::tensorflow::{feature, BytesList, Example, Feature, Features
 use inception_proto::Message;
 use std::collections::BTreeMap;
 
+/// The encoded image (JPEG bytes).
 pub const KEY_ENCODED: &str = "image/encoded";
+/// Image height in pixels.
 pub const KEY_HEIGHT: &str = "image/height";
+/// Image width in pixels.
 pub const KEY_WIDTH: &str = "image/width";
+/// Always `RGB`.
 pub const KEY_COLORSPACE: &str = "image/colorspace";
+/// Always 3.
 pub const KEY_CHANNELS: &str = "image/channels";
+/// The class index: the label's line in labels.txt, from 1.
 pub const KEY_LABEL: &str = "image/class/label";
+/// The label's name.
 pub const KEY_TEXT: &str = "image/class/text";
+/// Always `JPEG`.
 pub const KEY_FORMAT: &str = "image/format";
+/// The source image's file name.
 pub const KEY_FILENAME: &str = "image/filename";
 /// Bounding boxes as `build_imagenet_data.py` writes them: one float list per
 /// coordinate (normalised to [0, 1]) and the image's label once per box.
 pub const KEY_BBOX_XMIN: &str = "image/object/bbox/xmin";
+/// Each box's top edge (see [`KEY_BBOX_XMIN`]).
 pub const KEY_BBOX_YMIN: &str = "image/object/bbox/ymin";
+/// Each box's right edge.
 pub const KEY_BBOX_XMAX: &str = "image/object/bbox/xmax";
+/// Each box's bottom edge.
 pub const KEY_BBOX_YMAX: &str = "image/object/bbox/ymax";
+/// The image's label, once per box.
 pub const KEY_BBOX_LABEL: &str = "image/object/bbox/label";
 
 /// One bounding box, coordinates relative to the image size (0..1).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BoundingBox {
+    /// Left edge.
     pub xmin: f32,
+    /// Top edge.
     pub ymin: f32,
+    /// Right edge.
     pub xmax: f32,
+    /// Bottom edge.
     pub ymax: f32,
 }
 
 /// One image as `build_image_data.py` stores it: RGB JPEG bytes plus metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageExample {
+    /// The RGB JPEG bytes.
     pub encoded: Vec<u8>,
+    /// Height in pixels.
     pub height: i64,
+    /// Width in pixels.
     pub width: i64,
+    /// Class index: the label's line in labels.txt, from 1 (0 is background).
     pub label: i64,
+    /// The label's name.
     pub text: String,
+    /// The source image's file name.
     pub filename: String,
 }
 
+/// Why bytes are not a usable image record.
 #[derive(Debug, thiserror::Error)]
 pub enum ExampleError {
+    /// The bytes are not an `Example` protobuf.
     #[error("not a tf.Example: {0}")]
     Decode(#[from] inception_proto::prost::DecodeError),
+    /// A required feature is absent; its key.
     #[error("tf.Example lacks feature {0}")]
     Missing(&'static str),
+    /// A feature holds another kind of list than expected; its key.
     #[error("tf.Example feature {0} has the wrong type")]
     WrongType(&'static str),
+    /// The four coordinate lists differ in length; their lengths.
     #[error("tf.Example bounding-box lists differ in length: {0}")]
     BoxLengths(String),
 }
@@ -109,11 +137,16 @@ impl ImageExample {
 /// What training and evaluation read from a record (`parse_example_proto`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedImage {
+    /// The encoded image, as stored.
     pub encoded: Vec<u8>,
+    /// Class index (0 is background).
     pub label: i64,
+    /// The label's name; empty when the record has none.
     pub text: String,
 }
 
+/// Reads a record's encoded image, label and label text; only the
+/// text may be absent.
 pub fn parse_image_example(bytes: &[u8]) -> Result<ParsedImage, ExampleError> {
     let example = Example::decode(bytes)?;
     let mut features = example.features.map(|f| f.feature).unwrap_or_default();

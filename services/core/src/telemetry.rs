@@ -30,12 +30,20 @@ pub fn init_logging() {
 const SECONDS_BUCKETS: &[f64] =
     &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
 
+/// Why the metrics and health endpoints could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
+    /// The Prometheus recorder could not be installed; the reason.
     #[error("cannot install the metrics recorder: {0}")]
     Recorder(String),
+    /// The endpoints' address could not be bound.
     #[error("cannot listen for metrics on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        /// The address, as configured.
+        addr: String,
+        /// Why it could not be bound.
+        source: std::io::Error,
+    },
 }
 
 /// Readiness flag a service flips once its dependencies are usable.
@@ -43,9 +51,11 @@ pub enum TelemetryError {
 pub struct Readiness(Arc<AtomicBool>);
 
 impl Readiness {
+    /// Sets what `/readyz` reports.
     pub fn set(&self, ready: bool) {
         self.0.store(ready, Ordering::Relaxed);
     }
+    /// Whether the service says it is ready.
     pub fn get(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }

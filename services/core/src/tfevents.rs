@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::tfrecord;
 
+/// Appends events to one TensorBoard event file.
 pub struct EventWriter {
     file: std::fs::File,
     path: PathBuf,
@@ -35,6 +36,7 @@ impl EventWriter {
         Ok(writer)
     }
 
+    /// The event file's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -65,6 +67,8 @@ impl EventWriter {
 pub struct OptionalEvents(Option<EventWriter>);
 
 impl OptionalEvents {
+    /// A writer of an event file in `dir`; none when `dir` is empty, or
+    /// (with a warning) when the file cannot be created there.
     pub fn open(dir: &str) -> Self {
         if dir.is_empty() {
             return Self(None);
@@ -81,6 +85,8 @@ impl OptionalEvents {
         }
     }
 
+    /// Appends scalars (tag, value) at `step`; after a failed write, warns
+    /// once and writes no more.
     pub fn scalars(&mut self, step: u64, values: &[(&str, f64)]) {
         if let Some(w) = &mut self.0 {
             if let Err(e) = w.scalars(step, values) {

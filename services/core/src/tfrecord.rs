@@ -9,22 +9,44 @@ fn masked_crc(bytes: &[u8]) -> u32 {
     crc.rotate_right(15).wrapping_add(MASK_DELTA)
 }
 
+/// Why a TFRecord file cannot be read further; offsets count bytes from
+/// the file's start.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum TfRecordError {
+    /// Fewer than 12 bytes are left for a record's length and its checksum.
     #[error("truncated record header at byte {offset}")]
-    TruncatedHeader { offset: usize },
+    TruncatedHeader {
+        /// Where the record starts.
+        offset: usize,
+    },
+    /// The length's checksum does not match.
     #[error("length checksum mismatch at byte {offset}")]
-    LengthCrc { offset: usize },
+    LengthCrc {
+        /// Where the record starts.
+        offset: usize,
+    },
+    /// The data and its checksum would run past the end of the file.
     #[error("record at byte {offset} claims {length} bytes but only {available} remain")]
-    TruncatedData { offset: usize, length: u64, available: usize },
+    TruncatedData {
+        /// Where the record starts.
+        offset: usize,
+        /// The data length the header claims.
+        length: u64,
+        /// Bytes left after the header.
+        available: usize,
+    },
+    /// The data's checksum does not match.
     #[error("data checksum mismatch in the record at byte {offset}")]
-    DataCrc { offset: usize },
+    DataCrc {
+        /// Where the record starts.
+        offset: usize,
+    },
 }
 
-/// Appends one framed record to `out`.
 /// Bytes a record takes besides its data: length, its CRC, the data's CRC.
 pub const FRAMING_BYTES: usize = 8 + 4 + 4;
 
+/// Appends one framed record to `out`.
 pub fn write_record(out: &mut Vec<u8>, data: &[u8]) {
     let len = (data.len() as u64).to_le_bytes();
     out.extend_from_slice(&len);
@@ -41,6 +63,7 @@ pub struct Records<'a> {
     failed: bool,
 }
 
+/// The records of `bytes`, a whole TFRecord file (see [`Records`]).
 pub fn records(bytes: &[u8]) -> Records<'_> {
     Records { bytes, offset: 0, failed: false }
 }
