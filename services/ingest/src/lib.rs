@@ -7,8 +7,12 @@
 //! A file that is not a usable image is skipped with a warning naming it,
 //! counted in `inception_ingest_images_total{result=...}` (see
 //! [`report::Outcome`]) and listed in the JSON report; the rest is ingested.
-//! Shards are written with `PutMode::Create`, so a reader never sees a
-//! partial shard and a re-run never replaces one.
+//! A reader never sees a partial shard and a re-run never replaces one:
+//! one-shot ingest checks that a shard does not exist yet, then streams it
+//! to the store with a multipart upload while converting it (visible only
+//! once committed, aborted if conversion stops; an existing shard is kept
+//! and announced again); continuous ingest writes each shard with
+//! `PutMode::Create`.
 
 pub mod bbox;
 pub mod continuous;
