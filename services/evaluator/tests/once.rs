@@ -13,15 +13,7 @@ use inception_model::{InceptionV3, ModelConfig};
 use tch::nn::VarStore;
 
 async fn put_checkpoint(store: &Store, step: u64, weights: Option<Vec<u8>>) -> String {
-    let model = ModelConfig {
-        num_classes: 6,
-        image_size: 75,
-        depth_multiplier: 0.1,
-        min_depth: 8,
-        dropout: 0.2,
-        aux_logits: true,
-        avg_pool_count_include_pad: false,
-    };
+    let model = ModelConfig::tiny(6);
     let bytes = weights.unwrap_or_else(|| {
         let vs = VarStore::new(tch::Device::Cpu);
         let _ = InceptionV3::new(&vs.root(), &model);

@@ -225,15 +225,7 @@ mod tests {
     use tch::Device;
 
     fn cfg(classes: i64) -> ModelConfig {
-        ModelConfig {
-            num_classes: classes,
-            image_size: 75,
-            depth_multiplier: 0.1,
-            min_depth: 8,
-            dropout: 0.2,
-            aux_logits: true,
-            avg_pool_count_include_pad: false,
-        }
+        ModelConfig::tiny(classes)
     }
 
     #[test]

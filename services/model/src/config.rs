@@ -27,6 +27,20 @@ pub struct ModelConfig {
 pub const MIN_IMAGE_SIZE: i64 = 75;
 
 impl ModelConfig {
+    /// The smallest model the tests train: 75 px, depth multiplier 0.1,
+    /// at least 8 channels per layer, dropout 0.2, with the auxiliary head.
+    pub fn tiny(num_classes: i64) -> Self {
+        Self {
+            num_classes,
+            image_size: 75,
+            depth_multiplier: 0.1,
+            min_depth: 8,
+            dropout: 0.2,
+            aux_logits: true,
+            avg_pool_count_include_pad: false,
+        }
+    }
+
     /// Channels of a layer that has `n` in Inception-v3.
     pub fn depth(&self, n: i64) -> i64 {
         ((n as f64 * self.depth_multiplier) as i64).max(self.min_depth)

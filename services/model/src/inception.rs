@@ -364,15 +364,7 @@ mod tests {
     use tch::{nn::VarStore, Device};
 
     fn tiny() -> ModelConfig {
-        ModelConfig {
-            num_classes: 6,
-            image_size: 75,
-            depth_multiplier: 0.1,
-            min_depth: 8,
-            dropout: 0.2,
-            aux_logits: true,
-            avg_pool_count_include_pad: false,
-        }
+        ModelConfig::tiny(6)
     }
 
     #[test]

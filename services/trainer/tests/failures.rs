@@ -9,15 +9,7 @@ use tch::{Device, Kind, Tensor};
 
 #[test]
 fn a_libtorch_failure_in_a_step_is_returned_as_an_error() {
-    let cfg = ModelConfig {
-        num_classes: 3,
-        image_size: 75,
-        depth_multiplier: 0.1,
-        min_depth: 8,
-        dropout: 0.0,
-        aux_logits: true,
-        avg_pool_count_include_pad: false,
-    };
+    let cfg = ModelConfig { dropout: 0.0, ..ModelConfig::tiny(3) };
     let settings = Settings::defaults().unwrap();
     let mut state = TrainState::new(&cfg, vec!["a".into(), "b".into()], &settings, &[Device::Cpu]);
     // Two channels where the first convolution takes three: libtorch throws.
@@ -46,7 +38,7 @@ fn running_out_of_memory_names_the_settings_to_change() {
     let text = e.to_string();
     for wanted in [
         "out of memory on Cuda(0) at step 7 with a batch of 256",
-        "preprocess.batch_size",
+        "pipeline.batch_size",
         "train.num_gpus",
         "Tried to allocate 2.00 GiB",
     ] {

@@ -10,15 +10,7 @@ use inception_trainer::TrainState;
 use tch::{Device, Kind, Tensor};
 
 fn cfg() -> ModelConfig {
-    ModelConfig {
-        num_classes: 6,
-        image_size: 75,
-        depth_multiplier: 0.1,
-        min_depth: 8,
-        dropout: 0.0,
-        aux_logits: true,
-        avg_pool_count_include_pad: false,
-    }
+    ModelConfig { dropout: 0.0, ..ModelConfig::tiny(6) }
 }
 
 /// Weight initialisation draws from libtorch's global generator: tests that

@@ -14,7 +14,5 @@ pub use decode::{
     decode_rgb, into_rgb_jpeg_checked, read_jpeg_markers, to_rgb_jpeg, to_rgb_jpeg_checked, DecodedImage, JpegCheck,
     JpegHeader, VisionError,
 };
-pub use resize::ResizeMethod;
-pub use transform::{
-    central_crop, eval_image, flip_left_right, quantize, resize_bilinear, train_image, CropBox, ObjectBox,
-};
+pub use resize::{CropBox, ResizeMethod};
+pub use transform::{central_crop, eval_image, flip_left_right, quantize, resize_bilinear, train_image, ObjectBox};

@@ -6,7 +6,15 @@
 use image::RgbImage;
 
 use crate::simd::avx2_dispatch;
-use crate::transform::CropBox;
+
+/// A crop window in pixels: the part of an image that a resize reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CropBox {
+    pub x: u32,
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResizeMethod {

@@ -6,16 +6,7 @@
 use image::RgbImage;
 use rand::Rng;
 
-use crate::resize::{resize, resize_to_bytes, to_byte, ResizeMethod};
-
-/// A crop window in pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CropBox {
-    pub x: u32,
-    pub y: u32,
-    pub width: u32,
-    pub height: u32,
-}
+use crate::resize::{resize, resize_to_bytes, to_byte, CropBox, ResizeMethod};
 
 /// Parameters of `tf.image.sample_distorted_bounding_box` in `distort_image`.
 pub const MIN_OBJECT_COVERED: f64 = 0.1;
