@@ -87,14 +87,35 @@ const ENSURE_ATTEMPTS: u32 = 9;
 /// `max_payload` (1 MiB by default).
 pub const MAX_CONTROL_MESSAGE_BYTES: usize = 64 * 1024;
 
-/// Decodes a control message, refusing oversized and malformed ones with a
-/// reason fit for a log line (the caller counts and skips).
-pub fn decode_control<M: inception_proto::Message + Default>(payload: &[u8]) -> Result<M, String> {
+/// Why a control message was refused; its text is fit for a log line.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlMessageError {
+    /// Larger than [`MAX_CONTROL_MESSAGE_BYTES`]: not decoded at all.
+    #[error("{bytes} bytes is more than a {kind} may have ({MAX_CONTROL_MESSAGE_BYTES})")]
+    TooLarge {
+        /// The message type.
+        kind: &'static str,
+        /// The payload's size.
+        bytes: usize,
+    },
+    /// Not a valid protobuf of its type.
+    #[error("malformed {kind}: {source}")]
+    Malformed {
+        /// The message type.
+        kind: &'static str,
+        /// What protobuf decoding said.
+        source: inception_proto::prost::DecodeError,
+    },
+}
+
+/// Decodes a control message, refusing oversized and malformed ones (the
+/// caller counts and skips).
+pub fn decode_control<M: inception_proto::Message + Default>(payload: &[u8]) -> Result<M, ControlMessageError> {
     let kind = std::any::type_name::<M>().rsplit("::").next().unwrap_or("message");
     if payload.len() > MAX_CONTROL_MESSAGE_BYTES {
-        return Err(format!("{} bytes is more than a {kind} may have ({MAX_CONTROL_MESSAGE_BYTES})", payload.len()));
+        return Err(ControlMessageError::TooLarge { kind, bytes: payload.len() });
     }
-    M::decode(payload).map_err(|e| format!("malformed {kind}: {e}"))
+    M::decode(payload).map_err(|source| ControlMessageError::Malformed { kind, source })
 }
 
 /// Client options from the settings: name, authentication, TLS, and a log
@@ -167,8 +188,8 @@ pub async fn connect(
     shutdown: &CancellationToken,
 ) -> Result<async_nats::Client, NatsError> {
     let mut backoff = Backoff::new(
-        Duration::from_secs_f64(settings.connect_retry_secs.max(0.05)),
-        Duration::from_secs_f64(settings.connect_retry_max_secs.max(0.05)),
+        settings.connect_retry.max(Duration::from_millis(50)),
+        settings.connect_retry_max.max(Duration::from_millis(50)),
     );
     let url = settings.url_for_logs();
     loop {
@@ -378,10 +399,10 @@ mod control_message_tests {
     fn oversized_and_malformed_messages_are_refused_with_a_reason() {
         let good = ShardReady { uri: "datasets/flowers/train-00000-of-00002".into(), records: 3, ..Default::default() };
         assert_eq!(decode_control::<ShardReady>(&good.encode_to_vec()).unwrap(), good);
-        let err = decode_control::<ShardReady>(&[0xff, 0xff, 0xff]).unwrap_err();
+        let err = decode_control::<ShardReady>(&[0xff, 0xff, 0xff]).unwrap_err().to_string();
         assert!(err.starts_with("malformed ShardReady"), "{err}");
         let huge = ShardReady { labels: vec!["x".repeat(1000); 100], ..good };
-        let err = decode_control::<ShardReady>(&huge.encode_to_vec()).unwrap_err();
+        let err = decode_control::<ShardReady>(&huge.encode_to_vec()).unwrap_err().to_string();
         assert!(err.contains("is more than a ShardReady may have (65536)"), "{err}");
     }
 }

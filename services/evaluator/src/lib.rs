@@ -3,7 +3,7 @@
 //! output lines.
 //!
 //! It learns of checkpoints from `CheckpointReady` announcements and also
-//! polls the run's `checkpoint` pointer every `eval.eval_interval_secs`.
+//! polls the run's `checkpoint` pointer every `eval.eval_interval`.
 //! Each checkpoint is evaluated once: a result object
 //! `eval/<run>/step-<N>.json` marks it done, also across restarts. A
 //! checkpoint that cannot be loaded is reported and skipped, not retried.
@@ -98,7 +98,7 @@ pub struct Evaluator {
 
 impl Evaluator {
     pub fn new(settings: Settings, store: Store) -> Result<Self, EvalError> {
-        let device = inception_model::device_from_setting(&settings.eval.device).map_err(EvalError::Config)?;
+        let device = inception_model::device_from_setting(settings.eval.device).map_err(EvalError::Config)?;
         inception_model::set_cudnn_benchmark(device, settings.eval.cudnn_benchmark);
         let events = OptionalEvents::open(&settings.eval.tensorboard_dir);
         Ok(Self { settings, store, device, cache: None, failed: HashSet::new(), events })
@@ -115,7 +115,7 @@ impl Evaluator {
         if !fresh {
             let mut pixels = Vec::new();
             let mut labels = Vec::new();
-            let max_pixels = self.settings.ingest.max_image_pixels;
+            let max_pixels = self.settings.pipeline.max_image_pixels;
             for shard in &shards {
                 let bytes = self.store.get(shard).await?;
                 let (p, l) = tokio::task::block_in_place(|| preprocess_shard(shard, &bytes, image_size, max_pixels));
@@ -207,7 +207,7 @@ impl Evaluator {
         metadata_key: &str,
         force: bool,
     ) -> Result<Option<Evaluation>, EvalError> {
-        let run = self.settings.train.run.clone();
+        let run = self.settings.pipeline.run.clone();
         let Some(step) = checkpoint::step_of(metadata_key) else {
             return Err(EvalError::Checkpoint {
                 key: metadata_key.into(),
@@ -252,7 +252,7 @@ impl Evaluator {
     /// same checkpoint within the duplicate window is not announced twice;
     /// a forced one (`--run-once`) is a new result with its own id.
     async fn announce(&self, streams: &Streams, evaluation: &Evaluation, force: bool) -> Result<(), EvalError> {
-        let run = self.settings.train.run.clone();
+        let run = self.settings.pipeline.run.clone();
         let message = EvalResult {
             run: run.clone(),
             step: evaluation.step,
@@ -274,7 +274,7 @@ impl Evaluator {
     }
 
     async fn latest(&self) -> Result<Option<CheckpointPointer>, EvalError> {
-        let run = &self.settings.train.run;
+        let run = &self.settings.pipeline.run;
         checkpoint::read_pointer(&self.store, run)
             .await
             .map_err(|e| checkpoint_error(&keys::checkpoint_pointer(run), e))
@@ -288,7 +288,7 @@ impl Evaluator {
                 println!(
                     "{}: No checkpoint file found at {}",
                     log_timestamp(),
-                    keys::checkpoint_pointer(&self.settings.train.run)
+                    keys::checkpoint_pointer(&self.settings.pipeline.run)
                 );
                 Ok(None)
             }
@@ -319,7 +319,7 @@ impl Evaluator {
         ready: &Readiness,
         shutdown: &CancellationToken,
     ) -> Result<(), EvalError> {
-        let run = self.settings.train.run.clone();
+        let run = self.settings.pipeline.run.clone();
         // One evaluator per run writes its results: a half-written one is from before a crash.
         self.store.remove_stale_temporaries(&format!("eval/{run}"), Duration::ZERO);
         let stream = streams.checkpoints().await?;
@@ -339,7 +339,7 @@ impl Evaluator {
             tracing::warn!("checkpoint announcements: {e}");
         }
         ready.set(true);
-        let mut poll = tokio::time::interval(Duration::from_secs(self.settings.eval.eval_interval_secs.max(1)));
+        let mut poll = tokio::time::interval(self.settings.eval.eval_interval.max(Duration::from_secs(1)));
         let dir = keys::checkpoint_dir(&run);
         loop {
             let key = tokio::select! {
@@ -355,7 +355,7 @@ impl Evaluator {
                     Some(Ok(m)) => match inception_core::nats::decode_control::<CheckpointReady>(&m.payload) {
                         Ok(c) if keys::below(&c.metadata_uri, &dir).is_some() => c.metadata_uri,
                         Ok(c) => { reject(&format!("announcement of {} outside {dir}/", c.metadata_uri)); continue }
-                        Err(e) => { reject(&e); continue }
+                        Err(e) => { reject(&e.to_string()); continue }
                     },
                 },
             };

@@ -2,27 +2,37 @@
 //! A record that fails any step is counted and skipped, never fatal.
 
 use inception_core::batch::Batch;
-use inception_core::example::{parse_bounding_boxes, parse_image_example};
-use inception_vision::ObjectBox;
+use inception_core::example::{parse_bounding_boxes, parse_image_example, ExampleError};
+use inception_vision::{ObjectBox, VisionError};
 use rand::Rng;
 
-/// Appends the transformed image of `record` to `batch`; returns the reason
-/// when the record is unusable.
+/// Why a record could not become a training image.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// Not a tf.Example with the image keys, or with bad boxes.
+    #[error(transparent)]
+    Example(#[from] ExampleError),
+    /// The image inside cannot be decoded (or is over the pixel limit).
+    #[error(transparent)]
+    Image(#[from] VisionError),
+}
+
+/// Appends the transformed image of `record` to `batch`; returns why when
+/// the record is unusable.
 pub fn add_record<R: Rng>(
     batch: &mut Batch,
     record: &[u8],
     max_pixels: u64,
     distort_color: bool,
     rng: &mut R,
-) -> Result<(), String> {
-    let parsed = parse_image_example(record).map_err(|e| e.to_string())?;
+) -> Result<(), RecordError> {
+    let parsed = parse_image_example(record)?;
     // Object boxes (build_imagenet_data.py-style records) guide the crop.
-    let boxes: Vec<ObjectBox> = parse_bounding_boxes(record)
-        .map_err(|e| e.to_string())?
+    let boxes: Vec<ObjectBox> = parse_bounding_boxes(record)?
         .into_iter()
         .map(|b| ObjectBox { xmin: b.xmin, ymin: b.ymin, xmax: b.xmax, ymax: b.ymax })
         .collect();
-    let decoded = inception_vision::decode_rgb(&parsed.encoded, max_pixels).map_err(|e| e.to_string())?;
+    let decoded = inception_vision::decode_rgb(&parsed.encoded, max_pixels)?;
     let pixels = inception_vision::train_image(&decoded.image, batch.image_size, &boxes, distort_color, rng);
     batch.images.extend_from_slice(&pixels);
     batch.labels.push(parsed.label);

@@ -176,7 +176,8 @@ async fn receive_batch(
     image_size: u32,
     num_classes: i64,
 ) -> Result<(String, Batch), BatchProblem> {
-    let ready: BatchReady = inception_core::nats::decode_control(payload)?;
+    let ready: BatchReady =
+        inception_core::nats::decode_control(payload).map_err(|e| BatchProblem::Unusable(e.to_string()))?;
     let dir = keys::batch_dir(dataset);
     if keys::below(&ready.uri, &dir).is_none() {
         return Err(format!("{} is outside {dir}/", ready.uri).into());
