@@ -58,7 +58,7 @@ fn an_invalid_nkey_seed_stops_a_service_with_a_reason() {
 fn a_service_stopped_while_nats_is_unreachable_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let mut service =
-        start_with("inception-preprocess", "PREPROCESS", ("INCEPTION__NATS__CONNECT_RETRY_SECS", "0.2"), dir.path());
+        start_with("inception-preprocess", "PREPROCESS", ("INCEPTION__NATS__CONNECT_RETRY", "0.2s"), dir.path());
     inception_integration_tests::wait_until(
         "a retry log line",
         Duration::from_secs(30),

@@ -306,9 +306,9 @@ fn keda_scales_preprocess_on_the_real_batch_queue() {
     let sources = ["services/core/src/nats.rs", "services/trainer/src/lib.rs"];
     assert!(sources.iter().any(|f| read(f).contains(&durable)), "no durable consumer {consumer} in {sources:?}");
     assert_eq!(meta["account"], "$G");
-    // The formula scales on free room: capacity is preprocess.queue_capacity.
+    // The formula scales on free room: capacity is pipeline.queue_capacity.
     let formula = scaled["advanced"]["scalingModifiers"]["formula"].as_str().expect("formula");
-    let capacity = settings.preprocess.queue_capacity;
+    let capacity = settings.pipeline.queue_capacity;
     assert_eq!(
         formula,
         format!(

@@ -38,8 +38,8 @@ async fn new_images_become_announced_shards_across_restarts() {
         ("DATASET__NAME", "live".to_string()),
         ("INGEST__METRICS_ADDR", format!("127.0.0.1:{port}")),
         ("INGEST__SHARD_MAX_IMAGES", "4".to_string()),
-        ("INGEST__SHARD_MAX_AGE_SECS", "1".to_string()),
-        ("INGEST__POLL_INTERVAL_SECS", "0.2".to_string()),
+        ("INGEST__SHARD_MAX_AGE", "1s".to_string()),
+        ("INGEST__POLL_INTERVAL", "0.2s".to_string()),
     ]);
     let args = ["--incoming", incoming.to_str().unwrap(), "--labels-file", labels.to_str().unwrap()];
     let client = async_nats::connect(nats.url()).await.unwrap();

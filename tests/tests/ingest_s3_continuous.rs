@@ -45,8 +45,8 @@ async fn uploads_to_an_s3_prefix_become_announced_shards() {
         ("DATASET__NAME", "s3live".to_string()),
         ("INGEST__METRICS_ADDR", "127.0.0.1:0".to_string()),
         ("INGEST__SHARD_MAX_IMAGES", "10".to_string()),
-        ("INGEST__SHARD_MAX_AGE_SECS", "1".to_string()),
-        ("INGEST__POLL_INTERVAL_SECS", "0.2".to_string()),
+        ("INGEST__SHARD_MAX_AGE", "1s".to_string()),
+        ("INGEST__POLL_INTERVAL", "0.2s".to_string()),
     ]);
     env.extend(s3.env());
     let args = ["--incoming", "s3://pics/incoming", "--labels-file", labels.to_str().unwrap()];

@@ -40,16 +40,16 @@ fn env(nats: &LocalNats, store: &Path) -> Vec<(String, String)> {
         ("MODEL__IMAGE_SIZE", "75".to_string()),
         ("MODEL__DEPTH_MULTIPLIER", "0.25".to_string()),
         ("MODEL__MIN_DEPTH", "8".to_string()),
-        ("PREPROCESS__BATCH_SIZE", "32".to_string()),
+        ("PIPELINE__BATCH_SIZE", "32".to_string()),
         // As `inception demo`: 300 steps of a narrow model learn the generated
         // classes without colour distortion (covered by the vision tests).
         ("PREPROCESS__DISTORT_COLOR", "false".to_string()),
-        ("PREPROCESS__QUEUE_CAPACITY", "4".to_string()),
+        ("PIPELINE__QUEUE_CAPACITY", "4".to_string()),
         ("TRAIN__MAX_STEPS", STEPS.to_string()),
         ("TRAIN__CHECKPOINT_EVERY_STEPS", (STEPS / 2).to_string()),
         ("TRAIN__INITIAL_LEARNING_RATE", "0.05".to_string()),
         ("EVAL__NUM_EXAMPLES", "0".to_string()),
-        ("EVAL__EVAL_INTERVAL_SECS", "5".to_string()),
+        ("EVAL__EVAL_INTERVAL", "5s".to_string()),
         ("INGEST__METRICS_ADDR", "127.0.0.1:0".to_string()),
         ("PREPROCESS__METRICS_ADDR", "127.0.0.1:0".to_string()),
         ("TRAIN__METRICS_ADDR", "127.0.0.1:0".to_string()),
@@ -245,8 +245,8 @@ fn unreachable_nats_is_reported_and_retried_without_panic() {
     let port = free_port();
     let env: Vec<(String, String)> = vec![
         ("INCEPTION__NATS__URL".into(), format!("nats://127.0.0.1:{port}")),
-        ("INCEPTION__NATS__CONNECT_RETRY_SECS".into(), "0.1".into()),
-        ("INCEPTION__NATS__CONNECT_RETRY_MAX_SECS".into(), "0.2".into()),
+        ("INCEPTION__NATS__CONNECT_RETRY".into(), "0.1s".into()),
+        ("INCEPTION__NATS__CONNECT_RETRY_MAX".into(), "0.2s".into()),
         ("INCEPTION__STORE__URL".into(), format!("file://{}", dir.path().join("store").display())),
         ("INCEPTION__INGEST__METRICS_ADDR".into(), "127.0.0.1:0".into()),
     ];

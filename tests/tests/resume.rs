@@ -23,7 +23,7 @@ fn killed_trainer_resumes_from_the_latest_complete_checkpoint() {
         ("MODEL__IMAGE_SIZE", "75".into()),
         ("MODEL__DEPTH_MULTIPLIER", "0.1".into()),
         ("MODEL__MIN_DEPTH", "8".into()),
-        ("PREPROCESS__BATCH_SIZE", "8".into()),
+        ("PIPELINE__BATCH_SIZE", "8".into()),
         ("TRAIN__MAX_STEPS", "60".into()),
         ("TRAIN__CHECKPOINT_EVERY_STEPS", "10".into()),
         ("TRAIN__KEEP_CHECKPOINTS", "2".into()),
@@ -116,7 +116,7 @@ fn evaluator_skips_broken_checkpoints_and_keeps_serving(store: &Path, env: &[(St
     let port = free_port();
     let mut env = env.to_vec();
     env.extend(env_vars([
-        ("EVAL__EVAL_INTERVAL_SECS", "1".to_string()),
+        ("EVAL__EVAL_INTERVAL", "1s".to_string()),
         ("EVAL__METRICS_ADDR", format!("127.0.0.1:{port}")),
     ]));
     std::fs::create_dir_all(logs.join("eval")).unwrap();

@@ -142,7 +142,7 @@ fn secrets_never_reach_logs_metrics_or_errors() {
             ("NATS__URL", url),
             ("NATS__USER", "svc".to_string()),
             ("NATS__PASSWORD", password.to_string()),
-            ("NATS__CONNECT_RETRY_MAX_SECS", "0.5".to_string()),
+            ("NATS__CONNECT_RETRY_MAX", "0.5s".to_string()),
             ("STORE__URL", format!("file://{}", dir.path().join("store").display())),
             ("STORE__S3_ACCESS_KEY_ID", "AKIDEXAMPLE".to_string()),
             ("STORE__S3_SECRET_ACCESS_KEY", S3_SECRET.to_string()),

@@ -17,7 +17,7 @@ pub(crate) struct ClassifyArgs {
     /// checkpoint's metadata, e.g. checkpoints/default/model.ckpt-900.json.
     #[arg(long, default_value = "latest")]
     checkpoint: String,
-    /// Training run whose `latest` checkpoint to use (train.run).
+    /// Training run whose `latest` checkpoint to use (pipeline.run).
     #[arg(long)]
     run: Option<String>,
     /// How many labels to print per image.
@@ -33,16 +33,16 @@ pub(crate) struct ClassifyArgs {
 
 pub(crate) fn run(args: ClassifyArgs) -> anyhow::Result<()> {
     let mut overrides = Vec::new();
-    inception_core::cli::flag(&mut overrides, "train.run", &args.run);
+    inception_core::cli::flag(&mut overrides, "pipeline.run", &args.run);
     let settings = args.common.settings(overrides)?;
     let store = Store::open(&settings.store)?;
-    let device = inception_model::device_from_setting(&settings.eval.device).map_err(anyhow::Error::msg)?;
+    let device = inception_model::device_from_setting(settings.eval.device).map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Runtime::new()?;
     let classifier = runtime
-        .block_on(Classifier::load(&store, &settings.train.run, &args.checkpoint, device))
+        .block_on(Classifier::load(&store, &settings.pipeline.run, &args.checkpoint, device))
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("cannot load checkpoint {:?} from {}", args.checkpoint, store.url()))?;
-    let results = classifier.classify_files(&args.images, args.top_k, settings.ingest.max_image_pixels);
+    let results = classifier.classify_files(&args.images, args.top_k, settings.pipeline.max_image_pixels);
     if args.json {
         let doc = serde_json::json!({ "checkpoint_step": classifier.meta().step, "results": results });
         println!("{}", serde_json::to_string_pretty(&doc)?);

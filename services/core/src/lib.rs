@@ -12,6 +12,8 @@
 //! * [`backoff`]: the exponential back-off of every retry loop.
 //! * [`bootstrap`]: the start-up every service main shares.
 
+#![warn(missing_docs)]
+
 pub mod backoff;
 pub mod batch;
 pub mod bootstrap;

@@ -15,7 +15,7 @@ struct Args {
     /// Evaluate the latest checkpoint once and exit (eval.run_once).
     #[arg(long)]
     run_once: bool,
-    /// Name of the training run whose checkpoints to evaluate (train.run).
+    /// Name of the training run whose checkpoints to evaluate (pipeline.run).
     #[arg(long)]
     run: Option<String>,
     /// Evaluate at most this many validation examples; 0 = all (eval.num_examples).
@@ -33,7 +33,7 @@ const SPEC: ServiceSpec = ServiceSpec {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut o = Vec::new();
-    flag(&mut o, "train.run", &args.run);
+    flag(&mut o, "pipeline.run", &args.run);
     flag(&mut o, "eval.num_examples", &args.num_examples);
     if args.run_once {
         o.push(("eval.run_once".into(), "true".into()));

@@ -219,7 +219,7 @@ impl<'a, A: Announcer> Watcher<'a, A> {
         stable.sort();
         let oldest = *stable.first()?.0;
         let max = cfg.shard_max_images as usize;
-        if stable.len() < max && oldest.elapsed() < Duration::from_secs_f64(cfg.shard_max_age_secs) {
+        if stable.len() < max && oldest.elapsed() < cfg.shard_max_age {
             return None;
         }
         let keys: Vec<String> = stable.into_iter().take(max).map(|(_, k)| k.clone()).collect();
@@ -241,10 +241,10 @@ impl<'a, A: Announcer> Watcher<'a, A> {
     async fn process(&mut self, mut group: Vec<SourceObject>) -> Result<Option<LedgerEntry>, IngestError> {
         group.sort_by(|a, b| a.key.cmp(&b.key));
         let dataset = self.settings.dataset.name.clone();
-        let split = self.settings.ingest.incoming_split.clone();
+        let split = self.settings.ingest.incoming_split.as_str().to_string();
         let known: Vec<(usize, ImageFile)> =
             group.iter().enumerate().filter_map(|(i, o)| self.image_file(o).map(|f| (i, f))).collect();
-        let (checks, boxes) = (crate::ImageChecks::of(&self.settings.ingest), self.boxes.clone());
+        let (checks, boxes) = (crate::ImageChecks::of(self.settings), self.boxes.clone());
         let converted = tokio::task::spawn_blocking(move || {
             known.into_iter().map(|(i, f)| (i, crate::convert(&f, checks, &boxes))).collect::<Vec<_>>()
         })
@@ -388,7 +388,7 @@ impl<'a, A: Announcer> Watcher<'a, A> {
                 self.image_file(&object)
             })
             .collect();
-        let (checks, boxes) = (crate::ImageChecks::of(&self.settings.ingest), self.boxes.clone());
+        let (checks, boxes) = (crate::ImageChecks::of(self.settings), self.boxes.clone());
         let built = tokio::task::spawn_blocking(move || crate::build_shard_with(&files, checks, &boxes, None))
             .await
             .map_err(|e| IngestError::Worker(e.to_string()))?;
@@ -433,7 +433,7 @@ pub async fn run<A: Announcer>(
     shutdown: &CancellationToken,
 ) -> Result<(), IngestError> {
     let mut watcher = Watcher::start(settings, store, announcer).await?;
-    let poll = Duration::from_secs_f64(settings.ingest.poll_interval_secs);
+    let poll = settings.ingest.poll_interval;
     while !shutdown.is_cancelled() {
         watcher.poll_once().await;
         if !sleep_or_cancel(shutdown, poll).await {
@@ -479,7 +479,7 @@ mod tests {
                 ("ingest.incoming".into(), incoming.display().to_string()),
                 ("ingest.labels_file".into(), labels.display().to_string()),
                 ("ingest.shard_max_images".into(), "3".into()),
-                ("ingest.shard_max_age_secs".into(), "0".into()),
+                ("ingest.shard_max_age".into(), "0s".into()),
             ],
         )
         .unwrap()

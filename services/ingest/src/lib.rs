@@ -28,6 +28,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use inception_core::example::ImageExample;
 use inception_core::nats::Streams;
+use inception_core::settings::JpegCheckSetting;
 use inception_core::shutdown::CancellationToken;
 use inception_core::store::StoreError;
 use inception_core::{keys, tfrecord, Settings, Store};
@@ -131,7 +132,7 @@ pub async fn find_in_source(source: &Source, labels: &[String]) -> Result<Vec<Im
     }
 }
 
-/// How input images are checked (`ingest.max_image_pixels`, `ingest.jpeg_check`).
+/// How input images are checked (`pipeline.max_image_pixels`, `ingest.jpeg_check`).
 #[derive(Debug, Clone, Copy)]
 pub struct ImageChecks {
     pub max_pixels: u64,
@@ -139,13 +140,12 @@ pub struct ImageChecks {
 }
 
 impl ImageChecks {
-    pub fn of(settings: &inception_core::settings::IngestSettings) -> Self {
-        let jpeg = if settings.jpeg_check == "decode" {
-            inception_vision::JpegCheck::Decode
-        } else {
-            inception_vision::JpegCheck::Markers
+    pub fn of(settings: &inception_core::Settings) -> Self {
+        let jpeg = match settings.ingest.jpeg_check {
+            JpegCheckSetting::Decode => inception_vision::JpegCheck::Decode,
+            JpegCheckSetting::Markers => inception_vision::JpegCheck::Markers,
         };
-        Self { max_pixels: settings.max_image_pixels, jpeg }
+        Self { max_pixels: settings.pipeline.max_image_pixels, jpeg }
     }
 
     /// Every pixel of every image decoded, as build_image_data.py does.
@@ -333,7 +333,7 @@ async fn write_split(
     boxes: Arc<bbox::Boxes>,
 ) -> Result<SplitReport, IngestError> {
     let dataset = settings.dataset.name.clone();
-    let checks = ImageChecks::of(&settings.ingest);
+    let checks = ImageChecks::of(settings);
     let ranges = shards::shard_ranges(files.len(), num_shards as usize, settings.ingest.num_threads as usize);
     let mut report = SplitReport { split: split.to_string(), found: files.len(), ..Default::default() };
     let progress = Arc::new(progress::Progress::new(split, files.len()));

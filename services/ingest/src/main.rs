@@ -47,7 +47,7 @@ struct Args {
     /// the one-shot ingest runs first.
     #[arg(long)]
     incoming: Option<String>,
-    /// Largest image in pixels (ingest.max_image_pixels).
+    /// Largest image in pixels (pipeline.max_image_pixels).
     #[arg(long)]
     max_image_pixels: Option<u64>,
     /// How kept RGB JPEGs are checked: markers (fast) or decode (every pixel) (ingest.jpeg_check).
@@ -73,7 +73,7 @@ async fn main() -> anyhow::Result<()> {
     flag(&mut o, "ingest.bounding_box_file", &args.bounding_box_file);
     flag(&mut o, "ingest.report_file", &args.report);
     flag(&mut o, "ingest.incoming", &args.incoming);
-    flag(&mut o, "ingest.max_image_pixels", &args.max_image_pixels);
+    flag(&mut o, "pipeline.max_image_pixels", &args.max_image_pixels);
     flag(&mut o, "ingest.jpeg_check", &args.jpeg_check);
     let Some(service) = bootstrap::start(&SPEC, &args.common, o).await? else { return Ok(()) };
     let (settings, store, streams, client) = (&service.settings, &service.store, &service.streams, &service.client);

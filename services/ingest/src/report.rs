@@ -18,7 +18,7 @@ pub enum Outcome {
     SkippedNotImage,
     /// A recognised format that does not decode (truncated JPEG, bad PNG…).
     SkippedCorrupt,
-    /// Over `ingest.max_image_pixels` (a decompression bomb, or just huge).
+    /// Over `pipeline.max_image_pixels` (a decompression bomb, or just huge).
     SkippedTooLarge,
     /// The file or object could not be read.
     SkippedUnreadable,

@@ -53,17 +53,14 @@ pub fn set_cudnn_benchmark(device: tch::Device, enabled: bool) {
 }
 
 /// Picks the device named by a `device` setting: `auto`, `cpu` or `cuda:N`.
-pub fn device_from_setting(setting: &str) -> Result<tch::Device, String> {
+pub fn device_from_setting(setting: inception_core::settings::DeviceSetting) -> Result<tch::Device, String> {
+    use inception_core::settings::DeviceSetting;
     match setting {
-        "auto" => Ok(tch::Device::cuda_if_available()),
-        "cpu" => Ok(tch::Device::Cpu),
-        s => {
-            let n = s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse::<usize>().ok())
-                .ok_or_else(|| format!("device {s:?}: use auto, cpu or cuda:N"))?;
+        DeviceSetting::Auto => Ok(tch::Device::cuda_if_available()),
+        DeviceSetting::Cpu => Ok(tch::Device::Cpu),
+        DeviceSetting::Cuda(n) => {
             if n >= tch::Cuda::device_count() as usize {
-                return Err(format!("device {s}: only {} CUDA devices visible", tch::Cuda::device_count()));
+                return Err(format!("device {setting}: only {} CUDA devices visible", tch::Cuda::device_count()));
             }
             Ok(tch::Device::Cuda(n))
         }

@@ -4,7 +4,7 @@
 //! from randomly chosen known shards, draws batches from it at random and
 //! hands each batch to the trainer by claim check: the batch goes to the
 //! store (`batches/<dataset>/…`), a small `BatchReady` goes to the work-queue
-//! stream. That stream holds at most `preprocess.queue_capacity` messages; a
+//! stream. That stream holds at most `pipeline.queue_capacity` messages; a
 //! full queue makes the worker wait (back-pressure), never drop: it waits for
 //! room before it writes the batch object, so objects do not pile up.
 //! Any number of workers can run; they need no coordination beyond NATS.
@@ -12,7 +12,7 @@
 //! A worker claims nothing: shards are read, never consumed, so a worker
 //! killed at any point loses no work. What it may leave is one batch object
 //! written but not queued; workers delete such orphans after
-//! `preprocess.orphan_batch_age_secs`. The hand-off to the trainer is
+//! `preprocess.orphan_batch_age`. The hand-off to the trainer is
 //! at-least-once: a batch message is removed only when the trainer
 //! acknowledges it after its step, and redelivered if the trainer dies first.
 
@@ -80,7 +80,7 @@ pub async fn run(
     shutdown: &CancellationToken,
 ) -> Result<u64, PreprocessError> {
     let id = worker_id(&settings.preprocess.worker_id);
-    let queue = streams.batches(settings.preprocess.queue_capacity).await?;
+    let queue = streams.batches(settings.pipeline.queue_capacity).await?;
     clean_orphans_in_background(settings, store, &queue, shutdown);
     let shards = Arc::new(ShardSet::default());
     let follower = follow_in_background(streams, &settings.dataset.name, &shards, shutdown);
@@ -103,18 +103,18 @@ pub async fn run(
     Ok(worker.sequence)
 }
 
-/// Deletes orphan batch objects every so often (`preprocess.orphan_batch_age_secs`; 0: never).
+/// Deletes orphan batch objects every so often (`preprocess.orphan_batch_age`; 0: never).
 fn clean_orphans_in_background(
     settings: &Settings,
     store: &Store,
     queue: &async_nats::jetstream::stream::Stream,
     shutdown: &CancellationToken,
 ) {
-    let age = settings.preprocess.orphan_batch_age_secs;
-    if age > 0 {
+    let age = settings.preprocess.orphan_batch_age;
+    if !age.is_zero() {
         let prefix = format!("{}/", keys::batch_dir(&settings.dataset.name));
         let (store, queue, stop) = (store.clone(), queue.clone(), shutdown.clone());
-        tokio::spawn(queue::clean_orphans_periodically(store, queue, prefix, Duration::from_secs(age), stop));
+        tokio::spawn(queue::clean_orphans_periodically(store, queue, prefix, age, stop));
     }
 }
 
@@ -170,7 +170,7 @@ impl<'a> Worker<'a> {
             queue,
             producer,
             subject: streams.subjects.batches(&settings.dataset.name),
-            batch_size: cfg.batch_size as usize,
+            batch_size: settings.pipeline.batch_size as usize,
             buffer: shuffle::ShuffleBuffer::new(
                 settings.shuffle_buffer_records(),
                 cfg.shuffle_buffer_max_bytes as usize,
@@ -213,7 +213,7 @@ impl<'a> Worker<'a> {
     async fn next_batch(&mut self) -> Result<Option<inception_core::batch::Batch>, PreprocessError> {
         let chunk = self.buffer.take(self.batch_size, &mut self.rng);
         let started = Instant::now();
-        let (size, max_pixels) = (self.settings.model.image_size, self.settings.ingest.max_image_pixels);
+        let (size, max_pixels) = (self.settings.model.image_size, self.settings.pipeline.max_image_pixels);
         let distort_color = self.settings.preprocess.distort_color;
         let mut rng = ChaCha8Rng::seed_from_u64(self.rng.random());
         let batch = tokio::task::spawn_blocking(move || {

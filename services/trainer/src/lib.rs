@@ -52,7 +52,7 @@ pub enum TrainError {
     #[error("Model diverged with loss = {loss} at step {step}")]
     Diverged { step: u64, loss: f64 },
     #[error(
-        "out of memory on {devices} at step {step} with a batch of {batch}: lower preprocess.batch_size \
+        "out of memory on {devices} at step {step} with a batch of {batch}: lower pipeline.batch_size \
          or model.image_size, or split the batch over more GPUs with train.num_gpus (libtorch: {message})"
     )]
     OutOfMemory { devices: String, step: u64, batch: i64, message: String },
@@ -128,10 +128,10 @@ async fn batch_source(
     streams: &Streams,
     cfg: &ModelConfig,
 ) -> Result<BatchSource, TrainError> {
-    let stream = streams.batches(settings.preprocess.queue_capacity).await?;
-    // A batch not acknowledged batch_ack_wait_secs after delivery (the
+    let stream = streams.batches(settings.pipeline.queue_capacity).await?;
+    // A batch not acknowledged train.batch_ack_wait after delivery (the
     // trainer died mid-step) goes to the next fetch again.
-    let ack_wait = Duration::from_secs(settings.train.batch_ack_wait_secs.max(1));
+    let ack_wait = settings.train.batch_ack_wait.max(Duration::from_secs(1));
     let consumer = streams.batch_consumer(&stream, &settings.dataset.name, ack_wait).await?;
     Ok(BatchSource::new(consumer, store.clone(), &settings.dataset.name, cfg.image_size as u32, cfg.num_classes))
 }
@@ -148,7 +148,7 @@ impl Schedule {
         let t = &settings.train;
         let epoch = examples_per_epoch(settings, streams).await?;
         let decay_steps =
-            optimizer::decay_steps(epoch, u64::from(settings.preprocess.batch_size), t.num_epochs_per_decay);
+            optimizer::decay_steps(epoch, u64::from(settings.pipeline.batch_size), t.num_epochs_per_decay);
         tracing::info!("{epoch} examples per epoch: learning rate decays every {decay_steps} steps");
         Ok(Self { initial: t.initial_learning_rate, factor: t.learning_rate_decay_factor, decay_steps })
     }
@@ -233,7 +233,7 @@ async fn checkpoint(
     cfg: &ModelConfig,
     shutdown: &CancellationToken,
 ) -> Result<(), TrainError> {
-    let run = &settings.train.run;
+    let run = &settings.pipeline.run;
     let meta = CheckpointMeta {
         format_version: checkpoint::FORMAT_VERSION,
         run: run.clone(),

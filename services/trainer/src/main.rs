@@ -14,7 +14,7 @@ struct Args {
     /// Stop after this many steps (train.max_steps).
     #[arg(long)]
     max_steps: Option<u64>,
-    /// Name of the training run (train.run).
+    /// Name of the training run (pipeline.run).
     #[arg(long)]
     run: Option<String>,
     /// auto, cpu or cuda:N (train.device).
@@ -43,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut o = Vec::new();
     flag(&mut o, "train.max_steps", &args.max_steps);
-    flag(&mut o, "train.run", &args.run);
+    flag(&mut o, "pipeline.run", &args.run);
     flag(&mut o, "train.device", &args.device);
     flag(&mut o, "train.num_gpus", &args.num_gpus);
     flag(&mut o, "train.pretrained_checkpoint", &args.pretrained_checkpoint);

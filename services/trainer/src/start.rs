@@ -73,16 +73,16 @@ pub(crate) async fn prepare(
 ) -> Result<Option<(TrainState, ModelConfig)>, TrainError> {
     let t = &settings.train;
     // This run's checkpoints have one writer: anything half-written is ours, from before a crash.
-    store.remove_stale_temporaries(&keys::checkpoint_dir(&t.run), Duration::ZERO);
+    store.remove_stale_temporaries(&keys::checkpoint_dir(&settings.pipeline.run), Duration::ZERO);
     tracing::info!("CUDA available: {} ({} devices)", tch::Cuda::is_available(), tch::Cuda::device_count());
-    let first = inception_model::device_from_setting(&t.device).map_err(TrainError::Config)?;
+    let first = inception_model::device_from_setting(t.device).map_err(TrainError::Config)?;
     inception_model::set_cudnn_benchmark(first, t.cudnn_benchmark);
     let devices = towers::tower_devices(first, t.num_gpus as usize).map_err(TrainError::Config)?;
     let Some(labels) = wait_for_labels(store, &settings.dataset.name, shutdown).await? else { return Ok(None) };
     let cfg = model_config(settings, labels.len());
     cfg.validate().map_err(TrainError::Config)?;
     let mut state = TrainState::new(&cfg, labels, settings, &devices);
-    let resumed = resume(store, &t.run, &cfg, &mut state).await?;
+    let resumed = resume(store, &settings.pipeline.run, &cfg, &mut state).await?;
     if !resumed && !t.pretrained_checkpoint.is_empty() {
         start_from_pretrained(store, &t.pretrained_checkpoint, t.fine_tune, &mut state).await?;
     }
@@ -98,7 +98,7 @@ pub(crate) async fn prepare(
     if resumed {
         // The trainer that wrote it may have died between the pointer and
         // the announcement: announce it again (same id: harmless if it did not).
-        if let Err(e) = saver::announce(streams, &t.run, state.step, shutdown).await {
+        if let Err(e) = saver::announce(streams, &settings.pipeline.run, state.step, shutdown).await {
             tracing::warn!("announcing the checkpoint of step {} again: {e}", state.step);
         }
     }
@@ -156,7 +156,7 @@ async fn resume(store: &Store, run: &str, cfg: &ModelConfig, state: &mut TrainSt
     let (meta, tensors) = checkpoint::read(store, &pointer.metadata).await.map_err(|e| fail(e.to_string()))?;
     if &meta.model != cfg {
         return Err(fail(format!(
-            "it was trained with {:?}, but the settings now ask for {:?}; use another train.run",
+            "it was trained with {:?}, but the settings now ask for {:?}; use another pipeline.run",
             meta.model, cfg
         )));
     }

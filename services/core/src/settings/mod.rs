@@ -1,12 +1,22 @@
 //! Layered configuration: the embedded `config/default.toml`, then an optional
 //! file, then `INCEPTION__SECTION__KEY` environment variables, then overrides
-//! given by the caller (command-line flags).
+//! given by the caller (command-line flags). Keys of earlier versions are
+//! still accepted with a warning ([`renamed`]); every unacceptable value is
+//! reported at once, each naming its key ([`validate`]).
+
+mod renamed;
+mod types;
+mod validate;
 
 use serde::Deserialize;
 use std::path::Path;
+use std::time::Duration;
+
+use types::deserialize_duration;
+pub use types::{parse_duration, DeviceSetting, JpegCheckSetting, Split};
 
 /// The defaults, compiled in so that every binary runs with no file at all.
-pub const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
+pub const DEFAULT_TOML: &str = include_str!("../../../../config/default.toml");
 
 /// Prefix of the environment variables that override settings:
 /// `INCEPTION__<SECTION>__<KEY>`.
@@ -23,25 +33,65 @@ pub fn env_vars<K: std::fmt::Display, V: Into<String>>(
 /// Environment variable that names an extra configuration file.
 pub const CONFIG_FILE_ENV: &str = "INCEPTION_CONFIG";
 
+/// Why settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
+    /// A configuration file that cannot be read or parsed.
     #[error("configuration file {path}: {source}")]
-    File { path: String, source: config::ConfigError },
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        source: config::ConfigError,
+    },
+    /// A value of the wrong type, an unknown key, or a layer that cannot be read.
     #[error("invalid configuration: {0}")]
     Invalid(#[from] config::ConfigError),
+    /// Values that were read but are not acceptable: every one, each naming its key.
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Rejected(Vec<String>),
 }
 
+/// Every setting of every service, one section each (config/default.toml).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
+    /// Settings that several stages read.
+    pub pipeline: PipelineSettings,
+    /// The NATS connection.
     pub nats: NatsSettings,
+    /// The shared object store.
     pub store: StoreSettings,
+    /// Which dataset the shards belong to.
     pub dataset: DatasetSettings,
+    /// Building shards from images, once or continuously.
     pub ingest: IngestSettings,
+    /// The shape of the Inception-v3 network.
     pub model: ModelSettings,
+    /// The preprocess workers that turn shards into batches.
     pub preprocess: PreprocessSettings,
+    /// The trainer.
     pub train: TrainSettings,
+    /// The evaluator.
     pub eval: EvalSettings,
+    /// Deprecated keys found while loading, one line each (also logged).
+    #[serde(skip)]
+    pub deprecations: Vec<String>,
+}
+
+/// Settings that several stages read (`[pipeline]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSettings {
+    /// Images per training batch: preprocess builds them, the trainer's
+    /// schedule counts them.
+    pub batch_size: u32,
+    /// Batches the queue between preprocess workers and the trainer holds.
+    pub queue_capacity: u32,
+    /// Largest image accepted, in pixels (ingest, preprocess, evaluator, classify).
+    pub max_image_pixels: u64,
+    /// Name of the training run: checkpoints/<run>/, whose checkpoints the evaluator follows.
+    pub run: String,
 }
 
 /// A secret setting (password, token, key seed). Its `Debug` says whether
@@ -51,12 +101,15 @@ pub struct Settings {
 pub struct Secret(String);
 
 impl Secret {
+    /// A secret holding `value`; empty means not set.
     pub fn new(value: impl Into<String>) -> Self {
         Self(value.into())
     }
+    /// The secret itself, to hand to the client that needs it; never for logs.
     pub fn expose(&self) -> &str {
         &self.0
     }
+    /// Whether a value was given (not empty).
     pub fn is_set(&self) -> bool {
         !self.0.is_empty()
     }
@@ -68,21 +121,37 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// `[nats]`: how services reach NATS.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsSettings {
+    /// NATS server URL(s) with JetStream enabled; comma-separated for a cluster.
     pub url: String,
-    pub connect_retry_secs: f64,
-    pub connect_retry_max_secs: f64,
+    /// First delay between connection attempts while NATS is unreachable; doubles up to `connect_retry_max`.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub connect_retry: Duration,
+    /// Longest delay between connection attempts (services retry until stopped).
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub connect_retry_max: Duration,
+    /// Prefix of every subject and stream, so several pipelines can share a server.
     pub subject_prefix: String,
+    /// User name for password authentication (at most one kind of authentication); empty = none.
     pub user: String,
+    /// Password of `user`; give it by environment, not in a shared file.
     pub password: Secret,
+    /// Token authentication; empty = none.
     pub token: Secret,
+    /// An nkey seed (`"SU..."`) whose public key the server knows; empty = none.
     pub nkey_seed: Secret,
+    /// A `.creds` file (JWT + nkey seed) of decentralised NATS auth; empty = none.
     pub credentials_file: String,
+    /// Require TLS even when the URL says `nats://` (`tls://` URLs always use it).
     pub tls_required: bool,
+    /// PEM file of the CA that signed the server's certificate; empty = system roots.
     pub tls_ca_file: String,
+    /// Client certificate (PEM) for servers that verify clients (mutual TLS); empty = none.
     pub tls_cert_file: String,
+    /// Key of `tls_cert_file`; empty = none.
     pub tls_key_file: String,
 }
 
@@ -131,108 +200,182 @@ impl NatsSettings {
     }
 }
 
+/// `[store]`: the object store shared by all services.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSettings {
+    /// `file:///abs/path`, `memory:///` or `s3://bucket/prefix`.
     pub url: String,
+    /// Endpoint URL of an S3-compatible server (MinIO, moto, s3s).
     pub s3_endpoint: String,
+    /// Whether plain http is allowed to the S3 endpoint.
     pub s3_allow_http: bool,
+    /// S3 region.
     pub s3_region: String,
+    /// S3 access key id; empty = the `AWS_*` environment variables or the instance's role.
     pub s3_access_key_id: String,
+    /// S3 secret access key; empty as for `s3_access_key_id`. Best given by environment.
     pub s3_secret_access_key: Secret,
 }
 
+/// `[dataset]`: which dataset the pipeline works on.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetSettings {
+    /// Name of the dataset; shards are written under `datasets/<name>/`.
     pub name: String,
 }
 
+/// `[ingest]`: building TFRecord shards from image folders, once or continuously.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestSettings {
+    /// Folder of `<label>/<image>` training images (build_image_data.py: `--train_directory`).
     pub train_directory: String,
+    /// The same for validation (`--validation_directory`); empty skips that split.
     pub validation_directory: String,
+    /// One label per line, line i is label i, 0 the background (`--labels_file`); empty = the sorted subfolder names.
     pub labels_file: String,
+    /// Shards of the train split (`--train_shards`).
     pub train_shards: u32,
+    /// Shards of the validation split (`--validation_shards`).
     pub validation_shards: u32,
+    /// Threads writing shards (`--num_threads`); shard counts must be multiples of it.
     pub num_threads: u32,
-    pub max_image_pixels: u64,
-    pub jpeg_check: String,
+    /// How an RGB JPEG kept byte for byte is checked: `markers` (structure only, fast) or `decode` (every pixel).
+    pub jpeg_check: JpegCheckSetting,
+    /// CSV of `file,xmin,ymin,xmax,ymax` boxes, relative 0..1 (build_imagenet_data.py: `--bounding_box_file`); empty = no boxes.
     pub bounding_box_file: String,
+    /// Local path where one-shot runs also write their JSON report; empty = only the store's copy.
     pub report_file: String,
+    /// Continuous mode: folder or store URL watched for new `<label>/<image>` objects; empty = one-shot ingest, then exit.
     pub incoming: String,
-    pub incoming_split: String,
+    /// The split that continuous ingest adds to.
+    pub incoming_split: Split,
+    /// A new shard is written once this many new images are waiting...
     pub shard_max_images: u32,
-    pub shard_max_age_secs: f64,
-    pub poll_interval_secs: f64,
+    /// ...or once the oldest waiting image has waited this long.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub shard_max_age: Duration,
+    /// How often `incoming` is listed; a file is taken once two listings in a row agree on its size and time.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub poll_interval: Duration,
+    /// Address of the Prometheus metrics and `/healthz` endpoint.
     pub metrics_addr: String,
 }
 
+/// `[model]`: the shape of the Inception-v3 network.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSettings {
+    /// Square input side, in pixels (image_processing.py: `--image_size`).
     pub image_size: u32,
+    /// Width multiplier on every layer's channel count (TF-slim); 1.0 is the published Inception-v3.
     pub depth_multiplier: f64,
+    /// Fewest channels any layer gets (TF-slim `min_depth`).
     pub min_depth: u32,
+    /// Dropout probability before the logits (the original keeps 0.8, i.e. drops 0.2).
     pub dropout: f64,
+    /// Average pools count padded pixels (torchvision) instead of real pixels only (TensorFlow).
     pub avg_pool_count_include_pad: bool,
 }
 
+/// `[preprocess]`: the workers that turn shards into training batches.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PreprocessSettings {
-    pub batch_size: u32,
+    /// Distort training images' colour (brightness, saturation, hue, contrast), as the original always does.
     pub distort_color: bool,
+    /// The shuffle buffer keeps 1024 x this many records after each draw (image_processing.py: `--input_queue_memory_factor`).
     pub input_queue_memory_factor: f64,
+    /// Hard cap on the shuffle buffer, in bytes, whatever the factor says.
     pub shuffle_buffer_max_bytes: u64,
-    pub queue_capacity: u32,
-    pub orphan_batch_age_secs: u64,
+    /// Batch objects this old that no queued message points at are deleted; 0 = never.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub orphan_batch_age: Duration,
+    /// Seed of the random distortions; each worker mixes in its id.
     pub seed: u64,
+    /// Identifier of this worker; empty = host name and process id.
     pub worker_id: String,
+    /// Keep freed memory for reuse instead of returning it to the kernel (as `train.retain_freed_memory`).
     pub retain_freed_memory: bool,
+    /// Address of the Prometheus metrics and `/healthz` endpoint.
     pub metrics_addr: String,
 }
 
+/// `[train]`: the trainer: schedule, optimizer, checkpoints, devices.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainSettings {
-    pub run: String,
+    /// Steps to train (inception_train.py: `--max_steps`).
     pub max_steps: u64,
+    /// Learning rate at step 0 (inception_train.py: `--initial_learning_rate`).
     pub initial_learning_rate: f64,
+    /// Epochs between learning-rate decays (`--num_epochs_per_decay`).
     pub num_epochs_per_decay: f64,
+    /// Factor applied to the learning rate at each decay (`--learning_rate_decay_factor`).
     pub learning_rate_decay_factor: f64,
+    /// RMSProp decay of inception_train.py (TensorFlow semantics).
     pub rmsprop_decay: f64,
+    /// RMSProp momentum of inception_train.py.
     pub rmsprop_momentum: f64,
+    /// RMSProp epsilon of inception_train.py.
     pub rmsprop_epsilon: f64,
+    /// Examples in one training epoch, for the schedule; 0 = count the records announced for the train split.
     pub examples_per_epoch: u64,
+    /// Log a line every this many steps.
     pub log_every_steps: u64,
+    /// Write a checkpoint every this many steps, and at the end.
     pub checkpoint_every_steps: u64,
+    /// Checkpoints kept (tf.train.Saver `max_to_keep`).
     pub keep_checkpoints: usize,
-    pub batch_ack_wait_secs: u64,
-    pub device: String,
+    /// A batch not acknowledged within this time is delivered again; keep it well above the slowest step.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub batch_ack_wait: Duration,
+    /// Device of the first tower: `auto` (CUDA when available), `cpu` or `cuda:N`.
+    pub device: DeviceSetting,
+    /// Towers each batch is split over, gradients averaged (`--num_gpus`); `pipeline.batch_size` must be a multiple.
     pub num_gpus: u32,
+    /// Weights to start from when the run has no checkpoint yet (`--pretrained_model_checkpoint_path`); empty = none.
     pub pretrained_checkpoint: String,
+    /// Re-initialise the logits layers instead of loading them, to train on other classes (`--fine_tune`).
     pub fine_tune: bool,
+    /// Folder for TensorBoard event files; empty = none.
     pub tensorboard_dir: String,
+    /// Seed for weight initialisation.
     pub seed: i64,
+    /// Keep memory libtorch frees for the next step instead of returning it to the kernel (faster; resident memory stays at a step's peak).
     pub retain_freed_memory: bool,
+    /// On CUDA, let cuDNN pick its fastest convolution algorithms on the first step; false for bit-reproducible steps.
     pub cudnn_benchmark: bool,
+    /// Address of the Prometheus metrics and `/healthz` endpoint.
     pub metrics_addr: String,
 }
 
+/// `[eval]`: the evaluator.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalSettings {
-    pub eval_interval_secs: u64,
+    /// How often the store is polled for checkpoints, as a fall-back to announcements (inception_eval.py: `--eval_interval_secs`).
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub eval_interval: Duration,
+    /// Validation examples per evaluation (`--num_examples`); 0 = every record, each once.
     pub num_examples: u64,
+    /// Images per evaluation batch.
     pub batch_size: u32,
+    /// Count as the original: `num_examples` rounded up to whole batches, wrapping around; false = each record once (exact).
     pub round_up_to_batches: bool,
+    /// Evaluate once, then exit (`--run_once`).
     pub run_once: bool,
-    pub device: String,
+    /// Where the model runs: `auto`, `cpu` or `cuda:N`.
+    pub device: DeviceSetting,
+    /// Folder for TensorBoard event files (precision and recall by checkpoint step); empty = none.
     pub tensorboard_dir: String,
+    /// As `train.retain_freed_memory`.
     pub retain_freed_memory: bool,
+    /// As `train.cudnn_benchmark`.
     pub cudnn_benchmark: bool,
+    /// Address of the Prometheus metrics and `/healthz` endpoint.
     pub metrics_addr: String,
 }
 
@@ -240,8 +383,6 @@ impl Settings {
     /// Loads the layers. `file` wins over `INCEPTION_CONFIG`; `overrides` are
     /// `("section.key", "value")` pairs applied last.
     pub fn load(file: Option<&Path>, overrides: &[(String, String)]) -> Result<Self, SettingsError> {
-        let mut builder =
-            config::Config::builder().add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
         let env_file = std::env::var(CONFIG_FILE_ENV).ok().filter(|s| !s.is_empty());
         let file = file.map(|p| p.to_string_lossy().into_owned()).or(env_file);
         if let Some(path) = &file {
@@ -250,6 +391,32 @@ impl Settings {
                 .add_source(config::File::new(path, config::FileFormat::Toml))
                 .build()
                 .map_err(|source| SettingsError::File { path: path.clone(), source })?;
+        }
+        let given = Self::layers(config::Config::builder(), file.as_deref(), overrides)?.build()?;
+        let defaults =
+            config::Config::builder().add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
+        let mut merged = Self::layers(defaults, file.as_deref(), overrides)?.build()?;
+        let deprecations =
+            renamed::apply(&mut merged.cache, &given.cache).map_err(|e| SettingsError::Rejected(vec![e]))?;
+        for warning in &deprecations {
+            tracing::warn!("{warning}");
+        }
+        let mut settings: Settings = merged.try_deserialize()?;
+        settings.deprecations = deprecations;
+        let problems = settings.problems();
+        if !problems.is_empty() {
+            return Err(SettingsError::Rejected(problems));
+        }
+        Ok(settings)
+    }
+
+    /// The layers over the defaults: the file, the environment, the overrides.
+    fn layers(
+        mut builder: config::ConfigBuilder<config::builder::DefaultState>,
+        file: Option<&str>,
+        overrides: &[(String, String)],
+    ) -> Result<config::ConfigBuilder<config::builder::DefaultState>, SettingsError> {
+        if let Some(path) = file {
             builder = builder.add_source(config::File::new(path, config::FileFormat::Toml));
         }
         builder = builder.add_source(
@@ -258,9 +425,7 @@ impl Settings {
         for (key, value) in overrides {
             builder = builder.set_override(key.as_str(), value.as_str())?;
         }
-        let settings: Settings = builder.build()?.try_deserialize()?;
-        settings.validate()?;
-        Ok(settings)
+        Ok(builder)
     }
 
     /// The defaults alone (no file, no environment): for tests.
@@ -276,104 +441,6 @@ impl Settings {
     /// `min_queue_examples = 1024 * input_queue_memory_factor`.
     pub fn shuffle_buffer_records(&self) -> usize {
         (1024.0 * self.preprocess.input_queue_memory_factor).round() as usize
-    }
-
-    // `!(x > 0.0)` on purpose: unlike `x <= 0.0`, it also refuses NaN.
-    #[allow(clippy::neg_cmp_op_on_partial_ord)]
-    fn validate(&self) -> Result<(), config::ConfigError> {
-        let fail = |m: String| Err(config::ConfigError::Message(m));
-        if self.preprocess.batch_size == 0 {
-            return fail("preprocess.batch_size must be at least 1".into());
-        }
-        if !(self.preprocess.input_queue_memory_factor >= 0.0) {
-            return fail("preprocess.input_queue_memory_factor must not be negative".into());
-        }
-        if self.preprocess.queue_capacity == 0 {
-            return fail("preprocess.queue_capacity must be at least 1".into());
-        }
-        if self.model.image_size < 75 {
-            return fail(format!(
-                "model.image_size = {} is too small: Inception-v3 needs at least 75 pixels",
-                self.model.image_size
-            ));
-        }
-        if !(self.model.depth_multiplier > 0.0) {
-            return fail("model.depth_multiplier must be positive".into());
-        }
-        if !(0.0..1.0).contains(&self.model.dropout) {
-            return fail("model.dropout must be in [0, 1)".into());
-        }
-        if self.ingest.num_threads == 0
-            || !self.ingest.train_shards.is_multiple_of(self.ingest.num_threads)
-            || !self.ingest.validation_shards.is_multiple_of(self.ingest.num_threads)
-        {
-            return fail(format!(
-                "ingest.train_shards ({}) and ingest.validation_shards ({}) must be multiples of ingest.num_threads ({})",
-                self.ingest.train_shards, self.ingest.validation_shards, self.ingest.num_threads
-            ));
-        }
-        if self.ingest.shard_max_images == 0
-            || !(self.ingest.poll_interval_secs > 0.0)
-            || !(self.ingest.shard_max_age_secs >= 0.0)
-        {
-            return fail("ingest.shard_max_images must be at least 1, ingest.poll_interval_secs positive, ingest.shard_max_age_secs not negative".into());
-        }
-        if !["markers", "decode"].contains(&self.ingest.jpeg_check.as_str()) {
-            return fail(format!("ingest.jpeg_check = {:?}: use \"markers\" or \"decode\"", self.ingest.jpeg_check));
-        }
-        if !["train", "validation"].contains(&self.ingest.incoming_split.as_str()) {
-            return fail(format!(
-                "ingest.incoming_split = {:?}: use \"train\" or \"validation\"",
-                self.ingest.incoming_split
-            ));
-        }
-        if self.train.num_gpus == 0 || !self.preprocess.batch_size.is_multiple_of(self.train.num_gpus) {
-            return fail(format!(
-                "preprocess.batch_size ({}) must be a multiple of train.num_gpus ({})",
-                self.preprocess.batch_size, self.train.num_gpus
-            ));
-        }
-        if self.eval.batch_size == 0 {
-            return fail("eval.batch_size must be at least 1".into());
-        }
-        if self.train.checkpoint_every_steps == 0 || self.train.log_every_steps == 0 {
-            return fail("train.checkpoint_every_steps and train.log_every_steps must be at least 1".into());
-        }
-        let n = &self.nats;
-        let methods = [!n.user.is_empty(), n.token.is_set(), n.nkey_seed.is_set(), !n.credentials_file.is_empty()];
-        if methods.iter().filter(|m| **m).count() > 1 {
-            return fail("nats: set only one of user (with password), token, nkey_seed and credentials_file".into());
-        }
-        if n.password.is_set() && n.user.is_empty() {
-            return fail("nats.password is set but nats.user is not".into());
-        }
-        if n.tls_cert_file.is_empty() != n.tls_key_file.is_empty() {
-            return fail(
-                "nats.tls_cert_file and nats.tls_key_file go together (client certificate and its key)".into(),
-            );
-        }
-        if self.store.s3_secret_access_key.is_set() && self.store.s3_access_key_id.is_empty() {
-            return fail("store.s3_secret_access_key is set but store.s3_access_key_id is not".into());
-        }
-        if self.nats.subject_prefix.is_empty()
-            || !self.nats.subject_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            return fail("nats.subject_prefix must be non-empty and use only [A-Za-z0-9_-]".into());
-        }
-        if !self.preprocess.worker_id.is_empty() && !is_safe_token(&self.preprocess.worker_id) {
-            return fail(format!(
-                "preprocess.worker_id = {:?}: use only letters, digits, '_' and '-' (it becomes part of object keys)",
-                self.preprocess.worker_id
-            ));
-        }
-        for (what, name) in [("dataset.name", &self.dataset.name), ("train.run", &self.train.run)] {
-            if !is_safe_token(name) {
-                return fail(format!(
-                    "{what} = {name:?}: use only letters, digits, '_' and '-' (it becomes a path and a subject)"
-                ));
-            }
-        }
-        Ok(())
     }
 }
 
@@ -411,11 +478,15 @@ mod tests {
     fn defaults_follow_the_original() {
         let s = Settings::defaults().unwrap();
         assert_eq!(s.model.image_size, 299);
-        assert_eq!(s.preprocess.batch_size, 32);
+        assert_eq!(s.pipeline.batch_size, 32);
         assert_eq!(s.train.initial_learning_rate, 0.1);
         assert_eq!(s.train.learning_rate_decay_factor, 0.16);
         assert_eq!(s.ingest.train_shards, 2);
-        assert_eq!(s.eval.eval_interval_secs, 300);
+        assert_eq!(s.eval.eval_interval, Duration::from_secs(300));
+        assert_eq!(s.preprocess.orphan_batch_age, Duration::from_secs(900));
+        assert_eq!(s.ingest.jpeg_check, JpegCheckSetting::Markers);
+        assert_eq!(s.ingest.incoming_split, Split::Train);
+        assert_eq!(s.train.device, DeviceSetting::Auto);
     }
 
     #[test]
@@ -435,6 +506,64 @@ mod tests {
         std::fs::write(&path, "[train\nmax_steps = ").unwrap();
         let err = Settings::load(Some(&path), &[]).unwrap_err().to_string();
         assert!(err.contains("broken.toml"), "{err}");
+    }
+
+    #[test]
+    fn old_keys_are_moved_to_the_new_ones_with_a_warning() {
+        let old = [
+            ("preprocess.batch_size", "64"),
+            ("train.run", "older"),
+            ("ingest.max_image_pixels", "1000"),
+            ("eval.eval_interval_secs", "30"),
+            ("nats.connect_retry_secs", "0.25"),
+        ];
+        let overrides: Vec<(String, String)> = old.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let s = Settings::load(None, &overrides).unwrap();
+        assert_eq!(s.pipeline.batch_size, 64);
+        assert_eq!(s.pipeline.run, "older");
+        assert_eq!(s.pipeline.max_image_pixels, 1000);
+        assert_eq!(s.eval.eval_interval, Duration::from_secs(30));
+        assert_eq!(s.nats.connect_retry, Duration::from_millis(250));
+        assert_eq!(s.deprecations.len(), 5, "{:?}", s.deprecations);
+        assert!(s
+            .deprecations
+            .iter()
+            .any(|w| w.contains("preprocess.batch_size is deprecated: use pipeline.batch_size")));
+    }
+
+    #[test]
+    fn a_new_key_wins_over_its_old_name() {
+        let overrides = [("pipeline.run".to_string(), "new".to_string()), ("train.run".into(), "old".into())];
+        let s = Settings::load(None, &overrides).unwrap();
+        assert_eq!(s.pipeline.run, "new");
+        assert_eq!(s.deprecations, ["train.run is deprecated and ignored: pipeline.run is set too"]);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let overrides = [
+            ("pipeline.batch_size".to_string(), "0".to_string()),
+            ("model.image_size".into(), "10".into()),
+            ("dataset.name".into(), "../x".into()),
+        ];
+        let err = Settings::load(None, &overrides).unwrap_err().to_string();
+        for key in ["pipeline.batch_size", "model.image_size", "dataset.name"] {
+            assert!(err.contains(key), "{key} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn typed_values_are_refused_with_their_key() {
+        let load = |key: &str, value: &str| Settings::load(None, &[(key.to_string(), value.to_string())]);
+        let err = load("eval.eval_interval", "300").unwrap_err().to_string();
+        assert!(err.contains("no unit") && err.contains("eval.eval_interval"), "{err}");
+        let err = load("ingest.jpeg_check", "quick").unwrap_err().to_string();
+        assert!(err.contains("ingest.jpeg_check"), "{err}");
+        let err = load("train.device", "gpu").unwrap_err().to_string();
+        assert!(err.contains("use auto, cpu or cuda:N") && err.contains("train.device"), "{err}");
+        assert_eq!(load("train.device", "cuda:1").unwrap().train.device, DeviceSetting::Cuda(1));
+        let err = load("preprocess.orphan_batch_age_secs", "soon").unwrap_err().to_string();
+        assert!(err.contains("preprocess.orphan_batch_age_secs"), "{err}");
     }
 
     #[test]

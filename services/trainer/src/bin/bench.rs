@@ -44,7 +44,7 @@ struct Args {
     eval: bool,
     /// auto, cpu or cuda:N.
     #[arg(long, default_value = "auto")]
-    device: String,
+    device: inception_core::settings::DeviceSetting,
     /// cuDNN's autotuner (the trainer's train.cudnn_benchmark; CUDA only).
     #[arg(long)]
     cudnn_benchmark: bool,
@@ -60,7 +60,7 @@ fn main() -> anyhow::Result<()> {
     if args.threads > 0 {
         tch::set_num_threads(args.threads);
     }
-    let device = inception_model::device_from_setting(&args.device).map_err(anyhow::Error::msg)?;
+    let device = inception_model::device_from_setting(args.device).map_err(anyhow::Error::msg)?;
     inception_model::set_cudnn_benchmark(device, args.cudnn_benchmark);
     let settings = Settings::defaults()?;
     let cfg = ModelConfig {

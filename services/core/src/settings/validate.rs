@@ -1,0 +1,96 @@
+//! Checks across the values of the settings, after they were read. Every
+//! problem is reported, each naming its key, so that one run of a service
+//! shows all there is to fix.
+
+use super::{is_safe_token, Settings};
+
+impl Settings {
+    /// Every unacceptable value, one line each; empty when all is well.
+    // `!(x > 0.0)` on purpose: unlike `x <= 0.0`, it also refuses NaN.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut check = |ok: bool, problem: &dyn Fn() -> String| {
+            if !ok {
+                problems.push(problem());
+            }
+        };
+        let p = &self.pipeline;
+        check(p.batch_size > 0, &|| "pipeline.batch_size must be at least 1".into());
+        check(p.queue_capacity > 0, &|| "pipeline.queue_capacity must be at least 1".into());
+        check(p.max_image_pixels > 0, &|| "pipeline.max_image_pixels must be at least 1".into());
+        check(self.preprocess.input_queue_memory_factor >= 0.0, &|| {
+            "preprocess.input_queue_memory_factor must not be negative".into()
+        });
+        let m = &self.model;
+        check(m.image_size >= 75, &|| {
+            format!("model.image_size = {} is too small: Inception-v3 needs at least 75 pixels", m.image_size)
+        });
+        check(m.depth_multiplier > 0.0, &|| "model.depth_multiplier must be positive".into());
+        check((0.0..1.0).contains(&m.dropout), &|| "model.dropout must be in [0, 1)".into());
+        let i = &self.ingest;
+        check(
+            i.num_threads > 0
+                && i.train_shards.is_multiple_of(i.num_threads)
+                && i.validation_shards.is_multiple_of(i.num_threads),
+            &|| {
+                format!(
+                    "ingest.train_shards ({}) and ingest.validation_shards ({}) must be multiples of ingest.num_threads ({})",
+                    i.train_shards, i.validation_shards, i.num_threads
+                )
+            },
+        );
+        check(i.shard_max_images > 0, &|| "ingest.shard_max_images must be at least 1".into());
+        check(!i.poll_interval.is_zero(), &|| "ingest.poll_interval must be longer than 0s".into());
+        let t = &self.train;
+        check(t.num_gpus > 0 && p.batch_size.is_multiple_of(t.num_gpus.max(1)), &|| {
+            format!("pipeline.batch_size ({}) must be a multiple of train.num_gpus ({})", p.batch_size, t.num_gpus)
+        });
+        check(self.eval.batch_size > 0, &|| "eval.batch_size must be at least 1".into());
+        check(t.checkpoint_every_steps > 0, &|| "train.checkpoint_every_steps must be at least 1".into());
+        check(t.log_every_steps > 0, &|| "train.log_every_steps must be at least 1".into());
+        self.nats_problems(&mut problems);
+        self.name_problems(&mut problems);
+        problems
+    }
+
+    fn nats_problems(&self, problems: &mut Vec<String>) {
+        let n = &self.nats;
+        let methods = [!n.user.is_empty(), n.token.is_set(), n.nkey_seed.is_set(), !n.credentials_file.is_empty()];
+        if methods.iter().filter(|m| **m).count() > 1 {
+            problems.push("nats: set only one of user (with password), token, nkey_seed and credentials_file".into());
+        }
+        if n.password.is_set() && n.user.is_empty() {
+            problems.push("nats.password is set but nats.user is not".into());
+        }
+        if n.tls_cert_file.is_empty() != n.tls_key_file.is_empty() {
+            problems
+                .push("nats.tls_cert_file and nats.tls_key_file go together (client certificate and its key)".into());
+        }
+        if self.store.s3_secret_access_key.is_set() && self.store.s3_access_key_id.is_empty() {
+            problems.push("store.s3_secret_access_key is set but store.s3_access_key_id is not".into());
+        }
+        if n.subject_prefix.is_empty()
+            || !n.subject_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            problems.push("nats.subject_prefix must be non-empty and use only [A-Za-z0-9_-]".into());
+        }
+    }
+
+    /// Names that become parts of object keys and subjects.
+    fn name_problems(&self, problems: &mut Vec<String>) {
+        let worker = &self.preprocess.worker_id;
+        if !worker.is_empty() && !is_safe_token(worker) {
+            problems.push(format!(
+                "preprocess.worker_id = {worker:?}: use only letters, digits, '_' and '-' (it becomes part of object keys)"
+            ));
+        }
+        for (what, name) in [("dataset.name", &self.dataset.name), ("pipeline.run", &self.pipeline.run)] {
+            if !is_safe_token(name) {
+                problems.push(format!(
+                    "{what} = {name:?}: use only letters, digits, '_' and '-' (it becomes a path and a subject)"
+                ));
+            }
+        }
+    }
+}
