@@ -141,7 +141,7 @@ async fn prometheus_scrapes_the_pipeline_and_answers_every_dashboard_query() {
         ("MODEL__DEPTH_MULTIPLIER", "0.25".to_string()),
         ("MODEL__MIN_DEPTH", "8".to_string()),
         ("PIPELINE__BATCH_SIZE", "8".to_string()),
-        ("PREPROCESS__DISTORT_COLOR", "false".to_string()),
+        ("AUGMENT__DISTORT_COLOR", "false".to_string()),
         ("PIPELINE__QUEUE_CAPACITY", "2".to_string()),
         ("TRAIN__MAX_STEPS", STEPS.to_string()),
         ("TRAIN__CHECKPOINT_EVERY_STEPS", (STEPS / 3).to_string()),

@@ -43,7 +43,7 @@ fn env(nats: &LocalNats, store: &Path) -> Vec<(String, String)> {
         ("PIPELINE__BATCH_SIZE", "32".to_string()),
         // As `inception demo`: 300 steps of a narrow model learn the generated
         // classes without colour distortion (covered by the vision tests).
-        ("PREPROCESS__DISTORT_COLOR", "false".to_string()),
+        ("AUGMENT__DISTORT_COLOR", "false".to_string()),
         ("PIPELINE__QUEUE_CAPACITY", "4".to_string()),
         ("TRAIN__MAX_STEPS", STEPS.to_string()),
         ("TRAIN__CHECKPOINT_EVERY_STEPS", (STEPS / 2).to_string()),

@@ -143,7 +143,7 @@ fn service_env(args: &DemoArgs, nats: &LocalNats, store_dir: &Path, workdir: &Pa
         ("MODEL__DEPTH_MULTIPLIER", args.depth_multiplier.to_string()),
         ("MODEL__MIN_DEPTH", "8".into()),
         ("PIPELINE__BATCH_SIZE", args.batch_size.to_string()),
-        ("PREPROCESS__DISTORT_COLOR", args.distort_color.to_string()),
+        ("AUGMENT__DISTORT_COLOR", args.distort_color.to_string()),
         ("TRAIN__MAX_STEPS", args.steps.to_string()),
         ("TRAIN__INITIAL_LEARNING_RATE", args.learning_rate.to_string()),
         ("TRAIN__CHECKPOINT_EVERY_STEPS", (args.steps / 3).max(1).to_string()),

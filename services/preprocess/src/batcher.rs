@@ -3,7 +3,29 @@
 
 use inception_core::batch::Batch;
 use inception_core::example::{parse_bounding_boxes, parse_image_example, ExampleError};
-use inception_vision::{ObjectBox, VisionError};
+use inception_core::settings::{AugmentSettings, ResizeMethodSetting};
+use inception_vision::resize::ResizeMethod;
+use inception_vision::{Augmentation, ObjectBox, VisionError};
+
+/// The distortions `[augment]` asks for.
+pub fn augmentation(settings: &AugmentSettings) -> Augmentation {
+    let method = |m: &ResizeMethodSetting| match m {
+        ResizeMethodSetting::Bilinear => ResizeMethod::Bilinear,
+        ResizeMethodSetting::Nearest => ResizeMethod::NearestNeighbor,
+        ResizeMethodSetting::Bicubic => ResizeMethod::Bicubic,
+        ResizeMethodSetting::Area => ResizeMethod::Area,
+    };
+    Augmentation {
+        area_range: (settings.crop_area_min, settings.crop_area_max),
+        aspect_ratio_range: (settings.aspect_ratio_min, settings.aspect_ratio_max),
+        min_object_covered: settings.min_object_covered,
+        max_attempts: settings.crop_attempts,
+        flip_probability: settings.flip_probability,
+        distort_color: settings.distort_color,
+        color_strength: settings.color_strength as f32,
+        resize_methods: settings.resize_methods.iter().map(method).collect(),
+    }
+}
 use rand::Rng;
 
 /// Why a record could not become a training image.
@@ -23,7 +45,7 @@ pub fn add_record<R: Rng>(
     batch: &mut Batch,
     record: &[u8],
     max_pixels: u64,
-    distort_color: bool,
+    aug: &Augmentation,
     rng: &mut R,
 ) -> Result<(), RecordError> {
     let parsed = parse_image_example(record)?;
@@ -33,7 +55,7 @@ pub fn add_record<R: Rng>(
         .map(|b| ObjectBox { xmin: b.xmin, ymin: b.ymin, xmax: b.xmax, ymax: b.ymax })
         .collect();
     let decoded = inception_vision::decode_rgb(&parsed.encoded, max_pixels)?;
-    let pixels = inception_vision::train_image(&decoded.image, batch.image_size, &boxes, distort_color, rng);
+    let pixels = inception_vision::train_image(&decoded.image, batch.image_size, &boxes, aug, rng);
     batch.images.extend_from_slice(&pixels);
     batch.labels.push(parsed.label);
     Ok(())
@@ -44,13 +66,13 @@ pub fn build_batch<R: Rng>(
     records: &[Vec<u8>],
     image_size: u32,
     max_pixels: u64,
-    distort_color: bool,
+    aug: &Augmentation,
     rng: &mut R,
 ) -> Batch {
     let mut batch = Batch { image_size, images: Vec::new(), labels: Vec::new() };
     batch.images.reserve(records.len() * (image_size as usize).pow(2) * 3);
     for record in records {
-        if let Err(reason) = add_record(&mut batch, record, max_pixels, distort_color, rng) {
+        if let Err(reason) = add_record(&mut batch, record, max_pixels, aug, rng) {
             metrics::counter!("inception_preprocess_errors_total", "kind" => "record").increment(1);
             tracing::warn!("skipping a record: {reason}");
         }
@@ -63,6 +85,21 @@ mod tests {
     use super::*;
     use inception_core::example::ImageExample;
     use rand::SeedableRng;
+
+    #[test]
+    fn augment_settings_reach_the_distortions() {
+        let mut settings = inception_core::Settings::defaults().unwrap().augment;
+        assert_eq!(augmentation(&settings), Augmentation::default(), "the defaults are the original's");
+        settings.flip_probability = 0.0;
+        settings.crop_area_min = 1.0;
+        settings.resize_methods = vec![ResizeMethodSetting::Area];
+        settings.color_strength = 0.5;
+        let aug = augmentation(&settings);
+        assert_eq!(aug.flip_probability, 0.0);
+        assert_eq!(aug.area_range, (1.0, 1.0));
+        assert_eq!(aug.resize_methods, [ResizeMethod::Area]);
+        assert_eq!(aug.color_strength, 0.5);
+    }
 
     #[test]
     fn bad_records_are_skipped() {
@@ -91,7 +128,13 @@ mod tests {
         }
         .to_bytes();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        let batch = build_batch(&[good.clone(), b"garbage".to_vec(), bad_image, good], 16, 1 << 20, true, &mut rng);
+        let batch = build_batch(
+            &[good.clone(), b"garbage".to_vec(), bad_image, good],
+            16,
+            1 << 20,
+            &Augmentation::default(),
+            &mut rng,
+        );
         assert_eq!(batch.labels, vec![2, 2]);
         assert_eq!(batch.images.len(), 2 * 16 * 16 * 3);
         // Every transform is uniform over the image (crop, resize, flip, and
@@ -123,10 +166,11 @@ mod tests {
         let with_box = example.to_bytes_with_boxes(&[corner]);
         let without = example.to_bytes();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let plain = Augmentation { distort_color: false, ..Augmentation::default() };
         let has_red = |image: &[u8]| image.chunks(3).any(|p| p[0] > 200 && p[2] < 50);
-        let boxed = build_batch(&vec![with_box; 40], 32, 1 << 20, false, &mut rng);
+        let boxed = build_batch(&vec![with_box; 40], 32, 1 << 20, &plain, &mut rng);
         assert!(boxed.images.chunks(32 * 32 * 3).all(has_red), "every crop keeps part of the object");
-        let free = build_batch(&vec![without; 40], 32, 1 << 20, false, &mut rng);
+        let free = build_batch(&vec![without; 40], 32, 1 << 20, &plain, &mut rng);
         assert!(!free.images.chunks(32 * 32 * 3).all(has_red), "without the box some crops miss the corner");
     }
 }

@@ -144,6 +144,8 @@ struct Worker<'a> {
     producer: String,
     subject: String,
     batch_size: usize,
+    /// The training distortions (`[augment]`), shared with the blocking tasks.
+    augmentation: Arc<inception_vision::Augmentation>,
     buffer: shuffle::ShuffleBuffer,
     rng: ChaCha8Rng,
     /// Batches handed over so far (and the next batch's number).
@@ -171,6 +173,7 @@ impl<'a> Worker<'a> {
             producer,
             subject: streams.subjects.batches(&settings.dataset.name),
             batch_size: settings.pipeline.batch_size as usize,
+            augmentation: Arc::new(batcher::augmentation(&settings.augment)),
             buffer: shuffle::ShuffleBuffer::new(
                 settings.shuffle_buffer_records(),
                 cfg.shuffle_buffer_max_bytes as usize,
@@ -214,10 +217,10 @@ impl<'a> Worker<'a> {
         let chunk = self.buffer.take(self.batch_size, &mut self.rng);
         let started = Instant::now();
         let (size, max_pixels) = (self.settings.model.image_size, self.settings.pipeline.max_image_pixels);
-        let distort_color = self.settings.preprocess.distort_color;
+        let augmentation = self.augmentation.clone();
         let mut rng = ChaCha8Rng::seed_from_u64(self.rng.random());
         let batch = tokio::task::spawn_blocking(move || {
-            batcher::build_batch(&chunk, size, max_pixels, distort_color, &mut rng)
+            batcher::build_batch(&chunk, size, max_pixels, &augmentation, &mut rng)
         })
         .await
         .map_err(|e| PreprocessError::Worker(e.to_string()))?;

@@ -17,11 +17,13 @@ pub mod ema;
 pub mod flat;
 pub mod optimizer;
 pub mod saver;
+pub mod schedule;
 pub mod start;
 pub mod state;
 pub mod towers;
 
 use inception_core::nats::{NatsError, Streams};
+use inception_core::settings::ScheduleSetting;
 use inception_core::shutdown::CancellationToken;
 use inception_core::store::StoreError;
 use inception_core::telemetry::log_timestamp;
@@ -90,7 +92,7 @@ pub async fn run(
     let t = &settings.train;
     let Some((mut state, cfg)) = prepare(settings, store, streams, shutdown).await? else { return Ok(0) };
     let source = batch_source(settings, store, streams, &cfg).await?;
-    let schedule = Schedule::new(settings, streams).await?;
+    let schedule = learning_rate_schedule(settings, streams).await?;
     let mut progress = Progress::new(&t.tensorboard_dir);
     let mut last_saved = state.step;
     while state.step < t.max_steps {
@@ -136,26 +138,44 @@ async fn batch_source(
     Ok(BatchSource::new(consumer, store.clone(), &settings.dataset.name, cfg.image_size as u32, cfg.num_classes))
 }
 
-/// The original's staircase learning-rate decay, every `num_epochs_per_decay` epochs.
-struct Schedule {
-    initial: f64,
-    factor: f64,
-    decay_steps: u64,
-}
-
-impl Schedule {
-    async fn new(settings: &Settings, streams: &Streams) -> Result<Self, TrainError> {
-        let t = &settings.train;
-        let epoch = examples_per_epoch(settings, streams).await?;
-        let decay_steps =
-            optimizer::decay_steps(epoch, u64::from(settings.pipeline.batch_size), t.num_epochs_per_decay);
-        tracing::info!("{epoch} examples per epoch: learning rate decays every {decay_steps} steps");
-        Ok(Self { initial: t.initial_learning_rate, factor: t.learning_rate_decay_factor, decay_steps })
-    }
-
-    fn learning_rate(&self, step: u64) -> f64 {
-        optimizer::learning_rate(self.initial, self.factor, self.decay_steps, step)
-    }
+/// The learning-rate schedule of the run, from the settings (the staircase
+/// counts the examples of an epoch: configured, or the records announced).
+async fn learning_rate_schedule(settings: &Settings, streams: &Streams) -> Result<schedule::Schedule, TrainError> {
+    let t = &settings.train;
+    let epoch = examples_per_epoch(settings, streams).await?;
+    let decay_steps = schedule::decay_steps(epoch, u64::from(settings.pipeline.batch_size), t.num_epochs_per_decay);
+    let cosine_steps = match t.cosine_steps {
+        0 => t.max_steps.saturating_sub(t.warmup_steps),
+        n => n,
+    };
+    let schedule = schedule::Schedule {
+        initial: t.initial_learning_rate,
+        kind: t.lr_schedule,
+        factor: t.learning_rate_decay_factor,
+        decay_steps,
+        warmup_steps: t.warmup_steps,
+        warmup_start_fraction: t.warmup_start_fraction,
+        cosine_steps,
+        cosine_final_fraction: t.cosine_final_fraction,
+    };
+    let shape = match t.lr_schedule {
+        ScheduleSetting::Staircase => format!(
+            "staircase: x{} every {decay_steps} steps ({epoch} examples per epoch)",
+            t.learning_rate_decay_factor
+        ),
+        ScheduleSetting::Cosine => {
+            format!("cosine over {cosine_steps} steps down to {} of it", t.cosine_final_fraction)
+        }
+        ScheduleSetting::Constant => "constant".to_string(),
+    };
+    tracing::info!(
+        "learning rate {} ({:?} optimizer), warm-up {} steps from {} of it, then {shape}",
+        t.initial_learning_rate,
+        t.optimizer,
+        t.warmup_steps,
+        t.warmup_start_fraction
+    );
+    Ok(schedule)
 }
 
 /// What one step did, for metrics and the log.

@@ -1,46 +1,135 @@
-//! RMSProp with TensorFlow 1's semantics, as `inception_train.py` uses it
-//! (decay 0.9, momentum 0.9, epsilon 1.0). libtorch's RMSprop differs: it
-//! adds epsilon outside the square root and starts the mean square at 0,
-//! which with epsilon = 1.0 changes every step. Here, per variable:
+//! The optimizers: RMSProp with TensorFlow 1's semantics, as
+//! `inception_train.py` uses it (decay 0.9, momentum 0.9, epsilon 1.0; the
+//! default), SGD with momentum (optionally Nesterov), and AdamW. libtorch's
+//! RMSprop differs from TF's: it adds epsilon outside the square root and
+//! starts the mean square at 0, which with epsilon = 1.0 changes every step.
+//! Per variable, with slots `a` and `b`:
 //!
 //! ```text
-//! ms  = decay * ms + (1 - decay) * g^2        (ms starts at 1)
-//! mom = momentum * mom + lr * g / sqrt(ms + epsilon)
-//! w   = w - mom
+//! RMSProp  a = ms  = decay * ms + (1 - decay) * g^2        (ms starts at 1)
+//!          b = mom = momentum * mom + lr * g / sqrt(ms + epsilon)
+//!          w = w - mom
+//! SGD      a = mom = momentum * mom + g
+//!          w = w - lr * mom            (Nesterov: w - lr * (g + momentum * mom))
+//! AdamW    w = w - lr * wd * w         (decoupled weight decay)
+//!          a = m = beta1 * m + (1 - beta1) * g,  b = v = beta2 * v + (1 - beta2) * g^2
+//!          w = w - lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + epsilon)
 //! ```
 //!
-//! `g` includes the L2 term's gradient `weight_decay * w` for the variables
-//! the loss regularises (added here rather than through autograd).
+//! For RMSProp and SGD, `g` includes the L2 term's gradient `weight_decay *
+//! w` for the variables the loss regularises (added here rather than
+//! through autograd), as slim's regularisers do.
 
 use std::collections::HashMap;
 use tch::Tensor;
 
 use crate::flat::{Layout, ALIGN};
 
-pub struct RmsProp {
-    pub decay: f64,
-    pub momentum: f64,
-    pub epsilon: f64,
+/// The update rule and its constants.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rule {
+    /// TF 1's RMSProp.
+    RmsProp { decay: f64, momentum: f64, epsilon: f64 },
+    /// SGD with momentum.
+    Sgd { momentum: f64, nesterov: bool },
+    /// Adam with decoupled weight decay.
+    AdamW { beta1: f64, beta2: f64, epsilon: f64 },
+}
+
+impl Rule {
+    /// Checkpoint names of the two slots (`optimizer/<name>/<variable>`);
+    /// SGD has one.
+    fn slot_names(self) -> [Option<&'static str>; 2] {
+        match self {
+            Rule::RmsProp { .. } => [Some("ms"), Some("mom")],
+            Rule::Sgd { .. } => [Some("mom"), None],
+            Rule::AdamW { .. } => [Some("m"), Some("v")],
+        }
+    }
+
+    /// The first slot's starting value (TF starts RMSProp's mean square at 1).
+    fn first_slot_start(self) -> f64 {
+        match self {
+            Rule::RmsProp { .. } => 1.0,
+            _ => 0.0,
+        }
+    }
+
+    /// Whether weight decay is applied to the weights directly instead of
+    /// through the gradient.
+    fn decoupled(self) -> bool {
+        matches!(self, Rule::AdamW { .. })
+    }
+
+    /// The rule's arithmetic on slots `a` and `b` (one variable's, or all
+    /// of them end to end) for gradient `g`; returns what to subtract from
+    /// the variables. `t` is the number of this update (1 for the first).
+    fn update(self, a: &mut Tensor, b: &mut Tensor, g: &Tensor, lr: f64, t: u64) -> Tensor {
+        match self {
+            Rule::RmsProp { decay, momentum, epsilon } => {
+                let _ = a.lerp_(&g.square(), 1.0 - decay);
+                let _ = b.g_mul_scalar_(momentum);
+                if lr != 0.0 {
+                    // mom += lr * g / sqrt(ms + eps), as g / (sqrt(ms + eps) / lr).
+                    let mut denom = &*a + epsilon;
+                    let _ = denom.sqrt_();
+                    let _ = denom.g_div_scalar_(lr);
+                    let _ = b.addcdiv_(g, &denom);
+                }
+                b.shallow_clone()
+            }
+            Rule::Sgd { momentum, nesterov } => {
+                let _ = a.g_mul_scalar_(momentum);
+                let _ = a.g_add_(g);
+                if nesterov {
+                    (g + &*a * momentum) * lr
+                } else {
+                    &*a * lr
+                }
+            }
+            Rule::AdamW { beta1, beta2, epsilon } => {
+                let _ = a.lerp_(g, 1.0 - beta1);
+                let _ = b.lerp_(&g.square(), 1.0 - beta2);
+                let t = i32::try_from(t.max(1)).unwrap_or(i32::MAX);
+                let (correction1, correction2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
+                let mut denom = &*b / correction2;
+                let _ = denom.sqrt_();
+                let _ = denom.g_add_scalar_(epsilon);
+                &*a / denom * (lr / correction1)
+            }
+        }
+    }
+}
+
+/// One optimizer over the trainable variables: its slots, and the whole-
+/// model updates on flat buffers.
+pub struct Optimizer {
+    pub rule: Rule,
     pub weight_decay: f64,
-    /// (name, variable, mean square, momentum) in a fixed order. The slot
-    /// tensors are views of `ms_all` and `mom_all`.
+    /// (name, variable, slot a, slot b) in a fixed order. The slot tensors
+    /// are views of `a_all` and `b_all`.
     slots: Vec<(String, Tensor, Tensor, Tensor)>,
     /// Per slot: whether its variable gets weight decay.
     decayed: Vec<bool>,
-    /// Every slot's mean square and momentum, end to end (slot order, laid
-    /// out by `layout`): the update runs as a few operations over all
-    /// variables at once instead of ~10 per variable (on a GPU, kernel
-    /// launches add up: ~300 variables).
-    ms_all: Tensor,
-    mom_all: Tensor,
+    /// Every slot's state, end to end (slot order, laid out by `layout`):
+    /// the update runs as a few operations over all variables at once
+    /// instead of ~10 per variable (on a GPU, kernel launches add up: ~300
+    /// variables).
+    a_all: Tensor,
+    b_all: Tensor,
     layout: Layout,
     /// [`ALIGN`] zeros: the gaps between gradients laid end to end.
     zeros: Tensor,
     /// Set when the variables themselves lie end to end with `layout`
-    /// ([`crate::flat::FlatVariables`]): then weight decay and `w -= mom`
+    /// ([`crate::flat::FlatVariables`]): then weight decay and `w -= delta`
     /// are one operation each too.
     flat: Option<FlatSlots>,
+    /// Updates applied so far (AdamW's bias correction counts them).
+    updates: u64,
 }
+
+/// The optimizer of inception_train.py.
+pub type RmsProp = Optimizer;
 
 struct FlatSlots {
     /// The variables' buffer.
@@ -49,10 +138,10 @@ struct FlatSlots {
     decay_mask: Tensor,
 }
 
-impl RmsProp {
-    /// Slots for every named trainable variable; `weight_decay` applies to
-    /// those for which `regularized(name)` holds. The variables share one
-    /// device and kind.
+impl Optimizer {
+    /// TF RMSProp over every named trainable variable; `weight_decay`
+    /// applies to those for which `regularized(name)` holds. The variables
+    /// share one device and kind.
     pub fn new(
         vars: Vec<(String, Tensor)>,
         decay: f64,
@@ -61,12 +150,23 @@ impl RmsProp {
         weight_decay: f64,
         regularized: impl Fn(&str) -> bool,
     ) -> Self {
+        Self::with_rule(vars, Rule::RmsProp { decay, momentum, epsilon }, weight_decay, regularized)
+    }
+
+    /// `rule` over every named trainable variable; `weight_decay` applies to
+    /// those for which `regularized(name)` holds.
+    pub fn with_rule(
+        vars: Vec<(String, Tensor)>,
+        rule: Rule,
+        weight_decay: f64,
+        regularized: impl Fn(&str) -> bool,
+    ) -> Self {
         let decayed = vars.iter().map(|(n, _)| regularized(n)).collect();
         let layout = Layout::new(vars.iter().map(|(_, v)| v.numel() as i64));
         let options = vars.first().map_or((tch::Kind::Float, tch::Device::Cpu), |(_, v)| (v.kind(), v.device()));
-        let (ms_all, mom_all, zeros) = tch::no_grad(|| {
+        let (a_all, b_all, zeros) = tch::no_grad(|| {
             (
-                Tensor::ones([layout.total], options),
+                Tensor::full([layout.total], rule.first_slot_start(), options),
                 Tensor::zeros([layout.total], options),
                 Tensor::zeros([ALIGN], options),
             )
@@ -75,11 +175,11 @@ impl RmsProp {
             .into_iter()
             .enumerate()
             .map(|(i, (n, v))| {
-                let (ms, mom) = (layout.view(&ms_all, i, &v.size()), layout.view(&mom_all, i, &v.size()));
-                (n, v, ms, mom)
+                let (a, b) = (layout.view(&a_all, i, &v.size()), layout.view(&b_all, i, &v.size()));
+                (n, v, a, b)
             })
             .collect();
-        Self { decay, momentum, epsilon, weight_decay, slots, decayed, ms_all, mom_all, layout, zeros, flat: None }
+        Self { rule, weight_decay, slots, decayed, a_all, b_all, layout, zeros, flat: None, updates: 0 }
     }
 
     /// Uses `all`, the buffer the variables lie in end to end in slot order
@@ -108,11 +208,17 @@ impl RmsProp {
         self.flat.is_some()
     }
 
-    /// The variables, in slot order (the order [`RmsProp::step`] takes gradients in).
+    /// Sets the number of updates applied so far (a resumed run's step).
+    pub fn set_updates(&mut self, updates: u64) {
+        self.updates = updates;
+    }
+
+    /// The variables, in slot order (the order [`Optimizer::step`] takes gradients in).
     pub fn variables(&self) -> Vec<Tensor> {
         self.slots.iter().map(|(_, v, _, _)| v.shallow_clone()).collect()
     }
 
+    /// The variables' names, in slot order.
     pub fn names(&self) -> Vec<String> {
         self.slots.iter().map(|(n, _, _, _)| n.clone()).collect()
     }
@@ -121,6 +227,7 @@ impl RmsProp {
     /// order; an undefined gradient leaves its variable alone). The weight
     /// decay term is added to `gradients` in place: pass this step's own.
     pub fn step(&mut self, lr: f64, gradients: &[Tensor]) {
+        self.updates += 1;
         if gradients.len() == self.slots.len() && gradients.iter().all(Tensor::defined) {
             self.step_all(lr, gradients);
         } else {
@@ -129,14 +236,16 @@ impl RmsProp {
     }
 
     /// The update over all slots at once: the gradients (with their weight
-    /// decay) end to end, then the RMSProp arithmetic on the whole slot
-    /// buffers, then `w -= mom` (per variable unless they lie in one buffer).
+    /// decay unless it is decoupled) end to end, then the rule's arithmetic
+    /// on the whole slot buffers, then `w -= delta` (per variable unless they
+    /// lie in one buffer).
     fn step_all(&mut self, lr: f64, gradients: &[Tensor]) {
         tch::no_grad(|| {
+            let coupled = self.weight_decay != 0.0 && !self.rule.decoupled();
             let g = match &self.flat {
                 Some(flat) => {
                     let mut g = self.layout.gather(gradients, &self.zeros);
-                    if self.weight_decay != 0.0 {
+                    if coupled {
                         let _ = g.addcmul_(&flat.vars, &flat.decay_mask);
                     }
                     g
@@ -153,15 +262,16 @@ impl RmsProp {
                     self.layout.gather(&decayed, &self.zeros)
                 }
             };
-            let (mut ms, mut mom) = (self.ms_all.shallow_clone(), self.mom_all.shallow_clone());
-            self.update_slots(&mut ms, &mut mom, &g, lr);
+            self.decay_decoupled(lr);
+            let (mut a, mut b) = (self.a_all.shallow_clone(), self.b_all.shallow_clone());
+            let delta = self.rule.update(&mut a, &mut b, &g, lr, self.updates);
             match &mut self.flat {
                 Some(flat) => {
-                    let _ = flat.vars.g_sub_(&self.mom_all);
+                    let _ = flat.vars.g_sub_(&delta);
                 }
                 None => {
-                    for (_, v, _, mom) in &mut self.slots {
-                        let _ = v.g_sub_(&*mom);
+                    for (i, (_, v, _, _)) in self.slots.iter_mut().enumerate() {
+                        let _ = v.g_sub_(&self.layout.view(&delta, i, &v.size()));
                     }
                 }
             }
@@ -172,46 +282,56 @@ impl RmsProp {
     fn step_each(&mut self, lr: f64, gradients: &[Tensor]) {
         tch::no_grad(|| {
             let wd_factor = self.weight_decay_factor();
-            for (((_, v, ms, mom), decayed), g) in self.slots.iter().zip(&self.decayed).zip(gradients) {
+            let decoupled = self.rule.decoupled() && self.weight_decay != 0.0 && lr != 0.0;
+            for (((_, v, a, b), decayed), g) in self.slots.iter().zip(&self.decayed).zip(gradients) {
                 if !g.defined() {
                     continue;
                 }
                 let g = self.with_weight_decay(g, v, *decayed, &wd_factor);
-                let (mut ms, mut mom, mut v) = (ms.shallow_clone(), mom.shallow_clone(), v.shallow_clone());
-                self.update_slots(&mut ms, &mut mom, &g, lr);
-                let _ = v.g_sub_(&mom);
+                let (mut a, mut b, mut v) = (a.shallow_clone(), b.shallow_clone(), v.shallow_clone());
+                if decoupled && *decayed {
+                    let _ = v.g_mul_scalar_(1.0 - lr * self.weight_decay);
+                }
+                let delta = self.rule.update(&mut a, &mut b, &g, lr, self.updates);
+                let _ = v.g_sub_(&delta);
             }
         });
+    }
+
+    /// AdamW's `w -= lr * wd * w` on the regularised variables.
+    fn decay_decoupled(&mut self, lr: f64) {
+        if !self.rule.decoupled() || self.weight_decay == 0.0 || lr == 0.0 {
+            return;
+        }
+        match &mut self.flat {
+            Some(flat) => {
+                let shrink = &flat.vars * &flat.decay_mask * lr;
+                let _ = flat.vars.g_sub_(&shrink);
+            }
+            None => {
+                for ((_, v, _, _), decayed) in self.slots.iter_mut().zip(&self.decayed) {
+                    if *decayed {
+                        let _ = v.g_mul_scalar_(1.0 - lr * self.weight_decay);
+                    }
+                }
+            }
+        }
     }
 
     /// `weight_decay` as a 0-dim tensor on the slots' device, so that adding
     /// `wd * v` broadcasts without a temporary.
     fn weight_decay_factor(&self) -> Tensor {
-        Tensor::from(self.weight_decay).to_kind(self.ms_all.kind()).to_device(self.ms_all.device())
+        Tensor::from(self.weight_decay).to_kind(self.a_all.kind()).to_device(self.a_all.device())
     }
 
-    /// `g + wd * v` for a regularised variable, added in place (the
-    /// gradients are this step's own); `g` itself otherwise.
+    /// `g + wd * v` for a regularised variable under a coupled rule, added
+    /// in place (the gradients are this step's own); `g` itself otherwise.
     fn with_weight_decay(&self, g: &Tensor, v: &Tensor, decayed: bool, wd_factor: &Tensor) -> Tensor {
         let mut g = g.shallow_clone();
-        if decayed && self.weight_decay != 0.0 {
+        if decayed && self.weight_decay != 0.0 && !self.rule.decoupled() {
             let _ = g.addcmul_(v, wd_factor);
         }
         g
-    }
-
-    /// The RMSProp arithmetic on slots `ms` and `mom` (one variable's, or
-    /// all of them end to end) for gradient `g`.
-    fn update_slots(&self, ms: &mut Tensor, mom: &mut Tensor, g: &Tensor, lr: f64) {
-        let _ = ms.lerp_(&g.square(), 1.0 - self.decay);
-        let _ = mom.g_mul_scalar_(self.momentum);
-        if lr != 0.0 {
-            // mom += lr * g / sqrt(ms + eps), as g / (sqrt(ms + eps) / lr).
-            let mut denom = &*ms + self.epsilon;
-            let _ = denom.sqrt_();
-            let _ = denom.g_div_scalar_(lr);
-            let _ = mom.addcdiv_(g, &denom);
-        }
     }
 
     /// The variables that get weight decay.
@@ -219,44 +339,57 @@ impl RmsProp {
         self.slots.iter().zip(&self.decayed).filter(|(_, d)| **d).map(|((_, v, _, _), _)| v.shallow_clone()).collect()
     }
 
-    /// Slot tensors for a checkpoint: `optimizer/ms/<name>`, `optimizer/mom/<name>`.
+    /// The weight of the L2 term in the loss: `weight_decay` for the rules
+    /// that add it to the gradient, 0 for AdamW (its decay is not a loss).
+    pub fn l2_weight(&self) -> f64 {
+        if self.rule.decoupled() {
+            0.0
+        } else {
+            self.weight_decay
+        }
+    }
+
+    /// Slot tensors for a checkpoint: `optimizer/<slot>/<name>` (RMSProp:
+    /// `ms` and `mom`; SGD: `mom`; AdamW: `m` and `v`).
     pub fn state(&self) -> Vec<(String, Tensor)> {
+        let names = self.rule.slot_names();
         self.slots
             .iter()
-            .flat_map(|(n, _, ms, mom)| {
-                [(format!("optimizer/ms/{n}"), ms.shallow_clone()), (format!("optimizer/mom/{n}"), mom.shallow_clone())]
+            .flat_map(|(n, _, a, b)| {
+                names
+                    .iter()
+                    .zip([a, b])
+                    .filter_map(move |(slot, t)| Some((format!("optimizer/{}/{n}", (*slot)?), t.shallow_clone())))
             })
             .collect()
     }
 
-    /// Restores slots saved by [`RmsProp::state`]; returns how many were found.
+    /// Restores slots saved by [`Optimizer::state`]; returns how many
+    /// variables had all their slots found.
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>) -> usize {
+        let names = self.rule.slot_names();
         let mut found = 0;
         tch::no_grad(|| {
-            for (n, _, ms, mom) in &mut self.slots {
-                if let (Some(a), Some(b)) =
-                    (tensors.get(&format!("optimizer/ms/{n}")), tensors.get(&format!("optimizer/mom/{n}")))
-                {
-                    if a.size() == ms.size() && b.size() == mom.size() {
-                        ms.copy_(a);
-                        mom.copy_(b);
-                        found += 1;
+            for (n, _, a, b) in &mut self.slots {
+                // All of a variable's slots, or none of them.
+                let saved: Vec<(&Tensor, &mut Tensor)> = names
+                    .iter()
+                    .zip([a, b])
+                    .filter_map(|(slot, target)| {
+                        slot.map(|slot| (tensors.get(&format!("optimizer/{slot}/{n}")), target))
+                    })
+                    .filter_map(|(saved, target)| saved.filter(|s| s.size() == target.size()).map(|s| (s, target)))
+                    .collect();
+                if saved.len() == names.iter().flatten().count() {
+                    for (from, to) in saved {
+                        to.copy_(from);
                     }
+                    found += 1;
                 }
             }
         });
         found
     }
-}
-
-/// The original's staircase decay: `initial * factor ^ floor(step / decay_steps)`.
-pub fn learning_rate(initial: f64, factor: f64, decay_steps: u64, step: u64) -> f64 {
-    initial * factor.powi((step / decay_steps.max(1)) as i32)
-}
-
-/// `int(examples_per_epoch / batch_size * num_epochs_per_decay)`, at least 1.
-pub fn decay_steps(examples_per_epoch: u64, batch_size: u64, epochs_per_decay: f64) -> u64 {
-    ((examples_per_epoch as f64 / batch_size.max(1) as f64 * epochs_per_decay) as u64).max(1)
 }
 
 #[cfg(test)]
@@ -289,8 +422,104 @@ mod tests {
         assert_eq!(state[0].0, "optimizer/ms/w");
     }
 
+    /// Runs `opt` for three steps on `loss = sum(w^2) / 2` (g = w) from
+    /// w = [1, -2], beside `by_hand`, which updates (w, slot a, slot b) of
+    /// one element for gradient g and update number t the same way.
+    fn against_hand_computation(mut opt: Optimizer, by_hand: impl Fn(&mut [f64; 3], f64, u64), start: f64) {
+        let w = opt.variables()[0].shallow_clone();
+        let mut expected = [[1.0, start, 0.0], [-2.0, start, 0.0]];
+        for t in 1..=3 {
+            let loss = (&w * &w).sum(Kind::Float).multiply_scalar(0.5);
+            let grads = Tensor::run_backward(&[&loss], &opt.variables(), false, false);
+            opt.step(0.1, &grads);
+            for e in &mut expected {
+                let g = e[0];
+                by_hand(e, g, t);
+            }
+        }
+        let got: Vec<f64> = Vec::<f32>::try_from(&w).unwrap().into_iter().map(f64::from).collect();
+        for (g, e) in got.iter().zip(&expected) {
+            assert!((g - e[0]).abs() < 1e-5, "{got:?} vs {expected:?}");
+        }
+    }
+
+    fn one_variable() -> Vec<(String, Tensor)> {
+        vec![("w".into(), Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true))]
+    }
+
+    #[test]
+    fn sgd_with_momentum_and_l2_matches_hand_computation() {
+        let opt = Optimizer::with_rule(one_variable(), Rule::Sgd { momentum: 0.9, nesterov: false }, 0.01, |_| true);
+        against_hand_computation(
+            opt,
+            |e, g, _| {
+                let g = g + 0.01 * e[0];
+                e[1] = 0.9 * e[1] + g;
+                e[0] -= 0.1 * e[1];
+            },
+            0.0,
+        );
+    }
+
+    #[test]
+    fn nesterov_sgd_matches_hand_computation() {
+        let opt = Optimizer::with_rule(one_variable(), Rule::Sgd { momentum: 0.9, nesterov: true }, 0.0, |_| true);
+        against_hand_computation(
+            opt,
+            |e, g, _| {
+                e[1] = 0.9 * e[1] + g;
+                e[0] -= 0.1 * (g + 0.9 * e[1]);
+            },
+            0.0,
+        );
+    }
+
+    #[test]
+    fn adamw_matches_hand_computation() {
+        let rule = Rule::AdamW { beta1: 0.9, beta2: 0.999, epsilon: 1e-8 };
+        let opt = Optimizer::with_rule(one_variable(), rule, 0.05, |_| true);
+        assert_eq!(opt.l2_weight(), 0.0, "decoupled decay is no loss term");
+        against_hand_computation(
+            opt,
+            |e, g, t| {
+                e[0] -= 0.1 * 0.05 * e[0];
+                e[1] = 0.9 * e[1] + 0.1 * g;
+                e[2] = 0.999 * e[2] + 0.001 * g * g;
+                let (m, v) = (e[1] / (1.0 - 0.9f64.powi(t as i32)), e[2] / (1.0 - 0.999f64.powi(t as i32)));
+                e[0] -= 0.1 * m / (v.sqrt() + 1e-8);
+            },
+            0.0,
+        );
+    }
+
+    #[test]
+    fn every_rule_updates_the_same_on_one_buffer_and_variable_by_variable() {
+        let rules =
+            [Rule::Sgd { momentum: 0.9, nesterov: true }, Rule::AdamW { beta1: 0.9, beta2: 0.999, epsilon: 1e-8 }];
+        for rule in rules {
+            let (mut flat, grads) = three_flat_with(5, rule);
+            let (mut each, _) = three_with(5, rule);
+            for lr in [0.1, 0.05] {
+                flat.step(lr, &grads.iter().map(Tensor::copy).collect::<Vec<_>>());
+                each.updates += 1;
+                each.step_each(lr, &grads.iter().map(Tensor::copy).collect::<Vec<_>>());
+                let (a, b) = (snapshot(&flat), snapshot(&each));
+                for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+                    assert!((x - y).abs() < 1e-6, "{rule:?} at lr {lr}: {x} vs {y}");
+                }
+            }
+            let names: Vec<String> = flat.state().into_iter().map(|(n, _)| n).collect();
+            let slots_per_variable = names.len() / 3;
+            assert_eq!(slots_per_variable, if matches!(rule, Rule::Sgd { .. }) { 1 } else { 2 }, "{names:?}");
+        }
+    }
+
     /// Three variables of different shapes, the first and last decayed.
     fn three(seed: i64) -> (RmsProp, Vec<Tensor>) {
+        three_with(seed, Rule::RmsProp { decay: 0.9, momentum: 0.9, epsilon: 1.0 })
+    }
+
+    fn three_with(seed: i64, rule: Rule) -> (Optimizer, Vec<Tensor>) {
         tch::manual_seed(seed);
         let shapes: [&[i64]; 3] = [&[4, 3], &[5], &[2, 2, 2]];
         let vars: Vec<(String, Tensor)> = shapes
@@ -299,13 +528,17 @@ mod tests {
             .map(|(i, s)| (format!("v{i}"), Tensor::randn(*s, (Kind::Float, tch::Device::Cpu))))
             .collect();
         let grads = shapes.iter().map(|s| Tensor::randn(*s, (Kind::Float, tch::Device::Cpu))).collect();
-        (RmsProp::new(vars, 0.9, 0.9, 1.0, 0.04, |n| n != "v1"), grads)
+        (Optimizer::with_rule(vars, rule, 0.04, |n| n != "v1"), grads)
     }
 
     /// [`three`] with the variables moved into one buffer, as
     /// [`crate::flat::FlatVariables`] lays them out.
     fn three_flat(seed: i64) -> (RmsProp, Vec<Tensor>) {
-        let (opt, grads) = three(seed);
+        three_flat_with(seed, Rule::RmsProp { decay: 0.9, momentum: 0.9, epsilon: 1.0 })
+    }
+
+    fn three_flat_with(seed: i64, rule: Rule) -> (Optimizer, Vec<Tensor>) {
+        let (opt, grads) = three_with(seed, rule);
         let vars = opt.variables();
         let layout = Layout::new(vars.iter().map(|v| v.numel() as i64));
         let all = Tensor::full([layout.total], 7.0, (Kind::Float, tch::Device::Cpu));
@@ -320,7 +553,7 @@ mod tests {
         (opt, grads)
     }
 
-    fn snapshot(opt: &RmsProp) -> Vec<Vec<f32>> {
+    fn snapshot(opt: &Optimizer) -> Vec<Vec<f32>> {
         opt.slots
             .iter()
             .flat_map(|(_, v, ms, mom)| [v, ms, mom].map(|t| Vec::<f32>::try_from(&t.reshape([-1])).unwrap()))
@@ -333,6 +566,7 @@ mod tests {
         let (mut each, _) = three(3);
         for lr in [0.1, 0.05, 0.0] {
             together.step(lr, &grads.iter().map(Tensor::copy).collect::<Vec<_>>());
+            each.updates += 1;
             each.step_each(lr, &grads.iter().map(Tensor::copy).collect::<Vec<_>>());
             assert_eq!(snapshot(&together), snapshot(&each), "after a step at lr {lr}");
         }
@@ -376,12 +610,5 @@ mod tests {
         // Restored into the shared buffers: the next update uses them.
         fresh.step(0.1, &grads);
         assert_ne!(slots(&fresh), slots(&opt));
-    }
-
-    #[test]
-    fn staircase_schedule() {
-        assert_eq!(decay_steps(3170, 32, 30.0), 2971);
-        assert_eq!(learning_rate(0.1, 0.16, 100, 99), 0.1);
-        assert!((learning_rate(0.1, 0.16, 100, 250) - 0.1 * 0.16 * 0.16).abs() < 1e-12);
     }
 }

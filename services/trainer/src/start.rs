@@ -164,6 +164,7 @@ async fn resume(store: &Store, run: &str, cfg: &ModelConfig, state: &mut TrainSt
     let slots = state.optimizer.load_state(&tensors);
     let averages = state.averages.load_state(&tensors);
     state.step = meta.step;
+    state.optimizer.set_updates(meta.step);
     state.bn_updates = meta.bn_updates;
     state.examples_seen = meta.examples_seen;
     tracing::info!(

@@ -1,14 +1,16 @@
 //! The training state: the model and its towers, the optimizer, the moving
 //! averages and the counters a checkpoint keeps; one optimizer step on a batch.
 
+use inception_core::settings::OptimizerSetting;
 use inception_core::Settings;
 use inception_model::inception::debiased_momentum;
+use inception_model::loss::LossWeights;
 use inception_model::{images_to_input, loss, InceptionV3, Mode, ModelConfig, TorchFailure};
 use tch::{nn::VarStore, Device, Tensor};
 
 use crate::ema::MovingAverages;
 use crate::flat::FlatVariables;
-use crate::optimizer::RmsProp;
+use crate::optimizer::{Optimizer, Rule};
 use crate::towers::Replica;
 use crate::{TrainError, BN_DECAY};
 
@@ -16,7 +18,9 @@ use crate::{TrainError, BN_DECAY};
 pub struct TrainState {
     pub vs: VarStore,
     pub model: InceptionV3,
-    pub optimizer: RmsProp,
+    pub optimizer: Optimizer,
+    /// The loss's label smoothing and auxiliary weight (its L2 term is the optimizer's).
+    pub loss: LossWeights,
     pub averages: MovingAverages,
     /// Towers 1..N (tower 0 is `model`); empty with one tower.
     pub replicas: Vec<Replica>,
@@ -39,19 +43,37 @@ pub(crate) fn fresh_averages(vs: &VarStore, flat: Option<&FlatVariables>) -> Mov
     }
 }
 
+/// The update rule `train.optimizer` names, with its constants.
+pub fn rule_of(settings: &Settings) -> Rule {
+    let t = &settings.train;
+    match t.optimizer {
+        OptimizerSetting::RmsProp => {
+            Rule::RmsProp { decay: t.rmsprop_decay, momentum: t.rmsprop_momentum, epsilon: t.rmsprop_epsilon }
+        }
+        OptimizerSetting::Sgd => Rule::Sgd { momentum: t.sgd_momentum, nesterov: t.sgd_nesterov },
+        OptimizerSetting::AdamW => Rule::AdamW { beta1: t.adamw_beta1, beta2: t.adamw_beta2, epsilon: t.adamw_epsilon },
+    }
+}
+
 /// Gradients of one tower's variables and its loss (without the L2 term).
 type TowerResult = (Vec<Tensor>, f64);
 
 /// Forward and backward of one tower on its share of the batch, on the
 /// tower's device. A non-finite loss is returned as is (with no gradients)
 /// for the caller to report.
-fn tower_pass(model: &InceptionV3, vars: &[Tensor], images: &Tensor, labels: &Tensor, bn_momentum: f64) -> TowerResult {
+fn tower_pass(
+    model: &InceptionV3,
+    vars: &[Tensor],
+    (images, labels): (&Tensor, &Tensor),
+    weights: &LossWeights,
+    bn_momentum: f64,
+) -> TowerResult {
     let device = vars.first().map_or(Device::Cpu, Tensor::device);
     let x = images_to_input(&images.to_device(device));
     let y = labels.to_device(device);
     let (logits, aux) = model.forward(&x, Mode::Train { bn_momentum });
     // The L2 term's gradient is applied by the optimizer.
-    let total = loss::total_loss(&logits, aux.as_ref(), &y, &[]);
+    let total = loss::total_loss(weights, &logits, aux.as_ref(), &y, &[]);
     let value = total.double_value(&[]);
     if !value.is_finite() {
         return (Vec::new(), value);
@@ -71,14 +93,8 @@ impl TrainState {
         let order: Vec<String> = trainable.iter().map(|(n, _)| n.clone()).collect();
         let flat = FlatVariables::new(&vs, &order);
         let t = &settings.train;
-        let mut optimizer = RmsProp::new(
-            trainable,
-            t.rmsprop_decay,
-            t.rmsprop_momentum,
-            t.rmsprop_epsilon,
-            loss::WEIGHT_DECAY,
-            InceptionV3::is_regularized,
-        );
+        let mut optimizer =
+            Optimizer::with_rule(trainable, rule_of(settings), t.weight_decay, InceptionV3::is_regularized);
         if let Some(f) = &flat {
             optimizer = optimizer.with_flat_variables(f.trainable_part());
         }
@@ -89,6 +105,7 @@ impl TrainState {
             vs,
             model,
             optimizer,
+            loss: LossWeights { label_smoothing: t.label_smoothing, aux_weight: t.aux_loss_weight, weight_decay: 0.0 },
             averages,
             replicas,
             flat,
@@ -116,7 +133,7 @@ impl TrainState {
         let parts: Vec<(Tensor, Tensor)> =
             images.chunk(towers as i64, 0).into_iter().zip(labels.chunk(towers as i64, 0)).collect();
         let master_vars = self.optimizer.variables();
-        let (model, replicas) = (&self.model, &mut self.replicas);
+        let (model, replicas, weights) = (&self.model, &mut self.replicas, self.loss);
         let results: Vec<TowerResult> = if self.concurrent_towers && towers > 1 {
             // One thread per replica, tower 0 on this one: devices work at once.
             std::thread::scope(|scope| {
@@ -126,10 +143,10 @@ impl TrainState {
                     .enumerate()
                     .map(|(k, (r, (x, y)))| {
                         let (x, y, m) = (x.shallow_clone(), y.shallow_clone(), bn_momentum(k + 1));
-                        scope.spawn(move || tower_pass(&r.model, &r.trainable, &x, &y, m))
+                        scope.spawn(move || tower_pass(&r.model, &r.trainable, (&x, &y), &weights, m))
                     })
                     .collect();
-                let first = tower_pass(model, &master_vars, &parts[0].0, &parts[0].1, bn_momentum(0));
+                let first = tower_pass(model, &master_vars, (&parts[0].0, &parts[0].1), &weights, bn_momentum(0));
                 std::iter::once(first)
                     .chain(
                         handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))),
@@ -139,12 +156,12 @@ impl TrainState {
         } else {
             (0..towers)
                 .map(|i| match i {
-                    0 => tower_pass(model, &master_vars, &parts[0].0, &parts[0].1, bn_momentum(0)),
+                    0 => tower_pass(model, &master_vars, (&parts[0].0, &parts[0].1), &weights, bn_momentum(0)),
                     _ => tower_pass(
                         &replicas[i - 1].model,
                         &replicas[i - 1].trainable,
-                        &parts[i].0,
-                        &parts[i].1,
+                        (&parts[i].0, &parts[i].1),
+                        &weights,
                         bn_momentum(i),
                     ),
                 })
@@ -185,7 +202,7 @@ impl TrainState {
     /// The L2 term of the loss at the current weights (a pass over them:
     /// computed when a loss is reported, not every step).
     pub fn regularization_loss(&self) -> f64 {
-        loss::l2_value(&self.optimizer.regularized_variables())
+        loss::l2_value(&self.optimizer.regularized_variables(), self.optimizer.l2_weight())
     }
 
     /// One optimizer update on `images` (`[N, S, S, 3]` u8) and `labels`,

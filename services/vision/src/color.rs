@@ -164,10 +164,19 @@ pub fn adjust_hue(px: &mut [f32], delta: f32) {
 
 /// The original's `distort_color` with `ordering` 0 or 1, then the clip.
 pub fn distort_color<R: Rng>(px: &mut [f32], ordering: u32, rng: &mut R) {
-    let brightness = rng.random_range(-MAX_BRIGHTNESS_DELTA..=MAX_BRIGHTNESS_DELTA);
-    let saturation = rng.random_range(SATURATION_RANGE.0..=SATURATION_RANGE.1);
-    let hue = rng.random_range(-MAX_HUE_DELTA..=MAX_HUE_DELTA);
-    let contrast = rng.random_range(CONTRAST_RANGE.0..=CONTRAST_RANGE.1);
+    distort_color_scaled(px, ordering, 1.0, rng);
+}
+
+/// [`distort_color`] with every range scaled by `strength` around its
+/// neutral value (1 = the original's ranges, 0 = no change).
+pub fn distort_color_scaled<R: Rng>(px: &mut [f32], ordering: u32, strength: f32, rng: &mut R) {
+    let around_one = |(low, high): (f32, f32)| (1.0 - (1.0 - low) * strength, 1.0 + (high - 1.0) * strength);
+    let (max_brightness, max_hue) = (MAX_BRIGHTNESS_DELTA * strength, MAX_HUE_DELTA * strength);
+    let (saturation_range, contrast_range) = (around_one(SATURATION_RANGE), around_one(CONTRAST_RANGE));
+    let brightness = rng.random_range(-max_brightness..=max_brightness);
+    let saturation = rng.random_range(saturation_range.0..=saturation_range.1);
+    let hue = rng.random_range(-max_hue..=max_hue);
+    let contrast = rng.random_range(contrast_range.0..=contrast_range.1);
     apply_color(px, ordering, brightness, saturation, hue, contrast);
 }
 

@@ -15,4 +15,7 @@ pub use decode::{
     JpegHeader, VisionError,
 };
 pub use resize::{CropBox, ResizeMethod};
-pub use transform::{central_crop, eval_image, flip_left_right, quantize, resize_bilinear, train_image, ObjectBox};
+pub use transform::{
+    central_crop, eval_image, eval_image_with, flip_left_right, quantize, resize_bilinear, train_image, Augmentation,
+    ObjectBox,
+};

@@ -13,7 +13,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use types::deserialize_duration;
-pub use types::{parse_duration, DeviceSetting, JpegCheckSetting, Split};
+pub use types::{
+    parse_duration, DeviceSetting, JpegCheckSetting, OptimizerSetting, ResizeMethodSetting, ScheduleSetting, Split,
+};
 
 /// The defaults, compiled in so that every binary runs with no file at all.
 pub const DEFAULT_TOML: &str = include_str!("../../../../config/default.toml");
@@ -58,6 +60,8 @@ pub enum SettingsError {
 pub struct Settings {
     /// Settings that several stages read.
     pub pipeline: PipelineSettings,
+    /// Training distortions and the evaluation crop.
+    pub augment: AugmentSettings,
     /// The NATS connection.
     pub nats: NatsSettings,
     /// The shared object store.
@@ -284,8 +288,6 @@ pub struct ModelSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PreprocessSettings {
-    /// Distort training images' colour (brightness, saturation, hue, contrast), as the original always does.
-    pub distort_color: bool,
     /// The shuffle buffer keeps 1024 x this many records after each draw (image_processing.py: `--input_queue_memory_factor`).
     pub input_queue_memory_factor: f64,
     /// Hard cap on the shuffle buffer, in bytes, whatever the factor says.
@@ -309,6 +311,35 @@ pub struct PreprocessSettings {
 pub struct TrainSettings {
     /// Steps to train (inception_train.py: `--max_steps`).
     pub max_steps: u64,
+    /// The update rule: the original's TF RMSProp, SGD with momentum, or AdamW.
+    pub optimizer: OptimizerSetting,
+    /// Learning-rate schedule after the warm-up: the original's staircase decay, cosine decay, or constant.
+    pub lr_schedule: ScheduleSetting,
+    /// Steps of linear warm-up from `warmup_start_fraction` of the learning rate; 0 = none.
+    pub warmup_steps: u64,
+    /// Fraction of the learning rate the warm-up starts at.
+    pub warmup_start_fraction: f64,
+    /// Steps the cosine decay spans (after the warm-up); 0 = until `max_steps`.
+    pub cosine_steps: u64,
+    /// Fraction of the learning rate the cosine decay ends at.
+    pub cosine_final_fraction: f64,
+    /// Weight decay of conv and fully connected weights: an L2 term for RMSProp and SGD
+    /// (the original's 4e-5), decoupled (`w -= lr * wd * w`) for AdamW.
+    pub weight_decay: f64,
+    /// Label smoothing of the cross-entropy (the original's 0.1).
+    pub label_smoothing: f64,
+    /// Weight of the auxiliary head's loss (the original's 0.4).
+    pub aux_loss_weight: f64,
+    /// SGD momentum.
+    pub sgd_momentum: f64,
+    /// Nesterov momentum for SGD.
+    pub sgd_nesterov: bool,
+    /// AdamW's first-moment decay.
+    pub adamw_beta1: f64,
+    /// AdamW's second-moment decay.
+    pub adamw_beta2: f64,
+    /// AdamW's epsilon (added to the square root).
+    pub adamw_epsilon: f64,
     /// Learning rate at step 0 (inception_train.py: `--initial_learning_rate`).
     pub initial_learning_rate: f64,
     /// Epochs between learning-rate decays (`--num_epochs_per_decay`).
@@ -350,6 +381,36 @@ pub struct TrainSettings {
     pub cudnn_benchmark: bool,
     /// Address of the Prometheus metrics and `/healthz` endpoint.
     pub metrics_addr: String,
+}
+
+/// `[augment]`: the training distortions (image_processing.py's
+/// `distort_image`) and the evaluation crop. The defaults are the original's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AugmentSettings {
+    /// Smallest fraction of the image area a distorted crop covers.
+    pub crop_area_min: f64,
+    /// Largest fraction of the image area a distorted crop covers.
+    pub crop_area_max: f64,
+    /// Smallest width / height ratio of a distorted crop.
+    pub aspect_ratio_min: f64,
+    /// Largest width / height ratio of a distorted crop.
+    pub aspect_ratio_max: f64,
+    /// Fraction of an object box (or of the image) a crop must cover.
+    pub min_object_covered: f64,
+    /// Tries at a crop before the whole image is taken.
+    pub crop_attempts: u32,
+    /// Probability of a left-right flip; 0 for data whose left and right differ.
+    pub flip_probability: f64,
+    /// Distort colour (brightness, saturation, hue, contrast), in one of two orders.
+    pub distort_color: bool,
+    /// Scale of the colour distortion: 1 = the original's ranges, 0.5 = half as wide.
+    pub color_strength: f64,
+    /// The resize methods a training image's method is drawn from.
+    #[serde(deserialize_with = "types::deserialize_resize_methods")]
+    pub resize_methods: Vec<ResizeMethodSetting>,
+    /// Fraction of each side the evaluation's central crop keeps.
+    pub eval_central_fraction: f64,
 }
 
 /// `[eval]`: the evaluator.
@@ -564,6 +625,42 @@ mod tests {
         assert_eq!(load("train.device", "cuda:1").unwrap().train.device, DeviceSetting::Cuda(1));
         let err = load("preprocess.orphan_batch_age_secs", "soon").unwrap_err().to_string();
         assert!(err.contains("preprocess.orphan_batch_age_secs"), "{err}");
+    }
+
+    #[test]
+    fn augmentation_and_optimizer_settings_are_checked() {
+        let load = |pairs: &[(&str, &str)]| {
+            let overrides: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            Settings::load(None, &overrides)
+        };
+        let s = load(&[("augment.resize_methods", "area,bilinear"), ("train.optimizer", "adamw")]).unwrap();
+        assert_eq!(s.augment.resize_methods, [ResizeMethodSetting::Area, ResizeMethodSetting::Bilinear]);
+        assert_eq!(s.train.optimizer, OptimizerSetting::AdamW);
+        let err = load(&[
+            ("augment.crop_area_min", "0.8"),
+            ("augment.crop_area_max", "0.5"),
+            ("augment.flip_probability", "1.5"),
+            ("augment.eval_central_fraction", "0"),
+            ("train.initial_learning_rate", "nan"),
+            ("train.label_smoothing", "1"),
+        ])
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "augment.crop_area_min (0.8) and augment.crop_area_max (0.5)",
+            "augment.flip_probability = 1.5",
+            "augment.eval_central_fraction = 0",
+            "train.initial_learning_rate = NaN",
+            "train.label_smoothing = 1",
+        ] {
+            assert!(err.contains(key), "{key} missing from: {err}");
+        }
+        let err = load(&[("augment.resize_methods", "area,lanczos")]).unwrap_err().to_string();
+        assert!(err.contains("lanczos") && err.contains("augment.resize_methods"), "{err}");
+        let err = load(&[("train.lr_schedule", "linear")]).unwrap_err().to_string();
+        assert!(err.contains("train.lr_schedule"), "{err}");
+        let moved = load(&[("preprocess.distort_color", "false")]).unwrap();
+        assert!(!moved.augment.distort_color, "the old key still works");
     }
 
     #[test]

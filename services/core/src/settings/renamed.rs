@@ -1,6 +1,7 @@
 //! Keys of earlier versions, still accepted with a deprecation warning: the
-//! settings that several stages read moved to `[pipeline]`, and durations
-//! given as bare seconds (`*_secs`) became durations with a unit.
+//! settings that several stages read moved to `[pipeline]`, durations given
+//! as bare seconds (`*_secs`) became durations with a unit, and colour
+//! distortion joined the other distortions in `[augment]`.
 
 use config::{Map, Value, ValueKind};
 
@@ -14,7 +15,7 @@ enum Conversion {
 }
 
 /// Old key, new key, conversion.
-const RENAMED: [(&str, &str, Conversion); 11] = [
+const RENAMED: [(&str, &str, Conversion); 12] = [
     ("preprocess.batch_size", "pipeline.batch_size", Conversion::Same),
     ("preprocess.queue_capacity", "pipeline.queue_capacity", Conversion::Same),
     ("ingest.max_image_pixels", "pipeline.max_image_pixels", Conversion::Same),
@@ -26,6 +27,7 @@ const RENAMED: [(&str, &str, Conversion); 11] = [
     ("preprocess.orphan_batch_age_secs", "preprocess.orphan_batch_age", Conversion::Seconds),
     ("train.batch_ack_wait_secs", "train.batch_ack_wait", Conversion::Seconds),
     ("eval.eval_interval_secs", "eval.eval_interval", Conversion::Seconds),
+    ("preprocess.distort_color", "augment.distort_color", Conversion::Same),
 ];
 
 /// Moves the value of every old key in `merged` (all layers) to its new

@@ -122,6 +122,76 @@ impl<'de> Deserialize<'de> for DeviceSetting {
     }
 }
 
+/// The update rule of the trainer (`train.optimizer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerSetting {
+    /// RMSProp with TensorFlow 1's semantics, as inception_train.py.
+    RmsProp,
+    /// SGD with momentum (optionally Nesterov).
+    Sgd,
+    /// Adam with decoupled weight decay.
+    AdamW,
+}
+
+/// The learning-rate schedule after the warm-up (`train.lr_schedule`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleSetting {
+    /// The original's staircase: times `learning_rate_decay_factor` every `num_epochs_per_decay` epochs.
+    Staircase,
+    /// Half a cosine from the learning rate down to `cosine_final_fraction` of it.
+    Cosine,
+    /// The learning rate throughout.
+    Constant,
+}
+
+/// A resize method of `tf.image.resize_images` (`augment.resize_methods`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResizeMethodSetting {
+    /// Bilinear interpolation.
+    Bilinear,
+    /// Nearest neighbour.
+    Nearest,
+    /// Bicubic interpolation.
+    Bicubic,
+    /// Area averaging.
+    Area,
+}
+
+impl std::str::FromStr for ResizeMethodSetting {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "bilinear" => Ok(Self::Bilinear),
+            "nearest" => Ok(Self::Nearest),
+            "bicubic" => Ok(Self::Bicubic),
+            "area" => Ok(Self::Area),
+            other => Err(format!("unknown resize method {other:?} (use bilinear, nearest, bicubic or area)")),
+        }
+    }
+}
+
+/// Serde's `deserialize_with` for a list of resize methods, given as a
+/// list or as one comma-separated string (what an environment variable or
+/// `--set` can hold).
+pub(super) fn deserialize_resize_methods<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<ResizeMethodSetting>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Methods {
+        List(Vec<String>),
+        Text(String),
+    }
+    let names = match Methods::deserialize(deserializer)? {
+        Methods::List(list) => list,
+        Methods::Text(text) => text.split(',').map(str::to_string).collect(),
+    };
+    names.iter().map(|n| n.parse().map_err(serde::de::Error::custom)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +210,13 @@ mod tests {
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("NaNs").is_err());
         assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn resize_methods_parse_from_names() {
+        assert_eq!("area".parse(), Ok(ResizeMethodSetting::Area));
+        assert_eq!(" bicubic".parse(), Ok(ResizeMethodSetting::Bicubic));
+        assert!("lanczos".parse::<ResizeMethodSetting>().unwrap_err().contains("unknown resize method"));
     }
 
     #[test]

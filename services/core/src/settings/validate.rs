@@ -49,9 +49,71 @@ impl Settings {
         check(self.eval.batch_size > 0, &|| "eval.batch_size must be at least 1".into());
         check(t.checkpoint_every_steps > 0, &|| "train.checkpoint_every_steps must be at least 1".into());
         check(t.log_every_steps > 0, &|| "train.log_every_steps must be at least 1".into());
+        self.augment_problems(&mut problems);
+        self.optimizer_problems(&mut problems);
         self.nats_problems(&mut problems);
         self.name_problems(&mut problems);
         problems
+    }
+
+    // `!(x >= a && x <= b)` on purpose: NaN fails every comparison.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
+    fn augment_problems(&self, problems: &mut Vec<String>) {
+        let a = &self.augment;
+        let mut range = |what: &str, min: f64, max: f64, low: f64, high: f64| {
+            if !(min > low && min <= max && max <= high) {
+                problems.push(format!(
+                    "augment.{what}_min ({min}) and augment.{what}_max ({max}) must satisfy {low} < min <= max <= {high}"
+                ));
+            }
+        };
+        range("crop_area", a.crop_area_min, a.crop_area_max, 0.0, 1.0);
+        range("aspect_ratio", a.aspect_ratio_min, a.aspect_ratio_max, 0.0, f64::MAX);
+        let mut within = |key: &str, v: f64, low: f64, high: f64| {
+            if !(v >= low && v <= high) {
+                problems.push(format!("{key} = {v} must be in [{low}, {high}]"));
+            }
+        };
+        within("augment.min_object_covered", a.min_object_covered, 0.0, 1.0);
+        within("augment.flip_probability", a.flip_probability, 0.0, 1.0);
+        within("augment.color_strength", a.color_strength, 0.0, 2.0);
+        if !(a.eval_central_fraction > 0.0 && a.eval_central_fraction <= 1.0) {
+            problems.push(format!("augment.eval_central_fraction = {} must be in (0, 1]", a.eval_central_fraction));
+        }
+        if a.crop_attempts == 0 {
+            problems.push("augment.crop_attempts must be at least 1".into());
+        }
+        if a.resize_methods.is_empty() {
+            problems.push("augment.resize_methods must name at least one method".into());
+        }
+    }
+
+    // `!(x >= a && x <= b)` on purpose: NaN fails every comparison.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
+    fn optimizer_problems(&self, problems: &mut Vec<String>) {
+        let t = &self.train;
+        if !(t.initial_learning_rate > 0.0 && t.initial_learning_rate.is_finite()) {
+            problems
+                .push(format!("train.initial_learning_rate = {} must be a positive number", t.initial_learning_rate));
+        }
+        let mut within = |key: &str, v: f64, low: f64, high: f64, high_open: bool| {
+            let below_high = if high_open { v < high } else { v <= high };
+            if !(v >= low && below_high) {
+                let bracket = if high_open { ')' } else { ']' };
+                problems.push(format!("train.{key} = {v} must be in [{low}, {high}{bracket}"));
+            }
+        };
+        within("warmup_start_fraction", t.warmup_start_fraction, 0.0, 1.0, false);
+        within("cosine_final_fraction", t.cosine_final_fraction, 0.0, 1.0, false);
+        within("label_smoothing", t.label_smoothing, 0.0, 1.0, true);
+        within("aux_loss_weight", t.aux_loss_weight, 0.0, f64::MAX, false);
+        within("weight_decay", t.weight_decay, 0.0, 1.0, true);
+        within("sgd_momentum", t.sgd_momentum, 0.0, 1.0, true);
+        within("adamw_beta1", t.adamw_beta1, 0.0, 1.0, true);
+        within("adamw_beta2", t.adamw_beta2, 0.0, 1.0, true);
+        if !(t.adamw_epsilon > 0.0) {
+            problems.push(format!("train.adamw_epsilon = {} must be positive", t.adamw_epsilon));
+        }
     }
 
     fn nats_problems(&self, problems: &mut Vec<String>) {

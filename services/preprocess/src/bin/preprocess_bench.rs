@@ -58,7 +58,13 @@ fn breakdown(jpegs: &[Vec<u8>], size: u32, eval: bool, passes: usize) -> anyhow:
             geometry += t.elapsed().as_secs_f64();
             continue;
         }
-        let crop = inception_vision::transform::sample_distorted_crop(img.width(), img.height(), &[], &mut rng);
+        let crop = inception_vision::transform::sample_distorted_crop(
+            img.width(),
+            img.height(),
+            &[],
+            &Default::default(),
+            &mut rng,
+        );
         let method = inception_vision::ResizeMethod::from_index(rng.random_range(0..4));
         let mut px = inception_vision::resize::resize(img, crop, size, method);
         inception_vision::flip_left_right(&mut px, size);
@@ -132,7 +138,7 @@ fn work(jpegs: &[Vec<u8>], size: u32, passes: usize, eval: bool, seed: u64) -> a
             let out = if eval {
                 inception_vision::eval_image(&decoded.image, size)
             } else {
-                inception_vision::train_image(&decoded.image, size, &[], true, &mut rng)
+                inception_vision::train_image(&decoded.image, size, &[], &Default::default(), &mut rng)
             };
             checksum = checksum.wrapping_add(u64::from(out[out.len() / 2]));
         }
