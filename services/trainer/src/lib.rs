@@ -13,6 +13,7 @@
 //!   checkpoint, resuming and saving.
 
 pub mod batches;
+pub mod early_stop;
 pub mod ema;
 pub mod flat;
 pub mod optimizer;
@@ -94,8 +95,14 @@ pub async fn run(
     let source = batch_source(settings, store, streams, &cfg).await?;
     let schedule = learning_rate_schedule(settings, streams).await?;
     let mut progress = Progress::new(&t.tensorboard_dir);
+    let early_stop =
+        early_stop::EarlyStop::follow(streams, &settings.pipeline.run, t.early_stopping_patience, shutdown).await;
     let mut last_saved = state.step;
     while state.step < t.max_steps {
+        if let Some(reason) = early_stop.reason() {
+            tracing::info!("stopping early at step {}: {reason}", state.step);
+            break;
+        }
         let Some(delivery) = source.next(shutdown).await else { break };
         let lr = schedule.learning_rate(state.step);
         let (images, labels) = delivery.tensors();

@@ -340,6 +340,8 @@ pub struct TrainSettings {
     pub adamw_beta2: f64,
     /// AdamW's epsilon (added to the square root).
     pub adamw_epsilon: f64,
+    /// Stop after this many evaluations in a row without a higher precision@1; 0 = never.
+    pub early_stopping_patience: u32,
     /// Learning rate at step 0 (inception_train.py: `--initial_learning_rate`).
     pub initial_learning_rate: f64,
     /// Epochs between learning-rate decays (`--num_epochs_per_decay`).
