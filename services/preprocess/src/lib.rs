@@ -199,6 +199,10 @@ impl<'a> Worker<'a> {
         };
         for r in tfrecord::records(&bytes) {
             match r {
+                Ok(data) if self.settings.preprocess.class_balanced => {
+                    let label = inception_core::example::parse_image_example(data).ok().map(|p| p.label);
+                    self.buffer.extend_labelled([(label, data.to_vec())]);
+                }
                 Ok(data) => self.buffer.extend([data.to_vec()]),
                 Err(e) => {
                     metrics::counter!("inception_preprocess_errors_total", "kind" => "framing").increment(1);
@@ -214,7 +218,11 @@ impl<'a> Worker<'a> {
     /// Decodes and distorts a batch drawn from the buffer (on a blocking
     /// thread); None when none of its records could be used.
     async fn next_batch(&mut self) -> Result<Option<inception_core::batch::Batch>, PreprocessError> {
-        let chunk = self.buffer.take(self.batch_size, &mut self.rng);
+        let chunk = if self.settings.preprocess.class_balanced {
+            self.buffer.take_balanced(self.batch_size, &mut self.rng)
+        } else {
+            self.buffer.take(self.batch_size, &mut self.rng)
+        };
         let started = Instant::now();
         let (size, max_pixels) = (self.settings.model.image_size, self.settings.pipeline.max_image_pixels);
         let augmentation = self.augmentation.clone();

@@ -4,11 +4,19 @@
 //! `min_after_dequeue` records after each draw (more only while a shard is
 //! being added), unless that would take more than `max_bytes`: memory is
 //! bounded by `max_bytes` plus one shard.
+//!
+//! With class-balanced draws ([`ShuffleBuffer::take_balanced`]) each draw
+//! first picks a label uniformly among those in the buffer, then a record
+//! of that label: every class is seen about equally often however skewed
+//! the data (minority classes are repeated, majority ones subsampled).
 
 use rand::Rng;
 
+/// Serialized records waiting to be drawn into batches.
 pub struct ShuffleBuffer {
     records: Vec<Vec<u8>>,
+    /// Each record's label, for class-balanced draws (None: unknown).
+    labels: Vec<Option<i64>>,
     bytes: usize,
     min_after_dequeue: usize,
     max_bytes: usize,
@@ -16,7 +24,7 @@ pub struct ShuffleBuffer {
 
 impl ShuffleBuffer {
     pub fn new(min_after_dequeue: usize, max_bytes: usize) -> Self {
-        Self { records: Vec::new(), bytes: 0, min_after_dequeue, max_bytes }
+        Self { records: Vec::new(), labels: Vec::new(), bytes: 0, min_after_dequeue, max_bytes }
     }
 
     /// Bytes of the records held.
@@ -38,23 +46,48 @@ impl ShuffleBuffer {
         self.records.len() < n || (self.records.len() < self.min_after_dequeue + n && self.bytes < self.max_bytes)
     }
 
+    /// Adds records whose labels are not known (uniform draws only).
     pub fn extend(&mut self, records: impl IntoIterator<Item = Vec<u8>>) {
-        for r in records {
+        self.extend_labelled(records.into_iter().map(|r| (None, r)));
+    }
+
+    /// Adds records with their labels, for class-balanced draws.
+    pub fn extend_labelled(&mut self, records: impl IntoIterator<Item = (Option<i64>, Vec<u8>)>) {
+        for (label, r) in records {
             self.bytes += r.len();
             self.records.push(r);
+            self.labels.push(label);
         }
     }
 
     /// Draws `n` records (fewer if it holds fewer) uniformly at random.
     pub fn take<R: Rng>(&mut self, n: usize, rng: &mut R) -> Vec<Vec<u8>> {
+        (0..n.min(self.records.len())).map(|_| self.remove(rng.random_range(0..self.records.len()))).collect()
+    }
+
+    /// Draws `n` records (fewer if it holds fewer), each from a label drawn
+    /// uniformly among the labels in the buffer (records of unknown label
+    /// form one group of their own).
+    pub fn take_balanced<R: Rng>(&mut self, n: usize, rng: &mut R) -> Vec<Vec<u8>> {
         (0..n.min(self.records.len()))
             .map(|_| {
-                let i = rng.random_range(0..self.records.len());
-                let r = self.records.swap_remove(i);
-                self.bytes -= r.len();
-                r
+                let mut present: Vec<Option<i64>> = self.labels.clone();
+                present.sort_unstable();
+                present.dedup();
+                let label = present[rng.random_range(0..present.len())];
+                let of_label = self.labels.iter().filter(|l| **l == label).count();
+                let k = rng.random_range(0..of_label);
+                let i = self.labels.iter().enumerate().filter(|(_, l)| **l == label).nth(k).map_or(0, |(i, _)| i);
+                self.remove(i)
             })
             .collect()
+    }
+
+    fn remove(&mut self, i: usize) -> Vec<u8> {
+        self.labels.swap_remove(i);
+        let r = self.records.swap_remove(i);
+        self.bytes -= r.len();
+        r
     }
 }
 
@@ -86,6 +119,40 @@ mod tests {
         small.extend(shard(0).take(3));
         assert_eq!(small.take(8, &mut rng).len(), 3);
         assert!(small.is_empty());
+    }
+
+    #[test]
+    fn balanced_draws_even_out_a_skewed_buffer() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let (mut uniform, mut balanced) = ([0usize; 3], [0usize; 3]);
+        for _ in 0..200 {
+            // 90 % label 1, 9 % label 2, 1 % label 3.
+            let skewed = || {
+                (0..100u8).map(|i| match i {
+                    0 => (Some(3), vec![3]),
+                    1..=9 => (Some(2), vec![2]),
+                    _ => (Some(1), vec![1]),
+                })
+            };
+            let mut a = ShuffleBuffer::new(0, usize::MAX);
+            a.extend_labelled(skewed());
+            for r in a.take(10, &mut rng) {
+                uniform[usize::from(r[0] - 1)] += 1;
+            }
+            let mut b = ShuffleBuffer::new(0, usize::MAX);
+            b.extend_labelled(skewed());
+            for r in b.take_balanced(10, &mut rng) {
+                balanced[usize::from(r[0] - 1)] += 1;
+            }
+            assert_eq!(b.len(), 90);
+            assert_eq!(b.bytes(), 90);
+        }
+        assert!(uniform[0] > 1700 && uniform[2] < 60, "uniform draws follow the data: {uniform:?}");
+        // The rare label has one record per buffer, so it is drawn at most once per batch;
+        // the other two share the rest about equally.
+        assert!(balanced[2] >= 150, "the rarest class is drawn in most batches: {balanced:?}");
+        let ratio = balanced[0] as f64 / balanced[1] as f64;
+        assert!((0.8..1.25).contains(&ratio), "labels 1 and 2 equally often: {balanced:?}");
     }
 
     #[test]

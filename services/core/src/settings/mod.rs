@@ -288,6 +288,8 @@ pub struct ModelSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PreprocessSettings {
+    /// Draw each batch's records class by class (a label uniformly, then one of its records), for skewed data.
+    pub class_balanced: bool,
     /// The shuffle buffer keeps 1024 x this many records after each draw (image_processing.py: `--input_queue_memory_factor`).
     pub input_queue_memory_factor: f64,
     /// Hard cap on the shuffle buffer, in bytes, whatever the factor says.
