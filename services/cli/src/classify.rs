@@ -13,11 +13,12 @@ use std::path::PathBuf;
 pub(crate) struct ClassifyArgs {
     #[command(flatten)]
     common: CommonArgs,
-    /// `latest` (the run's newest checkpoint) or the store key of a
-    /// checkpoint's metadata, e.g. checkpoints/default/model.ckpt-900.json.
+    /// `latest` (the run's newest checkpoint), `best` (the evaluator's best
+    /// so far: highest precision@1) or the store key of a checkpoint's
+    /// metadata, e.g. checkpoints/default/model.ckpt-900.json.
     #[arg(long, default_value = "latest")]
     checkpoint: String,
-    /// Training run whose `latest` checkpoint to use (pipeline.run).
+    /// Training run whose `latest` or `best` checkpoint to use (pipeline.run).
     #[arg(long)]
     run: Option<String>,
     /// How many labels to print per image.
@@ -41,7 +42,8 @@ pub(crate) fn run(args: ClassifyArgs) -> anyhow::Result<()> {
     let classifier = runtime
         .block_on(Classifier::load(&store, &settings.pipeline.run, &args.checkpoint, device))
         .map_err(anyhow::Error::msg)
-        .with_context(|| format!("cannot load checkpoint {:?} from {}", args.checkpoint, store.url()))?;
+        .with_context(|| format!("cannot load checkpoint {:?} from {}", args.checkpoint, store.url()))?
+        .with_central_fraction(settings.augment.eval_central_fraction);
     let results = classifier.classify_files(&args.images, args.top_k, settings.pipeline.max_image_pixels);
     if args.json {
         let doc = serde_json::json!({ "checkpoint_step": classifier.meta().step, "results": results });

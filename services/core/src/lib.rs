@@ -113,6 +113,12 @@ pub mod keys {
     pub fn checkpoint_pointer(run: &str) -> String {
         format!("checkpoints/{run}/checkpoint")
     }
+    /// Points at the run's best evaluated checkpoint (JSON: step, metadata
+    /// and weights keys, precision@1, validation loss), written by the
+    /// evaluator; the trainer never prunes the checkpoint it points at.
+    pub fn checkpoint_best(run: &str) -> String {
+        format!("checkpoints/{run}/best")
+    }
     /// The evaluation of a run's checkpoint at `step` (JSON).
     pub fn eval_result(run: &str, step: u64) -> String {
         format!("eval/{run}/step-{step}.json")

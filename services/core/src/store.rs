@@ -159,6 +159,29 @@ impl Store {
         removed
     }
 
+    /// Deletes the temporary files (`<key>#<n>`) that a killed writer of
+    /// the one object `key` left behind in a local store, whatever their
+    /// age: for an object only the caller writes, so none is in progress.
+    /// Returns how many. Other stores never show partial objects.
+    pub fn remove_temporaries_of(&self, key: &str) -> usize {
+        let Some(dir) = &self.local_dir else { return 0 };
+        let path = dir.join(key);
+        let (Some(folder), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else { return 0 };
+        let Ok(entries) = std::fs::read_dir(folder) else { return 0 };
+        let mut removed = 0;
+        for entry in entries.filter_map(Result::ok) {
+            let file = entry.file_name();
+            let Some(n) = file.to_str().and_then(|f| f.strip_prefix(name)).and_then(|f| f.strip_prefix('#')) else {
+                continue;
+            };
+            if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && std::fs::remove_file(entry.path()).is_ok() {
+                tracing::info!("removed {} (left by a writer that was killed mid-write)", entry.path().display());
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     /// The store's URL, as configured.
     pub fn url(&self) -> &str {
         &self.url
@@ -377,6 +400,25 @@ mod temporary_tests {
         assert!(dir.path().join("other#1").exists(), "outside the prefix");
         let memory = Store::open(&StoreSettings { url: "memory:///".into(), ..settings }).unwrap();
         assert_eq!(memory.remove_stale_temporaries("", std::time::Duration::ZERO), 0);
+    }
+
+    #[test]
+    fn temporaries_of_one_object_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = StoreSettings {
+            url: format!("file://{}", dir.path().display()),
+            ..crate::Settings::defaults().unwrap().store
+        };
+        let store = Store::open(&settings).unwrap();
+        std::fs::create_dir_all(dir.path().join("checkpoints/run")).unwrap();
+        let names = ["best#1", "best#22", "best", "best#x", "bestx#1", "model.ckpt-10.safetensors#3"];
+        for name in names {
+            std::fs::write(dir.path().join("checkpoints/run").join(name), b"x").unwrap();
+        }
+        assert_eq!(store.remove_temporaries_of("checkpoints/run/best"), 2);
+        let left: Vec<bool> = names.iter().map(|n| dir.path().join("checkpoints/run").join(n).exists()).collect();
+        assert_eq!(left, vec![false, false, true, true, true, true]);
+        assert_eq!(store.remove_temporaries_of("checkpoints/absent/best"), 0);
     }
 }
 

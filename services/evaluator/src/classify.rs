@@ -25,31 +25,53 @@ pub struct Classified {
     pub error: Option<String>,
 }
 
+/// The metadata key that `checkpoint` names: `latest`, `best`, or a key.
+pub async fn metadata_key(store: &Store, run: &str, checkpoint: &str) -> Result<String, String> {
+    match checkpoint {
+        "latest" => checkpoint::read_pointer(store, run)
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|p| p.metadata)
+            .ok_or_else(|| format!("run {run:?} has no checkpoint ({} not found)", keys::checkpoint_pointer(run))),
+        "best" => {
+            checkpoint::read_best(store, run).await.map_err(|e| e.to_string())?.map(|p| p.metadata).ok_or_else(|| {
+                format!(
+                    "run {run:?} has no best checkpoint yet ({} not found: the evaluator writes it)",
+                    keys::checkpoint_best(run)
+                )
+            })
+        }
+        key => Ok(key.to_string()),
+    }
+}
+
 pub struct Classifier {
     model: InceptionV3,
     _vs: VarStore,
     meta: CheckpointMeta,
     device: Device,
+    /// The evaluation's central crop (`augment.eval_central_fraction`).
+    central_fraction: f64,
 }
 
 impl Classifier {
-    /// `checkpoint`: `latest` (the run's pointer) or the store key of a
+    /// `checkpoint`: `latest` (the run's `checkpoint` pointer), `best` (the
+    /// run's `best` pointer, written by the evaluator) or the store key of a
     /// checkpoint's `.json` metadata.
     pub async fn load(store: &Store, run: &str, checkpoint: &str, device: Device) -> Result<Self, String> {
-        let key =
-            if checkpoint == "latest" {
-                checkpoint::read_pointer(store, run).await.map_err(|e| e.to_string())?.map(|p| p.metadata).ok_or_else(
-                    || format!("run {run:?} has no checkpoint ({} not found)", keys::checkpoint_pointer(run)),
-                )?
-            } else {
-                checkpoint.to_string()
-            };
+        let key = metadata_key(store, run, checkpoint).await?;
         let (meta, tensors) = checkpoint::read(store, &key).await.map_err(|e| e.to_string())?;
         meta.model.validate().map_err(|e| format!("{key}: {e}"))?;
         let vs = VarStore::new(device);
         let model = InceptionV3::new(&vs.root(), &meta.model);
         checkpoint::load_for_inference(&vs, &tensors).map_err(|e| format!("{key}: {e}"))?;
-        Ok(Self { model, _vs: vs, meta, device })
+        Ok(Self { model, _vs: vs, meta, device, central_fraction: inception_vision::transform::EVAL_CENTRAL_FRACTION })
+    }
+
+    /// Crops the central `fraction` of each side instead of the original's 0.875.
+    pub fn with_central_fraction(mut self, fraction: f64) -> Self {
+        self.central_fraction = fraction;
+        self
     }
 
     pub fn meta(&self) -> &CheckpointMeta {
@@ -58,10 +80,7 @@ impl Classifier {
 
     /// Label name of an output index (0 is the background class).
     pub fn label(&self, index: i64) -> String {
-        match index {
-            0 => "background".to_string(),
-            i => self.meta.labels.get(i as usize - 1).cloned().unwrap_or_else(|| format!("class {i}")),
-        }
+        crate::scores::label_name(&self.meta.labels, index)
     }
 
     /// Classifies one image file with the evaluation preprocessing.
@@ -69,7 +88,7 @@ impl Classifier {
         let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
         let decoded = inception_vision::decode_rgb(&bytes, max_pixels).map_err(|e| e.to_string())?;
         let size = self.meta.model.image_size;
-        let pixels = inception_vision::eval_image(&decoded.image, size as u32);
+        let pixels = inception_vision::eval_image_with(&decoded.image, size as u32, self.central_fraction);
         let input = images_to_input(&Tensor::from_slice(&pixels).view([1, size, size, 3]).to_device(self.device));
         let (logits, _) = tch::no_grad(|| self.model.forward(&input, Mode::Eval));
         let probs = logits.softmax(-1, Kind::Float).squeeze_dim(0);

@@ -1,14 +1,20 @@
 //! The evaluator: precision@1 and recall@5 of each new checkpoint on the
 //! validation shards, with the original's central-crop preprocessing and
-//! output lines.
+//! output lines, plus what a practitioner acts on ([`scores`]): precision
+//! and recall by label, the confusion matrix and the validation loss.
 //!
 //! It learns of checkpoints from `CheckpointReady` announcements and also
 //! polls the run's `checkpoint` pointer every `eval.eval_interval`.
 //! Each checkpoint is evaluated once: a result object
 //! `eval/<run>/step-<N>.json` marks it done, also across restarts. A
-//! checkpoint that cannot be loaded is reported and skipped, not retried.
+//! checkpoint that cannot be loaded, or whose logits are NaN or infinite,
+//! is reported and skipped, not retried, and gets no score.
+//!
+//! It also keeps the run's `best` pointer ([`BestPointer`]) at the evaluated
+//! checkpoint with the highest precision@1 (ties: the lower validation loss).
 
 pub mod classify;
+pub mod scores;
 pub mod topk;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
@@ -20,10 +26,11 @@ use inception_core::store::StoreError;
 use inception_core::telemetry::{log_timestamp, Readiness};
 use inception_core::tfevents::OptionalEvents;
 use inception_core::{keys, tfrecord, Settings, Store};
-use inception_model::checkpoint::{self, CheckpointPointer};
+use inception_model::checkpoint::{self, BestPointer, CheckpointPointer};
 use inception_model::{images_to_input, InceptionV3, Mode, TorchFailure};
 use inception_proto::pipeline::{CheckpointReady, EvalResult};
 use inception_proto::Message;
+use scores::{ClassScore, ConfusionMatrix, ScoreError, Tally};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -45,6 +52,19 @@ pub enum EvalError {
     OutOfMemory { device: String, batch: i64, message: String },
     #[error("libtorch failed evaluating {key}: {message}")]
     Libtorch { key: String, message: String },
+    /// The checkpoint's weights are broken (NaN or infinite logits): refused
+    /// without a score, since `in_top_k` would count every example as a hit.
+    #[error("checkpoint {key} refused: {message}; it gets no score (diverged or damaged weights)")]
+    NonFinite { key: String, message: String },
+}
+
+/// The error for logits that cannot be scored: non-finite ones refuse the
+/// checkpoint; labels or shapes that do not fit are the checkpoint's fault too.
+fn score_error(key: &str, e: ScoreError) -> EvalError {
+    match e {
+        ScoreError::NonFinite { .. } => EvalError::NonFinite { key: key.to_string(), message: e.to_string() },
+        other => EvalError::Checkpoint { key: key.to_string(), message: other.to_string() },
+    }
 }
 
 /// The error for a batch that libtorch failed to evaluate: running out of
@@ -57,16 +77,37 @@ pub fn batch_failure(failure: TorchFailure, key: &str, batch: i64, device: Devic
     }
 }
 
-/// What one evaluation found; also the JSON written to the store.
+/// What one evaluation found; also the JSON written to the store
+/// (`eval/<run>/step-<N>.json`). The fields after `evaluated_at_unix` are
+/// absent from results written before they existed (read back as empty, or
+/// NaN for the loss).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {
     pub run: String,
     pub step: u64,
+    /// Key of the checkpoint's metadata.
     pub checkpoint: String,
     pub precision_at_1: f64,
     pub recall_at_5: f64,
     pub examples: u64,
     pub evaluated_at_unix: i64,
+    /// Key of the checkpoint's tensors.
+    #[serde(default)]
+    pub weights: String,
+    /// Mean cross-entropy of the logits over the counted examples (natural
+    /// log, no label smoothing, no auxiliary head, no weight decay).
+    #[serde(default = "not_recorded")]
+    pub validation_loss: f64,
+    /// Precision and recall of each label (see [`scores::Tally::class_scores`]).
+    #[serde(default)]
+    pub classes: Vec<ClassScore>,
+    /// Rows: true label; columns: top-1 prediction.
+    #[serde(default)]
+    pub confusion: ConfusionMatrix,
+}
+
+fn not_recorded() -> f64 {
+    f64::NAN
 }
 
 impl Evaluation {
@@ -76,6 +117,12 @@ impl Evaluation {
             "precision @ 1 = {:.4} recall @ 5 = {:.4} [{} examples]",
             self.precision_at_1, self.recall_at_5, self.examples
         )
+    }
+
+    /// The per-class table printed under [`Evaluation::line`], and the
+    /// validation loss.
+    pub fn class_report(&self) -> String {
+        format!("{}\nvalidation loss = {:.4}", scores::class_table(&self.classes), self.validation_loss)
     }
 }
 
@@ -116,9 +163,12 @@ impl Evaluator {
             let mut pixels = Vec::new();
             let mut labels = Vec::new();
             let max_pixels = self.settings.pipeline.max_image_pixels;
+            let central_fraction = self.settings.augment.eval_central_fraction;
             for shard in &shards {
                 let bytes = self.store.get(shard).await?;
-                let (p, l) = tokio::task::block_in_place(|| preprocess_shard(shard, &bytes, image_size, max_pixels));
+                let (p, l) = tokio::task::block_in_place(|| {
+                    preprocess_shard(shard, &bytes, image_size, max_pixels, central_fraction)
+                });
                 pixels.extend(p);
                 labels.extend(l);
             }
@@ -153,6 +203,7 @@ impl Evaluator {
         let per_image = (size as usize).pow(2) * 3;
         let num_batches = total.div_ceil(batch_size);
         let (mut top1, mut top5) = (0i64, 0i64);
+        let mut tally = Tally::new(meta.model.num_classes.max(0) as usize);
         let started = Instant::now();
         let mut window = Instant::now();
         for b in 0..num_batches {
@@ -165,13 +216,18 @@ impl Evaluator {
             let picked: Vec<i64> = picks.iter().map(|&i| data.labels[i]).collect();
             let images = Tensor::from_slice(&pixels).view([n, size as i64, size as i64, 3]);
             let labels = Tensor::from_slice(&picked).to_device(device);
-            let (hits1, hits5) = inception_model::catch_torch(|| {
+            let (hits1, hits5, logits) = inception_model::catch_torch(|| {
                 let (logits, _) =
                     tch::no_grad(|| model.forward(&images_to_input(&images.to_device(device)), Mode::Eval));
                 let hits = |k| topk::in_top_k(&logits, &labels, k).sum(Kind::Int64).int64_value(&[]);
-                (hits(1), hits(5))
+                let flat = logits.to_kind(Kind::Float).to_device(Device::Cpu).contiguous().view([-1]);
+                (hits(1), hits(5), Vec::<f32>::try_from(&flat))
             })
             .map_err(|failure| batch_failure(failure, metadata_key, n, device))?;
+            let logits =
+                logits.map_err(|e| EvalError::Libtorch { key: metadata_key.to_string(), message: e.to_string() })?;
+            // Before the hits count: NaN logits make every example an in_top_k hit.
+            tally.add(&logits, &picked).map_err(|e| score_error(metadata_key, e))?;
             top1 += hits1;
             top5 += hits5;
             if (b + 1) % 20 == 0 {
@@ -196,6 +252,10 @@ impl Evaluator {
             recall_at_5: top5 as f64 / total as f64,
             examples: total as u64,
             evaluated_at_unix: chrono::Utc::now().timestamp(),
+            weights: meta.weights.clone(),
+            validation_loss: tally.validation_loss(),
+            classes: tally.class_scores(&meta.labels),
+            confusion: tally.confusion(&meta.labels),
         })
     }
 
@@ -220,31 +280,97 @@ impl Evaluator {
         }
         let evaluation = match self.evaluate(metadata_key).await {
             Ok(e) => e,
-            Err(e @ (EvalError::Checkpoint { .. } | EvalError::Store(StoreError::NotFound { .. }))) => {
+            Err(
+                e @ (EvalError::Checkpoint { .. }
+                | EvalError::NonFinite { .. }
+                | EvalError::Store(StoreError::NotFound { .. })),
+            ) => {
                 self.failed.insert(metadata_key.to_string());
                 metrics::counter!("inception_eval_failures_total").increment(1);
+                if matches!(e, EvalError::NonFinite { .. }) {
+                    metrics::counter!("inception_eval_non_finite_checkpoints_total").increment(1);
+                }
                 return Err(e);
             }
             Err(e) => return Err(e),
         };
         // Announce first, then mark done: a crash between the two evaluates
         // again and announces under the same message id (deduplicated), where
-        // the other order could lose the announcement for good.
+        // the other order could lose the announcement for good. The best
+        // pointer comes before the mark too: evaluating again gives the same
+        // scores, which leave it as it is.
         self.announce(streams, &evaluation, force).await?;
+        self.update_best(&evaluation).await?;
         let json = serde_json::to_vec_pretty(&evaluation).map_err(|e| EvalError::Config(e.to_string()))?;
         self.store.put(&result_key, Bytes::from(json)).await?;
         println!("{}: {}", log_timestamp(), evaluation.line());
-        metrics::gauge!("inception_eval_precision_at_1").set(evaluation.precision_at_1);
-        metrics::gauge!("inception_eval_recall_at_5").set(evaluation.recall_at_5);
-        metrics::gauge!("inception_eval_checkpoint_step").set(evaluation.step as f64);
-        metrics::gauge!("inception_eval_last_evaluation_timestamp_seconds").set(evaluation.evaluated_at_unix as f64);
-        metrics::counter!("inception_eval_evaluations_total").increment(1);
-        // The original's TensorBoard tags.
-        self.events.scalars(
-            evaluation.step,
-            &[("Precision @ 1", evaluation.precision_at_1), ("Recall @ 5", evaluation.recall_at_5)],
-        );
+        println!("{}", evaluation.class_report());
+        record_metrics(&evaluation);
+        self.record_events(&evaluation);
         Ok(Some(evaluation))
+    }
+
+    /// TensorBoard: the original's tags, the validation loss, precision and
+    /// recall by label (`precision/<label>`, `recall/<label>`; left out where
+    /// undefined) and the confusion matrix as a markdown table (text plugin).
+    fn record_events(&mut self, evaluation: &Evaluation) {
+        let mut values = vec![
+            ("Precision @ 1".to_string(), evaluation.precision_at_1),
+            ("Recall @ 5".to_string(), evaluation.recall_at_5),
+            ("validation_loss".to_string(), evaluation.validation_loss),
+        ];
+        for class in &evaluation.classes {
+            values.extend(class.precision.map(|p| (format!("precision/{}", class.label), p)));
+            values.extend(class.recall.map(|r| (format!("recall/{}", class.label), r)));
+        }
+        let tags: Vec<(&str, f64)> = values.iter().map(|(tag, v)| (tag.as_str(), *v)).collect();
+        self.events.scalars(evaluation.step, &tags);
+        self.events.text(evaluation.step, "confusion_matrix", &scores::confusion_markdown(&evaluation.confusion));
+    }
+
+    /// Points the run's `best` at the evaluated checkpoint when it beats the
+    /// current best (higher precision@1; on a tie, lower validation loss), or
+    /// when there is none, it is unreadable, or its checkpoint is gone. The
+    /// pointer is written whole in one put. A checkpoint the trainer pruned
+    /// while it was being evaluated is not pointed at. Returns whether it
+    /// moved. [`Evaluator::evaluate_and_report`] calls it for every evaluation.
+    pub async fn update_best(&self, evaluation: &Evaluation) -> Result<bool, EvalError> {
+        let run = &self.settings.pipeline.run;
+        let key = keys::checkpoint_best(run);
+        let current = match checkpoint::read_best(&self.store, run).await {
+            Ok(current) => current,
+            Err(checkpoint::CheckpointError::Store(e)) => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!("{e}; it will be replaced");
+                None
+            }
+        };
+        if let Some(best) = &current {
+            let beaten = best.is_beaten_by(evaluation.precision_at_1, evaluation.validation_loss);
+            if !beaten && self.store.exists(&best.weights).await? {
+                return Ok(false);
+            }
+        }
+        if !(self.store.exists(&evaluation.weights).await? && self.store.exists(&evaluation.checkpoint).await?) {
+            tracing::warn!("{} is gone (pruned while evaluated?): {key} not moved to it", evaluation.checkpoint);
+            return Ok(false);
+        }
+        let pointer = BestPointer {
+            step: evaluation.step,
+            metadata: evaluation.checkpoint.clone(),
+            weights: evaluation.weights.clone(),
+            precision_at_1: evaluation.precision_at_1,
+            validation_loss: evaluation.validation_loss,
+        };
+        let json = serde_json::to_vec_pretty(&pointer).map_err(|e| EvalError::Config(e.to_string()))?;
+        self.store.put(&key, Bytes::from(json)).await?;
+        tracing::info!(
+            "best checkpoint of run {run}: step {} (precision@1 {:.4}, validation loss {:.4})",
+            pointer.step,
+            pointer.precision_at_1,
+            pointer.validation_loss
+        );
+        Ok(true)
     }
 
     /// Publishes the `EvalResult`, retried until acknowledged. Its message
@@ -261,6 +387,7 @@ impl Evaluator {
             recall_at_5: evaluation.recall_at_5,
             examples: evaluation.examples,
             evaluated_at_unix: evaluation.evaluated_at_unix,
+            validation_loss: evaluation.validation_loss,
         };
         let shutdown = CancellationToken::new();
         let id = match force {
@@ -322,6 +449,8 @@ impl Evaluator {
         let run = self.settings.pipeline.run.clone();
         // One evaluator per run writes its results: a half-written one is from before a crash.
         self.store.remove_stale_temporaries(&format!("eval/{run}"), Duration::ZERO);
+        // Likewise its `best` pointer (only the evaluator writes it).
+        self.store.remove_temporaries_of(&keys::checkpoint_best(&run));
         let stream = streams.checkpoints().await?;
         streams.evals().await?;
         // Made again whenever it is lost (NATS restarts, partitions), so
@@ -367,6 +496,23 @@ impl Evaluator {
     }
 }
 
+/// Prometheus: the last evaluation's scores, by label where per class
+/// (`label` = the label's name; NaN where precision or recall is undefined).
+fn record_metrics(evaluation: &Evaluation) {
+    metrics::gauge!("inception_eval_precision_at_1").set(evaluation.precision_at_1);
+    metrics::gauge!("inception_eval_recall_at_5").set(evaluation.recall_at_5);
+    metrics::gauge!("inception_eval_validation_loss").set(evaluation.validation_loss);
+    metrics::gauge!("inception_eval_checkpoint_step").set(evaluation.step as f64);
+    metrics::gauge!("inception_eval_last_evaluation_timestamp_seconds").set(evaluation.evaluated_at_unix as f64);
+    metrics::counter!("inception_eval_evaluations_total").increment(1);
+    for class in &evaluation.classes {
+        let label = class.label.clone();
+        metrics::gauge!("inception_eval_class_precision", "label" => label.clone())
+            .set(class.precision.unwrap_or(f64::NAN));
+        metrics::gauge!("inception_eval_class_recall", "label" => label).set(class.recall.unwrap_or(f64::NAN));
+    }
+}
+
 /// A checkpoint announcement that is not one: logged and counted.
 fn reject(reason: &str) {
     metrics::counter!("inception_eval_rejected_messages_total").increment(1);
@@ -395,8 +541,15 @@ pub fn examples_to_count(wanted: usize, available: usize, batch_size: usize, rou
 }
 
 /// Eval preprocessing of every record of one shard (bad records are counted
-/// and skipped): returns the pixels (HWC u8, concatenated) and labels.
-fn preprocess_shard(name: &str, bytes: &[u8], size: u32, max_pixels: u64) -> (Vec<u8>, Vec<i64>) {
+/// and skipped; the central crop keeps `central_fraction` of each side):
+/// returns the pixels (HWC u8, concatenated) and labels.
+fn preprocess_shard(
+    name: &str,
+    bytes: &[u8],
+    size: u32,
+    max_pixels: u64,
+    central_fraction: f64,
+) -> (Vec<u8>, Vec<i64>) {
     let mut pixels = Vec::new();
     let mut labels = Vec::new();
     for (i, record) in tfrecord::records(bytes).enumerate() {
@@ -408,7 +561,7 @@ fn preprocess_shard(name: &str, bytes: &[u8], size: u32, max_pixels: u64) -> (Ve
             });
         match outcome {
             Ok((decoded, label)) => {
-                pixels.extend(inception_vision::eval_image(&decoded.image, size));
+                pixels.extend(inception_vision::eval_image_with(&decoded.image, size, central_fraction));
                 labels.push(label);
             }
             Err(reason) => {

@@ -3,6 +3,8 @@
 //! metadata (step, labels, model shape). The JSON is written after the
 //! weights, and the run's `checkpoint` pointer after both, so a reader that
 //! follows the pointer or an announcement never finds half a checkpoint.
+//! The evaluator keeps a second pointer, `best` ([`BestPointer`]), at the
+//! run's best evaluated checkpoint; the trainer never prunes that one.
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -39,6 +41,37 @@ pub struct CheckpointPointer {
     pub metadata: String,
     /// Older checkpoints still kept, oldest first.
     pub all: Vec<String>,
+}
+
+/// The `best` pointer object: the run's evaluated checkpoint with the
+/// highest precision@1, ties broken by the lower validation loss. Written
+/// whole by the evaluator (one put, so readers see the old or the new one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BestPointer {
+    pub step: u64,
+    /// Key of the checkpoint's metadata (`model.ckpt-<step>.json`).
+    pub metadata: String,
+    /// Key of the checkpoint's tensors (`model.ckpt-<step>.safetensors`).
+    pub weights: String,
+    pub precision_at_1: f64,
+    /// Mean cross-entropy of the logits on the validation set.
+    pub validation_loss: f64,
+}
+
+impl BestPointer {
+    /// Whether an evaluation scoring `precision_at_1` and `validation_loss`
+    /// is better than this one: a higher precision@1, or the same precision@1
+    /// with a lower validation loss. An equal one is not better, so
+    /// evaluating the same checkpoint again changes nothing.
+    pub fn is_beaten_by(&self, precision_at_1: f64, validation_loss: f64) -> bool {
+        precision_at_1 > self.precision_at_1
+            || (precision_at_1 == self.precision_at_1 && validation_loss < self.validation_loss)
+    }
+
+    /// Whether `metadata_key` is the checkpoint this points at.
+    pub fn points_at(&self, metadata_key: &str) -> bool {
+        metadata_key == self.metadata || step_of(metadata_key) == Some(self.step)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +139,18 @@ pub fn load_into(vs: &VarStore, tensors: &HashMap<String, Tensor>) -> Result<Vec
 /// Reads a run's `checkpoint` pointer; `None` when the run has none yet.
 pub async fn read_pointer(store: &Store, run: &str) -> Result<Option<CheckpointPointer>, CheckpointError> {
     let key = keys::checkpoint_pointer(run);
+    match store.get(&key).await {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| CheckpointError::Corrupt { key, message: e.to_string() }),
+        Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads a run's `best` pointer; `None` when no evaluation has written one yet.
+pub async fn read_best(store: &Store, run: &str) -> Result<Option<BestPointer>, CheckpointError> {
+    let key = keys::checkpoint_best(run);
     match store.get(&key).await {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
@@ -283,6 +328,28 @@ mod tests {
         file.remove("Mixed_5b.branch1x1.conv.weight");
         let err = load_pretrained(&target, &file, true).unwrap_err().to_string();
         assert!(err.contains("Mixed_5b.branch1x1.conv.weight"), "{err}");
+    }
+
+    fn best(precision_at_1: f64, validation_loss: f64) -> BestPointer {
+        BestPointer {
+            step: 20,
+            metadata: "checkpoints/r/model.ckpt-20.json".into(),
+            weights: "checkpoints/r/model.ckpt-20.safetensors".into(),
+            precision_at_1,
+            validation_loss,
+        }
+    }
+
+    #[test]
+    fn a_higher_precision_wins_and_a_tie_goes_to_the_lower_loss() {
+        let current = best(0.75, 0.5);
+        assert!(current.is_beaten_by(0.8, 2.0), "higher precision@1, whatever the loss");
+        assert!(!current.is_beaten_by(0.7, 0.1), "lower precision@1, whatever the loss");
+        assert!(current.is_beaten_by(0.75, 0.4), "tie: the lower loss wins");
+        assert!(!current.is_beaten_by(0.75, 0.6), "tie: a higher loss does not");
+        assert!(!current.is_beaten_by(0.75, 0.5), "the same scores change nothing");
+        assert!(current.points_at("checkpoints/r/model.ckpt-20.json"));
+        assert!(!current.points_at("checkpoints/r/model.ckpt-30.json"));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Order of writes: weights, then metadata, then the run's `checkpoint`
 //! pointer, then the `CheckpointReady` announcement. A crash at any point
 //! leaves the previous pointer valid, so a restart resumes from a complete
-//! checkpoint. Only the last `keep` checkpoints are kept.
+//! checkpoint. Only the last `keep` checkpoints are kept, and the one the
+//! evaluator's `best` pointer names, whatever its age.
 
 use bytes::Bytes;
 use inception_core::nats::{NatsError, Streams};
@@ -36,6 +37,21 @@ pub async fn save(
     keep: usize,
     shutdown: &CancellationToken,
 ) -> Result<(), SaverError> {
+    write(store, meta, tensors, keep).await?;
+    announce(streams, &meta.run, meta.step, shutdown).await?;
+    metrics::counter!("inception_trainer_checkpoints_total").increment(1);
+    tracing::info!("checkpoint {} written and announced", meta.weights);
+    Ok(())
+}
+
+/// Writes the checkpoint (weights, metadata, pointer) and deletes those
+/// beyond the newest `keep`, except the one the run's `best` points at.
+pub async fn write(
+    store: &Store,
+    meta: &CheckpointMeta,
+    tensors: &[(String, Tensor)],
+    keep: usize,
+) -> Result<(), SaverError> {
     let run = &meta.run;
     let weights = checkpoint::tensors_to_bytes(tensors)?;
     store.put(&meta.weights, Bytes::from(weights)).await?;
@@ -47,8 +63,15 @@ pub async fn save(
     let mut all = checkpoint::read_pointer(store, run).await?.map(|p| p.all).unwrap_or_default();
     all.retain(|k| k != &metadata_key);
     all.push(metadata_key.clone());
-    let dropped: Vec<String> =
-        if all.len() > keep.max(1) { all.drain(..all.len() - keep.max(1)).collect() } else { Vec::new() };
+    let dropped = match checkpoint::read_best(store, run).await {
+        Ok(best) => prune(&mut all, keep, |k| best.as_ref().is_some_and(|b| b.points_at(k))),
+        Err(CheckpointError::Store(e)) => return Err(e.into()),
+        Err(e) => {
+            // Which one is best is unknown: delete none rather than perhaps it.
+            tracing::warn!("{e}; no checkpoint is deleted until it is readable again");
+            prune(&mut all, keep, |_| true)
+        }
+    };
     let pointer = CheckpointPointer { step: meta.step, metadata: metadata_key.clone(), all };
     let json = serde_json::to_vec_pretty(&pointer)
         .map_err(|e| SaverError::Corrupt { key: metadata_key.clone(), message: e.to_string() })?;
@@ -59,11 +82,19 @@ pub async fn save(
         }
         store.delete(&old).await?;
     }
-
-    announce(streams, run, meta.step, shutdown).await?;
-    metrics::counter!("inception_trainer_checkpoints_total").increment(1);
-    tracing::info!("checkpoint {} written and announced", meta.weights);
     Ok(())
+}
+
+/// Splits off `all` (metadata keys, oldest first) the checkpoints to delete:
+/// all but the newest `keep` (at least 1), except those `protected` names.
+/// A protected one stays listed in `all`, so it is deleted by the first
+/// save after it stops being protected (the best moved on).
+fn prune(all: &mut Vec<String>, keep: usize, protected: impl Fn(&str) -> bool) -> Vec<String> {
+    let excess = all.len().saturating_sub(keep.max(1));
+    let newest = all.split_off(excess);
+    let (kept, dropped): (Vec<String>, Vec<String>) = all.drain(..).partition(|k| protected(k));
+    *all = kept.into_iter().chain(newest).collect();
+    dropped
 }
 
 /// Announces the checkpoint of `step` (`CheckpointReady`), retried until
@@ -82,4 +113,106 @@ pub async fn announce(streams: &Streams, run: &str, step: u64, shutdown: &Cancel
         .publish_acked(&streams.subjects.checkpoints(run), Bytes::from(message.encode_to_vec()), &id, shutdown)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use inception_core::settings::StoreSettings;
+    use inception_core::Settings;
+    use inception_model::checkpoint::{BestPointer, FORMAT_VERSION};
+    use inception_model::ModelConfig;
+
+    fn keys_of(steps: &[u64]) -> Vec<String> {
+        steps.iter().map(|&s| keys::checkpoint_metadata("r", s)).collect()
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_and_the_protected() {
+        let mut all = keys_of(&[1, 2, 3, 4]);
+        assert_eq!(prune(&mut all, 2, |_| false), keys_of(&[1, 2]));
+        assert_eq!(all, keys_of(&[3, 4]));
+
+        let mut all = keys_of(&[1, 2, 3, 4]);
+        let best = keys::checkpoint_metadata("r", 2);
+        assert_eq!(prune(&mut all, 2, |k| k == best), keys_of(&[1]));
+        assert_eq!(all, keys_of(&[2, 3, 4]), "the protected one stays listed, oldest first");
+        // Once no longer protected, it goes at the next save.
+        all.push(keys::checkpoint_metadata("r", 5));
+        assert_eq!(prune(&mut all, 2, |_| false), keys_of(&[2, 3]));
+        assert_eq!(all, keys_of(&[4, 5]));
+
+        let mut few = keys_of(&[1]);
+        assert!(prune(&mut few, 0, |_| false).is_empty(), "at least one is kept");
+    }
+
+    fn meta(step: u64) -> CheckpointMeta {
+        CheckpointMeta {
+            format_version: FORMAT_VERSION,
+            run: "r".into(),
+            step,
+            labels: vec!["a".into()],
+            model: ModelConfig::tiny(2),
+            bn_updates: 0,
+            examples_seen: 0,
+            weights: keys::checkpoint_weights("r", step),
+            created_unix: 0,
+        }
+    }
+
+    async fn point_best_at(store: &Store, step: u64) {
+        let best = BestPointer {
+            step,
+            metadata: keys::checkpoint_metadata("r", step),
+            weights: keys::checkpoint_weights("r", step),
+            precision_at_1: 0.9,
+            validation_loss: 0.1,
+        };
+        store.put(&keys::checkpoint_best("r"), Bytes::from(serde_json::to_vec(&best).unwrap())).await.unwrap();
+    }
+
+    async fn stored_steps(store: &Store) -> Vec<u64> {
+        let mut steps: Vec<u64> = store
+            .list(&format!("{}/model.ckpt-", keys::checkpoint_dir("r")))
+            .await
+            .unwrap()
+            .iter()
+            .filter(|k| k.ends_with(".json"))
+            .filter_map(|k| checkpoint::step_of(k))
+            .collect();
+        steps.sort_unstable();
+        steps
+    }
+
+    #[tokio::test]
+    async fn the_best_checkpoint_is_never_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let store = Store::open(&StoreSettings { url, ..Settings::defaults().unwrap().store }).unwrap();
+        let tensors = vec![("w".to_string(), Tensor::from_slice(&[1.0f32, 2.0]))];
+        for step in [10, 20] {
+            write(&store, &meta(step), &tensors, 2).await.unwrap();
+        }
+        point_best_at(&store, 10).await;
+        for step in [30, 40, 50] {
+            write(&store, &meta(step), &tensors, 2).await.unwrap();
+        }
+        assert_eq!(stored_steps(&store).await, vec![10, 40, 50], "the best (10) and the newest 2");
+        assert!(store.exists(&keys::checkpoint_weights("r", 10)).await.unwrap(), "its weights too");
+        let pointer = checkpoint::read_pointer(&store, "r").await.unwrap().unwrap();
+        assert_eq!(pointer.all, keys_of(&[10, 40, 50]));
+        assert_eq!(pointer.metadata, keys::checkpoint_metadata("r", 50));
+
+        // The best moves on: the old one goes at the next save.
+        point_best_at(&store, 50).await;
+        write(&store, &meta(60), &tensors, 2).await.unwrap();
+        assert_eq!(stored_steps(&store).await, vec![50, 60]);
+        assert!(!store.exists(&keys::checkpoint_weights("r", 10)).await.unwrap());
+
+        // An unreadable best pointer: nothing is deleted.
+        store.put(&keys::checkpoint_best("r"), Bytes::from_static(b"{ not json")).await.unwrap();
+        write(&store, &meta(70), &tensors, 2).await.unwrap();
+        write(&store, &meta(80), &tensors, 2).await.unwrap();
+        assert_eq!(stored_steps(&store).await, vec![50, 60, 70, 80]);
+    }
 }
