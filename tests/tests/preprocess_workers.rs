@@ -120,7 +120,7 @@ fn workers_join_and_leave_while_the_trainer_runs() {
     let (out, err) = trainer.output();
     let steps = logged_steps(&out);
     assert_eq!(steps, (1..=STEPS).collect::<Vec<_>>(), "every step once, in order (a was killed after {before})");
-    assert!(!err.contains("dropping a batch message"), "no batch was lost or corrupt: {err}");
+    assert!(!err.contains("terminating a batch message"), "no batch was lost or corrupt: {err}");
     for (name, port) in [("b", port_b), ("c", port_c)] {
         assert!(
             scraped_value(port, "inception_preprocess_batches_total").unwrap_or(0.0) >= 1.0,

@@ -63,7 +63,9 @@ impl Batch {
     }
 
     /// Parses a batch object, checking dtypes, shapes and offsets; any
-    /// safetensors file with such `images` and `labels` is accepted.
+    /// safetensors file with such `images` and `labels` is accepted. A batch
+    /// of no images, or whose declared shapes do not match the bytes present
+    /// (sizes are computed with checked arithmetic), is refused.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, BatchError> {
         let bad = |m: &str| BatchError::Malformed(m.to_string());
         if bytes.len() < 8 {
@@ -111,11 +113,20 @@ impl Batch {
         let [b, h, w, c] = ishape[..] else {
             return Err(bad("images must be 4-D"));
         };
-        if h != w || c != 3 || lshape != [b] || images.len() != b * h * w * 3 || labels.len() != 8 * b {
+        if h != w || c != 3 || lshape != [b] {
+            return Err(bad("images must be [B, S, S, 3] and labels [B]"));
+        }
+        if b == 0 || h == 0 {
+            return Err(bad("it holds no images"));
+        }
+        // Checked: the declared shape comes from outside and may not fit in memory, let alone the file.
+        let image_bytes = b.checked_mul(h).and_then(|n| n.checked_mul(w)).and_then(|n| n.checked_mul(3));
+        if image_bytes != Some(images.len()) || b.checked_mul(8) != Some(labels.len()) {
             return Err(bad("tensor shapes disagree with their sizes"));
         }
+        let image_size = u32::try_from(h).map_err(|_| bad("image size"))?;
         Ok(Batch {
-            image_size: h as u32,
+            image_size,
             images: images.to_vec(),
             labels: labels
                 .chunks_exact(8)
@@ -142,5 +153,33 @@ mod tests {
         assert!(Batch::from_bytes(&bytes[..bytes.len() - 1]).is_err());
         assert!(Batch::from_bytes(b"\x10\0\0\0\0\0\0\0{}").is_err());
         assert!(Batch::from_bytes(&[]).is_err());
+    }
+
+    /// A safetensors file with the given header and `data` after it.
+    fn with_header(header: &str, data: &[u8]) -> Vec<u8> {
+        let mut out = (header.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
+    #[test]
+    fn declared_sizes_that_cannot_match_the_bytes_are_refused() {
+        // Shapes whose element count overflows: refused, not a panic.
+        let huge = r#"{"images":{"dtype":"U8","shape":[4611686018427387904,2,2,3],"data_offsets":[0,0]},
+            "labels":{"dtype":"I64","shape":[4611686018427387904],"data_offsets":[0,0]}}"#;
+        assert!(Batch::from_bytes(&with_header(huge, &[])).is_err());
+        // More images declared than bytes present.
+        let short = r#"{"images":{"dtype":"U8","shape":[2,1,1,3],"data_offsets":[0,3]},
+            "labels":{"dtype":"I64","shape":[2],"data_offsets":[3,19]}}"#;
+        assert!(Batch::from_bytes(&with_header(short, &[0; 19])).is_err());
+        // A header length beyond the file.
+        let mut bytes = Batch { image_size: 1, images: vec![0; 3], labels: vec![1] }.to_bytes();
+        bytes[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(Batch::from_bytes(&bytes).is_err());
+        // No images at all: nothing to train on.
+        let empty = Batch { image_size: 75, images: Vec::new(), labels: Vec::new() }.to_bytes();
+        let err = Batch::from_bytes(&empty).unwrap_err().to_string();
+        assert!(err.contains("no images"), "{err}");
     }
 }

@@ -10,16 +10,20 @@
 //! * [`local_nats`]: a nats-server child process for local runs and tests;
 //!   [`process`]: a child process stopped when its guard is dropped.
 //! * [`backoff`]: the exponential back-off of every retry loop.
+//! * [`limits`]: the upper bounds on sizes and counts that come from outside;
+//!   [`announcements`]: the checks of shard announcements.
 //! * [`bootstrap`]: the start-up every service main shares.
 
 #![warn(missing_docs)]
 
+pub mod announcements;
 pub mod backoff;
 pub mod batch;
 pub mod bootstrap;
 pub mod cli;
 pub mod example;
 pub mod follow;
+pub mod limits;
 pub mod local_nats;
 pub mod memory;
 pub mod nats;

@@ -52,6 +52,18 @@ pub enum StoreError {
         /// The object store's error.
         source: object_store::Error,
     },
+    /// An object larger than its reader accepts ([`Store::get_at_most`]); nothing of it was read.
+    #[error("object {key} in {url} is {size} bytes, more than the {max} such an object may have")]
+    TooLarge {
+        /// The store's URL.
+        url: String,
+        /// The object's key.
+        key: String,
+        /// Its size.
+        size: u64,
+        /// The most its reader accepts.
+        max: u64,
+    },
     /// A streamed write ended without being committed.
     #[error("object store {url}, put {key}: the writer stopped before the object was complete; nothing was stored")]
     Incomplete {
@@ -261,6 +273,16 @@ impl Store {
         got.bytes().await.map_err(|e| self.io("get", key, e))
     }
 
+    /// Reads a whole object of at most `max` bytes; a larger one is refused
+    /// ([`StoreError::TooLarge`]) from its size, before any of it is read.
+    pub async fn get_at_most(&self, key: &str, max: u64) -> Result<Bytes, StoreError> {
+        let got = self.inner.get(&self.path(key)).await.map_err(|e| self.io("get", key, e))?;
+        if got.meta.size > max {
+            return Err(StoreError::TooLarge { url: self.url.clone(), key: key.to_string(), size: got.meta.size, max });
+        }
+        got.bytes().await.map_err(|e| self.io("get", key, e))
+    }
+
     /// Whether an object exists at `key`.
     pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
         match self.inner.head(&self.path(key)).await {
@@ -362,6 +384,19 @@ mod streamed_tests {
         assert!(store.list("a/").await.unwrap() == vec!["a/shard"], "no staged file listed");
         let files: Vec<_> = std::fs::read_dir(dir.path().join("a")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(files, vec![std::ffi::OsString::from("shard")], "nothing staged left behind");
+    }
+
+    #[tokio::test]
+    async fn an_object_larger_than_its_reader_accepts_is_refused() {
+        let store =
+            Store::open(&StoreSettings { url: "memory:///".into(), ..crate::Settings::defaults().unwrap().store })
+                .unwrap();
+        store.put("big", Bytes::from(vec![7u8; 100])).await.unwrap();
+        assert_eq!(store.get_at_most("big", 100).await.unwrap().len(), 100);
+        let err = store.get_at_most("big", 99).await.unwrap_err();
+        assert!(matches!(err, StoreError::TooLarge { size: 100, max: 99, .. }), "{err}");
+        assert!(err.to_string().contains("big") && err.to_string().contains("100 bytes"), "{err}");
+        assert!(matches!(store.get_at_most("missing", 1).await, Err(StoreError::NotFound { .. })));
     }
 }
 

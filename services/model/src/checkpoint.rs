@@ -34,6 +34,27 @@ pub struct CheckpointMeta {
     pub created_unix: i64,
 }
 
+/// The most a checkpoint's metadata file may have: room for
+/// [`inception_core::limits::MAX_NUM_CLASSES`] label names of over 300 bytes each.
+pub const MAX_METADATA_BYTES: u64 = 32 << 20;
+
+impl CheckpointMeta {
+    /// Checks what a model will be built from: the model's shape within its
+    /// bounds ([`ModelConfig::validate`]) and one label name per output but
+    /// the background. Called before any weight is read.
+    pub fn validate(&self) -> Result<(), String> {
+        self.model.validate()?;
+        if self.labels.len() as u64 + 1 != self.model.num_classes as u64 {
+            return Err(format!(
+                "{} labels for a model of {} outputs (labels + background)",
+                self.labels.len(),
+                self.model.num_classes
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The `checkpoint` pointer object: which metadata file is the latest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointPointer {
@@ -160,14 +181,20 @@ pub async fn read_best(store: &Store, run: &str) -> Result<Option<BestPointer>, 
     }
 }
 
-/// Reads a checkpoint's metadata and its tensors.
+/// Reads a checkpoint's metadata, checks it ([`CheckpointMeta::validate`]),
+/// then reads its tensors: metadata out of bounds is refused before any
+/// weight is read or model built.
 pub async fn read(
     store: &Store,
     metadata_key: &str,
 ) -> Result<(CheckpointMeta, HashMap<String, Tensor>), CheckpointError> {
     let corrupt = |key: &str, message: String| CheckpointError::Corrupt { key: key.to_string(), message };
-    let meta: CheckpointMeta =
-        serde_json::from_slice(&store.get(metadata_key).await?).map_err(|e| corrupt(metadata_key, e.to_string()))?;
+    let bytes = store.get_at_most(metadata_key, MAX_METADATA_BYTES).await.map_err(|e| match e {
+        too_large @ StoreError::TooLarge { .. } => corrupt(metadata_key, too_large.to_string()),
+        other => other.into(),
+    })?;
+    let meta: CheckpointMeta = serde_json::from_slice(&bytes).map_err(|e| corrupt(metadata_key, e.to_string()))?;
+    meta.validate().map_err(|e| corrupt(metadata_key, e))?;
     let tensors =
         tensors_from_bytes(&store.get(&meta.weights).await?).map_err(|e| corrupt(&meta.weights, e.to_string()))?;
     Ok((meta, tensors))
@@ -229,6 +256,9 @@ pub fn load_pretrained(
     let mut missing = Vec::new();
     let mut mismatched = Vec::new();
     let vars = vs.variables();
+    // Every shape is checked before anything is copied: a file that does not
+    // fit leaves the model as it was.
+    let mut fitting = Vec::new();
     for (name, var) in &vars {
         if (fine_tune && is_logits(name)) || (!has_aux && name.starts_with("AuxLogits.")) {
             report.reinitialised.push(name.clone());
@@ -240,10 +270,7 @@ pub fn load_pretrained(
                 let hint = if is_logits(name) { " (other classes: use fine_tune)" } else { "" };
                 mismatched.push(format!("{name}: file {:?}, model {:?}{hint}", t.size(), var.size()));
             }
-            Some(t) => {
-                tch::no_grad(|| var.shallow_clone().copy_(t));
-                report.loaded += 1;
-            }
+            Some(t) => fitting.push((var, t)),
         }
     }
     if !missing.is_empty() || !mismatched.is_empty() {
@@ -251,6 +278,12 @@ pub fn load_pretrained(
         mismatched.sort();
         return Err(CheckpointError::Mismatch { missing, mismatched });
     }
+    tch::no_grad(|| {
+        for (var, t) in &fitting {
+            var.shallow_clone().copy_(t);
+        }
+    });
+    report.loaded = fitting.len();
     report.reinitialised.sort();
     report.unexpected = tensors.keys().filter(|k| !vars.contains_key(*k)).cloned().collect();
     report.unexpected.sort();
@@ -328,6 +361,25 @@ mod tests {
         file.remove("Mixed_5b.branch1x1.conv.weight");
         let err = load_pretrained(&target, &file, true).unwrap_err().to_string();
         assert!(err.contains("Mixed_5b.branch1x1.conv.weight"), "{err}");
+    }
+
+    #[test]
+    fn a_file_with_one_wrong_shape_loads_nothing() {
+        let source = VarStore::new(Device::Cpu);
+        let _ = InceptionV3::new(&source.root(), &cfg(6));
+        let mut file: HashMap<String, Tensor> = source.variables().into_iter().collect();
+        file.insert(
+            "Mixed_7c.branch_pool.conv.weight".into(),
+            Tensor::zeros([1, 2, 3], (tch::Kind::Float, Device::Cpu)),
+        );
+        let target = VarStore::new(Device::Cpu);
+        let _ = InceptionV3::new(&target.root(), &cfg(6));
+        let before: HashMap<String, Tensor> = target.variables().into_iter().map(|(n, t)| (n, t.copy())).collect();
+        let err = load_pretrained(&target, &file, false).unwrap_err().to_string();
+        assert!(err.contains("Mixed_7c.branch_pool.conv.weight"), "{err}");
+        let after = target.variables();
+        let changed = after.iter().filter(|(n, t)| !t.equal(&before[*n])).count();
+        assert_eq!(changed, 0, "variables loaded before the mismatch was found");
     }
 
     fn best(precision_at_1: f64, validation_loss: f64) -> BestPointer {

@@ -1,12 +1,14 @@
 //! The shape of a model: everything needed to rebuild it from a checkpoint.
 
+use inception_core::limits::{MAX_DEPTH_MULTIPLIER, MAX_IMAGE_SIZE, MAX_MIN_DEPTH, MAX_NUM_CLASSES};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
     /// Outputs, including the background class 0: labels + 1.
     pub num_classes: i64,
-    /// Square input side in pixels (at least [`MIN_IMAGE_SIZE`]).
+    /// Square input side in pixels (at least [`MIN_IMAGE_SIZE`], at most
+    /// [`MAX_IMAGE_SIZE`]).
     pub image_size: i64,
     /// Channel multiplier (TF-slim `depth_multiplier`); 1.0 is Inception-v3.
     pub depth_multiplier: f64,
@@ -69,17 +71,26 @@ impl ModelConfig {
         pooled.min(5)
     }
 
-    // `!(x > 0.0)` on purpose: unlike `x <= 0.0`, it also refuses NaN.
-    #[allow(clippy::neg_cmp_op_on_partial_ord)]
+    /// Checks every field against its bounds ([`inception_core::limits`]),
+    /// so that no configuration, whether from settings or a checkpoint's
+    /// metadata, builds a model that cannot work or cannot fit in memory.
+    /// Called before any model is built.
     pub fn validate(&self) -> Result<(), String> {
-        if self.image_size < MIN_IMAGE_SIZE {
-            return Err(format!("image size {} is below the minimum of {MIN_IMAGE_SIZE}", self.image_size));
+        let (classes, side) = (i64::from(MAX_NUM_CLASSES), i64::from(MAX_IMAGE_SIZE));
+        if !(MIN_IMAGE_SIZE..=side).contains(&self.image_size) {
+            return Err(format!("image_size = {} must be in [{MIN_IMAGE_SIZE}, {side}] pixels", self.image_size));
         }
-        if self.num_classes < 2 {
-            return Err(format!("num_classes = {} (labels + background) must be at least 2", self.num_classes));
+        if !(2..=classes).contains(&self.num_classes) {
+            return Err(format!("num_classes = {} (labels + background) must be in [2, {classes}]", self.num_classes));
         }
-        if !(self.depth_multiplier > 0.0) || self.min_depth < 1 {
-            return Err("depth_multiplier and min_depth must be positive".into());
+        if !(self.depth_multiplier > 0.0 && self.depth_multiplier <= MAX_DEPTH_MULTIPLIER) {
+            return Err(format!("depth_multiplier = {} must be in (0, {MAX_DEPTH_MULTIPLIER}]", self.depth_multiplier));
+        }
+        if !(1..=i64::from(MAX_MIN_DEPTH)).contains(&self.min_depth) {
+            return Err(format!("min_depth = {} must be in [1, {MAX_MIN_DEPTH}]", self.min_depth));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(format!("dropout = {} must be in [0, 1)", self.dropout));
         }
         Ok(())
     }
@@ -112,5 +123,26 @@ mod tests {
         assert_eq!(narrow.depth(64), 16);
         assert_eq!(narrow.depth(384), 38);
         assert!(at(74).validate().is_err());
+    }
+
+    #[test]
+    fn every_field_is_bounded() {
+        assert!(at(299).validate().is_ok());
+        let refused = [
+            ModelConfig { num_classes: 1_000_000_000, ..at(299) },
+            ModelConfig { num_classes: 1, ..at(299) },
+            ModelConfig { image_size: 100_000, ..at(299) },
+            ModelConfig { depth_multiplier: 1e6, ..at(299) },
+            ModelConfig { depth_multiplier: f64::INFINITY, ..at(299) },
+            ModelConfig { depth_multiplier: f64::NAN, ..at(299) },
+            ModelConfig { min_depth: 1_000_000, ..at(299) },
+            ModelConfig { dropout: f64::NAN, ..at(299) },
+            ModelConfig { dropout: 1.0, ..at(299) },
+        ];
+        for cfg in refused {
+            assert!(cfg.validate().is_err(), "{cfg:?} accepted");
+        }
+        let err = ModelConfig { num_classes: 1_000_000_000, ..at(299) }.validate().unwrap_err();
+        assert!(err.contains("num_classes = 1000000000") && err.contains("100000"), "{err}");
     }
 }

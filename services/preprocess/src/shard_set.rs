@@ -3,6 +3,7 @@
 //! while training runs are used without a restart.
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use inception_core::announcements::accept_train_shard;
 use inception_core::nats::{NatsError, Streams};
 use inception_core::shutdown::CancellationToken;
 use inception_proto::pipeline::ShardReady;
@@ -47,18 +48,6 @@ impl ShardSet {
     }
 }
 
-/// Checks that an announced shard is one of this dataset's, so a message
-/// cannot point the worker at an arbitrary object.
-pub fn accept(shard: &ShardReady, dataset: &str) -> Result<(), String> {
-    let dir = inception_core::keys::dataset_dir(dataset);
-    let name =
-        inception_core::keys::below(&shard.uri, &dir).ok_or_else(|| format!("{} is outside {dir}/", shard.uri))?;
-    if name.contains('/') || !name.starts_with("train-") {
-        return Err(format!("{} is not a train shard of {dataset}", shard.uri));
-    }
-    Ok(())
-}
-
 /// Follows the dataset's train announcements into `set` until shutdown.
 pub async fn follow(
     streams: &Streams,
@@ -91,7 +80,7 @@ pub async fn follow(
             }
         };
         match inception_core::nats::decode_control::<ShardReady>(&message.payload) {
-            Ok(shard) => match accept(&shard, dataset) {
+            Ok(shard) => match accept_train_shard(&shard, dataset) {
                 Ok(()) => {
                     if set.add(shard.clone()) {
                         tracing::info!("new train shard {} ({} records)", shard.uri, shard.records);
@@ -116,14 +105,6 @@ mod tests {
 
     fn shard(uri: &str) -> ShardReady {
         ShardReady { uri: uri.into(), ..Default::default() }
-    }
-
-    #[test]
-    fn only_this_datasets_train_shards_are_accepted() {
-        assert!(accept(&shard("datasets/flowers/train-00000-of-00002"), "flowers").is_ok());
-        assert!(accept(&shard("datasets/flowers/validation-00000-of-00002"), "flowers").is_err());
-        assert!(accept(&shard("datasets/other/train-00000-of-00002"), "flowers").is_err());
-        assert!(accept(&shard("datasets/flowers/../../etc/passwd"), "flowers").is_err());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The batch source: messages from the `BATCHES` work queue, the batch
 //! objects they point at, checked against the model, and the one place that
 //! decides, from an [`Outcome`], what becomes of a message: acknowledged,
-//! handed back for redelivery, or dropped.
+//! handed back for redelivery, or terminated.
 
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
 use futures::StreamExt;
@@ -18,8 +18,10 @@ use tch::{Kind, Tensor};
 pub enum Outcome {
     /// Trained on: acknowledged (it leaves the queue) and its object deleted.
     Trained,
-    /// Malformed, outside the dataset, missing or of the wrong shape: no
-    /// retry can help, so it is acknowledged (dropped) and counted.
+    /// Malformed, outside the dataset, missing, empty, too large or of the
+    /// wrong shape: no retry can help, so it is terminated (JetStream's
+    /// `+TERM`: it leaves the work queue and is never delivered again),
+    /// logged with the reason and counted.
     Unusable(String),
     /// The store failed to answer; it may be back soon: handed back for
     /// redelivery in 2 s.
@@ -28,7 +30,7 @@ pub enum Outcome {
     StepFailed,
 }
 
-/// Acknowledges, hands back or drops a message as its outcome says.
+/// Acknowledges, hands back or terminates a message as its outcome says.
 async fn settle(message: &jetstream::Message, outcome: &Outcome) {
     match outcome {
         Outcome::Trained => {
@@ -38,8 +40,10 @@ async fn settle(message: &jetstream::Message, outcome: &Outcome) {
         }
         Outcome::Unusable(reason) => {
             metrics::counter!("inception_trainer_rejected_batches_total").increment(1);
-            tracing::error!("dropping a batch message: {reason}");
-            message.ack().await.ok();
+            tracing::error!("terminating a batch message (it is not delivered again): {reason}");
+            if let Err(e) = message.ack_with(AckKind::Term).await {
+                tracing::warn!("terminating the batch message failed ({e}); it may be delivered again");
+            }
         }
         Outcome::StoreUnavailable(reason) => {
             tracing::warn!("cannot read a batch ({reason}); handing it back for redelivery in 2s");
@@ -81,20 +85,45 @@ impl Delivery {
     }
 }
 
+/// What a batch must be for the trainer to train on it.
+#[derive(Debug, Clone)]
+pub struct BatchSpec {
+    /// The dataset whose batch folder its object must be in.
+    pub dataset: String,
+    /// The model's input side, in pixels.
+    pub image_size: u32,
+    /// The model's outputs: labels must be in `0..num_classes`.
+    pub num_classes: i64,
+    /// The most images a batch may hold (`pipeline.batch_size`: what the
+    /// workers write and the trainer's memory is sized for).
+    pub max_images: u32,
+}
+
+/// Room for a batch object's safetensors header: ours is under 200 bytes;
+/// other writers may add metadata.
+const MAX_HEADER_BYTES: u64 = 64 << 10;
+
+impl BatchSpec {
+    /// The largest batch object that can satisfy the spec: larger ones are
+    /// refused from their size, before they are read.
+    pub fn max_object_bytes(&self) -> u64 {
+        let side = u64::from(self.image_size);
+        let per_image = side * side * 3 + 8;
+        8 + MAX_HEADER_BYTES + u64::from(self.max_images) * per_image
+    }
+}
+
 /// The trainer's view of the batch queue.
 pub struct BatchSource {
     consumer: PullConsumer,
     store: Store,
-    dataset: String,
-    image_size: u32,
-    num_classes: i64,
+    spec: BatchSpec,
 }
 
 impl BatchSource {
-    /// Batches of `dataset` through `consumer`, checked against a model of
-    /// `image_size` pixels and `num_classes` classes.
-    pub fn new(consumer: PullConsumer, store: Store, dataset: &str, image_size: u32, num_classes: i64) -> Self {
-        Self { consumer, store, dataset: dataset.to_string(), image_size, num_classes }
+    /// Batches through `consumer`, checked against `spec`.
+    pub fn new(consumer: PullConsumer, store: Store, spec: BatchSpec) -> Self {
+        Self { consumer, store, spec }
     }
 
     /// The next batch fit for a step; None once `shutdown` fires. Messages
@@ -106,7 +135,7 @@ impl BatchSource {
             let waited = wait_started.elapsed();
             record_arrival(&message, waited);
             let arrived = Instant::now();
-            match receive_batch(&self.store, &self.dataset, &message.payload, self.image_size, self.num_classes).await {
+            match receive_batch(&self.store, &self.spec, &message.payload).await {
                 Ok((key, batch)) => return Some(Delivery { message, key, batch, waited, arrived }),
                 Err(BatchProblem::Unusable(reason)) => settle(&message, &Outcome::Unusable(reason)).await,
                 Err(BatchProblem::Store(reason)) => {
@@ -157,7 +186,7 @@ fn record_arrival(message: &jetstream::Message, waited: Duration) {
 
 /// Why a batch object cannot be trained on.
 pub(crate) enum BatchProblem {
-    /// Malformed, outside the dataset, missing or of the wrong shape: dropped.
+    /// Malformed, outside the dataset, missing, empty, too large or of the wrong shape: terminated.
     Unusable(String),
     /// The store failed to answer: handed back for redelivery.
     Store(String),
@@ -169,29 +198,33 @@ impl From<String> for BatchProblem {
     }
 }
 
-async fn receive_batch(
-    store: &Store,
-    dataset: &str,
-    payload: &[u8],
-    image_size: u32,
-    num_classes: i64,
-) -> Result<(String, Batch), BatchProblem> {
+/// The batch a message points at, checked against `spec`.
+async fn receive_batch(store: &Store, spec: &BatchSpec, payload: &[u8]) -> Result<(String, Batch), BatchProblem> {
     let ready: BatchReady =
         inception_core::nats::decode_control(payload).map_err(|e| BatchProblem::Unusable(e.to_string()))?;
-    let dir = keys::batch_dir(dataset);
+    let dir = keys::batch_dir(&spec.dataset);
     if keys::below(&ready.uri, &dir).is_none() {
         return Err(format!("{} is outside {dir}/", ready.uri).into());
     }
-    let bytes = store.get(&ready.uri).await.map_err(|e| match e {
-        StoreError::NotFound { .. } => BatchProblem::Unusable(e.to_string()),
+    let bytes = store.get_at_most(&ready.uri, spec.max_object_bytes()).await.map_err(|e| match e {
+        StoreError::NotFound { .. } | StoreError::TooLarge { .. } => BatchProblem::Unusable(e.to_string()),
         other => BatchProblem::Store(other.to_string()),
     })?;
     let batch = Batch::from_bytes(&bytes).map_err(|e| format!("{}: {e}", ready.uri))?;
-    if batch.image_size != image_size {
-        return Err(format!("{} has {}px images; the model takes {image_size}px", ready.uri, batch.image_size).into());
-    }
-    if let Some(bad) = batch.labels.iter().find(|l| **l < 0 || **l >= num_classes) {
-        return Err(format!("{} has label {bad}, outside 0..{num_classes}", ready.uri).into());
-    }
+    check_batch(&batch, spec).map_err(|e| format!("{}: {e}", ready.uri))?;
     Ok((ready.uri, batch))
+}
+
+/// Whether a well-formed batch fits the model and the configured batch size.
+fn check_batch(batch: &Batch, spec: &BatchSpec) -> Result<(), String> {
+    if batch.image_size != spec.image_size {
+        return Err(format!("it has {}px images; the model takes {}px", batch.image_size, spec.image_size));
+    }
+    if batch.len() > spec.max_images as usize {
+        return Err(format!("it holds {} images, more than pipeline.batch_size ({})", batch.len(), spec.max_images));
+    }
+    if let Some(bad) = batch.labels.iter().find(|l| **l < 0 || **l >= spec.num_classes) {
+        return Err(format!("it has label {bad}, outside 0..{}", spec.num_classes));
+    }
+    Ok(())
 }

@@ -1,9 +1,12 @@
 //! Layered configuration: the embedded `config/default.toml`, then an optional
 //! file, then `INCEPTION__SECTION__KEY` environment variables, then overrides
 //! given by the caller (command-line flags). Keys of earlier versions are
-//! still accepted with a warning ([`renamed`]); every unacceptable value is
-//! reported at once, each naming its key ([`validate`]).
+//! still accepted with a warning ([`renamed`]); integer keys take whole
+//! numbers only ([`integers`]); every unacceptable value, out of its bounds
+//! ([`crate::limits`]) or otherwise, is reported at once, each naming its
+//! key ([`validate`]).
 
+mod integers;
 mod renamed;
 mod types;
 mod validate;
@@ -344,6 +347,10 @@ pub struct TrainSettings {
     pub adamw_epsilon: f64,
     /// Stop after this many evaluations in a row without a higher precision@1; 0 = never.
     pub early_stopping_patience: u32,
+    /// Decay of the batch-norm moving statistics (the original's 0.9997; about 1 / (1 - d) steps).
+    pub batchnorm_decay: f64,
+    /// Decay of the weights' moving averages that evaluation uses, once warmed up (the original's 0.9999).
+    pub moving_average_decay: f64,
     /// Learning rate at step 0 (inception_train.py: `--initial_learning_rate`).
     pub initial_learning_rate: f64,
     /// Epochs between learning-rate decays (`--num_epochs_per_decay`).
@@ -367,6 +374,8 @@ pub struct TrainSettings {
     /// A batch not acknowledged within this time is delivered again; keep it well above the slowest step.
     #[serde(deserialize_with = "deserialize_duration")]
     pub batch_ack_wait: Duration,
+    /// libtorch's CPU threads; 0 = one per core.
+    pub threads: u32,
     /// Device of the first tower: `auto` (CUDA when available), `cpu` or `cuda:N`.
     pub device: DeviceSetting,
     /// Towers each batch is split over, gradients averaged (`--num_gpus`); `pipeline.batch_size` must be a multiple.
@@ -432,6 +441,8 @@ pub struct EvalSettings {
     pub round_up_to_batches: bool,
     /// Evaluate once, then exit (`--run_once`).
     pub run_once: bool,
+    /// libtorch's CPU threads; 0 = one per core.
+    pub threads: u32,
     /// Where the model runs: `auto`, `cpu` or `cuda:N`.
     pub device: DeviceSetting,
     /// Folder for TensorBoard event files (precision and recall by checkpoint step); empty = none.
@@ -466,9 +477,17 @@ impl Settings {
         for warning in &deprecations {
             tracing::warn!("{warning}");
         }
-        let mut settings: Settings = merged.try_deserialize()?;
+        // Before the values are read into their types, which would round 8.5 to 9.
+        let defaults_only =
+            config::Config::builder().add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
+        let not_whole = integers::problems(&merged.cache, &defaults_only.build()?.cache);
+        let mut settings: Settings = match merged.try_deserialize() {
+            Ok(settings) => settings,
+            Err(_) if !not_whole.is_empty() => return Err(SettingsError::Rejected(not_whole)),
+            Err(e) => return Err(e.into()),
+        };
         settings.deprecations = deprecations;
-        let problems = settings.problems();
+        let problems: Vec<String> = not_whole.into_iter().chain(settings.problems()).collect();
         if !problems.is_empty() {
             return Err(SettingsError::Rejected(problems));
         }

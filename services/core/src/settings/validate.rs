@@ -3,6 +3,10 @@
 //! shows all there is to fix.
 
 use super::{is_safe_token, Settings};
+use crate::limits::{
+    MAX_BATCH_SIZE, MAX_DEPTH_MULTIPLIER, MAX_IMAGE_PIXELS, MAX_IMAGE_SIZE, MAX_MIN_DEPTH, MAX_QUEUE_CAPACITY,
+    MAX_SHARD_RECORDS,
+};
 
 impl Settings {
     /// Every unacceptable value, one line each; empty when all is well.
@@ -16,9 +20,6 @@ impl Settings {
             }
         };
         let p = &self.pipeline;
-        check(p.batch_size > 0, &|| "pipeline.batch_size must be at least 1".into());
-        check(p.queue_capacity > 0, &|| "pipeline.queue_capacity must be at least 1".into());
-        check(p.max_image_pixels > 0, &|| "pipeline.max_image_pixels must be at least 1".into());
         check(self.preprocess.input_queue_memory_factor >= 0.0, &|| {
             "preprocess.input_queue_memory_factor must not be negative".into()
         });
@@ -26,7 +27,12 @@ impl Settings {
         check(m.image_size >= 75, &|| {
             format!("model.image_size = {} is too small: Inception-v3 needs at least 75 pixels", m.image_size)
         });
-        check(m.depth_multiplier > 0.0, &|| "model.depth_multiplier must be positive".into());
+        check(m.image_size <= MAX_IMAGE_SIZE, &|| {
+            format!("model.image_size = {} is too large: at most {MAX_IMAGE_SIZE} pixels", m.image_size)
+        });
+        check(m.depth_multiplier > 0.0 && m.depth_multiplier <= MAX_DEPTH_MULTIPLIER, &|| {
+            format!("model.depth_multiplier = {} must be in (0, {MAX_DEPTH_MULTIPLIER}]", m.depth_multiplier)
+        });
         check((0.0..1.0).contains(&m.dropout), &|| "model.dropout must be in [0, 1)".into());
         let i = &self.ingest;
         check(
@@ -40,20 +46,38 @@ impl Settings {
                 )
             },
         );
-        check(i.shard_max_images > 0, &|| "ingest.shard_max_images must be at least 1".into());
         check(!i.poll_interval.is_zero(), &|| "ingest.poll_interval must be longer than 0s".into());
         let t = &self.train;
         check(t.num_gpus > 0 && p.batch_size.is_multiple_of(t.num_gpus.max(1)), &|| {
             format!("pipeline.batch_size ({}) must be a multiple of train.num_gpus ({})", p.batch_size, t.num_gpus)
         });
-        check(self.eval.batch_size > 0, &|| "eval.batch_size must be at least 1".into());
         check(t.checkpoint_every_steps > 0, &|| "train.checkpoint_every_steps must be at least 1".into());
         check(t.log_every_steps > 0, &|| "train.log_every_steps must be at least 1".into());
+        self.bound_problems(&mut problems);
         self.augment_problems(&mut problems);
         self.optimizer_problems(&mut problems);
         self.nats_problems(&mut problems);
         self.name_problems(&mut problems);
         problems
+    }
+
+    /// Counts and sizes within their bounds ([`crate::limits`]): each is
+    /// far above any real use, and far below what would exhaust a machine.
+    fn bound_problems(&self, problems: &mut Vec<String>) {
+        let (p, m) = (&self.pipeline, &self.model);
+        let counts = [
+            ("pipeline.batch_size", u64::from(p.batch_size), 1, u64::from(MAX_BATCH_SIZE)),
+            ("pipeline.queue_capacity", u64::from(p.queue_capacity), 1, u64::from(MAX_QUEUE_CAPACITY)),
+            ("pipeline.max_image_pixels", p.max_image_pixels, 1, MAX_IMAGE_PIXELS),
+            ("model.min_depth", u64::from(m.min_depth), 1, u64::from(MAX_MIN_DEPTH)),
+            ("ingest.shard_max_images", u64::from(self.ingest.shard_max_images), 1, MAX_SHARD_RECORDS),
+            ("eval.batch_size", u64::from(self.eval.batch_size), 1, u64::from(MAX_BATCH_SIZE)),
+        ];
+        for (key, value, low, high) in counts {
+            if !(low..=high).contains(&value) {
+                problems.push(format!("{key} = {value} must be in [{low}, {high}]"));
+            }
+        }
     }
 
     // `!(x >= a && x <= b)` on purpose: NaN fails every comparison.
@@ -111,6 +135,8 @@ impl Settings {
         within("sgd_momentum", t.sgd_momentum, 0.0, 1.0, true);
         within("adamw_beta1", t.adamw_beta1, 0.0, 1.0, true);
         within("adamw_beta2", t.adamw_beta2, 0.0, 1.0, true);
+        within("batchnorm_decay", t.batchnorm_decay, 0.0, 1.0, true);
+        within("moving_average_decay", t.moving_average_decay, 0.0, 1.0, true);
         if !(t.adamw_epsilon > 0.0) {
             problems.push(format!("train.adamw_epsilon = {} must be positive", t.adamw_epsilon));
         }
@@ -154,5 +180,66 @@ impl Settings {
                 ));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::settings::Settings;
+
+    /// Loads the defaults with `toml` as the configuration file.
+    fn load_file(toml: &str) -> Result<Settings, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = dir.path().join("settings.toml");
+        std::fs::write(&path, toml).map_err(|e| e.to_string())?;
+        Settings::load(Some(&path), &[]).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn integer_settings_refuse_fractions_naming_the_key() {
+        let err = load_file("[pipeline]\nbatch_size = 8.5\n[train]\nmax_steps = 2.5e3\n[eval]\nbatch_size = 4.0\n")
+            .expect_err("fractions refused");
+        for wanted in ["pipeline.batch_size = 8.5", "train.max_steps = 2500.0", "eval.batch_size = 4.0"] {
+            assert!(err.contains(wanted), "{wanted:?} missing from: {err}");
+        }
+        assert!(err.contains("whole number"), "{err}");
+        let err = load_file("[train]\nwarmup_steps = true\n").expect_err("a boolean is not a count");
+        assert!(err.contains("train.warmup_steps"), "{err}");
+        let err = Settings::load(None, &[("pipeline.queue_capacity".into(), "2.5".into())])
+            .expect_err("a fraction given as a flag")
+            .to_string();
+        assert!(err.contains("pipeline.queue_capacity"), "{err}");
+        // Whole numbers and floats where floats belong are fine.
+        let s = load_file("[pipeline]\nbatch_size = 8\n[model]\ndepth_multiplier = 0.5\n").expect("whole numbers");
+        assert_eq!(s.pipeline.batch_size, 8);
+        let s = Settings::load(None, &[("pipeline.batch_size".into(), "16".into())]).expect("a flag's whole number");
+        assert_eq!(s.pipeline.batch_size, 16);
+    }
+
+    #[test]
+    fn sizes_and_counts_have_upper_bounds_naming_the_key() {
+        let err = load_file(
+            "[model]\nimage_size = 100000\ndepth_multiplier = 1e6\nmin_depth = 100000\n\
+             [pipeline]\nbatch_size = 65537\nqueue_capacity = 100001\nmax_image_pixels = 100000000000\n\
+             [eval]\nbatch_size = 1000000\n",
+        )
+        .expect_err("out of bounds");
+        for wanted in [
+            "model.image_size = 100000",
+            "model.depth_multiplier = 1000000",
+            "model.min_depth = 100000",
+            "pipeline.batch_size = 65537",
+            "pipeline.queue_capacity = 100001",
+            "pipeline.max_image_pixels = 100000000000",
+            "eval.batch_size = 1000000",
+        ] {
+            assert!(err.contains(wanted), "{wanted:?} missing from: {err}");
+        }
+        // The bounds themselves are accepted.
+        load_file(
+            "[model]\nimage_size = 2048\ndepth_multiplier = 4.0\nmin_depth = 512\n\
+             [pipeline]\nbatch_size = 65536\nqueue_capacity = 100000\n[eval]\nbatch_size = 65536\n",
+        )
+        .expect("at the bounds");
     }
 }

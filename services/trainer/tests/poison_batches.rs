@@ -1,0 +1,90 @@
+//! A batch message the trainer cannot train on (an empty batch, one whose
+//! sizes disagree, one larger than `pipeline.batch_size`) is terminated: it leaves the work queue at once, is never
+//! delivered again, and the good batch queued behind it is trained on. An
+//! empty batch used to reach the step, give a loss of NaN and stop the
+//! trainer ("Model diverged"), and the message came back at every restart.
+
+use bytes::Bytes;
+use inception_core::batch::Batch;
+use inception_core::local_nats::LocalNats;
+use inception_core::nats::Streams;
+use inception_core::settings::StoreSettings;
+use inception_core::shutdown::CancellationToken;
+use inception_core::{keys, Settings, Store};
+use inception_proto::pipeline::BatchReady;
+use inception_proto::Message;
+use inception_trainer::batches::{BatchSource, BatchSpec, Outcome};
+use std::time::{Duration, Instant};
+
+const DATASET: &str = "flowers";
+const SIZE: u32 = 75;
+
+/// A batch of `n` black images whose header declares `declared` images.
+fn batch_object(n: usize, declared: usize) -> Vec<u8> {
+    let mut bytes =
+        Batch { image_size: SIZE, images: vec![0; n * (SIZE * SIZE * 3) as usize], labels: vec![1; n] }.to_bytes();
+    if declared != n {
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+        let header = String::from_utf8(bytes[8..8 + header_len].to_vec()).expect("utf-8 header");
+        let forged = header.replacen(&format!("[{n},"), &format!("[{declared},"), 1);
+        assert_eq!(forged.len(), header.len(), "same length, so the offsets stay right");
+        bytes[8..8 + header_len].copy_from_slice(forged.as_bytes());
+    }
+    bytes
+}
+
+async fn queue(store: &Store, streams: &Streams, name: &str, object: Vec<u8>) -> String {
+    let key = keys::batch(DATASET, name, 1);
+    store.put(&key, Bytes::from(object)).await.expect("batch object written");
+    let ready = BatchReady { uri: key.clone(), ..Default::default() };
+    let subject = streams.subjects.batches(DATASET);
+    streams
+        .publish_acked(&subject, Bytes::from(ready.encode_to_vec()), &key, &CancellationToken::new())
+        .await
+        .expect("queued");
+    key
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_batches_are_terminated_and_the_next_good_one_is_trained_on() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let nats = LocalNats::start(&dir.path().join("nats")).expect("nats-server");
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let streams = Streams::new(client, "inception");
+    let stream = streams.batches(8).await.expect("batch stream");
+    // A message left unsettled would be delivered again after a second.
+    let consumer = streams.batch_consumer(&stream, DATASET, Duration::from_secs(1)).await.expect("consumer");
+    let url = format!("file://{}", dir.path().join("store").display());
+    let store = Store::open(&StoreSettings { url, ..Settings::defaults().expect("defaults").store }).expect("store");
+
+    queue(&store, &streams, "empty", batch_object(0, 0)).await;
+    queue(&store, &streams, "short", batch_object(1, 2)).await;
+    queue(&store, &streams, "large", batch_object(3, 3)).await; // more than pipeline.batch_size
+    let good = queue(&store, &streams, "good", batch_object(2, 2)).await;
+
+    let spec = BatchSpec { dataset: DATASET.into(), image_size: SIZE, num_classes: 3, max_images: 2 };
+    let source = BatchSource::new(consumer, store.clone(), spec);
+    let shutdown = CancellationToken::new();
+    let delivery = tokio::time::timeout(Duration::from_secs(30), source.next(&shutdown))
+        .await
+        .expect("a batch within 30 s")
+        .expect("a batch");
+    assert_eq!(delivery.key, good, "the empty, short and large batches are skipped");
+    assert_eq!(delivery.batch.len(), 2);
+    delivery.settle(Outcome::Trained, &store).await;
+
+    // Terminated messages leave the work queue (as the acknowledged one does).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut stream = streams.context.get_stream(streams.subjects.stream_name("BATCHES")).await.expect("stream");
+        let left = stream.info().await.expect("stream info").state.messages;
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left} messages still queued");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And none of them comes back after the acknowledgement wait.
+    let again = tokio::time::timeout(Duration::from_secs(3), source.next(&shutdown)).await;
+    assert!(again.is_err(), "nothing is delivered again");
+}
