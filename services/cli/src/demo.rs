@@ -34,9 +34,14 @@ pub(crate) struct DemoArgs {
     /// Preprocess worker processes.
     #[arg(long, default_value_t = 1)]
     workers: usize,
-    /// Initial learning rate of RMSProp.
-    #[arg(long, default_value_t = 0.05)]
-    learning_rate: f64,
+    /// Initial learning rate (default: 0.05 with RMSProp on the generated
+    /// images; the photo recipe's with --images).
+    #[arg(long)]
+    learning_rate: Option<f64>,
+    /// With --images: train with the services' defaults (the original's
+    /// recipe) instead of the recipe for photos.
+    #[arg(long)]
+    original_recipe: bool,
     /// Also distort colours in training (the services' default). Off in the
     /// demo: its generated classes differ by palette as well as texture, and
     /// the narrow demo model needs many more steps with it (measured: 0.59
@@ -83,7 +88,9 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     let nats = LocalNats::start(&nats_dir)?;
     println!("nats-server on {}; object store file://{}", nats.url(), store_dir.display());
-    let services = Services { env: service_env(&args, &nats, &store_dir, &workdir) };
+    let mut env = service_env(&args, &nats, &store_dir, &workdir);
+    env.extend(training_recipe(&args));
+    let services = Services { env };
 
     let (train, validation) = (images.join("train"), images.join("validation"));
     let ingest_args =
@@ -145,7 +152,6 @@ fn service_env(args: &DemoArgs, nats: &LocalNats, store_dir: &Path, workdir: &Pa
         ("PIPELINE__BATCH_SIZE", args.batch_size.to_string()),
         ("AUGMENT__DISTORT_COLOR", args.distort_color.to_string()),
         ("TRAIN__MAX_STEPS", args.steps.to_string()),
-        ("TRAIN__INITIAL_LEARNING_RATE", args.learning_rate.to_string()),
         ("TRAIN__CHECKPOINT_EVERY_STEPS", (args.steps / 3).max(1).to_string()),
         ("TRAIN__LOG_EVERY_STEPS", "10".into()),
         ("TRAIN__TENSORBOARD_DIR", workdir.join("tensorboard/train").display().to_string()),
@@ -157,6 +163,39 @@ fn service_env(args: &DemoArgs, nats: &LocalNats, store_dir: &Path, workdir: &Pa
         ("TRAIN__METRICS_ADDR", "127.0.0.1:0".into()),
         ("EVAL__METRICS_ADDR", "127.0.0.1:0".into()),
     ])
+}
+
+/// The learning settings: on the user's photos the recipe for photos (what
+/// the user set in the environment kept), printed; on the generated images
+/// RMSProp at 0.05, which learns their palettes and textures fast.
+fn training_recipe(args: &DemoArgs) -> Vec<(String, String)> {
+    let mut choices = Vec::new();
+    if args.images.is_some() && !args.original_recipe {
+        let (chosen, kept) = crate::recipe::not_set_by_user(crate::recipe::for_photos(args.steps));
+        println!("training recipe for your photos (inception demo --original-recipe for the original's):");
+        for c in &chosen {
+            println!("  {} = {}   ({})", c.key.to_lowercase().replacen("__", ".", 1), c.value, c.why);
+        }
+        for c in &kept {
+            println!("  {}: yours, from INCEPTION__{}", c.key.to_lowercase().replacen("__", ".", 1), c.key);
+        }
+        choices.extend(chosen.into_iter().map(|c| (c.key.to_string(), c.value)));
+    } else if args.images.is_none() {
+        choices.push(("TRAIN__INITIAL_LEARNING_RATE".to_string(), "0.05".to_string()));
+    }
+    if let Some(rate) = args.learning_rate {
+        choices.retain(|(k, _)| k != "TRAIN__INITIAL_LEARNING_RATE");
+        choices.push(("TRAIN__INITIAL_LEARNING_RATE".to_string(), rate.to_string()));
+    }
+    // The evaluator shares the machine with the trainer: one libtorch thread
+    // keeps their OpenMP threads from spinning on each other's cores.
+    let (evaluator_threads, _) = crate::recipe::not_set_by_user(vec![crate::recipe::Choice {
+        key: "EVAL__THREADS",
+        value: "1".into(),
+        why: "",
+    }]);
+    choices.extend(evaluator_threads.into_iter().map(|c| (c.key.to_string(), c.value)));
+    env_vars(choices)
 }
 
 /// The service binaries beside this one, each started with the demo's settings.

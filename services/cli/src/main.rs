@@ -9,6 +9,7 @@
 
 mod classify;
 mod demo;
+mod recipe;
 mod records;
 
 use clap::{Parser, Subcommand};

@@ -17,6 +17,8 @@ pub const MOVING_AVERAGE_DECAY: f64 = 0.9999;
 pub const PREFIX: &str = "ema/";
 
 pub struct MovingAverages {
+    /// The decay once warmed up (`train.moving_average_decay`).
+    max_decay: f64,
     /// (name, variable, shadow).
     shadows: Vec<(String, Tensor, Tensor)>,
     /// (shadows, variables) as whole buffers, when the variables lie in one
@@ -27,7 +29,12 @@ pub struct MovingAverages {
 
 /// The decay used at update `num_updates`.
 pub fn decay(num_updates: u64) -> f64 {
-    MOVING_AVERAGE_DECAY.min((1.0 + num_updates as f64) / (10.0 + num_updates as f64))
+    decay_up_to(MOVING_AVERAGE_DECAY, num_updates)
+}
+
+/// The decay used at update `num_updates` when it warms up to `max_decay`.
+pub fn decay_up_to(max_decay: f64, num_updates: u64) -> f64 {
+    max_decay.min((1.0 + num_updates as f64) / (10.0 + num_updates as f64))
 }
 
 impl MovingAverages {
@@ -41,7 +48,7 @@ impl MovingAverages {
                 (n, v, s)
             })
             .collect();
-        Self { shadows, flat: None }
+        Self { max_decay: MOVING_AVERAGE_DECAY, shadows, flat: None }
     }
 
     /// Shadows of every variable of `flat`, themselves in one buffer.
@@ -53,12 +60,23 @@ impl MovingAverages {
             .enumerate()
             .map(|(i, (n, v))| (n.clone(), v.shallow_clone(), flat.layout.view(&shadow_all, i, &v.size())))
             .collect();
-        Self { shadows, flat: Some((shadow_all, flat.all.shallow_clone())) }
+        Self { max_decay: MOVING_AVERAGE_DECAY, shadows, flat: Some((shadow_all, flat.all.shallow_clone())) }
+    }
+
+    /// The decay once warmed up.
+    pub fn max_decay(&self) -> f64 {
+        self.max_decay
+    }
+
+    /// Warms up to `max_decay` instead of the original's 0.9999.
+    pub fn with_max_decay(mut self, max_decay: f64) -> Self {
+        self.max_decay = max_decay;
+        self
     }
 
     /// `shadow = decay * shadow + (1 - decay) * variable` for every variable.
     pub fn update(&mut self, num_updates: u64) {
-        let weight = 1.0 - decay(num_updates);
+        let weight = 1.0 - decay_up_to(self.max_decay, num_updates);
         tch::no_grad(|| match &mut self.flat {
             Some((shadows, vars)) => {
                 let _ = shadows.lerp_(vars, weight);
@@ -106,6 +124,8 @@ mod tests {
         assert!((decay(0) - 0.1).abs() < 1e-12);
         assert!((decay(90) - 0.91).abs() < 1e-12);
         assert_eq!(decay(10_000_000), MOVING_AVERAGE_DECAY);
+        assert_eq!(decay_up_to(0.99, 10_000_000), 0.99);
+        assert!((decay_up_to(0.99, 90) - 0.91).abs() < 1e-12, "the warm-up is the same");
     }
 
     #[test]

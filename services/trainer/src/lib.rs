@@ -23,6 +23,7 @@ pub mod start;
 pub mod state;
 pub mod towers;
 
+use inception_core::announcements::accept_train_shard;
 use inception_core::nats::{NatsError, Streams};
 use inception_core::settings::ScheduleSetting;
 use inception_core::shutdown::CancellationToken;
@@ -34,7 +35,7 @@ use inception_model::ModelConfig;
 use inception_proto::pipeline::ShardReady;
 use std::time::Duration;
 
-use batches::{BatchSource, Outcome};
+use batches::{BatchSource, BatchSpec, Outcome};
 use start::prepare;
 pub use start::{model_config, wait_for_labels};
 pub use state::{step_failure, TrainState};
@@ -74,13 +75,35 @@ async fn examples_per_epoch(settings: &Settings, streams: &Streams) -> Result<u6
     }
     let stream = streams.shards().await?;
     let subject = streams.subjects.shards(&settings.dataset.name, "train");
+    Ok(announced_examples(&streams.history(&stream, &subject).await?, &settings.dataset.name))
+}
+
+/// Train examples in a history of shard announcements: the records of each
+/// shard announced (once, however often it was announced), counting only the
+/// announcements that preprocess workers accept too
+/// ([`accept_train_shard`]), so that a refused one changes nothing. At
+/// least 1; the sum saturates.
+pub fn announced_examples(payloads: &[bytes::Bytes], dataset: &str) -> u64 {
     let mut seen = std::collections::HashMap::new();
-    for payload in streams.history(&stream, &subject).await? {
-        if let Ok(s) = inception_core::nats::decode_control::<ShardReady>(&payload) {
-            seen.insert(s.uri, s.records);
+    let (mut refused, mut first_reason) = (0usize, None);
+    for payload in payloads {
+        let checked = inception_core::nats::decode_control::<ShardReady>(payload)
+            .map_err(|e| e.to_string())
+            .and_then(|s| accept_train_shard(&s, dataset).map(|()| s).map_err(|e| e.to_string()));
+        match checked {
+            Ok(s) => {
+                seen.insert(s.uri, s.records);
+            }
+            Err(reason) => {
+                refused += 1;
+                first_reason.get_or_insert(reason);
+            }
         }
     }
-    Ok(seen.values().sum::<u64>().max(1))
+    if let Some(reason) = first_reason {
+        tracing::warn!("{refused} shard announcements do not count toward an epoch (the first: {reason})");
+    }
+    seen.values().fold(0u64, |sum, records| sum.saturating_add(*records)).max(1)
 }
 
 /// Trains until `train.max_steps` or shutdown; returns the final step.
@@ -142,7 +165,13 @@ async fn batch_source(
     // trainer died mid-step) goes to the next fetch again.
     let ack_wait = settings.train.batch_ack_wait.max(Duration::from_secs(1));
     let consumer = streams.batch_consumer(&stream, &settings.dataset.name, ack_wait).await?;
-    Ok(BatchSource::new(consumer, store.clone(), &settings.dataset.name, cfg.image_size as u32, cfg.num_classes))
+    let spec = BatchSpec {
+        dataset: settings.dataset.name.clone(),
+        image_size: cfg.image_size as u32,
+        num_classes: cfg.num_classes,
+        max_images: settings.pipeline.batch_size,
+    };
+    Ok(BatchSource::new(consumer, store.clone(), spec))
 }
 
 /// The learning-rate schedule of the run, from the settings (the staircase
@@ -274,4 +303,33 @@ async fn checkpoint(
     };
     saver::save(store, streams, &meta, &state.checkpoint_tensors(), settings.train.keep_checkpoints, shutdown).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use inception_proto::Message;
+
+    fn announced(uri: &str, records: u64) -> Bytes {
+        Bytes::from(
+            ShardReady { uri: uri.into(), records, split: "train".into(), ..Default::default() }.encode_to_vec(),
+        )
+    }
+
+    #[test]
+    fn only_accepted_announcements_count_toward_an_epoch() {
+        let history = [
+            announced("datasets/flowers/train-00000-of-00002", 100),
+            announced("datasets/flowers/train-00001-of-00002", 50),
+            announced("datasets/flowers/train-00001-of-00002", 50), // announced again: counted once
+            announced("datasets/flowers/validation-00000-of-00001", 1000),
+            announced("datasets/other/train-00000-of-00001", 1000),
+            announced("datasets/flowers/../other/train-00000-of-00001", 1000),
+            announced("datasets/flowers/train-live-00000001", u64::MAX), // more than any shard holds
+            Bytes::from_static(b"\xff\xff not a message"),
+        ];
+        assert_eq!(announced_examples(&history, "flowers"), 150);
+        assert_eq!(announced_examples(&history[3..], "flowers"), 1, "nothing accepted: at least 1");
+    }
 }

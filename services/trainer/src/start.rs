@@ -77,6 +77,7 @@ pub(crate) async fn prepare(
     tracing::info!("CUDA available: {} ({} devices)", tch::Cuda::is_available(), tch::Cuda::device_count());
     let first = inception_model::device_from_setting(t.device).map_err(TrainError::Config)?;
     inception_model::set_cudnn_benchmark(first, t.cudnn_benchmark);
+    inception_model::set_cpu_threads(t.threads, "train.threads");
     let devices = towers::tower_devices(first, t.num_gpus as usize).map_err(TrainError::Config)?;
     let Some(labels) = wait_for_labels(store, &settings.dataset.name, shutdown).await? else { return Ok(None) };
     let cfg = model_config(settings, labels.len());
@@ -123,7 +124,7 @@ async fn start_from_pretrained(
         checkpoint::tensors_from_bytes(&bytes).map_err(|e| fail(e.to_string()))?
     };
     let report = checkpoint::load_pretrained(&state.vs, &tensors, fine_tune).map_err(|e| fail(e.to_string()))?;
-    state.averages = fresh_averages(&state.vs, state.flat.as_ref());
+    state.averages = fresh_averages(&state.vs, state.flat.as_ref(), state.averages.max_decay());
     tracing::info!("loaded {} variables from {source}", report.loaded);
     if !report.reinitialised.is_empty() {
         tracing::info!("freshly initialised: {}", report.reinitialised.join(", "));

@@ -12,7 +12,7 @@ use crate::ema::MovingAverages;
 use crate::flat::FlatVariables;
 use crate::optimizer::{Optimizer, Rule};
 use crate::towers::Replica;
-use crate::{TrainError, BN_DECAY};
+use crate::TrainError;
 
 /// Everything that changes as training goes.
 pub struct TrainState {
@@ -21,6 +21,8 @@ pub struct TrainState {
     pub optimizer: Optimizer,
     /// The loss's label smoothing and auxiliary weight (its L2 term is the optimizer's).
     pub loss: LossWeights,
+    /// Decay of the batch-norm moving statistics (`train.batchnorm_decay`).
+    pub bn_decay: f64,
     pub averages: MovingAverages,
     /// Towers 1..N (tower 0 is `model`); empty with one tower.
     pub replicas: Vec<Replica>,
@@ -35,12 +37,14 @@ pub struct TrainState {
     pub concurrent_towers: bool,
 }
 
-/// Moving averages of every variable, starting from their current values.
-pub(crate) fn fresh_averages(vs: &VarStore, flat: Option<&FlatVariables>) -> MovingAverages {
-    match flat {
+/// Moving averages of every variable, starting from their current values,
+/// warming up to `max_decay`.
+pub(crate) fn fresh_averages(vs: &VarStore, flat: Option<&FlatVariables>, max_decay: f64) -> MovingAverages {
+    let averages = match flat {
         Some(f) => MovingAverages::over_flat(f),
         None => MovingAverages::new(vs.variables().into_iter().collect()),
-    }
+    };
+    averages.with_max_decay(max_decay)
 }
 
 /// The update rule `train.optimizer` names, with its constants.
@@ -98,7 +102,7 @@ impl TrainState {
         if let Some(f) = &flat {
             optimizer = optimizer.with_flat_variables(f.trainable_part());
         }
-        let averages = fresh_averages(&vs, flat.as_ref());
+        let averages = fresh_averages(&vs, flat.as_ref(), t.moving_average_decay);
         let replicas = devices.iter().skip(1).map(|d| Replica::new(&vs, cfg, *d, &order, flat.as_ref())).collect();
         let concurrent_towers = devices.len() > 1 && devices.iter().enumerate().all(|(i, d)| !devices[..i].contains(d));
         Self {
@@ -106,6 +110,7 @@ impl TrainState {
             model,
             optimizer,
             loss: LossWeights { label_smoothing: t.label_smoothing, aux_weight: t.aux_loss_weight, weight_decay: 0.0 },
+            bn_decay: t.batchnorm_decay,
             averages,
             replicas,
             flat,
@@ -124,7 +129,7 @@ impl TrainState {
     /// without the L2 term. Moves the batch-norm statistics (last tower's).
     pub fn compute_gradients(&mut self, images: &Tensor, labels: &Tensor) -> Result<(Vec<Tensor>, f64), TrainError> {
         let towers = 1 + self.replicas.len();
-        let momentum = debiased_momentum(BN_DECAY, self.bn_updates + 1);
+        let momentum = debiased_momentum(self.bn_decay, self.bn_updates + 1);
         // Only the last tower moves the batch-norm statistics.
         let bn_momentum = |tower: usize| if tower + 1 == towers { momentum } else { 0.0 };
         for r in &mut self.replicas {
