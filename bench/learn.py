@@ -130,6 +130,19 @@ def count_pngs(split_dir):
     return n
 
 
+def already_made(marker, want):
+    """The marker's record when a folder was made as `want` says and every
+    split still holds the number of PNGs the marker counted; else None."""
+    if not marker.is_file():
+        return None
+    try:
+        done = json.loads(marker.read_text())
+    except ValueError:
+        return None
+    counts_hold = all(done.get(s) == count_pngs(marker.parent / s) for s in SPLITS)
+    return done if counts_hold and all(done.get(k) == v for k, v in want.items()) else None
+
+
 def image_folders(data_dir, workdir, limits):
     """<dir>/train/<class>/<n>.png and <dir>/validation/<class>/<n>.png, the
     first limits[split] images of each split (all of them: `images/`),
@@ -139,14 +152,9 @@ def image_folders(data_dir, workdir, limits):
         name = "images-" + "-".join(f"{s}{limits[s]}" for s in SPLITS)
     out = workdir / name
     marker = out / ".complete.json"
-    if marker.is_file():
-        try:
-            done = json.loads(marker.read_text())
-        except ValueError:
-            done = {}
-        if all(done.get(s) == limits[s] == count_pngs(out / s) for s in SPLITS):
-            log(f"images: {out} is complete ({', '.join(f'{limits[s]} {s}' for s in SPLITS)}), not converted again")
-            return out
+    if already_made(marker, {s: limits[s] for s in SPLITS}):
+        log(f"images: {out} is complete ({', '.join(f'{limits[s]} {s}' for s in SPLITS)}), not converted again")
+        return out
     if out.exists():
         shutil.rmtree(out)
     started = time.monotonic()
@@ -192,15 +200,10 @@ def class_subset(images, out, classes, train_per_class=None):
     order; None: all). Made once: a folder whose marker and counts agree is kept."""
     want = {"source": str(images), "classes": classes, "train_per_class": train_per_class}
     marker = out / ".complete.json"
-    if marker.is_file():
-        try:
-            done = json.loads(marker.read_text())
-        except ValueError:
-            done = {}
-        if ({k: done.get(k) for k in want} == want
-                and all(done.get(s) == count_pngs(out / s) for s in SPLITS)):
-            log(f"images: {out} is complete ({', '.join(f'{done[s]} {s}' for s in SPLITS)}), not made again")
-            return out
+    done = already_made(marker, want)
+    if done:
+        log(f"images: {out} is complete ({', '.join(f'{done[s]} {s}' for s in SPLITS)}), not made again")
+        return out
     if out.exists():
         shutil.rmtree(out)
     counts = {}

@@ -159,19 +159,19 @@ pub fn load_into(vs: &VarStore, tensors: &HashMap<String, Tensor>) -> Result<Vec
 
 /// Reads a run's `checkpoint` pointer; `None` when the run has none yet.
 pub async fn read_pointer(store: &Store, run: &str) -> Result<Option<CheckpointPointer>, CheckpointError> {
-    let key = keys::checkpoint_pointer(run);
-    match store.get(&key).await {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| CheckpointError::Corrupt { key, message: e.to_string() }),
-        Err(StoreError::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    read_json_if_any(store, keys::checkpoint_pointer(run)).await
 }
 
 /// Reads a run's `best` pointer; `None` when no evaluation has written one yet.
 pub async fn read_best(store: &Store, run: &str) -> Result<Option<BestPointer>, CheckpointError> {
-    let key = keys::checkpoint_best(run);
+    read_json_if_any(store, keys::checkpoint_best(run)).await
+}
+
+/// A JSON object of the store; `None` when there is none under `key`.
+async fn read_json_if_any<T: serde::de::DeserializeOwned>(
+    store: &Store,
+    key: String,
+) -> Result<Option<T>, CheckpointError> {
     match store.get(&key).await {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
