@@ -85,6 +85,11 @@ impl Follower {
                 DeliverPolicy::ByStartSequence { start_sequence }
             };
         }
+        if config.deliver_policy == DeliverPolicy::All {
+            // Sequence numbers start again: what was delivered says nothing now.
+            self.resume_at = None;
+        }
+        let err = |e: String| NatsError::Consumer { consumer: self.what.clone(), message: e };
         let consumer: PullConsumer = self.stream.create_consumer(config).await.map_err(|e| err(e.to_string()))?;
         // Short heartbeats: a consumer that vanished unnoticed (no
         // "Consumer Deleted" reached us) shows within seconds.
@@ -142,6 +147,11 @@ impl Follower {
             let lost = match messages.next().await {
                 Some(Ok(m)) => {
                     if let Ok(info) = m.info() {
+                        if self.resume_at.is_some_and(|next| info.stream_sequence < next) {
+                            // Delivered before: a consumer restored by a restarted
+                            // server can lag behind what it sent (kill -9).
+                            continue;
+                        }
                         self.resume_at = Some(info.stream_sequence + 1);
                     }
                     return Some(Ok(m));
