@@ -174,10 +174,10 @@ fn training_recipe(args: &DemoArgs) -> Vec<(String, String)> {
         let (chosen, kept) = crate::recipe::not_set_by_user(crate::recipe::for_photos(args.steps));
         println!("training recipe for your photos (inception demo --original-recipe for the original's):");
         for c in &chosen {
-            println!("  {} = {}   ({})", c.key.to_lowercase().replacen("__", ".", 1), c.value, c.why);
+            println!("  {} = {}   ({})", c.setting(), c.value, c.why);
         }
         for c in &kept {
-            println!("  {}: yours, from INCEPTION__{}", c.key.to_lowercase().replacen("__", ".", 1), c.key);
+            println!("  {}: yours, from INCEPTION__{}", c.setting(), c.key);
         }
         choices.extend(chosen.into_iter().map(|c| (c.key.to_string(), c.value)));
     } else if args.images.is_none() {

@@ -12,6 +12,13 @@ pub(crate) struct Choice {
     pub(crate) why: &'static str,
 }
 
+impl Choice {
+    /// The setting as written in a file or with `--set`: `train.optimizer`.
+    pub(crate) fn setting(&self) -> String {
+        self.key.to_lowercase().replacen("__", ".", 1)
+    }
+}
+
 /// The recipe for `steps` training steps: AdamW with a short warm-up and a
 /// cosine decay that ends at the last step, crops that keep most of the
 /// object, and milder colour distortion.
@@ -55,8 +62,7 @@ mod tests {
         let choices = for_photos(2000);
         assert_eq!(choices.iter().find(|c| c.key == "TRAIN__WARMUP_STEPS").map(|c| c.value.as_str()), Some("100"));
         // Every choice is a real setting with an acceptable value.
-        let overrides: Vec<(String, String)> =
-            choices.iter().map(|c| (c.key.to_lowercase().replacen("__", ".", 1), c.value.clone())).collect();
+        let overrides: Vec<(String, String)> = choices.iter().map(|c| (c.setting(), c.value.clone())).collect();
         let settings = inception_core::Settings::load(None, &overrides).unwrap();
         assert_eq!(settings.train.optimizer, inception_core::settings::OptimizerSetting::AdamW);
         assert_eq!(settings.augment.crop_area_min, 0.35);
