@@ -84,7 +84,10 @@ pub async fn labels(settings: &Settings, store: &Store) -> Result<Vec<String>, I
             match stored {
                 Some(s) if s != wanted => Err(IngestError::Input {
                     path: file.clone(),
-                    message: format!("differs from {key} in the store ({}); label numbers cannot change", s.join(", ")),
+                    message: format!(
+                        "differs from {key} in the store ({}); label numbers cannot change",
+                        labels::difference(&s, &wanted, &key, file).unwrap_or_default()
+                    ),
                 }),
                 Some(_) => Ok(wanted),
                 None => {
@@ -397,7 +400,12 @@ impl<'a, A: Announcer> Watcher<'a, A> {
 
     fn locate(&self, key: &str) -> Location {
         match &self.source {
-            Source::Local(dir) => Location::Path(dir.join(key)),
+            // Links are followed (or refused) now as when they were listed.
+            Source::Local(dir) => match (crate::source::Tree::open(dir), key.split_once('/')) {
+                (Ok(tree), Some((label, name))) => tree.locate(label, name),
+                (Err(e), _) => Location::Refused(e.to_string()),
+                (_, None) => Location::Path(dir.join(key)),
+            },
             Source::Store(store) => Location::Store { store: store.clone(), key: key.to_string() },
         }
     }
@@ -598,5 +606,34 @@ mod tests {
         w.poll_once().await;
         assert!(w.poll_once().await.is_empty());
         assert_eq!(announced.0.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn links_are_followed_inside_the_incoming_folder_and_recorded_otherwise() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let incoming = dir.path().join("incoming");
+        let settings = settings(dir.path(), &incoming);
+        let store = Store::open(&settings.store).unwrap();
+        put(&incoming, ".uploads/a.jpg", &jpeg(1));
+        put(dir.path(), "away/b.jpg", &jpeg(2));
+        std::fs::create_dir_all(incoming.join("roses")).unwrap();
+        symlink("../.uploads/a.jpg", incoming.join("roses/a.jpg")).unwrap();
+        symlink(dir.path().join("away/b.jpg"), incoming.join("roses/b.jpg")).unwrap();
+        let announced = Collect::default();
+        let mut w = Watcher::start(&settings, &store, &announced).await.unwrap();
+        w.poll_once().await;
+        let entries = w.poll_once().await;
+        let results: BTreeMap<&str, (Outcome, Option<&String>)> = entries
+            .iter()
+            .flat_map(|e| e.images.iter().map(|i| (i.key.as_str(), (i.result, i.reason.as_ref()))))
+            .collect();
+        assert_eq!(results["roses/a.jpg"].0, Outcome::Written, "{results:?}");
+        let (result, reason) = results["roses/b.jpg"];
+        assert_eq!(result, Outcome::SkippedUnreadable);
+        assert!(reason.unwrap().contains("outside the source folder"), "{reason:?}");
+        let shards = announced.0.lock().unwrap().clone();
+        assert_eq!(shards.iter().map(|s| s.records).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(shard_names(&store, &shards[0].uri), vec!["a.jpg"]);
     }
 }

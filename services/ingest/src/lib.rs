@@ -11,8 +11,12 @@
 //! one-shot ingest checks that a shard does not exist yet, then streams it
 //! to the store with a multipart upload while converting it (visible only
 //! once committed, aborted if conversion stops; an existing shard is kept
-//! and announced again); continuous ingest writes each shard with
-//! `PutMode::Create`.
+//! and announced again, with the records it holds); continuous ingest
+//! writes each shard with `PutMode::Create`. A shard none of whose images
+//! is usable is neither written nor announced, and a run with no usable
+//! image at all is an error ([`IngestError::NoImages`]). A one-shot run
+//! whose label map differs from that of the dataset's existing shards is
+//! refused before it writes anything ([`IngestError::LabelsChanged`]).
 
 pub mod bbox;
 pub mod continuous;
@@ -54,6 +58,19 @@ pub enum IngestError {
     Worker(String),
     #[error("ingest ledger: {0}")]
     Ledger(String),
+    #[error(
+        "the label map of {origin} differs from {stored}, the map of the {shards} shards of dataset {dataset:?} \
+         already in the store: {difference}. Their records carry the stored label numbers, so nothing was \
+         written: ingest into a new dataset (--dataset <new name>), or pass the stored map as --labels-file \
+         (a copy of {stored})"
+    )]
+    LabelsChanged { dataset: String, stored: String, origin: String, difference: String, shards: usize },
+    #[error(
+        "no usable image in {folders}: expected one sub-folder per label ({labels}) holding its images \
+         (<label>/<image>); {found} entries found, {skipped} skipped (each named with its reason in the \
+         report), so no shard was written"
+    )]
+    NoImages { folders: String, labels: String, found: usize, skipped: usize },
 }
 
 /// One image found in an input folder or prefix.
@@ -74,30 +91,26 @@ pub const SHUFFLE_SEED: u64 = 12345;
 
 /// Every file under `<dir>/<label>/` for each label, in label order, then
 /// shuffled deterministically. Any file is a candidate (as the original's
-/// glob `*`); hidden files are ignored.
+/// glob `*`); hidden files are ignored; symbolic links are followed inside
+/// `dir` and otherwise kept as [`Location::Refused`] (see [`source`]), so
+/// that the report names them.
 pub fn find_image_files(dir: &Path, labels: &[String]) -> Result<Vec<ImageFile>, IngestError> {
+    let tree = source::Tree::open(dir)?;
     let mut files = Vec::new();
     for (i, text) in labels.iter().enumerate() {
         let folder = dir.join(text);
-        let entries = match std::fs::read_dir(&folder) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let objects = match tree.folder(text) {
+            Ok(Some(objects)) => objects,
+            Ok(None) => {
                 tracing::warn!("no folder {} for label {text:?}: no images of that label", folder.display());
                 continue;
             }
             Err(e) => return Err(IngestError::Input { path: folder.display().to_string(), message: e.to_string() }),
         };
-        let mut paths: Vec<std::path::PathBuf> = entries
-            .filter_map(Result::ok)
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-            .map(|e| e.path())
-            .collect();
-        paths.sort();
-        files.extend(paths.into_iter().map(|path| ImageFile {
-            display: path.display().to_string(),
-            name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-            location: Location::Path(path),
+        files.extend(objects.into_iter().map(|o| ImageFile {
+            display: folder.join(&o.name).display().to_string(),
+            name: o.name,
+            location: o.location,
             label: i as i64 + 1,
             text: text.clone(),
         }));
@@ -206,6 +219,7 @@ pub fn build_shard_with(
 /// As [`build_shard_with`], handing the shard out in framed chunks of
 /// about `STREAM_CHUNK_BYTES` through `chunks` (then `None`), so that it is
 /// stored while it is converted. Stops early if the receiver goes away.
+/// Sends no `None` when no record was made (the upload is then aborted).
 pub fn stream_shard_with(
     files: &[ImageFile],
     checks: ImageChecks,
@@ -215,18 +229,22 @@ pub fn stream_shard_with(
 ) -> (usize, Vec<Skipped>) {
     let mut chunk = Vec::with_capacity(STREAM_CHUNK_BYTES + (1 << 20));
     let mut open = true;
-    let outcome = convert_all(files, checks, boxes, progress, |record| {
+    let mut framed = 0;
+    let (written, skipped) = convert_all(files, checks, boxes, progress, |record| {
         tfrecord::write_record(&mut chunk, &record);
+        framed += 1;
         if chunk.len() >= STREAM_CHUNK_BYTES {
             let full = std::mem::replace(&mut chunk, Vec::with_capacity(STREAM_CHUNK_BYTES + (1 << 20)));
             open = chunks.blocking_send(Some(Bytes::from(full))).is_ok();
         }
         open
     });
-    if open && (chunk.is_empty() || chunks.blocking_send(Some(Bytes::from(chunk))).is_ok()) {
+    // No record, no commit: the sender goes away and the upload is aborted,
+    // so an empty shard never appears.
+    if framed > 0 && open && (chunk.is_empty() || chunks.blocking_send(Some(Bytes::from(chunk))).is_ok()) {
         let _ = chunks.blocking_send(None);
     }
-    outcome
+    (written, skipped)
 }
 
 /// Chunks of a streamed shard: big enough for few writes, small enough
@@ -282,6 +300,13 @@ pub async fn run_once(
     let train = Source::open(&cfg.train_directory, &settings.store)?;
     let labels = labels::resolve(&cfg.labels_file, &train).await?;
     tracing::info!("{} labels: {}", labels.len(), labels.join(", "));
+    let origin = if cfg.labels_file.is_empty() {
+        format!("the label folders of {}", train.describe())
+    } else {
+        cfg.labels_file.clone()
+    };
+    // Before anything is written: a refused map leaves the store as it was.
+    labels::check_unchanged(store, dataset, &labels, &origin).await?;
     labels::publish(store, dataset, &labels).await?;
     let boxes = Arc::new(bbox::load(&cfg.bounding_box_file)?);
     if !boxes.is_empty() {
@@ -290,6 +315,7 @@ pub async fn run_once(
     streams.shards().await?;
 
     let mut reports = Vec::new();
+    let mut folders = Vec::new();
     for (split, dir, shards) in [
         ("validation", cfg.validation_directory.as_str(), cfg.validation_shards),
         ("train", cfg.train_directory.as_str(), cfg.train_shards),
@@ -298,6 +324,7 @@ pub async fn run_once(
             continue;
         }
         let source = Source::open(dir, &settings.store)?;
+        folders.push(source.describe());
         let files = find_in_source(&source, &labels).await?;
         let report =
             write_split(settings, store, streams, shutdown, split, &labels, files, shards, boxes.clone()).await?;
@@ -311,13 +338,76 @@ pub async fn run_once(
         reports.push(report);
     }
     let report = RunReport::new(dataset, &labels, reports);
-    let json = Bytes::from(report.to_json());
-    store.put(&keys::ingest_report(dataset), json.clone()).await?;
-    if !cfg.report_file.is_empty() {
-        std::fs::write(&cfg.report_file, &json)
-            .map_err(|e| IngestError::Input { path: cfg.report_file.clone(), message: e.to_string() })?;
+    write_report(store, &cfg.report_file, &report).await?;
+    let written: usize = report.splits.iter().map(|s| s.written).sum();
+    if written == 0 {
+        // A dataset of no image is a mistake (a wrong folder, a flat folder
+        // of images, links that lead out): say so rather than exit 0.
+        return Err(IngestError::NoImages {
+            folders: folders.join(" and "),
+            labels: labels.join(", "),
+            found: report.splits.iter().map(|s| s.found).sum(),
+            skipped: report.splits.iter().map(|s| s.skipped.len()).sum(),
+        });
     }
     Ok(report)
+}
+
+/// The JSON report, to the store and to `report_file` when set.
+async fn write_report(store: &Store, report_file: &str, report: &RunReport) -> Result<(), IngestError> {
+    let json = Bytes::from(report.to_json());
+    store.put(&keys::ingest_report(&report.dataset), json.clone()).await?;
+    if !report_file.is_empty() {
+        std::fs::write(report_file, &json)
+            .map_err(|e| IngestError::Input { path: report_file.to_string(), message: e.to_string() })?;
+    }
+    Ok(())
+}
+
+/// A shard that exists already is kept (shards are never replaced) and
+/// announced with the records it holds, not with what its images give now.
+/// They are still converted (the records dropped) so that the report names
+/// the unusable ones. Returns (records in the stored shard, skipped).
+async fn kept_shard(
+    store: &Store,
+    key: &str,
+    files: Arc<Vec<ImageFile>>,
+    range: std::ops::Range<usize>,
+    checks: ImageChecks,
+    boxes: Arc<bbox::Boxes>,
+    progress: Arc<progress::Progress>,
+) -> Result<(usize, Vec<Skipped>), IngestError> {
+    let (converted, skipped) =
+        tokio::task::spawn_blocking(move || convert_all(&files[range], checks, &boxes, Some(&progress), |_| true))
+            .await
+            .map_err(|e| IngestError::Worker(e.to_string()))?;
+    let records = records_in(key, &store.get(key).await?)?;
+    let rewrite = "delete it, or ingest into a new dataset, to rewrite it";
+    if records == 0 {
+        tracing::warn!("{key} already exists but holds no record: not announced; {rewrite}");
+    } else if records != converted {
+        tracing::warn!(
+            "{key} already exists with {records} records, its images now give {converted}: kept as it is and \
+             announced with {records} (shards are never replaced; {rewrite})"
+        );
+    } else {
+        tracing::warn!("{key} already exists; kept as it is (shards are never replaced)");
+    }
+    Ok((records, skipped))
+}
+
+/// Counts a stored shard's records; a damaged one is an error, since what
+/// it holds cannot be told (and so cannot be announced).
+fn records_in(key: &str, bytes: &[u8]) -> Result<usize, IngestError> {
+    let mut records = 0;
+    for record in tfrecord::records(bytes) {
+        record.map_err(|e| IngestError::Input {
+            path: key.to_string(),
+            message: format!("the stored shard is damaged ({e}); shards are never replaced: delete it and run again"),
+        })?;
+        records += 1;
+    }
+    Ok(records)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -346,24 +436,28 @@ async fn write_split(
         let key = keys::shard(&dataset, split, index as u32, num_shards);
         async move {
             if store.exists(&key).await? {
-                // Shards are never replaced: convert only to count what the
-                // announcement says, keep the stored one.
-                let built = tokio::task::spawn_blocking(move || {
-                    build_shard_with(&files[range], checks, &boxes, Some(&progress))
-                })
-                .await
-                .map_err(|e| IngestError::Worker(e.to_string()))?;
-                tracing::warn!("{key} already exists; kept as it is (shards are never replaced)");
-                return Ok::<_, IngestError>((index, key, built.written, built.skipped));
+                let (records, skipped) = kept_shard(store, &key, files, range, checks, boxes, progress).await?;
+                return Ok::<_, IngestError>((index, key, records, skipped));
             }
             // Stored while converted: writing overlaps conversion, and a
             // shard is never whole in memory.
+            let images = range.len();
             let (tx, rx) = tokio::sync::mpsc::channel(2);
             let converting = tokio::task::spawn_blocking(move || {
                 stream_shard_with(&files[range], checks, &boxes, Some(&progress), &tx)
             });
             let stored = store.put_streamed(&key, rx).await;
             let (written, skipped) = converting.await.map_err(|e| IngestError::Worker(e.to_string()))?;
+            if written == 0 {
+                // The upload was aborted (no commit was sent): an empty
+                // shard would be announced as data that is not there.
+                match stored {
+                    Err(StoreError::Incomplete { .. }) | Ok(()) => {}
+                    Err(e) => tracing::warn!("aborting the upload of {key} failed: {e}"),
+                }
+                tracing::warn!("{key} not written: none of its {images} images is usable");
+                return Ok((index, key, 0, skipped));
+            }
             stored?;
             metrics::counter!("inception_ingest_shards_written_total").increment(1);
             tracing::info!("wrote {key} ({written} records)");
@@ -373,6 +467,10 @@ async fn write_split(
     .buffered(settings.ingest.num_threads.max(1) as usize);
     while let Some(done) = pending.next().await {
         let (index, key, written, skipped) = done?;
+        report.skipped.extend(skipped);
+        if written == 0 {
+            continue;
+        }
         let message = ShardReady {
             dataset: dataset.clone(),
             split: split.to_string(),
@@ -391,7 +489,6 @@ async fn write_split(
             )
             .await?;
         report.written += written;
-        report.skipped.extend(skipped);
         report.shards.push(key);
     }
     progress.finish();

@@ -20,7 +20,9 @@ pub enum Outcome {
     SkippedCorrupt,
     /// Over `pipeline.max_image_pixels` (a decompression bomb, or just huge).
     SkippedTooLarge,
-    /// The file or object could not be read.
+    /// The file or object could not be read, or is not to be: a symbolic
+    /// link that dangles, loops or leads outside the source folder, or
+    /// something that is not a regular file (the reason says which).
     SkippedUnreadable,
     /// Under a label that is not in the label set (continuous mode).
     Quarantined,

@@ -2,10 +2,18 @@
 //! (`file:///dir`, `s3://bucket/prefix`, `memory:///`). Both hold
 //! `<label>/<image>`; anything deeper or shallower is ignored, as the
 //! original's glob `<dir>/<label>/*` does, and so are hidden names.
+//!
+//! A local folder is read as a [`Tree`]: a symbolic link (to an image, or a
+//! label folder) is followed when it leads to a regular file (or folder)
+//! inside the source folder, as the original's glob does; one that dangles,
+//! loops or leads outside, and anything that is not a regular file (a pipe,
+//! a device), is listed with [`Location::Refused`] and the reason, so that
+//! it gets a line in the report instead of vanishing. Nothing is
+//! de-duplicated: two links to one file are two inputs, as for the original.
 
 use inception_core::settings::StoreSettings;
 use inception_core::Store;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::IngestError;
 
@@ -18,6 +26,10 @@ pub enum Location {
         store: Store,
         key: String,
     },
+    /// Listed but never read: why (a symbolic link that dangles, loops or
+    /// leads out of the source folder; not a regular file). Reported as
+    /// `skipped_unreadable` with this reason.
+    Refused(String),
 }
 
 impl Location {
@@ -30,6 +42,7 @@ impl Location {
                 let handle = tokio::runtime::Handle::try_current().map_err(|e| e.to_string())?;
                 handle.block_on(store.get_listed(key)).map(|b| b.to_vec()).map_err(|e| e.to_string())
             }
+            Location::Refused(reason) => Err(reason.clone()),
         }
     }
 
@@ -39,6 +52,7 @@ impl Location {
             Location::Store { store, key } => {
                 store.get_listed(key).await.map(|b| b.to_vec()).map_err(|e| e.to_string())
             }
+            Location::Refused(reason) => Err(reason.clone()),
         }
     }
 }
@@ -127,18 +141,7 @@ impl Source {
     /// The label folders present, sorted (the default label set).
     pub async fn label_folders(&self) -> Result<Vec<String>, IngestError> {
         match self {
-            Source::Local(dir) => {
-                let entries = std::fs::read_dir(dir)
-                    .map_err(|e| IngestError::Input { path: dir.display().to_string(), message: e.to_string() })?;
-                let mut names: Vec<String> = entries
-                    .filter_map(Result::ok)
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                    .filter(|n| !hidden(n))
-                    .collect();
-                names.sort();
-                Ok(names)
-            }
+            Source::Local(dir) => Tree::open(dir)?.label_folders(),
             Source::Store(_) => {
                 let mut names: Vec<String> = self.list().await?.into_iter().map(|o| o.label).collect();
                 names.sort();
@@ -153,47 +156,192 @@ fn hidden(name: &str) -> bool {
     name.starts_with('.')
 }
 
-fn list_local(dir: &std::path::Path) -> Result<Vec<SourceObject>, IngestError> {
-    let input = |p: &std::path::Path, e: std::io::Error| IngestError::Input {
-        path: p.display().to_string(),
-        message: e.to_string(),
-    };
+fn list_local(dir: &Path) -> Result<Vec<SourceObject>, IngestError> {
+    let tree = Tree::open(dir)?;
     let mut out = Vec::new();
-    for label_entry in std::fs::read_dir(dir).map_err(|e| input(dir, e))?.filter_map(Result::ok) {
-        let label = label_entry.file_name().to_string_lossy().into_owned();
-        if hidden(&label) || !label_entry.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        let folder = label_entry.path();
-        let entries = match std::fs::read_dir(&folder) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!("cannot list {}: {e}", folder.display());
-                continue;
-            }
-        };
-        for e in entries.filter_map(Result::ok) {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if hidden(&name) || !e.file_type().is_ok_and(|t| t.is_file()) {
-                continue;
-            }
-            let meta = e.metadata().ok();
-            let modified_ms = meta
-                .as_ref()
-                .and_then(|m| m.modified().ok())
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_millis() as i64);
-            out.push(SourceObject {
-                key: format!("{label}/{name}"),
-                label: label.clone(),
-                name,
-                size: meta.map_or(0, |m| m.len()),
-                modified_ms,
-                location: Location::Path(e.path()),
-            });
+    for label in tree.label_folders()? {
+        match tree.folder(&label) {
+            Ok(objects) => out.extend(objects.into_iter().flatten()),
+            Err(e) => tracing::warn!("cannot list {}: {e}", dir.join(&label).display()),
         }
     }
     Ok(out)
+}
+
+/// A local source folder, resolved once so that links can be checked
+/// against it.
+#[derive(Debug, Clone)]
+pub struct Tree {
+    /// As given (what reports show).
+    root: PathBuf,
+    /// Canonical: links must resolve below it.
+    real: PathBuf,
+}
+
+impl Tree {
+    /// A missing folder is an error (a typo should not look like an empty
+    /// dataset).
+    pub fn open(root: &Path) -> Result<Tree, IngestError> {
+        let real = std::fs::canonicalize(root)
+            .map_err(|e| IngestError::Input { path: root.display().to_string(), message: e.to_string() })?;
+        Ok(Tree { root: root.to_path_buf(), real })
+    }
+
+    /// The label folders, sorted: sub-folders and links to folders (where
+    /// they lead is checked when they are listed), hidden names excluded.
+    pub fn label_folders(&self) -> Result<Vec<String>, IngestError> {
+        let entries = std::fs::read_dir(&self.root)
+            .map_err(|e| IngestError::Input { path: self.root.display().to_string(), message: e.to_string() })?;
+        let mut names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter(|e| match e.file_type() {
+                Ok(t) if t.is_symlink() => std::fs::metadata(e.path()).is_ok_and(|m| m.is_dir()),
+                Ok(t) => t.is_dir(),
+                Err(_) => false,
+            })
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|n| !hidden(n))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The objects of `<root>/<label>/`, sorted by name; None when there is
+    /// no such folder. A label folder that is a link leading nowhere usable
+    /// is one refused object (`<label>/`), so that it is reported.
+    pub fn folder(&self, label: &str) -> std::io::Result<Option<Vec<SourceObject>>> {
+        let path = self.root.join(label);
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let real_dir = if meta.file_type().is_symlink() {
+            match self.resolve(&path).and_then(|t| if t.is_dir() { Ok(t) } else { Err(not_a_folder(&t)) }) {
+                Ok(target) => target,
+                Err(reason) => return Ok(Some(vec![refused(label, "", Some(&meta), reason)])),
+            }
+        } else {
+            self.real.join(label)
+        };
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&real_dir)?.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !hidden(&name) {
+                out.extend(self.entry(label, name, &entry));
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(Some(out))
+    }
+
+    /// One entry of a label folder: a file, a followed link, or refused;
+    /// None for a sub-folder (deeper than `<label>/<image>`).
+    fn entry(&self, label: &str, name: String, entry: &std::fs::DirEntry) -> Option<SourceObject> {
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            Err(e) => return Some(refused(label, &name, None, format!("cannot be read: {e}"))),
+        };
+        let t = meta.file_type();
+        if t.is_file() {
+            return Some(object(label, name, &meta, Location::Path(entry.path())));
+        }
+        if t.is_dir() {
+            return None;
+        }
+        if !t.is_symlink() {
+            return Some(refused(
+                label,
+                &name,
+                Some(&meta),
+                "not a regular file (a pipe, socket or device): not read".into(),
+            ));
+        }
+        match self.resolve(&entry.path()) {
+            Ok(target) => match std::fs::metadata(&target) {
+                Ok(m) if m.is_file() => Some(object(label, name, &m, Location::Path(target))),
+                Ok(m) if m.is_dir() => None,
+                Ok(_) => Some(refused(
+                    label,
+                    &name,
+                    Some(&meta),
+                    format!("symbolic link to {}, which is not a regular file: not read", target.display()),
+                )),
+                Err(e) => {
+                    Some(refused(label, &name, Some(&meta), format!("symbolic link to {}: {e}", target.display())))
+                }
+            },
+            Err(reason) => Some(refused(label, &name, Some(&meta), reason)),
+        }
+    }
+
+    /// Where a link leads, if that is inside the tree; else why not.
+    fn resolve(&self, link: &Path) -> Result<PathBuf, String> {
+        let shown = || std::fs::read_link(link).map_or_else(|_| "?".to_string(), |t| t.display().to_string());
+        match std::fs::canonicalize(link) {
+            Ok(target) if target.starts_with(&self.real) => Ok(target),
+            Ok(target) => Err(format!(
+                "symbolic link to {}, outside the source folder {}: not followed",
+                target.display(),
+                self.root.display()
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(format!("dangling symbolic link to {} (no such file)", shown()))
+            }
+            // `ErrorKind::FilesystemLoop` is not stable yet; its name is.
+            Err(e) if format!("{:?}", e.kind()) == "FilesystemLoop" => {
+                Err(format!("symbolic link loop through {} ({e})", shown()))
+            }
+            Err(e) => Err(format!("symbolic link to {} cannot be followed: {e}", shown())),
+        }
+    }
+
+    /// Where `<label>/<name>` is to be read now (continuous ingest's
+    /// rebuild and quarantine): followed and checked as when it was listed.
+    pub fn locate(&self, label: &str, name: &str) -> Location {
+        let path = self.root.join(label).join(name);
+        let linked = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink())
+            || std::fs::symlink_metadata(self.root.join(label)).is_ok_and(|m| m.file_type().is_symlink());
+        if !linked {
+            return Location::Path(path);
+        }
+        match self.resolve(&path) {
+            Ok(target) => Location::Path(target),
+            Err(reason) => Location::Refused(reason),
+        }
+    }
+}
+
+fn not_a_folder(target: &Path) -> String {
+    format!("symbolic link to {}, which is not a folder: not read", target.display())
+}
+
+fn modified_ms(meta: &std::fs::Metadata) -> i64 {
+    meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn object(label: &str, name: String, meta: &std::fs::Metadata, location: Location) -> SourceObject {
+    SourceObject {
+        key: format!("{label}/{name}"),
+        label: label.to_string(),
+        name,
+        size: meta.len(),
+        modified_ms: modified_ms(meta),
+        location,
+    }
+}
+
+/// A listed entry that is not to be read. The link's own size and time
+/// (not its target's) tell continuous ingest when it stops changing.
+fn refused(label: &str, name: &str, meta: Option<&std::fs::Metadata>, reason: String) -> SourceObject {
+    SourceObject {
+        key: format!("{label}/{name}"),
+        label: label.to_string(),
+        name: name.to_string(),
+        size: meta.map_or(0, std::fs::Metadata::len),
+        modified_ms: meta.map_or(0, modified_ms),
+        location: Location::Refused(reason),
+    }
 }
 
 /// Undoes object_store's percent-encoding of odd characters in a path part.
@@ -263,5 +411,47 @@ mod tests {
         let names: Vec<(&str, &str)> = objects.iter().map(|o| (o.label.as_str(), o.name.as_str())).collect();
         assert_eq!(names, vec![("daisy", "b c#1.png"), ("roses", "a.jpg")]);
         assert_eq!(objects[0].location.read().await.unwrap(), b"3");
+    }
+
+    #[test]
+    fn a_tree_follows_links_inside_and_refuses_the_others() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("in");
+        for p in ["roses/a.jpg", ".pool/b.jpg", ".pool/tulips/c.jpg"] {
+            let path = root.join(p);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, p).unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("away")).unwrap();
+        std::fs::write(dir.path().join("away/d.jpg"), "d").unwrap();
+        symlink("../.pool/b.jpg", root.join("roses/b.jpg")).unwrap();
+        symlink(".pool/tulips", root.join("tulips")).unwrap();
+        symlink(dir.path().join("away"), root.join("daisy")).unwrap();
+        symlink("nowhere", root.join("lilies")).unwrap();
+        let fifo = std::process::Command::new("mkfifo").arg(root.join("roses/pipe.jpg")).status();
+        assert!(fifo.unwrap().success());
+
+        let tree = Tree::open(&root).unwrap();
+        // A folder link is a label wherever it leads; a dangling one is not a folder.
+        assert_eq!(tree.label_folders().unwrap(), vec!["daisy", "roses", "tulips"]);
+        let listed = |label: &str| -> Vec<(String, Result<Vec<u8>, String>)> {
+            let objects = tree.folder(label).unwrap().unwrap();
+            objects.iter().map(|o| (o.key.clone(), o.location.read_blocking())).collect()
+        };
+        let roses = listed("roses");
+        assert_eq!(roses[0], ("roses/a.jpg".into(), Ok(b"roses/a.jpg".to_vec())));
+        assert_eq!(roses[1], ("roses/b.jpg".into(), Ok(b".pool/b.jpg".to_vec())));
+        assert_eq!(roses[2].0, "roses/pipe.jpg");
+        assert!(roses[2].1.as_ref().unwrap_err().contains("not a regular file"), "{roses:?}");
+        assert_eq!(listed("tulips"), vec![("tulips/c.jpg".into(), Ok(b".pool/tulips/c.jpg".to_vec()))]);
+        let daisy = listed("daisy");
+        assert_eq!(daisy.len(), 1, "{daisy:?}");
+        assert_eq!(daisy[0].0, "daisy/");
+        assert!(daisy[0].1.as_ref().unwrap_err().contains("outside the source folder"), "{daisy:?}");
+        assert!(tree.folder("absent").unwrap().is_none());
+        assert!(matches!(tree.locate("roses", "b.jpg"), Location::Path(p) if p.ends_with(".pool/b.jpg")));
+        assert!(matches!(tree.locate("daisy", "d.jpg"), Location::Refused(_)));
+        assert!(Tree::open(&dir.path().join("missing")).is_err());
     }
 }
