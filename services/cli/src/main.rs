@@ -4,20 +4,29 @@
 //!   nats-server child on a free loopback port, a local object store, and
 //!   generated (or given) images; it ends with the evaluator's precision line.
 //! * `inception generate-demo-data DIR` writes the demo's image folders.
-//! * `inception classify --checkpoint latest IMAGE…` prints top-k labels.
-//! * `inception records verify|stats|inspect FILE` looks inside TFRecords.
+//! * `inception classify --checkpoint latest IMAGE-OR-FOLDER…` prints top-k labels.
+//! * `inception records verify|stats|inspect INPUT…` looks inside TFRecords.
+//!
+//! `--config FILE` and `--set SECTION.KEY=VALUE` may come anywhere on the
+//! command line, before or after the subcommand.
 
 mod classify;
 mod demo;
 mod recipe;
 mod records;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use inception_core::cli::CommonArgs;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
 #[command(name = "inception", version, about = "Inception-v3 training pipeline: ingest, preprocess, train, evaluate")]
 struct Cli {
+    // Before the subcommand; classify and records take them too, and merge
+    // all (clap's global arguments would keep only one level's `--set`s).
+    #[command(flatten)]
+    common: CommonArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -43,16 +52,50 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     inception_core::telemetry::init_logging();
-    match Cli::parse().command {
-        Command::Demo(args) => demo::run(args),
-        Command::Classify(args) => classify::run(args),
-        Command::Records(args) => records::run(args),
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Demo(args) => {
+            without_settings_flags(&cli.common, "demo").and_then(|()| demo::run(args)).map(|()| true)
+        }
+        Command::Classify(args) => classify::run(&cli.common, args),
+        Command::Records(args) => records::run(&cli.common, args),
         Command::GenerateDemoData { dir, train_per_class, validation_per_class, seed } => {
-            let n = inception_demo_data::generate(&dir, train_per_class, validation_per_class, seed)?;
-            println!("wrote {n} images under {}", dir.display());
-            Ok(())
+            without_settings_flags(&cli.common, "generate-demo-data").and_then(|()| {
+                let n = inception_demo_data::generate(&dir, train_per_class, validation_per_class, seed)?;
+                println!("wrote {n} images under {}", dir.display());
+                Ok(true)
+            })
+        }
+    };
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) if e.is::<inception_cli::UsageError>() => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            ExitCode::FAILURE
         }
     }
+}
+
+/// The demo starts its services with `INCEPTION__…` variables: a
+/// `--config` or `--set` would be silently ignored, so it is refused.
+fn without_settings_flags(common: &CommonArgs, subcommand: &str) -> anyhow::Result<()> {
+    if common.config.is_some() || !common.set.is_empty() {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!(
+                    "inception {subcommand} does not read --config or --set: give settings to the demo's services \
+                     as INCEPTION__SECTION__KEY=VALUE variables"
+                ),
+            )
+            .exit();
+    }
+    Ok(())
 }
