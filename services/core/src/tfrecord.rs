@@ -88,7 +88,9 @@ impl<'a> Records<'a> {
         }
         let length = u64::from_le_bytes(len_bytes);
         let available = rest.len() - 12;
-        if length > available.saturating_sub(4) as u64 {
+        // Room for the data and its 4-byte checksum; fewer than 4 bytes
+        // leave room for no data at all, not even an empty record's.
+        if available.checked_sub(4).is_none_or(|room| length > room as u64) {
             return Err(TfRecordError::TruncatedData { offset, length, available });
         }
         let n = length as usize;
@@ -152,5 +154,13 @@ mod tests {
         let cut = &out[..out.len() - 10];
         let last = records(cut).last().unwrap();
         assert!(matches!(last, Err(TfRecordError::TruncatedData { .. })), "{last:?}");
+
+        // An empty record cut inside its data checksum (12 to 15 bytes left).
+        let mut empty = Vec::new();
+        write_record(&mut empty, b"");
+        for cut in 12..16 {
+            let got: Vec<_> = records(&empty[..cut]).collect();
+            assert_eq!(got, [Err(TfRecordError::TruncatedData { offset: 0, length: 0, available: cut - 12 })]);
+        }
     }
 }

@@ -503,9 +503,11 @@ impl Settings {
         if let Some(path) = file {
             builder = builder.add_source(config::File::new(path, config::FileFormat::Toml));
         }
-        builder = builder.add_source(
-            config::Environment::with_prefix(ENV_PREFIX).prefix_separator("__").separator("__").try_parsing(true),
-        );
+        // Values stay text, as flags give them, and are read by each key's
+        // type: a string setting keeps "007" or "1e3" verbatim (parsing them
+        // as numbers first would store "7" and "1000").
+        builder =
+            builder.add_source(config::Environment::with_prefix(ENV_PREFIX).prefix_separator("__").separator("__"));
         for (key, value) in overrides {
             builder = builder.set_override(key.as_str(), value.as_str())?;
         }
