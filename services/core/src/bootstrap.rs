@@ -5,7 +5,7 @@
 //! message that names the setting).
 
 use crate::cli::CommonArgs;
-use crate::nats::{self, NatsError, Streams};
+use crate::nats::{self, NatsError, StreamBounds, Streams};
 use crate::settings::{Settings, SettingsError};
 use crate::shutdown::{self, CancellationToken};
 use crate::store::{Store, StoreError};
@@ -87,6 +87,7 @@ pub async fn start(
         }
         Err(e) => return Err(BootstrapError::Nats(e)),
     };
-    let streams = Streams::new(client.clone(), &settings.nats.subject_prefix);
+    let streams = Streams::new(client.clone(), &settings.nats.subject_prefix)
+        .with_bounds(StreamBounds::from_settings(&settings.nats));
     Ok(Some(Running { settings, store, client, streams, shutdown, readiness }))
 }

@@ -30,6 +30,7 @@ pub mod nats;
 pub mod process;
 pub mod settings;
 pub mod shutdown;
+pub mod stall;
 pub mod store;
 pub mod telemetry;
 pub mod tfevents;

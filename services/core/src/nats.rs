@@ -7,6 +7,12 @@
 //!   capacity, `discard: new`: a full queue refuses publishes, which is the back-pressure
 //! * `<P>_CHECKPOINTS` `<p>.checkpoints.<run>`         limits retention
 //! * `<P>_EVALS`       `<p>.evals.<run>`               limits retention
+//!
+//! Every stream is bounded ([`StreamBounds`], the `nats.stream_*` settings),
+//! so that a flood of messages cannot grow one without limit: the limits
+//! streams drop their oldest messages first, and a message larger than
+//! `nats.max_message_bytes` is refused by the server. Bounds are applied to
+//! streams that exist already, too.
 
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
@@ -217,13 +223,100 @@ pub struct Streams {
     pub subjects: Subjects,
     /// The client's JetStream context.
     pub context: jetstream::Context,
+    /// What each stream may hold.
+    bounds: StreamBounds,
+}
+
+/// Bounds of the pipeline's streams (the `nats.stream_*` settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamBounds {
+    /// Most messages a limits stream holds (SHARDS, CHECKPOINTS, EVALS).
+    pub max_messages: i64,
+    /// Most bytes a limits stream holds.
+    pub max_bytes: i64,
+    /// Oldest message a limits stream keeps; zero: no age limit.
+    pub max_age: Duration,
+    /// Largest message any stream accepts.
+    pub max_message_bytes: i32,
+}
+
+impl Default for StreamBounds {
+    fn default() -> Self {
+        Self { max_messages: 1_000_000, max_bytes: 1 << 30, max_age: Duration::ZERO, max_message_bytes: 1 << 20 }
+    }
+}
+
+impl StreamBounds {
+    /// The bounds the settings give (validated at start-up to fit).
+    pub fn from_settings(settings: &NatsSettings) -> Self {
+        Self {
+            max_messages: i64::try_from(settings.stream_max_messages).unwrap_or(i64::MAX),
+            max_bytes: i64::try_from(settings.stream_max_bytes).unwrap_or(i64::MAX),
+            max_age: settings.stream_max_age,
+            max_message_bytes: i32::try_from(settings.max_message_bytes).unwrap_or(i32::MAX),
+        }
+    }
+
+    /// Whether `config` carries these bounds (for a limits stream).
+    fn hold_for(&self, config: &stream::Config) -> bool {
+        config.max_messages == self.max_messages
+            && config.max_bytes == self.max_bytes
+            && config.max_age == self.max_age
+            && config.max_message_size == self.max_message_bytes
+            && config.discard == stream::DiscardPolicy::Old
+    }
+
+    fn apply(&self, config: &mut stream::Config) {
+        config.max_messages = self.max_messages;
+        config.max_bytes = self.max_bytes;
+        config.max_age = self.max_age;
+        config.max_message_size = self.max_message_bytes;
+        config.discard = stream::DiscardPolicy::Old;
+        // JetStream refuses a duplicate window longer than the age limit.
+        if !self.max_age.is_zero() && config.duplicate_window > self.max_age {
+            config.duplicate_window = self.max_age;
+        }
+    }
 }
 
 impl Streams {
-    /// The streams of the pipeline under `prefix`; none is created until it
-    /// is asked for.
+    /// The streams of the pipeline under `prefix`, with the default bounds;
+    /// none is created until it is asked for.
     pub fn new(client: async_nats::Client, prefix: &str) -> Self {
-        Self { subjects: Subjects::new(prefix), context: jetstream::new(client) }
+        Self { subjects: Subjects::new(prefix), context: jetstream::new(client), bounds: StreamBounds::default() }
+    }
+
+    /// The same streams with other bounds.
+    pub fn with_bounds(mut self, bounds: StreamBounds) -> Self {
+        self.bounds = bounds;
+        self
+    }
+
+    /// Gets or creates a limits stream, and bounds it if it was made
+    /// without these bounds (by an older version, or other settings). A
+    /// stream whose bounds cannot be changed is used as it is, with a warning.
+    async fn ensure_bounded(&self, config: stream::Config) -> Result<stream::Stream, NatsError> {
+        let stream = self.ensure(config).await?;
+        let current = stream.cached_info().config.clone();
+        if self.bounds.hold_for(&current) {
+            return Ok(stream);
+        }
+        let name = current.name.clone();
+        let mut bounded = current;
+        self.bounds.apply(&mut bounded);
+        match self.context.update_stream(&bounded).await {
+            Ok(_) => {
+                tracing::info!("JetStream stream {name}: bounds set to {:?}", self.bounds);
+                self.context
+                    .get_stream(&name)
+                    .await
+                    .map_err(|e| NatsError::Stream { stream: name, message: e.to_string() })
+            }
+            Err(e) => {
+                tracing::warn!("JetStream stream {name}: cannot set its bounds ({e}); using it as it is");
+                Ok(stream)
+            }
+        }
     }
 
     /// Gets or creates a stream. JetStream may be briefly unavailable (a
@@ -250,28 +343,30 @@ impl Streams {
     }
 
     fn limits(&self, kind: &str, what: &str) -> stream::Config {
-        stream::Config {
+        let mut config = stream::Config {
             name: self.subjects.stream_name(kind),
             subjects: vec![format!("{}.{what}.>", self.subjects.prefix)],
             retention: stream::RetentionPolicy::Limits,
             duplicate_window: Duration::from_secs(120),
             ..Default::default()
-        }
+        };
+        self.bounds.apply(&mut config);
+        config
     }
 
     /// Gets or creates the shard announcements (limits retention: history for late joiners).
     pub async fn shards(&self) -> Result<stream::Stream, NatsError> {
-        self.ensure(self.limits("SHARDS", "shards")).await
+        self.ensure_bounded(self.limits("SHARDS", "shards")).await
     }
 
     /// Gets or creates the checkpoint announcements (limits retention).
     pub async fn checkpoints(&self) -> Result<stream::Stream, NatsError> {
-        self.ensure(self.limits("CHECKPOINTS", "checkpoints")).await
+        self.ensure_bounded(self.limits("CHECKPOINTS", "checkpoints")).await
     }
 
     /// Gets or creates the evaluation results (limits retention).
     pub async fn evals(&self) -> Result<stream::Stream, NatsError> {
-        self.ensure(self.limits("EVALS", "evals")).await
+        self.ensure_bounded(self.limits("EVALS", "evals")).await
     }
 
     /// The bounded batch queue. `capacity` only applies when the stream is new.
@@ -281,6 +376,7 @@ impl Streams {
             subjects: vec![format!("{}.batches.>", self.subjects.prefix)],
             retention: stream::RetentionPolicy::WorkQueue,
             max_messages: i64::from(capacity),
+            max_message_size: self.bounds.max_message_bytes,
             discard: stream::DiscardPolicy::New,
             duplicate_window: Duration::from_secs(120),
             ..Default::default()

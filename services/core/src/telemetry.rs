@@ -6,8 +6,7 @@
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -46,18 +45,64 @@ pub enum TelemetryError {
     },
 }
 
-/// Readiness flag a service flips once its dependencies are usable.
-#[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+/// What `/readyz` reports: ready (and perhaps what the service is waiting
+/// for), or not ready and why, so that an operator sees the reason without
+/// reading logs.
+#[derive(Clone)]
+pub struct Readiness(Arc<Mutex<State>>);
+
+#[derive(Clone, Debug)]
+enum State {
+    Ready,
+    /// Ready (200), waiting for work: shards, batches, checkpoints.
+    Waiting(String),
+    /// Not ready (503): starting, or stalled.
+    NotReady(String),
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self(Arc::new(Mutex::new(State::NotReady("starting".to_string()))))
+    }
+}
 
 impl Readiness {
-    /// Sets what `/readyz` reports.
+    /// Ready, or not ready without a reason ("starting").
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Relaxed);
+        self.store(if ready { State::Ready } else { State::NotReady("starting".to_string()) });
+    }
+    /// Ready, and waiting for `what`: `/readyz` answers 200 and says so.
+    pub fn waiting(&self, what: impl Into<String>) {
+        self.store(State::Waiting(what.into()));
+    }
+    /// Not ready because of `reason` (for example, no progress for a long
+    /// time): `/readyz` answers 503 with the reason.
+    pub fn not_ready(&self, reason: impl Into<String>) {
+        self.store(State::NotReady(reason.into()));
     }
     /// Whether the service says it is ready.
     pub fn get(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        !matches!(self.state(), State::NotReady(_))
+    }
+    /// The status line and body of `/readyz`.
+    fn answer(&self) -> (&'static str, String) {
+        match self.state() {
+            State::Ready => ("200 OK", "ready\n".to_string()),
+            State::Waiting(what) => ("200 OK", format!("ready; waiting for {what}\n")),
+            State::NotReady(reason) => ("503 Service Unavailable", format!("not ready: {reason}\n")),
+        }
+    }
+    fn state(&self) -> State {
+        match self.0.lock() {
+            Ok(s) => s.clone(),
+            Err(e) => e.into_inner().clone(),
+        }
+    }
+    fn store(&self, state: State) {
+        match self.0.lock() {
+            Ok(mut s) => *s = state,
+            Err(e) => *e.into_inner() = state,
+        }
     }
 }
 
@@ -166,8 +211,10 @@ async fn answer(
             ("200 OK", "text/plain; version=0.0.4", handle.render())
         }
         "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-        "/readyz" if readiness.get() => ("200 OK", "text/plain", "ready\n".to_string()),
-        "/readyz" => ("503 Service Unavailable", "text/plain", "not ready\n".to_string()),
+        "/readyz" => {
+            let (status, body) = readiness.answer();
+            (status, "text/plain", body)
+        }
         _ => ("404 Not Found", "text/plain", "try /metrics, /healthz or /readyz\n".to_string()),
     };
     let head = format!(
@@ -203,6 +250,18 @@ mod tests {
         assert!(health.starts_with("HTTP/1.1 200"), "{health}");
         let not_ready = get_in_pieces(addr, &["GET /readyz HTTP/1.1\r\n\r\n"]).await;
         assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");
+        ready.not_ready("no batches for 60s");
+        let stalled = get_in_pieces(addr, &["GET /readyz HTTP/1.1\r\n\r\n"]).await;
+        assert!(
+            stalled.starts_with("HTTP/1.1 503") && stalled.ends_with("not ready: no batches for 60s\n"),
+            "{stalled}"
+        );
+        ready.waiting("train shards");
+        let waiting = get_in_pieces(addr, &["GET /readyz HTTP/1.1\r\n\r\n"]).await;
+        assert!(
+            waiting.starts_with("HTTP/1.1 200") && waiting.ends_with("ready; waiting for train shards\n"),
+            "{waiting}"
+        );
         ready.set(true);
         let ready_now = get_in_pieces(addr, &["GET /readyz HTTP/1.1\r\n\r\n"]).await;
         assert!(ready_now.starts_with("HTTP/1.1 200"), "{ready_now}");

@@ -32,3 +32,47 @@ async fn streams_are_made_once_a_restarting_server_is_back() {
     assert!(started.elapsed() >= Duration::from_secs(1), "it did wait for the server");
     assert_eq!(stream.cached_info().config.max_messages, 4);
 }
+
+/// Rule 5 of issue 16: every stream is bounded, even one made earlier without
+/// bounds, so that a flood of announcements cannot grow it without limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announcement_streams_are_bounded_even_when_made_without_bounds() {
+    use async_nats::jetstream::stream;
+    use inception_core::nats::StreamBounds;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let nats = LocalNats::start(&dir.path().join("nats")).expect("nats-server");
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let context = async_nats::jetstream::new(client.clone());
+    // As an older version made it: no bounds at all.
+    context
+        .create_stream(stream::Config {
+            name: "INCEPTION_SHARDS".into(),
+            subjects: vec!["inception.shards.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("unbounded stream");
+    let bounds = StreamBounds { max_messages: 5, max_bytes: 1 << 20, max_age: Duration::ZERO, max_message_bytes: 2048 };
+    let streams = Streams::new(client, "inception").with_bounds(bounds);
+    let mut shards = streams.shards().await.expect("shards stream");
+    let config = shards.info().await.expect("info").config.clone();
+    assert_eq!((config.max_messages, config.max_message_size), (5, 2048), "bounded: {config:?}");
+    assert_eq!(config.discard, stream::DiscardPolicy::Old);
+
+    // A flood keeps only the newest five.
+    for i in 0..20u32 {
+        context.publish("inception.shards.flowers.train", i.to_string().into()).await.unwrap().await.unwrap();
+    }
+    let state = shards.info().await.expect("info").state.clone();
+    assert_eq!(state.messages, 5, "{state:?}");
+    assert_eq!(state.last_sequence, 20);
+    // A message over max_message_bytes is refused by the server.
+    let oversized = context.publish("inception.shards.flowers.train", vec![b'x'; 4096].into()).await.unwrap().await;
+    assert!(oversized.is_err(), "an oversized announcement is refused");
+    // The other streams are bounded from the start.
+    for stream in [streams.checkpoints().await.unwrap(), streams.evals().await.unwrap()] {
+        let c = &stream.cached_info().config;
+        assert_eq!((c.max_messages, c.max_bytes, c.max_message_size), (5, 1 << 20, 2048), "{}", c.name);
+    }
+    assert_eq!(streams.batches(3).await.unwrap().cached_info().config.max_message_size, 2048);
+}

@@ -34,7 +34,10 @@ use rand_chacha::ChaCha8Rng;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shard_set::ShardSet;
+use inception_core::stall::Stall;
+use inception_core::telemetry::Readiness;
+use inception_proto::pipeline::ShardReady;
+use shard_set::{AfterFailure, Next, ShardSet};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PreprocessError {
@@ -72,35 +75,46 @@ async fn put_retrying(store: &Store, key: &str, bytes: Bytes, shutdown: &Cancell
     }
 }
 
-/// Runs one worker until `shutdown`. Returns the number of batches handed over.
+/// Runs one worker until `shutdown`, reporting what it waits for on
+/// `readiness`. Returns the number of batches handed over.
 pub async fn run(
     settings: &Settings,
     store: &Store,
     streams: &Streams,
+    readiness: &Readiness,
     shutdown: &CancellationToken,
 ) -> Result<u64, PreprocessError> {
     let id = worker_id(&settings.preprocess.worker_id);
     let queue = streams.batches(settings.pipeline.queue_capacity).await?;
     clean_orphans_in_background(settings, store, &queue, shutdown);
     let shards = Arc::new(ShardSet::default());
+    list_shards_in_store(store, &settings.dataset.name, &shards).await;
     let follower = follow_in_background(streams, &settings.dataset.name, &shards, shutdown);
+    let stall = Stall::new("preprocess", readiness, settings.pipeline.stall_after);
     let mut worker = Worker::new(settings, store, streams, queue, &id);
-    tracing::info!(worker = %id, "waiting for train shards of {}", settings.dataset.name);
-    while shards.wait_nonempty(shutdown).await {
-        if worker.buffer.needs_more(worker.batch_size) {
-            if !worker.fill_from_a_shard(&shards, shutdown).await {
-                break;
-            }
+    tracing::info!(worker = %id, "looking for train shards of {}", settings.dataset.name);
+    while !shutdown.is_cancelled() {
+        if worker.buffer.needs_more(worker.batch_size) && !worker.fill(&shards, &stall, shutdown).await {
             continue;
         }
         let Some(batch) = worker.next_batch().await? else { continue };
-        if !worker.hand_over(&batch, shutdown).await? || shutdown.is_cancelled() {
+        if !worker.hand_over(&batch, &stall, shutdown).await? {
             break;
         }
+        stall.progressed();
     }
     follower.abort();
     tracing::info!(worker = %id, "stopped after {} batches", worker.sequence);
     Ok(worker.sequence)
+}
+
+/// Learns the train shards already in the store (a failure is logged: the
+/// announcements still tell of them).
+async fn list_shards_in_store(store: &Store, dataset: &str, shards: &ShardSet) {
+    match shard_set::add_listed(store, dataset, shards).await {
+        Ok(n) => tracing::info!("{n} train shards of {dataset} in the store"),
+        Err(e) => tracing::warn!("cannot list the train shards of {dataset} in the store ({e}); using announcements"),
+    }
 }
 
 /// Deletes orphan batch objects every so often (`preprocess.orphan_batch_age`; 0: never).
@@ -183,21 +197,63 @@ impl<'a> Worker<'a> {
         }
     }
 
-    /// Adds the records of one randomly chosen known shard to the shuffle
-    /// buffer. A shard that cannot be read is counted and another is tried
-    /// a second later. False when stopped meanwhile.
-    async fn fill_from_a_shard(&mut self, shards: &ShardSet, shutdown: &CancellationToken) -> bool {
-        let known = shards.snapshot();
-        let Some(shard) = known.get(self.rng.random_range(0..known.len())) else { return true };
-        let bytes = match self.store.get(&shard.uri).await {
+    /// Adds the records of a randomly chosen readable shard to the shuffle
+    /// buffer, or waits a while when there is none. True when a batch can
+    /// be drawn now (the buffer holds one, though it wanted more).
+    async fn fill(&mut self, shards: &ShardSet, stall: &Stall, shutdown: &CancellationToken) -> bool {
+        let dataset = &self.settings.dataset.name;
+        let waited = match shards.next(&mut self.rng) {
+            Next::Read(shard) => {
+                self.read_shard(shards, &shard).await;
+                return false;
+            }
+            Next::NoneKnown { abandoned: 0 } => {
+                stall.waiting(&format!("train shards of {dataset}"));
+                Duration::from_secs(1)
+            }
+            Next::NoneKnown { abandoned } => {
+                stall.waiting(&format!("train shards of {dataset} ({abandoned} given up as unreadable)"));
+                Duration::from_secs(1)
+            }
+            Next::AllFailing { known, retry_in } => {
+                stall.waiting(&format!("a readable train shard of {dataset} (all {known} known ones fail)"));
+                retry_in.clamp(Duration::from_millis(10), Duration::from_secs(1))
+            }
+        };
+        if self.buffer.len() >= self.batch_size {
+            return true;
+        }
+        shards.wait_for_change(waited, shutdown).await;
+        false
+    }
+
+    /// Reads `shard` into the shuffle buffer; a failure is counted, and the
+    /// shard retried later or given up (rule 4 of docs/resilience.md).
+    async fn read_shard(&mut self, shards: &ShardSet, shard: &ShardReady) {
+        let cfg = &self.settings.preprocess;
+        let bytes = match self.store.get_at_most(&shard.uri, cfg.shard_max_bytes).await {
             Ok(b) => b,
             Err(e) => {
                 metrics::counter!("inception_preprocess_errors_total", "kind" => "shard").increment(1);
-                tracing::error!("cannot read shard {}: {e}; trying another in 1s", shard.uri);
-                return inception_core::shutdown::sleep_or_cancel(shutdown, Duration::from_secs(1)).await;
+                let never = matches!(e, StoreError::TooLarge { .. });
+                match shards.failed(&shard.uri, cfg.shard_read_attempts, never) {
+                    AfterFailure::RetryIn(delay) => {
+                        tracing::warn!("cannot read shard {}: {e}; trying it again in {delay:?}", shard.uri);
+                    }
+                    AfterFailure::Abandoned(attempts) => {
+                        metrics::counter!("inception_preprocess_shards_abandoned_total").increment(1);
+                        tracing::error!("giving up on shard {} after {attempts} failed reads: {e}", shard.uri);
+                    }
+                }
+                return;
             }
         };
-        for r in tfrecord::records(&bytes) {
+        shards.succeeded(&shard.uri);
+        self.buffer_records(&shard.uri, &bytes);
+    }
+
+    fn buffer_records(&mut self, uri: &str, bytes: &[u8]) {
+        for r in tfrecord::records(bytes) {
             match r {
                 Ok(data) if self.settings.preprocess.class_balanced => {
                     let label = inception_core::example::parse_image_example(data).ok().map(|p| p.label);
@@ -206,13 +262,12 @@ impl<'a> Worker<'a> {
                 Ok(data) => self.buffer.extend([data.to_vec()]),
                 Err(e) => {
                     metrics::counter!("inception_preprocess_errors_total", "kind" => "framing").increment(1);
-                    tracing::error!("shard {}: {e}; using the records before it", shard.uri);
+                    tracing::error!("shard {uri}: {e}; using the records before it");
                 }
             }
         }
         metrics::gauge!("inception_preprocess_shuffle_buffer_records").set(self.buffer.len() as f64);
         metrics::gauge!("inception_preprocess_shuffle_buffer_bytes").set(self.buffer.bytes() as f64);
-        true
     }
 
     /// Decodes and distorts a batch drawn from the buffer (on a blocking
@@ -245,10 +300,11 @@ impl<'a> Worker<'a> {
     async fn hand_over(
         &mut self,
         batch: &inception_core::batch::Batch,
+        stall: &Stall,
         shutdown: &CancellationToken,
     ) -> Result<bool, PreprocessError> {
         let waited = Instant::now();
-        if !queue::wait_for_room(&self.queue, shutdown).await? {
+        if !queue::wait_for_room(&self.queue, stall, shutdown).await? {
             return Ok(false);
         }
         let key = keys::batch(&self.settings.dataset.name, &self.producer, self.sequence);

@@ -29,6 +29,7 @@ async fn main() -> anyhow::Result<()> {
     flag(&mut o, "preprocess.worker_id", &args.worker_id);
     let Some(service) = bootstrap::start(&SPEC, &args.common, o).await? else { return Ok(()) };
     service.readiness.set(true);
-    inception_preprocess::run(&service.settings, &service.store, &service.streams, &service.shutdown).await?;
+    let s = &service;
+    inception_preprocess::run(&s.settings, &s.store, &s.streams, &s.readiness, &s.shutdown).await?;
     Ok(())
 }

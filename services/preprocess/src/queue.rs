@@ -6,6 +6,7 @@ use async_nats::jetstream::stream::{RawMessageErrorKind, Stream};
 use inception_core::backoff::Backoff;
 use inception_core::nats::NatsError;
 use inception_core::shutdown::{sleep_or_cancel, CancellationToken};
+use inception_core::stall::Stall;
 use inception_core::store::StoreError;
 use inception_core::Store;
 use inception_proto::pipeline::BatchReady;
@@ -21,8 +22,9 @@ fn stream_error(stream: &Stream, e: impl std::fmt::Display) -> NatsError {
 /// shutdown: `Ok(false)`), so a batch object is written only when it can be
 /// queued soon: objects never sit unreferenced while a full queue blocks.
 /// Updates `inception_preprocess_queue_depth_batches`. While NATS cannot
-/// be asked (restarting, unreachable) it keeps asking, with back-off.
-pub async fn wait_for_room(stream: &Stream, shutdown: &CancellationToken) -> Result<bool, NatsError> {
+/// be asked (restarting, unreachable) it keeps asking, with back-off. A
+/// lasting wait is reported through `stall`.
+pub async fn wait_for_room(stream: &Stream, stall: &Stall, shutdown: &CancellationToken) -> Result<bool, NatsError> {
     let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
     loop {
         match stream.get_info().await {
@@ -32,8 +34,15 @@ pub async fn wait_for_room(stream: &Stream, shutdown: &CancellationToken) -> Res
                 if capacity <= 0 || (info.state.messages as i64) < capacity {
                     return Ok(true);
                 }
+                stall.waiting(&format!(
+                    "room in the batch queue ({} of {capacity} batches queued: is the trainer running?)",
+                    info.state.messages
+                ));
             }
-            Err(e) => tracing::warn!("{}; asking again", stream_error(stream, e)),
+            Err(e) => {
+                tracing::warn!("{}; asking again", stream_error(stream, e));
+                stall.waiting("NATS, to ask for room in the batch queue");
+            }
         }
         if !backoff.wait(shutdown).await {
             return Ok(false);

@@ -7,6 +7,7 @@ use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
 use futures::StreamExt;
 use inception_core::batch::Batch;
 use inception_core::shutdown::{sleep_or_cancel, CancellationToken};
+use inception_core::stall::Stall;
 use inception_core::store::StoreError;
 use inception_core::{keys, Store};
 use inception_proto::pipeline::BatchReady;
@@ -118,12 +119,21 @@ pub struct BatchSource {
     consumer: PullConsumer,
     store: Store,
     spec: BatchSpec,
+    /// Where a lasting wait for batches is reported.
+    stall: Option<Stall>,
 }
 
 impl BatchSource {
     /// Batches through `consumer`, checked against `spec`.
     pub fn new(consumer: PullConsumer, store: Store, spec: BatchSpec) -> Self {
-        Self { consumer, store, spec }
+        Self { consumer, store, spec, stall: None }
+    }
+
+    /// Reports waits for batches (logs, `/readyz`, `inception_stalled`) to `stall`.
+    #[must_use]
+    pub fn reporting_to(mut self, stall: Stall) -> Self {
+        self.stall = Some(stall);
+        self
     }
 
     /// The next batch fit for a step; None once `shutdown` fires. Messages
@@ -131,12 +141,22 @@ impl BatchSource {
     pub async fn next(&self, shutdown: &CancellationToken) -> Option<Delivery> {
         let wait_started = Instant::now();
         while !shutdown.is_cancelled() {
-            let Some(message) = self.fetch(shutdown).await else { continue };
+            let Some(message) = self.fetch(shutdown).await else {
+                if let Some(stall) = &self.stall {
+                    stall.waiting(&format!("batches of {} from the preprocess workers", self.spec.dataset));
+                }
+                continue;
+            };
             let waited = wait_started.elapsed();
             record_arrival(&message, waited);
             let arrived = Instant::now();
             match receive_batch(&self.store, &self.spec, &message.payload).await {
-                Ok((key, batch)) => return Some(Delivery { message, key, batch, waited, arrived }),
+                Ok((key, batch)) => {
+                    if let Some(stall) = &self.stall {
+                        stall.progressed();
+                    }
+                    return Some(Delivery { message, key, batch, waited, arrived });
+                }
                 Err(BatchProblem::Unusable(reason)) => settle(&message, &Outcome::Unusable(reason)).await,
                 Err(BatchProblem::Store(reason)) => {
                     settle(&message, &Outcome::StoreUnavailable(reason)).await;

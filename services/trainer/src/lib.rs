@@ -27,8 +27,9 @@ use inception_core::announcements::accept_train_shard;
 use inception_core::nats::{NatsError, Streams};
 use inception_core::settings::ScheduleSetting;
 use inception_core::shutdown::CancellationToken;
+use inception_core::stall::Stall;
 use inception_core::store::StoreError;
-use inception_core::telemetry::log_timestamp;
+use inception_core::telemetry::{log_timestamp, Readiness};
 use inception_core::{keys, Settings, Store};
 use inception_model::checkpoint::{self, CheckpointMeta};
 use inception_model::ModelConfig;
@@ -106,16 +107,19 @@ pub fn announced_examples(payloads: &[bytes::Bytes], dataset: &str) -> u64 {
     seen.values().fold(0u64, |sum, records| sum.saturating_add(*records)).max(1)
 }
 
-/// Trains until `train.max_steps` or shutdown; returns the final step.
+/// Trains until `train.max_steps` or shutdown, reporting what it waits for
+/// on `readiness`; returns the final step.
 pub async fn run(
     settings: &Settings,
     store: &Store,
     streams: &Streams,
+    readiness: &Readiness,
     shutdown: &CancellationToken,
 ) -> Result<u64, TrainError> {
     let t = &settings.train;
     let Some((mut state, cfg)) = prepare(settings, store, streams, shutdown).await? else { return Ok(0) };
-    let source = batch_source(settings, store, streams, &cfg).await?;
+    let stall = Stall::new("trainer", readiness, settings.pipeline.stall_after);
+    let source = batch_source(settings, store, streams, &cfg, stall).await?;
     let schedule = learning_rate_schedule(settings, streams).await?;
     let mut progress = Progress::new(&t.tensorboard_dir);
     let early_stop =
@@ -159,6 +163,7 @@ async fn batch_source(
     store: &Store,
     streams: &Streams,
     cfg: &ModelConfig,
+    stall: Stall,
 ) -> Result<BatchSource, TrainError> {
     let stream = streams.batches(settings.pipeline.queue_capacity).await?;
     // A batch not acknowledged train.batch_ack_wait after delivery (the
@@ -171,7 +176,7 @@ async fn batch_source(
         num_classes: cfg.num_classes,
         max_images: settings.pipeline.batch_size,
     };
-    Ok(BatchSource::new(consumer, store.clone(), spec))
+    Ok(BatchSource::new(consumer, store.clone(), spec).reporting_to(stall))
 }
 
 /// The learning-rate schedule of the run, from the settings (the staircase

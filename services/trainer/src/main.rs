@@ -52,7 +52,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let Some(service) = bootstrap::start(&SPEC, &args.common, o).await? else { return Ok(()) };
     service.readiness.set(true);
-    let step = inception_trainer::run(&service.settings, &service.store, &service.streams, &service.shutdown).await?;
+    let s = &service;
+    let step = inception_trainer::run(&s.settings, &s.store, &s.streams, &s.readiness, &s.shutdown).await?;
     tracing::info!("trainer stopped at step {step}");
     Ok(())
 }

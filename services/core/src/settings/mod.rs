@@ -99,6 +99,11 @@ pub struct PipelineSettings {
     pub max_image_pixels: u64,
     /// Name of the training run: checkpoints/<run>/, whose checkpoints the evaluator follows.
     pub run: String,
+    /// A service waiting this long without progress (no shards it can read,
+    /// no batches, a queue that stays full) is not ready and sets
+    /// `inception_stalled`; zero: never.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub stall_after: Duration,
 }
 
 /// A secret setting (password, token, key seed). Its `Debug` says whether
@@ -142,6 +147,15 @@ pub struct NatsSettings {
     pub connect_retry_max: Duration,
     /// Prefix of every subject and stream, so several pipelines can share a server.
     pub subject_prefix: String,
+    /// Most messages each announcement stream (shards, checkpoints, evaluations) keeps; the oldest go first.
+    pub stream_max_messages: u64,
+    /// Most bytes each announcement stream keeps; the oldest messages go first.
+    pub stream_max_bytes: u64,
+    /// Oldest message an announcement stream keeps; zero: no age limit.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub stream_max_age: Duration,
+    /// Largest message any of the pipeline's streams accepts, in bytes.
+    pub max_message_bytes: u64,
     /// User name for password authentication (at most one kind of authentication); empty = none.
     pub user: String,
     /// Password of `user`; give it by environment, not in a shared file.
@@ -297,6 +311,10 @@ pub struct PreprocessSettings {
     pub input_queue_memory_factor: f64,
     /// Hard cap on the shuffle buffer, in bytes, whatever the factor says.
     pub shuffle_buffer_max_bytes: u64,
+    /// Largest shard a worker reads, in bytes; a larger one is given up on, unread.
+    pub shard_max_bytes: u64,
+    /// Failed reads in a row after which a shard is given up on (until the worker restarts).
+    pub shard_read_attempts: u32,
     /// Batch objects this old that no queued message points at are deleted; 0 = never.
     #[serde(deserialize_with = "deserialize_duration")]
     pub orphan_batch_age: Duration,
