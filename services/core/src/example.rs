@@ -80,6 +80,136 @@ pub enum ExampleError {
     /// The four coordinate lists differ in length; their lengths.
     #[error("tf.Example bounding-box lists differ in length: {0}")]
     BoxLengths(String),
+    /// More features or list values than any image record has; what and how many.
+    #[error("tf.Example holds {count} {what}, more than the {max} an image record may have")]
+    TooMany {
+        /// `features` or `list values`.
+        what: &'static str,
+        /// How many it holds (counted up to one past the bound).
+        count: usize,
+        /// The bound.
+        max: usize,
+    },
+}
+
+/// Most features one record may have: build_image_data.py writes 9,
+/// build_imagenet_data.py 14.
+pub const MAX_EXAMPLE_FEATURES: usize = 1024;
+
+/// Most values all lists of one record may hold together (bounding boxes
+/// are 5 per box). Decoded, each value costs up to 24 bytes, however few
+/// bytes it takes in the record: an empty bytes value is 2 bytes, so a
+/// 100 MB record could otherwise become 1.2 GB of empty vectors.
+pub const MAX_EXAMPLE_VALUES: usize = 1 << 20;
+
+/// Decodes a `tf.Example` after counting its features and list values on
+/// the wire, so that no record makes the decoder allocate far more than its
+/// own size ([`MAX_EXAMPLE_FEATURES`], [`MAX_EXAMPLE_VALUES`]).
+pub fn decode_example(bytes: &[u8]) -> Result<Example, ExampleError> {
+    let mut counts = Counts::default();
+    counts.example(bytes)?;
+    Ok(Example::decode(bytes)?)
+}
+
+/// Features and values seen so far by a walk over an `Example`'s wire form.
+/// Malformed bytes end the walk quietly: decoding then refuses them, having
+/// allocated no more than the values before the fault.
+#[derive(Default)]
+struct Counts {
+    features: usize,
+    values: usize,
+}
+
+/// One protobuf field: its number and, for length-delimited ones, the payload.
+enum Field<'a> {
+    Scalar(u32),
+    Delimited(u32, &'a [u8]),
+}
+
+fn fields(bytes: &[u8]) -> impl Iterator<Item = Field<'_>> {
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        let key = read_varint(&mut rest)?;
+        let number = u32::try_from(key >> 3).ok()?;
+        match key & 7 {
+            0 => read_varint(&mut rest).map(|_| Field::Scalar(number)),
+            1 => skip(&mut rest, 8).map(|()| Field::Scalar(number)),
+            5 => skip(&mut rest, 4).map(|()| Field::Scalar(number)),
+            2 => {
+                let len = usize::try_from(read_varint(&mut rest)?).ok()?;
+                let payload = rest.get(..len)?;
+                rest = &rest[len..];
+                Some(Field::Delimited(number, payload))
+            }
+            _ => None,
+        }
+    })
+}
+
+fn read_varint(bytes: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&b, rest) = bytes.split_first()?;
+        *bytes = rest;
+        value |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+fn skip(bytes: &mut &[u8], n: usize) -> Option<()> {
+    *bytes = bytes.get(n..)?;
+    Some(())
+}
+
+impl Counts {
+    fn example(&mut self, bytes: &[u8]) -> Result<(), ExampleError> {
+        for field in fields(bytes) {
+            if let Field::Delimited(1, features) = field {
+                for entry in fields(features) {
+                    if let Field::Delimited(1, entry) = entry {
+                        self.feature_entry(entry)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn feature_entry(&mut self, entry: &[u8]) -> Result<(), ExampleError> {
+        self.features += 1;
+        if self.features > MAX_EXAMPLE_FEATURES {
+            return Err(ExampleError::TooMany { what: "features", count: self.features, max: MAX_EXAMPLE_FEATURES });
+        }
+        for field in fields(entry) {
+            if let Field::Delimited(2, feature) = field {
+                for list in fields(feature) {
+                    if let Field::Delimited(kind @ 1..=3, list) = list {
+                        self.list_values(kind, list)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Values of a bytes (1), float (2) or int64 (3) list, packed or not.
+    fn list_values(&mut self, kind: u32, list: &[u8]) -> Result<(), ExampleError> {
+        for field in fields(list) {
+            self.values += match (kind, field) {
+                (_, Field::Scalar(1)) | (1, Field::Delimited(1, _)) => 1,
+                (2, Field::Delimited(1, packed)) => packed.len() / 4,
+                (3, Field::Delimited(1, packed)) => packed.iter().filter(|&&b| b < 0x80).count(),
+                _ => 0,
+            };
+            if self.values > MAX_EXAMPLE_VALUES {
+                return Err(ExampleError::TooMany { what: "list values", count: self.values, max: MAX_EXAMPLE_VALUES });
+            }
+        }
+        Ok(())
+    }
 }
 
 fn bytes_feature(v: Vec<u8>) -> Feature {
@@ -148,7 +278,7 @@ pub struct ParsedImage {
 /// Reads a record's encoded image, label and label text; only the
 /// text may be absent.
 pub fn parse_image_example(bytes: &[u8]) -> Result<ParsedImage, ExampleError> {
-    let example = Example::decode(bytes)?;
+    let example = decode_example(bytes)?;
     let mut features = example.features.map(|f| f.feature).unwrap_or_default();
     let mut take_bytes = |key: &'static str| -> Result<Option<Vec<u8>>, ExampleError> {
         match features.remove(key).and_then(|f| f.kind) {
@@ -171,7 +301,7 @@ pub fn parse_image_example(bytes: &[u8]) -> Result<ParsedImage, ExampleError> {
 /// The bounding boxes of a record (`image_processing.py` reads the four
 /// coordinate lists as `VarLenFeature(float32)`); none when absent.
 pub fn parse_bounding_boxes(bytes: &[u8]) -> Result<Vec<BoundingBox>, ExampleError> {
-    let example = Example::decode(bytes)?;
+    let example = decode_example(bytes)?;
     let features = example.features.map(|f| f.feature).unwrap_or_default();
     let floats = |key: &'static str| -> Result<Vec<f32>, ExampleError> {
         match features.get(key).and_then(|f| f.kind.as_ref()) {
@@ -248,5 +378,34 @@ mod tests {
         let err = parse_image_example(&raw).unwrap_err();
         assert!(err.to_string().contains("image/class/label"), "{err}");
         assert!(parse_image_example(b"\xff\xff\xff").is_err());
+    }
+
+    /// A 100 MB record of 50 million empty bytes values used to take 1.6 GB
+    /// to decode (issue 16); it is refused from its wire form. Scaled down:
+    /// one value past the bound, in each kind of list.
+    #[test]
+    fn records_with_too_many_values_or_features_are_refused_before_decoding() {
+        let n = MAX_EXAMPLE_VALUES + 1;
+        let lists = [
+            feature::Kind::BytesList(BytesList { value: vec![Vec::new(); n] }),
+            feature::Kind::Int64List(Int64List { value: vec![0; n] }),
+            feature::Kind::FloatList(FloatList { value: vec![0.0; n] }),
+        ];
+        let sample =
+            ImageExample { encoded: vec![1], height: 1, width: 1, label: 2, text: "a".into(), filename: "f".into() };
+        for list in lists {
+            let mut raw = Example::decode(sample.to_bytes().as_slice()).unwrap();
+            raw.features.as_mut().unwrap().feature.insert("flood".into(), Feature { kind: Some(list) });
+            let err = parse_image_example(&raw.encode_to_vec()).unwrap_err();
+            assert!(matches!(err, ExampleError::TooMany { what: "list values", .. }), "{err}");
+        }
+        let mut raw = Example::decode(sample.to_bytes().as_slice()).unwrap();
+        for i in 0..MAX_EXAMPLE_FEATURES {
+            raw.features.as_mut().unwrap().feature.insert(format!("f{i}"), int64_feature(1));
+        }
+        let err = parse_image_example(&raw.encode_to_vec()).unwrap_err();
+        assert!(matches!(err, ExampleError::TooMany { what: "features", .. }), "{err}");
+        // Within the bounds: decoded as before.
+        assert_eq!(parse_image_example(&sample.to_bytes()).unwrap().label, 2);
     }
 }

@@ -3,8 +3,7 @@
 //! framing), histograms labels, and prints one example's features.
 
 use inception_core::tfrecord::{self, TfRecordError};
-use inception_proto::tensorflow::{feature, Example};
-use inception_proto::Message;
+use inception_proto::tensorflow::feature;
 use std::collections::BTreeMap;
 
 /// What a pass over a TFRecord file found.
@@ -43,7 +42,8 @@ pub fn stats(bytes: &[u8]) -> RecordStats {
 pub fn inspect(bytes: &[u8], index: usize) -> Result<Vec<String>, String> {
     let data =
         tfrecord::records(bytes).nth(index).ok_or_else(|| format!("no record {index}"))?.map_err(|e| e.to_string())?;
-    let example = Example::decode(data).map_err(|e| format!("record {index} is not a tf.Example: {e}"))?;
+    let example = inception_core::example::decode_example(data)
+        .map_err(|e| format!("record {index} is not a usable tf.Example: {e}"))?;
     let features = example.features.map(|f| f.feature).unwrap_or_default();
     Ok(features
         .into_iter()

@@ -24,10 +24,9 @@ pub enum Outcome {
     /// `+TERM`: it leaves the work queue and is never delivered again),
     /// logged with the reason and counted.
     Unusable(String),
-    /// The store failed to answer; it may be back soon: handed back for
-    /// redelivery in 2 s.
-    StoreUnavailable(String),
-    /// The step failed, not the batch: handed back at once.
+    /// The step failed, not the batch: handed back at once (a batch handed
+    /// back `train.batch_max_deliveries` times is terminated when it comes
+    /// again, so that one cannot end the trainer at every restart).
     StepFailed,
 }
 
@@ -45,10 +44,6 @@ async fn settle(message: &jetstream::Message, outcome: &Outcome) {
             if let Err(e) = message.ack_with(AckKind::Term).await {
                 tracing::warn!("terminating the batch message failed ({e}); it may be delivered again");
             }
-        }
-        Outcome::StoreUnavailable(reason) => {
-            tracing::warn!("cannot read a batch ({reason}); handing it back for redelivery in 2s");
-            message.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await.ok();
         }
         Outcome::StepFailed => {
             message.ack_with(AckKind::Nak(None)).await.ok();
@@ -98,6 +93,10 @@ pub struct BatchSpec {
     /// The most images a batch may hold (`pipeline.batch_size`: what the
     /// workers write and the trainer's memory is sized for).
     pub max_images: u32,
+    /// A message delivered more often than this without being trained on
+    /// (its steps failed, or the trainer died during them) is terminated;
+    /// zero: no bound (`train.batch_max_deliveries`).
+    pub max_deliveries: u32,
 }
 
 /// Room for a batch object's safetensors header: ours is under 200 bytes;
@@ -150,7 +149,11 @@ impl BatchSource {
             let waited = wait_started.elapsed();
             record_arrival(&message, waited);
             let arrived = Instant::now();
-            match receive_batch(&self.store, &self.spec, &message.payload).await {
+            if let Some(reason) = delivered_too_often(&message, self.spec.max_deliveries) {
+                settle(&message, &Outcome::Unusable(reason)).await;
+                continue;
+            }
+            match self.receive(&message, shutdown).await {
                 Ok((key, batch)) => {
                     if let Some(stall) = &self.stall {
                         stall.progressed();
@@ -158,13 +161,37 @@ impl BatchSource {
                     return Some(Delivery { message, key, batch, waited, arrived });
                 }
                 Err(BatchProblem::Unusable(reason)) => settle(&message, &Outcome::Unusable(reason)).await,
-                Err(BatchProblem::Store(reason)) => {
-                    settle(&message, &Outcome::StoreUnavailable(reason)).await;
-                    sleep_or_cancel(shutdown, Duration::from_secs(1)).await;
+                Err(BatchProblem::Store(_)) => {
+                    // Stopped while the store was failing: someone else's turn.
+                    message.ack_with(AckKind::Nak(None)).await.ok();
                 }
             }
         }
         None
+    }
+
+    /// The batch a message points at. While the store fails (it may be back
+    /// soon) the message is kept, marked in progress, and the object read
+    /// again with back-off: an outage never counts as a delivery, so it
+    /// cannot use up `max_deliveries`. `Store` only when stopped meanwhile.
+    async fn receive(
+        &self,
+        message: &jetstream::Message,
+        shutdown: &CancellationToken,
+    ) -> Result<(String, Batch), BatchProblem> {
+        let mut backoff = inception_core::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+        loop {
+            match receive_batch(&self.store, &self.spec, &message.payload).await {
+                Err(BatchProblem::Store(reason)) => {
+                    tracing::warn!("cannot read a batch ({reason}); reading it again in {:?}", backoff.delay());
+                    message.ack_with(AckKind::Progress).await.ok();
+                    if !backoff.wait(shutdown).await {
+                        return Err(BatchProblem::Store(reason));
+                    }
+                }
+                other => return other,
+            }
+        }
     }
 
     /// One message, waiting up to a second for it.
@@ -202,6 +229,18 @@ fn record_arrival(message: &jetstream::Message, waited: Duration) {
             );
         }
     }
+}
+
+/// Why a message delivered more than `max` times is not tried again.
+fn delivered_too_often(message: &jetstream::Message, max: u32) -> Option<String> {
+    let info = message.info().ok()?;
+    (max > 0 && info.delivered > i64::from(max)).then(|| {
+        format!(
+            "batch message {} delivered {} times without a finished step (train.batch_max_deliveries = {max}): \
+             its steps fail, or the trainer dies during them",
+            info.stream_sequence, info.delivered
+        )
+    })
 }
 
 /// Why a batch object cannot be trained on.

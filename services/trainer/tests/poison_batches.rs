@@ -62,7 +62,8 @@ async fn unusable_batches_are_terminated_and_the_next_good_one_is_trained_on() {
     queue(&store, &streams, "large", batch_object(3, 3)).await; // more than pipeline.batch_size
     let good = queue(&store, &streams, "good", batch_object(2, 2)).await;
 
-    let spec = BatchSpec { dataset: DATASET.into(), image_size: SIZE, num_classes: 3, max_images: 2 };
+    let spec =
+        BatchSpec { dataset: DATASET.into(), image_size: SIZE, num_classes: 3, max_images: 2, max_deliveries: 3 };
     let source = BatchSource::new(consumer, store.clone(), spec);
     let shutdown = CancellationToken::new();
     let delivery = tokio::time::timeout(Duration::from_secs(30), source.next(&shutdown))
@@ -87,4 +88,41 @@ async fn unusable_batches_are_terminated_and_the_next_good_one_is_trained_on() {
     // And none of them comes back after the acknowledgement wait.
     let again = tokio::time::timeout(Duration::from_secs(3), source.next(&shutdown)).await;
     assert!(again.is_err(), "nothing is delivered again");
+}
+
+/// Rule 2 of issue 16: a batch whose step fails every time (or kills the
+/// trainer during it) is handed back, but only `max_deliveries` times: then
+/// it is terminated, and the good batch behind it is trained on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_handed_back_too_often_is_terminated() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let nats = LocalNats::start(&dir.path().join("nats")).expect("nats-server");
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let streams = Streams::new(client, "inception");
+    let stream = streams.batches(8).await.expect("batch stream");
+    let consumer = streams.batch_consumer(&stream, DATASET, Duration::from_secs(30)).await.expect("consumer");
+    let url = format!("file://{}", dir.path().join("store").display());
+    let store = Store::open(&StoreSettings { url, ..Settings::defaults().expect("defaults").store }).expect("store");
+    let poison = queue(&store, &streams, "poison", batch_object(2, 2)).await;
+    let spec =
+        BatchSpec { dataset: DATASET.into(), image_size: SIZE, num_classes: 3, max_images: 2, max_deliveries: 3 };
+    let source = BatchSource::new(consumer, store.clone(), spec);
+    let shutdown = CancellationToken::new();
+    let next = || async {
+        tokio::time::timeout(Duration::from_secs(30), source.next(&shutdown))
+            .await
+            .expect("a batch within 30 s")
+            .expect("a batch")
+    };
+    for attempt in 1..=3 {
+        let delivery = next().await;
+        assert_eq!(delivery.key, poison, "delivery {attempt} is the failing batch again");
+        delivery.settle(Outcome::StepFailed, &store).await;
+    }
+    let good = queue(&store, &streams, "good", batch_object(2, 2)).await;
+    let delivery = next().await;
+    assert_eq!(delivery.key, good, "the fourth delivery of the failing batch is terminated, not trained on");
+    delivery.settle(Outcome::Trained, &store).await;
+    let again = tokio::time::timeout(Duration::from_secs(3), source.next(&shutdown)).await;
+    assert!(again.is_err(), "the failing batch never comes back");
 }

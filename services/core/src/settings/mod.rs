@@ -84,6 +84,10 @@ pub struct Settings {
     /// Deprecated keys found while loading, one line each (also logged).
     #[serde(skip)]
     pub deprecations: Vec<String>,
+    /// `section.key` of every setting given by a file, the environment or a
+    /// flag (not by the defaults alone); see [`Settings::is_explicit`].
+    #[serde(skip)]
+    pub explicit: std::collections::BTreeSet<String>,
 }
 
 /// Settings that several stages read (`[pipeline]`).
@@ -145,6 +149,10 @@ pub struct NatsSettings {
     /// Longest delay between connection attempts (services retry until stopped).
     #[serde(deserialize_with = "deserialize_duration")]
     pub connect_retry_max: Duration,
+    /// How long one-shot commands (one-shot ingest, announce-only) retry an
+    /// unreachable NATS before they exit 1; long-running services never give up.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub one_shot_connect_timeout: Duration,
     /// Prefix of every subject and stream, so several pipelines can share a server.
     pub subject_prefix: String,
     /// Most messages each announcement stream (shards, checkpoints, evaluations) keeps; the oldest go first.
@@ -206,6 +214,12 @@ impl NatsSettings {
             })
             .collect();
         (urls.join(","), found)
+    }
+
+    /// Each server URL of `url` (comma-separated), trimmed, credentials removed.
+    pub fn server_urls(&self) -> Vec<String> {
+        let (urls, _) = self.split_url_credentials();
+        urls.split(',').map(|u| u.trim().to_string()).filter(|u| !u.is_empty()).collect()
     }
 
     /// The URL with any `user:password@` replaced, for logs and errors.
@@ -281,6 +295,8 @@ pub struct IngestSettings {
     /// How often `incoming` is listed; a file is taken once two listings in a row agree on its size and time.
     #[serde(deserialize_with = "deserialize_duration")]
     pub poll_interval: Duration,
+    /// Announce written shards on NATS; false: one-shot ingest needs only the store (`--no-announce`).
+    pub announce: bool,
     /// Address of the Prometheus metrics and `/healthz` endpoint.
     pub metrics_addr: String,
 }
@@ -392,6 +408,8 @@ pub struct TrainSettings {
     /// A batch not acknowledged within this time is delivered again; keep it well above the slowest step.
     #[serde(deserialize_with = "deserialize_duration")]
     pub batch_ack_wait: Duration,
+    /// A batch delivered more often than this without a finished step is terminated; 0 = no bound.
+    pub batch_max_deliveries: u32,
     /// libtorch's CPU threads; 0 = one per core.
     pub threads: u32,
     /// Device of the first tower: `auto` (CUDA when available), `cpu` or `cuda:N`.
@@ -505,6 +523,7 @@ impl Settings {
             Err(e) => return Err(e.into()),
         };
         settings.deprecations = deprecations;
+        settings.explicit = explicit_keys(&given.cache);
         let problems: Vec<String> = not_whole.into_iter().chain(settings.problems()).collect();
         if !problems.is_empty() {
             return Err(SettingsError::Rejected(problems));
@@ -532,6 +551,13 @@ impl Settings {
         Ok(builder)
     }
 
+    /// Whether `key` (`section.key`) was given by a file, the environment or
+    /// a flag, rather than left at its default: one-shot commands serve
+    /// metrics only when their address was asked for.
+    pub fn is_explicit(&self, key: &str) -> bool {
+        self.explicit.contains(key)
+    }
+
     /// The defaults alone (no file, no environment): for tests.
     pub fn defaults() -> Result<Self, SettingsError> {
         let settings: Settings = config::Config::builder()
@@ -546,6 +572,19 @@ impl Settings {
     pub fn shuffle_buffer_records(&self) -> usize {
         (1024.0 * self.preprocess.input_queue_memory_factor).round() as usize
     }
+}
+
+/// `section.key` of every value in the layers above the defaults.
+fn explicit_keys(given: &config::Value) -> std::collections::BTreeSet<String> {
+    let mut keys = std::collections::BTreeSet::new();
+    if let config::ValueKind::Table(sections) = &given.kind {
+        for (section, value) in sections {
+            if let config::ValueKind::Table(entries) = &value.kind {
+                keys.extend(entries.keys().map(|key| format!("{section}.{key}")));
+            }
+        }
+    }
+    keys
 }
 
 /// A name usable both as an object-path segment and as a NATS subject token.
@@ -601,6 +640,27 @@ mod tests {
         let s = Settings::load(Some(&path), &[("model.image_size".into(), "128".into())]).unwrap();
         assert_eq!(s.train.max_steps, 7);
         assert_eq!(s.model.image_size, 128);
+    }
+
+    #[test]
+    fn explicit_settings_are_told_from_defaults() {
+        let overrides = [("ingest.metrics_addr".to_string(), "127.0.0.1:0".to_string())];
+        let s = Settings::load(None, &overrides).unwrap();
+        assert!(s.is_explicit("ingest.metrics_addr"));
+        assert!(!s.is_explicit("eval.metrics_addr"), "{:?}", s.explicit);
+    }
+
+    #[test]
+    fn malformed_nats_and_store_urls_name_the_setting() {
+        let load = |key: &str, value: &str| Settings::load(None, &[(key.to_string(), value.to_string())]);
+        let err = load("nats.url", "htp://foo").unwrap_err().to_string();
+        assert!(err.contains("nats.url") && err.contains("htp"), "{err}");
+        let err = load("nats.url", "nats://svc:secret@127.0.0.1:4222,htp://b").unwrap_err().to_string();
+        assert!(err.contains("nats.url") && !err.contains("secret"), "{err}");
+        let err = load("store.url", "ftp://bucket/x").unwrap_err().to_string();
+        assert!(err.contains("store.url") && err.contains("ftp"), "{err}");
+        let s = load("nats.url", "nats://a:4222, tls://b:4222,127.0.0.1:4223").unwrap();
+        assert_eq!(s.nats.server_urls(), ["nats://a:4222", "tls://b:4222", "127.0.0.1:4223"]);
     }
 
     #[test]
