@@ -551,9 +551,10 @@ proptest! {
     }
 
     /// Any header of the two tensors over any data: accepted exactly when
-    /// the shapes are [B, S, S, 3] and [B] with B, S > 0, the offsets lie in
-    /// the data, and the sizes they span are what the shapes need (computed
-    /// here in 128 bits). A header claiming more images or pixels than are
+    /// the shapes are [B, S, S, 3] and [B] with B, S > 0, the two tensors
+    /// tile the data (in offset order: from 0, one after the other, to the
+    /// end, as the safetensors format requires), and the sizes they span are
+    /// what the shapes need (computed here in 128 bits). A header claiming more images or pixels than are
     /// present is refused, without an allocation of the claimed size.
     #[test]
     fn batch_a_header_is_accepted_exactly_when_it_matches_the_bytes(
@@ -565,9 +566,14 @@ proptest! {
         });
         let bytes = safetensors(&header, &data);
         let len = data.len() as u64;
-        let within = |x: u64, y: u64| x <= y && y <= len;
-        let expected = within(a0, a1)
-            && within(b0, b1)
+        let ((first_start, first_end), (second_start, second_end)) =
+            if (a0, a1) <= (b0, b1) { ((a0, a1), (b0, b1)) } else { ((b0, b1), (a0, a1)) };
+        let tiled = first_start == 0
+            && first_start <= first_end
+            && second_start == first_end
+            && second_start <= second_end
+            && second_end == len;
+        let expected = tiled
             && c == 3
             && h == w
             && lb == b

@@ -149,6 +149,8 @@ pub async fn find_in_source(source: &Source, labels: &[String]) -> Result<Vec<Im
 #[derive(Debug, Clone, Copy)]
 pub struct ImageChecks {
     pub max_pixels: u64,
+    /// Largest image file read (`ingest.max_image_bytes`), checked before reading.
+    pub max_bytes: u64,
     pub jpeg: inception_vision::JpegCheck,
 }
 
@@ -158,19 +160,20 @@ impl ImageChecks {
             JpegCheckSetting::Decode => inception_vision::JpegCheck::Decode,
             JpegCheckSetting::Markers => inception_vision::JpegCheck::Markers,
         };
-        Self { max_pixels: settings.pipeline.max_image_pixels, jpeg }
+        Self { max_pixels: settings.pipeline.max_image_pixels, max_bytes: settings.ingest.max_image_bytes, jpeg }
     }
 
     /// Every pixel of every image decoded, as build_image_data.py does.
     pub fn full(max_pixels: u64) -> Self {
-        Self { max_pixels, jpeg: inception_vision::JpegCheck::Decode }
+        Self { max_pixels, max_bytes: 512 << 20, jpeg: inception_vision::JpegCheck::Decode }
     }
 }
 
 /// Reads and converts one image to a serialized tf.Example, or says why not.
 pub fn convert(file: &ImageFile, checks: ImageChecks, boxes: &bbox::Boxes) -> Result<Vec<u8>, Skipped> {
     let skipped = |result, reason: String| Skipped { file: file.display.clone(), result, reason };
-    let bytes = file.location.read_blocking().map_err(|e| skipped(Outcome::SkippedUnreadable, e))?;
+    let bytes =
+        file.location.read_blocking_at_most(checks.max_bytes).map_err(|e| skipped(Outcome::SkippedUnreadable, e))?;
     let (encoded, width, height) = inception_vision::into_rgb_jpeg_checked(bytes, checks.max_pixels, checks.jpeg)
         .map_err(|e| skipped(Outcome::of(&e), e.to_string()))?;
     let example = ImageExample {

@@ -46,6 +46,35 @@ impl Location {
         }
     }
 
+    /// As [`Location::read_blocking`], refusing a file of more than `max`
+    /// bytes before reading it (and never reading more, should it grow).
+    pub fn read_blocking_at_most(&self, max: u64) -> Result<Vec<u8>, String> {
+        let too_large = |size: u64| format!("{size} bytes, more than ingest.max_image_bytes = {max}");
+        match self {
+            Location::Path(p) => {
+                use std::io::Read;
+                let file = std::fs::File::open(p).map_err(|e| e.to_string())?;
+                let size = file.metadata().map_err(|e| e.to_string())?.len();
+                if size > max {
+                    return Err(too_large(size));
+                }
+                let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+                file.take(max.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+                if bytes.len() as u64 > max {
+                    return Err(too_large(bytes.len() as u64));
+                }
+                Ok(bytes)
+            }
+            _ => {
+                let bytes = self.read_blocking()?;
+                if bytes.len() as u64 > max {
+                    return Err(too_large(bytes.len() as u64));
+                }
+                Ok(bytes)
+            }
+        }
+    }
+
     pub async fn read(&self) -> Result<Vec<u8>, String> {
         match self {
             Location::Path(p) => tokio::fs::read(p).await.map_err(|e| e.to_string()),
@@ -453,5 +482,19 @@ mod tests {
         assert!(matches!(tree.locate("roses", "b.jpg"), Location::Path(p) if p.ends_with(".pool/b.jpg")));
         assert!(matches!(tree.locate("daisy", "d.jpg"), Location::Refused(_)));
         assert!(Tree::open(&dir.path().join("missing")).is_err());
+    }
+
+    /// Rule 1 of issue 16: an image file larger than `ingest.max_image_bytes`
+    /// is refused from its size, before it is read (it used to be read whole).
+    #[test]
+    fn a_file_over_the_size_bound_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.jpg");
+        // Sparse: 64 GiB on paper, nothing on disk.
+        std::fs::File::create(&path).unwrap().set_len(64 << 30).unwrap();
+        let err = Location::Path(path.clone()).read_blocking_at_most(512 << 20).unwrap_err();
+        assert!(err.contains("more than ingest.max_image_bytes"), "{err}");
+        std::fs::write(&path, b"small").unwrap();
+        assert_eq!(Location::Path(path).read_blocking_at_most(5).unwrap(), b"small");
     }
 }

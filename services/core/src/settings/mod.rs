@@ -271,6 +271,8 @@ pub struct IngestSettings {
     pub validation_directory: String,
     /// One label per line, line i is label i, 0 the background (`--labels_file`); empty = the sorted subfolder names.
     pub labels_file: String,
+    /// Largest image file ingest reads, in bytes; a larger one is skipped, unread.
+    pub max_image_bytes: u64,
     /// Shards of the train split (`--train_shards`).
     pub train_shards: u32,
     /// Shards of the validation split (`--validation_shards`).

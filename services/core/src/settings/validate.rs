@@ -72,6 +72,7 @@ impl Settings {
             ("model.min_depth", u64::from(m.min_depth), 1, u64::from(MAX_MIN_DEPTH)),
             ("ingest.shard_max_images", u64::from(self.ingest.shard_max_images), 1, MAX_SHARD_RECORDS),
             ("eval.batch_size", u64::from(self.eval.batch_size), 1, u64::from(MAX_BATCH_SIZE)),
+            ("ingest.max_image_bytes", self.ingest.max_image_bytes, 1 << 10, 1 << 34),
             ("preprocess.shard_max_bytes", self.preprocess.shard_max_bytes, 1 << 10, 1 << 40),
             ("preprocess.shard_read_attempts", u64::from(self.preprocess.shard_read_attempts), 1, 1000),
             // JetStream's own limits: a signed 64-bit count, 64 MiB messages at most.
