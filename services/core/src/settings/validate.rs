@@ -47,6 +47,10 @@ impl Settings {
             },
         );
         check(!i.poll_interval.is_zero(), &|| "ingest.poll_interval must be longer than 0s".into());
+        check(i.announce || i.incoming.is_empty(), &|| {
+            "ingest.announce = false is for one-shot ingest: continuous ingest (ingest.incoming) announces every shard"
+                .into()
+        });
         let t = &self.train;
         check(t.num_gpus > 0 && p.batch_size.is_multiple_of(t.num_gpus.max(1)), &|| {
             format!("pipeline.batch_size ({}) must be a multiple of train.num_gpus ({})", p.batch_size, t.num_gpus)
@@ -165,11 +169,38 @@ impl Settings {
         if self.store.s3_secret_access_key.is_set() && self.store.s3_access_key_id.is_empty() {
             problems.push("store.s3_secret_access_key is set but store.s3_access_key_id is not".into());
         }
+        problems.extend(self.url_problems());
         if n.subject_prefix.is_empty()
             || !n.subject_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
             problems.push("nats.subject_prefix must be non-empty and use only [A-Za-z0-9_-]".into());
         }
+    }
+
+    /// Malformed server and store URLs: a configuration error at once, not
+    /// a server that seems down and is retried for ever.
+    fn url_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let shown = self.nats.url_for_logs();
+        let urls = self.nats.server_urls();
+        if urls.is_empty() {
+            problems.push("nats.url is empty: give the NATS server's URL, e.g. nats://127.0.0.1:4222".into());
+        }
+        for url in urls {
+            if let Err(e) = url.parse::<async_nats::ServerAddr>() {
+                problems.push(format!("nats.url = {shown:?}: {e} (use nats://, tls://, ws:// or wss://HOST:PORT)"));
+            }
+        }
+        let store = &self.store.url;
+        match url::Url::parse(store) {
+            Ok(u) if matches!(u.scheme(), "file" | "memory" | "s3") => {}
+            Ok(u) => problems.push(format!(
+                "store.url = {store:?}: unsupported scheme {:?} (use file:///abs/path, memory:/// or s3://bucket/prefix)",
+                u.scheme()
+            )),
+            Err(e) => problems.push(format!("store.url = {store:?}: not a URL ({e}); e.g. file:///abs/path")),
+        }
+        problems
     }
 
     /// Names that become parts of object keys and subjects.
