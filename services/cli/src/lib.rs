@@ -21,6 +21,8 @@ pub fn merged_settings_flags(levels: &[&inception_core::cli::CommonArgs]) -> inc
     }
 }
 
+pub mod report;
+
 pub mod input {
     //! Files named on the command line are checked by their metadata before
     //! they are opened: a FIFO or a terminal would block the read, a device

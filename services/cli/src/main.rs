@@ -6,6 +6,7 @@
 //! * `inception generate-demo-data DIR` writes the demo's image folders.
 //! * `inception classify --checkpoint latest IMAGE-OR-FOLDER…` prints top-k labels.
 //! * `inception records verify|stats|inspect INPUT…` looks inside TFRecords.
+//! * `inception report RUN` writes the run's HTML report from the store.
 //!
 //! `--config FILE` and `--set SECTION.KEY=VALUE` may come anywhere on the
 //! command line, before or after the subcommand.
@@ -39,6 +40,8 @@ enum Command {
     Classify(classify::ClassifyArgs),
     /// Look inside TFRecord files: verify checksums, count labels, print a record.
     Records(records::RecordsArgs),
+    /// Write a run's HTML report (charts, latest evaluation, dataset, settings) from the store.
+    Report(inception_cli::report::ReportArgs),
     /// Write the demo's labelled image folders (train/ and validation/).
     GenerateDemoData {
         /// Output folder.
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         }
         Command::Classify(args) => classify::run(&cli.common, args),
         Command::Records(args) => records::run(&cli.common, args),
+        Command::Report(args) => inception_cli::report::run(&cli.common, args),
         Command::GenerateDemoData { dir, train_per_class, validation_per_class, seed } => {
             without_settings_flags(&cli.common, "generate-demo-data").and_then(|()| {
                 let n = inception_demo_data::generate(&dir, train_per_class, validation_per_class, seed)?;

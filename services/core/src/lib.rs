@@ -124,6 +124,20 @@ pub mod keys {
     pub fn checkpoint_best(run: &str) -> String {
         format!("checkpoints/{run}/best")
     }
+    /// The trainer's log lines (JSON lines: step, time, loss, learning
+    /// rate) of the steps up to `step` since the previous such object,
+    /// written after the checkpoint of `step`.
+    pub fn train_log(run: &str, step: u64) -> String {
+        format!("{}{step:010}.jsonl", train_log_prefix(run))
+    }
+    /// The prefix of every [`train_log`] key of a run (to list them).
+    pub fn train_log_prefix(run: &str) -> String {
+        format!("checkpoints/{run}/log/steps-")
+    }
+    /// The settings the run's trainer read at its latest start (JSON).
+    pub fn train_settings(run: &str) -> String {
+        format!("checkpoints/{run}/settings.json")
+    }
     /// The evaluation of a run's checkpoint at `step` (JSON).
     pub fn eval_result(run: &str, step: u64) -> String {
         format!("eval/{run}/step-{step}.json")

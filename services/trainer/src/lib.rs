@@ -16,6 +16,7 @@ pub mod batches;
 pub mod early_stop;
 pub mod ema;
 pub mod flat;
+pub mod history;
 pub mod optimizer;
 pub mod saver;
 pub mod schedule;
@@ -122,6 +123,7 @@ pub async fn run(
     let source = batch_source(settings, store, streams, &cfg, stall).await?;
     let schedule = learning_rate_schedule(settings, streams).await?;
     let mut progress = Progress::new(&t.tensorboard_dir);
+    history::save_settings(store, settings).await;
     let early_stop =
         early_stop::EarlyStop::follow(streams, &settings.pipeline.run, t.early_stopping_patience, shutdown).await;
     let mut last_saved = state.step;
@@ -146,6 +148,7 @@ pub async fn run(
         progress.record(&state, &step, t.log_every_steps);
         if state.step.is_multiple_of(t.checkpoint_every_steps) {
             checkpoint(store, streams, settings, &state, &cfg, shutdown).await?;
+            progress.history.save(store, &settings.pipeline.run).await;
             last_saved = state.step;
         }
     }
@@ -154,6 +157,7 @@ pub async fn run(
         // Also on SIGTERM: the work done so far is kept.
         checkpoint(store, streams, settings, &state, &cfg, &CancellationToken::new()).await?;
     }
+    progress.history.save(store, &settings.pipeline.run).await;
     Ok(state.step)
 }
 
@@ -231,9 +235,11 @@ struct StepReport {
 }
 
 /// Metrics, the log line every `train.log_every_steps`, TensorBoard
-/// scalars, and the share of time spent waiting for data.
+/// scalars, the same values for the run's report ([`history`]), and the
+/// share of time spent waiting for data.
 struct Progress {
     events: inception_core::tfevents::OptionalEvents,
+    history: history::History,
     total_wait: f64,
     total_step: f64,
 }
@@ -242,6 +248,7 @@ impl Progress {
     fn new(tensorboard_dir: &str) -> Self {
         Self {
             events: inception_core::tfevents::OptionalEvents::open(tensorboard_dir),
+            history: history::History::default(),
             total_wait: 0.0,
             total_step: 0.0,
         }
@@ -264,6 +271,13 @@ impl Progress {
             let rate = step.examples as f64 / elapsed;
             metrics::gauge!("inception_trainer_loss").set(loss);
             self.events.scalars(state.step, &[("loss", loss), ("learning_rate", step.lr), ("examples_per_sec", rate)]);
+            self.history.push(history::StepRecord {
+                step: state.step,
+                unix_seconds: chrono::Utc::now().timestamp_millis() as f64 / 1000.0,
+                loss,
+                learning_rate: step.lr,
+                examples_per_sec: rate,
+            });
             println!(
                 "{}: step {}, loss = {:.2} ({:.1} examples/sec; {:.3} sec/batch)",
                 log_timestamp(),
