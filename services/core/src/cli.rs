@@ -38,3 +38,42 @@ pub fn flag<T: ToString>(overrides: &mut Vec<(String, String)>, key: &str, value
         overrides.push((key.to_string(), v.to_string()));
     }
 }
+
+/// How log lines are written ([`crate::telemetry::init_logging_as`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; coloured only when stderr is a terminal.
+    #[default]
+    Plain,
+    /// One JSON object per line (timestamp, level, fields, message), for log collectors.
+    Json,
+}
+
+impl LogFormat {
+    /// `INCEPTION_LOG_FORMAT` (`plain` or `json`); plain when unset or unknown.
+    pub fn from_env() -> Self {
+        match std::env::var(LOG_FORMAT_ENV) {
+            Ok(v) if v.trim().eq_ignore_ascii_case("json") => LogFormat::Json,
+            _ => LogFormat::Plain,
+        }
+    }
+}
+
+/// Environment variable that chooses the log format (`plain` or `json`).
+pub const LOG_FORMAT_ENV: &str = "INCEPTION_LOG_FORMAT";
+
+/// The service binaries' logging flag (kept out of [`CommonArgs`], which
+/// other commands build by hand).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LogArgs {
+    /// Log format: plain or json (also INCEPTION_LOG_FORMAT).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+impl LogArgs {
+    /// The flag's format, else `INCEPTION_LOG_FORMAT`'s.
+    pub fn format(&self) -> LogFormat {
+        self.log_format.unwrap_or_else(LogFormat::from_env)
+    }
+}

@@ -50,6 +50,28 @@ pub enum NatsError {
     /// The NATS settings are unusable (credentials, TLS files); what and why.
     #[error("NATS settings: {0}")]
     Config(String),
+    /// A one-shot command gave up on an unreachable NATS
+    /// (`nats.one_shot_connect_timeout`).
+    #[error(
+        "NATS at {url} was not reachable for {waited:?} ({reason}); start one with `nats-server -js` \
+         (or run `make demo`, which starts its own), point nats.url at a running one, or raise \
+         nats.one_shot_connect_timeout"
+    )]
+    Unreachable {
+        /// The URL, credentials removed.
+        url: String,
+        /// How long it was tried.
+        waited: Duration,
+        /// The last connection error.
+        reason: String,
+    },
+}
+
+impl NatsError {
+    /// Whether the error is in the settings (exit status 2), not in the world.
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, NatsError::Config(_))
+    }
 }
 
 /// Subject and stream names of one pipeline (one `subject_prefix`).
@@ -193,27 +215,74 @@ pub async fn connect(
     client_name: &str,
     shutdown: &CancellationToken,
 ) -> Result<async_nats::Client, NatsError> {
+    connect_within(settings, client_name, shutdown, None).await
+}
+
+/// As [`connect`], but gives up after `limit` (when given) with
+/// [`NatsError::Unreachable`], whose message says how to start a server:
+/// for one-shot commands, which should not hang for ever. A malformed URL
+/// or unusable credentials are [`NatsError::Config`] at once, never retried.
+pub async fn connect_within(
+    settings: &NatsSettings,
+    client_name: &str,
+    shutdown: &CancellationToken,
+    limit: Option<Duration>,
+) -> Result<async_nats::Client, NatsError> {
     let mut backoff = Backoff::new(
         settings.connect_retry.max(Duration::from_millis(50)),
         settings.connect_retry_max.max(Duration::from_millis(50)),
     );
     let url = settings.url_for_logs();
+    let addrs = server_addrs(settings)?;
+    let started = std::time::Instant::now();
     loop {
         let options = connect_options(settings, client_name).await?;
-        let (urls, _) = settings.split_url_credentials();
-        match options.connect(urls.as_str()).await {
+        let reason = match options.connect(addrs.as_slice()).await {
             Ok(client) => {
                 tracing::info!(url = %url, "connected to NATS");
                 return Ok(client);
             }
-            Err(e) => {
-                tracing::error!("cannot reach NATS at {url}: {e}; retrying in {:.1}s", backoff.delay().as_secs_f64());
-                if !backoff.wait(shutdown).await {
-                    return Err(NatsError::Cancelled);
-                }
+            Err(e) => e.to_string(),
+        };
+        let delay = backoff.delay();
+        if let Some(limit) = limit {
+            let waited = started.elapsed();
+            if waited + delay > limit {
+                return Err(NatsError::Unreachable { url, waited: round_to_tenths(waited), reason });
             }
+            let left = limit.saturating_sub(waited).as_secs_f64();
+            tracing::error!(
+                "cannot reach NATS at {url}: {reason}; retrying in {:.1}s (giving up in {left:.0}s; \
+                 start a server with `nats-server -js`)",
+                delay.as_secs_f64()
+            );
+        } else {
+            tracing::error!("cannot reach NATS at {url}: {reason}; retrying in {:.1}s", delay.as_secs_f64());
+        }
+        if !backoff.wait(shutdown).await {
+            return Err(NatsError::Cancelled);
         }
     }
+}
+
+/// The server addresses of `nats.url`; a malformed one is a configuration
+/// error naming the setting (never printed with its credentials).
+fn server_addrs(settings: &NatsSettings) -> Result<Vec<async_nats::ServerAddr>, NatsError> {
+    let urls = settings.server_urls();
+    if urls.is_empty() {
+        return Err(NatsError::Config("nats.url is empty".into()));
+    }
+    urls.iter()
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .map_err(|e| NatsError::Config(format!("nats.url = {:?}: {e}", settings.url_for_logs())))
+        })
+        .collect()
+}
+
+/// A duration shown to a tenth of a second, for messages.
+fn round_to_tenths(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis().div_ceil(100) as u64 * 100)
 }
 
 /// The pipeline's streams, created if missing.

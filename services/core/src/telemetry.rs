@@ -5,11 +5,13 @@
 //! work: NATS connected, store reachable).
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::cli::LogFormat;
 use crate::shutdown::CancellationToken;
 
 /// Local time as the original's log lines print it (`datetime.now()`).
@@ -17,12 +19,35 @@ pub fn log_timestamp() -> String {
     chrono::Local::now().format("%Y-%m-%d %H:%M:%S%.6f").to_string()
 }
 
-/// Starts `tracing` output on stderr; `RUST_LOG` filters (default `info`).
+/// Starts `tracing` output on stderr in the format `INCEPTION_LOG_FORMAT`
+/// names (plain by default); `RUST_LOG` filters (default `info`).
 pub fn init_logging() {
+    init_logging_as(LogFormat::from_env());
+}
+
+/// Starts `tracing` output on stderr: plain lines, coloured only when
+/// stderr is a terminal (a file or a collector gets no escape codes), or
+/// one JSON object per line. `RUST_LOG` filters (default `info`).
+pub fn init_logging_as(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let installed = match format {
+        LogFormat::Plain => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    if installed.is_ok() {
+        let _ = LOG_FORMAT.set(format);
+    }
+}
+
+/// The format [`init_logging_as`] installed, if it did.
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// Whether log lines are JSON (then a final error goes to the log, not as a
+/// plain line among the JSON ones).
+pub fn logs_are_json() -> bool {
+    LOG_FORMAT.get() == Some(&LogFormat::Json)
 }
 
 /// Buckets (seconds) for every `_seconds` histogram: 1 ms to about 2 minutes.
@@ -43,6 +68,17 @@ pub enum TelemetryError {
         /// Why it could not be bound.
         source: std::io::Error,
     },
+}
+
+impl TelemetryError {
+    /// Whether the error is in the settings (an address that is not one),
+    /// rather than a port another process holds.
+    pub fn is_configuration(&self) -> bool {
+        match self {
+            TelemetryError::Recorder(_) => false,
+            TelemetryError::Bind { source, .. } => source.kind() != std::io::ErrorKind::AddrInUse,
+        }
+    }
 }
 
 /// What `/readyz` reports: ready (and perhaps what the service is waiting
@@ -153,7 +189,83 @@ fn install_recorder() -> Result<PrometheusHandle, TelemetryError> {
         .map_err(|e| TelemetryError::Recorder(e.to_string()))?
         .install_recorder()
         .map_err(|e| TelemetryError::Recorder(e.to_string()))?;
+    describe_metrics();
     Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+/// A metric's type, as `# TYPE` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up (`_total`).
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// Observations in buckets (`_seconds`).
+    Histogram,
+}
+
+/// Every metric the services record: name, type and the `# HELP` text
+/// (docs/metrics.md is the long form). A test checks that every metric
+/// named in the code is here.
+pub const METRICS: &[(&str, Kind, &str)] = &[
+    ("inception_build_info", Kind::Gauge, "Build identification (always 1), by service and version."),
+    ("process_resident_memory_bytes", Kind::Gauge, "Resident memory of the process, read at each scrape (the standard process metric)."),
+    ("inception_stalled", Kind::Gauge, "1 while the service waits without progress for longer than pipeline.stall_after (then /readyz answers 503), else 0."),
+    ("inception_waiting_seconds", Kind::Gauge, "How long the service has been waiting for work (shards, batches, room in the queue) without progress."),
+    ("inception_ingest_images_total", Kind::Counter, "Input images by outcome."),
+    ("inception_ingest_shards_written_total", Kind::Counter, "Shards written."),
+    ("inception_ingest_pending_images", Kind::Gauge, "Images seen in the incoming prefix and not yet in a shard."),
+    ("inception_ingest_list_errors_total", Kind::Counter, "Failed listings of the incoming prefix."),
+    ("inception_preprocess_examples_total", Kind::Counter, "Images handed to the trainer."),
+    ("inception_preprocess_batches_total", Kind::Counter, "Batches handed to the trainer."),
+    ("inception_preprocess_batch_seconds", Kind::Histogram, "Time to build one batch (decode, distort, encode, store)."),
+    ("inception_preprocess_shuffle_buffer_records", Kind::Gauge, "Records waiting in the shuffle buffer."),
+    ("inception_preprocess_shuffle_buffer_bytes", Kind::Gauge, "Size of the records in the shuffle buffer."),
+    ("inception_preprocess_queue_wait_seconds", Kind::Histogram, "Time a batch waited for room in a full queue (recorded only when it had to wait)."),
+    ("inception_preprocess_queue_depth_batches", Kind::Gauge, "Messages in the batch queue when the worker last checked for room."),
+    ("inception_preprocess_errors_total", Kind::Counter, "Skipped records, unreadable shards, broken TFRecord framing."),
+    ("inception_preprocess_rejected_messages_total", Kind::Counter, "Malformed, oversized (> 64 KiB) or out-of-dataset shard announcements (ignored)."),
+    (
+        "inception_preprocess_shards_abandoned_total",
+        Kind::Counter,
+        "Shards given up on after preprocess.shard_read_attempts failed reads in a row (until the worker restarts).",
+    ),
+    ("inception_preprocess_orphan_batches_deleted_total", Kind::Counter, "Batch objects deleted because no queued message pointed at them."),
+    ("inception_trainer_global_step", Kind::Gauge, "Optimizer updates so far."),
+    ("inception_trainer_loss", Kind::Gauge, "Total loss (with the L2 term) at the last logged step (train.log_every_steps)."),
+    ("inception_trainer_learning_rate", Kind::Gauge, "Learning rate of the last step."),
+    ("inception_trainer_examples_total", Kind::Counter, "Examples trained on."),
+    ("inception_trainer_step_seconds", Kind::Histogram, "One step, from batch fetched to acknowledged (_count = steps)."),
+    ("inception_trainer_data_wait_seconds", Kind::Histogram, "Time waiting for the next batch."),
+    ("inception_trainer_queue_batches", Kind::Gauge, "Batches still queued when the trainer took the last one (its consumer's num_pending)."),
+    ("inception_trainer_checkpoints_total", Kind::Counter, "Checkpoints written."),
+    ("inception_trainer_rejected_batches_total", Kind::Counter, "Unusable batch messages or objects (terminated: they leave the queue and are never delivered again)."),
+    ("inception_trainer_redelivered_batches_total", Kind::Counter, "Batch messages delivered again because a trainer did not acknowledge them in time."),
+    ("inception_eval_precision_at_1", Kind::Gauge, "Precision@1 of the last evaluated checkpoint."),
+    ("inception_eval_recall_at_5", Kind::Gauge, "Recall@5 of the last evaluated checkpoint."),
+    ("inception_eval_validation_loss", Kind::Gauge, "Mean cross-entropy of the logits on the validation set (no label smoothing, no L2 term) of the last evaluated checkpoint."),
+    ("inception_eval_class_precision", Kind::Gauge, "Of the last evaluated checkpoint's top-1 predictions of this label, the share that are right; NaN when nothing was predicted as it."),
+    ("inception_eval_class_recall", Kind::Gauge, "Of the label's validation examples, the share whose top-1 prediction is right; NaN when it has none."),
+    ("inception_eval_checkpoint_step", Kind::Gauge, "Global step of the last evaluated checkpoint."),
+    ("inception_eval_last_evaluation_timestamp_seconds", Kind::Gauge, "When the last evaluation finished."),
+    ("inception_eval_evaluations_total", Kind::Counter, "Evaluations done."),
+    ("inception_eval_failures_total", Kind::Counter, "Checkpoints that could not be evaluated (missing, unreadable, wrong shape, NaN or infinite logits)."),
+    ("inception_eval_non_finite_checkpoints_total", Kind::Counter, "Checkpoints refused because their logits are NaN or infinite (diverged or damaged weights; also counted in inception_eval_failures_total); they get no score."),
+    ("inception_eval_rejected_messages_total", Kind::Counter, "Malformed, oversized or out-of-run checkpoint announcements (ignored)."),
+    ("inception_eval_duration_seconds", Kind::Histogram, "One evaluation."),
+    ("inception_eval_errors_total", Kind::Counter, "Skipped validation records."),
+];
+
+/// Registers the `# HELP` text of every metric in [`METRICS`] with the
+/// installed recorder (the exporter then writes `# HELP` before `# TYPE`).
+pub fn describe_metrics() {
+    for &(name, kind, help) in METRICS {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, help),
+            Kind::Gauge => metrics::describe_gauge!(name, help),
+            Kind::Histogram => metrics::describe_histogram!(name, help),
+        }
+    }
 }
 
 /// This process's resident set size, in bytes (Linux; None elsewhere).
@@ -239,6 +351,72 @@ mod tests {
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         out
+    }
+
+    /// Metric names given as literals to `counter!`, `gauge!` and
+    /// `histogram!` anywhere under services/ (the test-only ones left out).
+    fn metric_names_in_code() -> std::collections::BTreeSet<String> {
+        fn walk(dir: &std::path::Path, out: &mut std::collections::BTreeSet<String>) {
+            let Ok(entries) = std::fs::read_dir(dir) else { return };
+            for path in entries.flatten().map(|e| e.path()) {
+                if path.is_dir() {
+                    walk(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    for kind in ["counter", "gauge", "histogram"] {
+                        let macro_name = format!("{kind}!(");
+                        for (at, _) in text.match_indices(&macro_name) {
+                            let call = text[at + macro_name.len()..].trim_start();
+                            let Some(name) = call.strip_prefix('"').and_then(|c| c.split('"').next()) else {
+                                continue;
+                            };
+                            let a_name = !name.is_empty()
+                                && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                            if a_name && !name.starts_with("inception_test_") {
+                                out.insert(name.to_string());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        walk(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."), &mut names);
+        names
+    }
+
+    #[test]
+    fn every_metric_the_code_records_has_a_description() {
+        let described: std::collections::BTreeSet<String> = METRICS.iter().map(|m| m.0.to_string()).collect();
+        let recorded = metric_names_in_code();
+        assert!(recorded.len() >= 30, "{recorded:?}");
+        let missing: Vec<_> = recorded.difference(&described).collect();
+        assert!(missing.is_empty(), "recorded without a description in telemetry::METRICS: {missing:?}");
+        let unused: Vec<_> = described.difference(&recorded).collect();
+        assert!(unused.is_empty(), "described but recorded nowhere: {unused:?}");
+        assert!(METRICS.iter().all(|m| !m.2.is_empty() && !m.2.contains('\n')));
+    }
+
+    #[tokio::test]
+    async fn every_type_line_on_metrics_has_a_help_line() {
+        let stop = CancellationToken::new();
+        let addr = serve("test", "127.0.0.1:0", Readiness::default(), stop.clone()).await.unwrap();
+        for &(name, kind, _) in METRICS {
+            match kind {
+                Kind::Counter => metrics::counter!(name).increment(1),
+                Kind::Gauge => metrics::gauge!(name).set(1.0),
+                Kind::Histogram => metrics::histogram!(name).record(0.1),
+            }
+        }
+        let m = get_in_pieces(addr, &["GET /metrics HTTP/1.1\r\n\r\n"]).await;
+        let lines: Vec<&str> = m.lines().collect();
+        let typed: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+        assert!(typed.len() >= METRICS.len(), "{m}");
+        for name in typed.iter().filter(|n| !n.starts_with("inception_test_")) {
+            let help = format!("# HELP {name} ");
+            assert!(lines.iter().any(|l| l.starts_with(&help)), "{name} has # TYPE but no # HELP:\n{m}");
+        }
+        stop.cancel();
     }
 
     #[tokio::test]

@@ -268,6 +268,17 @@ impl Evaluator {
         metadata_key: &str,
         force: bool,
     ) -> Result<Option<Evaluation>, EvalError> {
+        self.evaluate_and_report_to(Some(streams), metadata_key, force).await
+    }
+
+    /// As [`Evaluator::evaluate_and_report`]; without `streams` the result
+    /// goes only to the store and the output (`--run-once` needs no NATS).
+    async fn evaluate_and_report_to(
+        &mut self,
+        streams: Option<&Streams>,
+        metadata_key: &str,
+        force: bool,
+    ) -> Result<Option<Evaluation>, EvalError> {
         let run = self.settings.pipeline.run.clone();
         let Some(step) = checkpoint::step_of(metadata_key) else {
             return Err(EvalError::Checkpoint {
@@ -300,7 +311,9 @@ impl Evaluator {
         // the other order could lose the announcement for good. The best
         // pointer comes before the mark too: evaluating again gives the same
         // scores, which leave it as it is.
-        self.announce(streams, &evaluation, force).await?;
+        if let Some(streams) = streams {
+            self.announce(streams, &evaluation, force).await?;
+        }
         self.update_best(&evaluation).await?;
         let json = serde_json::to_vec_pretty(&evaluation).map_err(|e| EvalError::Config(e.to_string()))?;
         self.store.put(&result_key, Bytes::from(json)).await?;
@@ -408,10 +421,12 @@ impl Evaluator {
             .map_err(|e| checkpoint_error(&keys::checkpoint_pointer(run), e))
     }
 
-    /// `--run-once`: evaluates the latest checkpoint and returns.
-    pub async fn run_once(&mut self, streams: &Streams) -> Result<Option<Evaluation>, EvalError> {
+    /// `--run-once`: evaluates the latest checkpoint and returns. The
+    /// result is announced on `streams` when given; it is always in the
+    /// store (`eval/<run>/step-<step>.json`) and the output.
+    pub async fn run_once(&mut self, streams: Option<&Streams>) -> Result<Option<Evaluation>, EvalError> {
         match self.latest().await? {
-            Some(p) => self.evaluate_and_report(streams, &p.metadata, true).await,
+            Some(p) => self.evaluate_and_report_to(streams, &p.metadata, true).await,
             None => {
                 println!(
                     "{}: No checkpoint file found at {}",

@@ -66,6 +66,17 @@ impl Announcer for NatsAnnouncer {
     }
 }
 
+/// Announces nothing (`ingest.announce = false`): one-shot ingest into a
+/// store without NATS; `--announce-only` announces the shards later.
+pub struct NotAnnounced;
+
+impl Announcer for NotAnnounced {
+    fn announce(&self, shard: &ShardReady) -> impl Future<Output = Result<(), IngestError>> + Send {
+        tracing::info!("{} stored, not announced (ingest.announce = false)", shard.uri);
+        std::future::ready(Ok(()))
+    }
+}
+
 /// The label set for continuous ingest: `ingest.labels_file` if set (it must
 /// equal the store's `labels.txt` when one exists: label numbers never
 /// change under a running trainer), else the store's `labels.txt`.

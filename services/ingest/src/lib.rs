@@ -18,6 +18,7 @@
 //! whose label map differs from that of the dataset's existing shards is
 //! refused before it writes anything ([`IngestError::LabelsChanged`]).
 
+pub mod announce;
 pub mod bbox;
 pub mod continuous;
 pub mod labels;
@@ -31,13 +32,10 @@ pub mod source;
 use bytes::Bytes;
 use futures::StreamExt;
 use inception_core::example::ImageExample;
-use inception_core::nats::Streams;
 use inception_core::settings::JpegCheckSetting;
-use inception_core::shutdown::CancellationToken;
 use inception_core::store::StoreError;
 use inception_core::{keys, tfrecord, Settings, Store};
 use inception_proto::pipeline::ShardReady;
-use inception_proto::Message;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::path::Path;
@@ -287,13 +285,14 @@ fn convert_all(
 }
 
 /// One-shot ingest of the configured train and validation folders or
-/// prefixes (validation first, as the original). Writes the JSON report to
-/// the store (and `ingest.report_file` when set).
-pub async fn run_once(
+/// prefixes (validation first, as the original), each shard announced
+/// through `announcer` once stored ([`continuous::NatsAnnouncer`], or
+/// [`continuous::NotAnnounced`] for a run without NATS). Writes the JSON
+/// report to the store (and `ingest.report_file` when set).
+pub async fn run_once<A: continuous::Announcer>(
     settings: &Settings,
     store: &Store,
-    streams: &Streams,
-    shutdown: &CancellationToken,
+    announcer: &A,
 ) -> Result<RunReport, IngestError> {
     let cfg = &settings.ingest;
     let dataset = &settings.dataset.name;
@@ -315,7 +314,6 @@ pub async fn run_once(
     if !boxes.is_empty() {
         tracing::info!("bounding boxes for {} images from {}", boxes.len(), cfg.bounding_box_file);
     }
-    streams.shards().await?;
 
     let mut reports = Vec::new();
     let mut folders = Vec::new();
@@ -329,8 +327,7 @@ pub async fn run_once(
         let source = Source::open(dir, &settings.store)?;
         folders.push(source.describe());
         let files = find_in_source(&source, &labels).await?;
-        let report =
-            write_split(settings, store, streams, shutdown, split, &labels, files, shards, boxes.clone()).await?;
+        let report = write_split(settings, store, announcer, split, &labels, files, shards, boxes.clone()).await?;
         tracing::info!(
             "{split}: {} of {} images written to {} shards, {} skipped",
             report.written,
@@ -401,7 +398,7 @@ async fn kept_shard(
 
 /// Counts a stored shard's records; a damaged one is an error, since what
 /// it holds cannot be told (and so cannot be announced).
-fn records_in(key: &str, bytes: &[u8]) -> Result<usize, IngestError> {
+pub(crate) fn records_in(key: &str, bytes: &[u8]) -> Result<usize, IngestError> {
     let mut records = 0;
     for record in tfrecord::records(bytes) {
         record.map_err(|e| IngestError::Input {
@@ -414,11 +411,10 @@ fn records_in(key: &str, bytes: &[u8]) -> Result<usize, IngestError> {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn write_split(
+async fn write_split<A: continuous::Announcer>(
     settings: &Settings,
     store: &Store,
-    streams: &Streams,
-    shutdown: &CancellationToken,
+    announcer: &A,
     split: &str,
     labels: &[String],
     files: Vec<ImageFile>,
@@ -483,14 +479,7 @@ async fn write_split(
             shard_index: index as u32,
             num_shards,
         };
-        streams
-            .publish_acked(
-                &streams.subjects.shards(&dataset, split),
-                Bytes::from(message.encode_to_vec()),
-                &key,
-                shutdown,
-            )
-            .await?;
+        announcer.announce(&message).await?;
         report.written += written;
         report.shards.push(key);
     }

@@ -9,6 +9,7 @@ use inception_core::local_nats::LocalNats;
 use inception_core::nats::{self, Streams};
 use inception_core::shutdown::CancellationToken;
 use inception_core::{keys, tfrecord, Settings, Store};
+use inception_ingest::continuous::NatsAnnouncer;
 use inception_ingest::{run_once, IngestError, RunReport};
 use inception_proto::pipeline::ShardReady;
 use inception_proto::Message;
@@ -55,7 +56,9 @@ impl Setup {
     /// One-shot ingest with these settings over the defaults above.
     async fn run(&self, extra: &[(&str, String)]) -> Result<RunReport, IngestError> {
         let settings = Setup::settings_of(self.dir.path(), &self._nats.url(), extra);
-        run_once(&settings, &self.store, &self.streams, &CancellationToken::new()).await
+        self.streams.shards().await.unwrap();
+        let announcer = NatsAnnouncer { streams: self.streams.clone(), shutdown: CancellationToken::new() };
+        run_once(&settings, &self.store, &announcer).await
     }
 
     /// Every ShardReady announced for the train split so far.

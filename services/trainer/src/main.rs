@@ -2,7 +2,8 @@
 
 use clap::Parser;
 use inception_core::bootstrap::{self, ServiceSpec};
-use inception_core::cli::{flag, CommonArgs};
+use inception_core::cli::{flag, CommonArgs, LogArgs};
+use std::process::ExitCode;
 
 /// Trains Inception-v3 on batches from the preprocess workers, writing and
 /// announcing checkpoints; resumes from the run's latest checkpoint.
@@ -11,6 +12,8 @@ use inception_core::cli::{flag, CommonArgs};
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
+    #[command(flatten)]
+    logs: LogArgs,
     /// Stop after this many steps (train.max_steps).
     #[arg(long)]
     max_steps: Option<u64>,
@@ -35,12 +38,17 @@ struct Args {
 const SPEC: ServiceSpec = ServiceSpec {
     name: "trainer",
     metrics_addr: |s| &s.train.metrics_addr,
+    metrics_addr_key: "train.metrics_addr",
     retain_freed_memory: Some((|s| s.train.retain_freed_memory, "train.retain_freed_memory")),
+    one_shot: |_| false,
 };
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let args = Args::parse();
+    bootstrap::exit(bootstrap::block_on(run(args)))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let mut o = Vec::new();
     flag(&mut o, "train.max_steps", &args.max_steps);
     flag(&mut o, "pipeline.run", &args.run);
@@ -50,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
     if args.fine_tune {
         o.push(("train.fine_tune".into(), "true".into()));
     }
-    let Some(service) = bootstrap::start(&SPEC, &args.common, o).await? else { return Ok(()) };
+    let Some(service) = bootstrap::start(&SPEC, &args.common, &args.logs, o).await? else { return Ok(()) };
     service.readiness.set(true);
     let s = &service;
     let step = inception_trainer::run(&s.settings, &s.store, &s.streams, &s.readiness, &s.shutdown).await?;
