@@ -10,6 +10,11 @@
 //! when logits tie exactly.
 
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Most labels whose confusion matrix is written out whole (a million
+/// cells); above it, only the cells that are not zero (`cells`).
+pub const MAX_DENSE_LABELS: usize = 1000;
 
 /// Why a batch's logits cannot be scored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,15 +68,22 @@ pub struct ClassScore {
 }
 
 /// Counts of (true label, top-1 prediction): `counts[i][j]` examples of
-/// `labels[i]` were predicted as `labels[j]`.
+/// `labels[i]` were predicted as `labels[j]`. Of more than
+/// [`MAX_DENSE_LABELS`] labels, `counts` is empty and `cells` lists the
+/// counts that are not zero, so that its size grows with the examples, not
+/// with the square of the labels.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ConfusionMatrix {
     /// Names of the rows (true labels) and columns (predictions), in index order.
     pub labels: Vec<String>,
     /// The model's output index of each row and column.
     pub indices: Vec<i64>,
-    /// Rows: true label; columns: predicted label.
+    /// Rows: true label; columns: predicted label (up to [`MAX_DENSE_LABELS`] labels).
     pub counts: Vec<Vec<u64>>,
+    /// `[true index, predicted index, count]` of every non-zero cell, when
+    /// there are too many labels for `counts`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cells: Vec<[u64; 3]>,
 }
 
 /// The name of output `index` given a checkpoint's label names (label i+1
@@ -84,11 +96,16 @@ pub fn label_name(names: &[String], index: i64) -> String {
 }
 
 /// Accumulates the confusion counts and the cross-entropy over batches.
+/// Memory grows with the examples and the classes, never with the square
+/// of the classes (a checkpoint may have 100,000).
 #[derive(Debug, Clone)]
 pub struct Tally {
     classes: usize,
-    /// Row-major `classes × classes`: true label, then prediction.
-    counts: Vec<u64>,
+    /// Non-zero counts by (true label, prediction).
+    cells: BTreeMap<(usize, usize), u64>,
+    /// Examples of each true label, and predictions of each label.
+    row_sums: Vec<u64>,
+    column_sums: Vec<u64>,
     loss_sum: f64,
     examples: u64,
 }
@@ -96,7 +113,14 @@ pub struct Tally {
 impl Tally {
     /// An empty tally for a model with `classes` outputs (background included).
     pub fn new(classes: usize) -> Self {
-        Self { classes, counts: vec![0; classes * classes], loss_sum: 0.0, examples: 0 }
+        Self {
+            classes,
+            cells: BTreeMap::new(),
+            row_sums: vec![0; classes],
+            column_sums: vec![0; classes],
+            loss_sum: 0.0,
+            examples: 0,
+        }
     }
 
     /// Adds a batch: `logits` row-major `[labels.len(), classes]`. A batch
@@ -115,8 +139,10 @@ impl Tally {
             return Err(ScoreError::LabelOutOfRange { label, classes });
         }
         for (row, &label) in logits.chunks_exact(classes).zip(labels) {
-            let truth = label as usize;
-            self.counts[truth * classes + top1(row)] += 1;
+            let (truth, predicted) = (label as usize, top1(row));
+            *self.cells.entry((truth, predicted)).or_default() += 1;
+            self.row_sums[truth] += 1;
+            self.column_sums[predicted] += 1;
             self.loss_sum += cross_entropy(row, truth);
             self.examples += 1;
         }
@@ -136,19 +162,16 @@ impl Tally {
 
     /// Examples of true label `truth` predicted as `predicted`.
     pub fn count(&self, truth: usize, predicted: usize) -> u64 {
-        self.counts[truth * self.classes + predicted]
+        self.cells.get(&(truth, predicted)).copied().unwrap_or(0)
     }
 
     /// The output indices reported: every label of the checkpoint
     /// (`1..=names.len()`), plus any other index (the background 0, outputs
     /// without a name) that is a true label or a prediction.
     fn reported(&self, names: &[String]) -> Vec<usize> {
-        (0..self.classes)
-            .filter(|&i| {
-                (1..=names.len()).contains(&i)
-                    || (0..self.classes).any(|j| self.count(i, j) > 0 || self.count(j, i) > 0)
-            })
-            .collect()
+        let named = 1..=names.len().min(self.classes.saturating_sub(1));
+        let seen = self.cells.keys().flat_map(|&(i, j)| [i, j]);
+        named.chain(seen).collect::<BTreeSet<usize>>().into_iter().collect()
     }
 
     /// Precision and recall of each reported label (see [`Tally::confusion`]
@@ -157,8 +180,7 @@ impl Tally {
         self.reported(names)
             .into_iter()
             .map(|i| {
-                let examples: u64 = (0..self.classes).map(|j| self.count(i, j)).sum();
-                let predicted: u64 = (0..self.classes).map(|j| self.count(j, i)).sum();
+                let (examples, predicted) = (self.row_sums[i], self.column_sums[i]);
                 let correct = self.count(i, i);
                 let ratio = |n: u64, d: u64| (d > 0).then(|| n as f64 / d as f64);
                 ClassScore {
@@ -179,10 +201,20 @@ impl Tally {
     /// Counts in rows or columns left out are always zero.
     pub fn confusion(&self, names: &[String]) -> ConfusionMatrix {
         let shown = self.reported(names);
+        let dense = shown.len() <= MAX_DENSE_LABELS;
         ConfusionMatrix {
             labels: shown.iter().map(|&i| label_name(names, i as i64)).collect(),
             indices: shown.iter().map(|&i| i as i64).collect(),
-            counts: shown.iter().map(|&i| shown.iter().map(|&j| self.count(i, j)).collect()).collect(),
+            counts: if dense {
+                shown.iter().map(|&i| shown.iter().map(|&j| self.count(i, j)).collect()).collect()
+            } else {
+                Vec::new()
+            },
+            cells: if dense {
+                Vec::new()
+            } else {
+                self.cells.iter().map(|(&(i, j), &n)| [i as u64, j as u64, n]).collect()
+            },
         }
     }
 }
@@ -204,6 +236,9 @@ fn cross_entropy(row: &[f32], truth: usize) -> f64 {
 /// predicted), for TensorBoard's text plugin. `|` in names is escaped.
 pub fn confusion_markdown(matrix: &ConfusionMatrix) -> String {
     let cell = |s: &str| s.replace('|', "\\|");
+    if matrix.counts.is_empty() && !matrix.cells.is_empty() {
+        return largest_confusions_markdown(matrix);
+    }
     let mut out = String::from("| true \\\\ predicted |");
     for label in &matrix.labels {
         out.push_str(&format!(" {} |", cell(label)));
@@ -215,6 +250,24 @@ pub fn confusion_markdown(matrix: &ConfusionMatrix) -> String {
         for n in row {
             out.push_str(&format!(" {n} |"));
         }
+    }
+    out
+}
+
+/// Of a matrix too large to show: its 30 largest off-diagonal counts.
+fn largest_confusions_markdown(matrix: &ConfusionMatrix) -> String {
+    let name = |index: u64| {
+        let at = matrix.indices.iter().position(|&i| i as u64 == index);
+        at.and_then(|a| matrix.labels.get(a)).map_or_else(|| format!("class {index}"), |l| l.replace('|', "\\|"))
+    };
+    let mut off: Vec<&[u64; 3]> = matrix.cells.iter().filter(|c| c[0] != c[1]).collect();
+    off.sort_by_key(|c| std::cmp::Reverse(c[2]));
+    let mut out = format!(
+        "{} labels: too many to show the matrix; the largest confusions:\n\n| true | predicted | examples |\n|---|---|---:|",
+        matrix.labels.len()
+    );
+    for c in off.iter().take(30) {
+        out.push_str(&format!("\n| {} | {} | {} |", name(c[0]), name(c[1]), c[2]));
     }
     out
 }
@@ -365,5 +418,27 @@ mod tests {
         let mut extra = Tally::new(5);
         extra.add(&[0.0, 0.0, 0.0, 0.0, 1.0], &[4]).unwrap();
         assert_eq!(extra.confusion(&names()).labels, vec!["daisy", "rose", "tulip", "class 4"]);
+    }
+
+    /// The largest model a checkpoint may describe (100,000 outputs) used to
+    /// allocate a dense 10^10-cell tally (80 GB) before the first example.
+    #[test]
+    fn a_hundred_thousand_classes_cost_memory_by_example_not_by_square() {
+        let classes = 100_000;
+        let mut tally = Tally::new(classes);
+        let mut logits = vec![0.0f32; 2 * classes];
+        logits[7] = 1.0; // example 0: label 5, predicted 7
+        logits[classes + 9] = 1.0; // example 1: label 9, predicted 9
+        tally.add(&logits, &[5, 9]).unwrap();
+        let names: Vec<String> = (1..classes).map(|i| format!("c{i}")).collect();
+        let matrix = tally.confusion(&names);
+        assert_eq!(matrix.labels.len(), classes - 1);
+        assert!(matrix.counts.is_empty(), "no dense matrix of 10^10 cells");
+        assert_eq!(matrix.cells, vec![[5, 7, 1], [9, 9, 1]]);
+        let scores = tally.class_scores(&names);
+        let c9 = scores.iter().find(|s| s.index == 9).unwrap();
+        assert_eq!((c9.examples, c9.predicted, c9.correct), (1, 1, 1));
+        let markdown = confusion_markdown(&matrix);
+        assert!(markdown.contains("| c5 | c7 | 1 |") && !markdown.contains("| c9 | c9 |"), "{markdown}");
     }
 }

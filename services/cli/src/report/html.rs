@@ -291,19 +291,34 @@ fn shade(fraction: f64, rgb: (u8, u8, u8)) -> String {
     format!(" style=\"background:rgba({},{},{},{a:.3})\"", rgb.0, rgb.1, rgb.2)
 }
 
+/// The off-diagonal counts that are not zero, as (count, row, column), from
+/// the dense matrix or, of very many labels, from its list of cells.
+fn confusions(m: &ConfusionMatrix) -> Vec<(u64, usize, usize)> {
+    if m.counts.is_empty() {
+        let at = |index: u64| m.indices.iter().position(|&i| i as u64 == index);
+        return m
+            .cells
+            .iter()
+            .filter(|c| c[0] != c[1] && c[2] > 0)
+            .filter_map(|c| Some((c[2], at(c[0])?, at(c[1])?)))
+            .collect();
+    }
+    m.counts
+        .iter()
+        .enumerate()
+        .flat_map(|(i, row)| row.iter().enumerate().filter(move |(j, _)| *j != i).map(move |(j, &n)| (n, i, j)))
+        .filter(|c| c.0 > 0)
+        .collect()
+}
+
 fn confusion(page: &mut String, m: &ConfusionMatrix) {
-    if m.labels.is_empty() || m.counts.len() != m.labels.len() {
+    let sparse = m.counts.is_empty() && !m.cells.is_empty();
+    if m.labels.is_empty() || (m.counts.len() != m.labels.len() && !sparse) {
         page.push_str("<p class=\"missing\">This evaluation has no confusion matrix.</p>\n");
         return;
     }
     if m.labels.len() > MAX_MATRIX_LABELS {
-        let mut cells: Vec<(u64, usize, usize)> = m
-            .counts
-            .iter()
-            .enumerate()
-            .flat_map(|(i, row)| row.iter().enumerate().filter(move |(j, _)| *j != i).map(move |(j, &n)| (n, i, j)))
-            .filter(|c| c.0 > 0)
-            .collect();
+        let mut cells = confusions(m);
         cells.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
         let _ = writeln!(
             page,
