@@ -93,6 +93,8 @@ pub struct BatchSpec {
     /// The most images a batch may hold (`pipeline.batch_size`: what the
     /// workers write and the trainer's memory is sized for).
     pub max_images: u32,
+    /// The towers each batch is split over (`train.num_gpus`): the fewest images a batch may hold.
+    pub towers: u32,
     /// A message delivered more often than this without being trained on
     /// (its steps failed, or the trainer died during them) is terminated;
     /// zero: no bound (`train.batch_max_deliveries`).
@@ -282,8 +284,36 @@ fn check_batch(batch: &Batch, spec: &BatchSpec) -> Result<(), String> {
     if batch.len() > spec.max_images as usize {
         return Err(format!("it holds {} images, more than pipeline.batch_size ({})", batch.len(), spec.max_images));
     }
+    // Every tower needs a share of the batch (an empty one has no loss).
+    if batch.len() < spec.towers as usize {
+        return Err(format!("it holds {} images, fewer than the {} towers (train.num_gpus)", batch.len(), spec.towers));
+    }
     if let Some(bad) = batch.labels.iter().find(|l| **l < 0 || **l >= spec.num_classes) {
         return Err(format!("it has label {bad}, outside 0..{}", spec.num_classes));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With two towers, a one-image batch left the second tower without a
+    /// share: the sequential tower loop indexed past the chunks and panicked.
+    #[test]
+    fn a_batch_smaller_than_the_towers_is_refused() {
+        let spec = BatchSpec {
+            dataset: "flowers".into(),
+            image_size: 1,
+            num_classes: 3,
+            max_images: 8,
+            towers: 2,
+            max_deliveries: 5,
+        };
+        let batch = |n: usize| Batch { image_size: 1, images: vec![0; 3 * n], labels: vec![1; n] };
+        let err = check_batch(&batch(1), &spec).unwrap_err();
+        assert!(err.contains("fewer than the 2 towers"), "{err}");
+        assert_eq!(check_batch(&batch(2), &spec), Ok(()));
+        assert_eq!(check_batch(&batch(3), &spec), Ok(()), "an uneven split is fine");
+    }
 }

@@ -179,6 +179,7 @@ async fn batch_source(
         image_size: cfg.image_size as u32,
         num_classes: cfg.num_classes,
         max_images: settings.pipeline.batch_size,
+        towers: settings.train.num_gpus,
         max_deliveries: settings.train.batch_max_deliveries,
     };
     Ok(BatchSource::new(consumer, store.clone(), spec).reporting_to(stall))
