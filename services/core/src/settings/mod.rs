@@ -6,6 +6,7 @@
 //! ([`crate::limits`]) or otherwise, is reported at once, each naming its
 //! key ([`validate`]).
 
+mod env_names;
 mod integers;
 mod renamed;
 mod types;
@@ -513,6 +514,9 @@ impl Settings {
         let deprecations =
             renamed::apply(&mut merged.cache, &given.cache).map_err(|e| SettingsError::Rejected(vec![e]))?;
         for warning in &deprecations {
+            tracing::warn!("{warning}");
+        }
+        for warning in env_names::near_misses(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok())) {
             tracing::warn!("{warning}");
         }
         // Before the values are read into their types, which would round 8.5 to 9.
