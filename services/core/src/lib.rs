@@ -124,6 +124,17 @@ pub mod keys {
     pub fn checkpoint_best(run: &str) -> String {
         format!("checkpoints/{run}/best")
     }
+    /// Points at the run's promoted checkpoint, the one to serve (JSON:
+    /// step, metadata and weights keys, precision@1, when), written
+    /// atomically by the promotion gate; the trainer never prunes it.
+    pub fn checkpoint_promoted(run: &str) -> String {
+        format!("checkpoints/{run}/promoted")
+    }
+    /// The promotion gate's decision on the checkpoint at `step` (JSON:
+    /// promoted or rejected, and why).
+    pub fn promotion_decision(run: &str, step: u64) -> String {
+        format!("checkpoints/{run}/promotions/step-{step}.json")
+    }
     /// The trainer's log lines (JSON lines: step, time, loss, learning
     /// rate) of the steps up to `step` since the previous such object,
     /// written after the checkpoint of `step`.

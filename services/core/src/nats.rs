@@ -7,6 +7,7 @@
 //!   capacity, `discard: new`: a full queue refuses publishes, which is the back-pressure
 //! * `<P>_CHECKPOINTS` `<p>.checkpoints.<run>`         limits retention
 //! * `<P>_EVALS`       `<p>.evals.<run>`               limits retention
+//! * `<P>_PROMOTIONS`  `<p>.promotions.<run>`          limits retention
 //!
 //! Every stream is bounded ([`StreamBounds`], the `nats.stream_*` settings),
 //! so that a flood of messages cannot grow one without limit: the limits
@@ -100,6 +101,10 @@ impl Subjects {
     /// `<p>.evals.<run>`: evaluation results.
     pub fn evals(&self, run: &str) -> String {
         format!("{}.evals.{run}", self.prefix)
+    }
+    /// `<p>.promotions.<run>`: checkpoints promoted for serving.
+    pub fn promotions(&self, run: &str) -> String {
+        format!("{}.promotions.{run}", self.prefix)
     }
     /// `<P>_<kind>`: the prefix upper-cased, `-` as `_`.
     pub fn stream_name(&self, kind: &str) -> String {
@@ -436,6 +441,12 @@ impl Streams {
     /// Gets or creates the evaluation results (limits retention).
     pub async fn evals(&self) -> Result<stream::Stream, NatsError> {
         self.ensure_bounded(self.limits("EVALS", "evals")).await
+    }
+
+    /// Gets or creates the promotions (limits retention: a server started
+    /// later reads the latest one).
+    pub async fn promotions(&self) -> Result<stream::Stream, NatsError> {
+        self.ensure_bounded(self.limits("PROMOTIONS", "promotions")).await
     }
 
     /// The bounded batch queue. `capacity` only applies when the stream is new.
