@@ -236,16 +236,42 @@ pub struct PretrainedReport {
     pub loaded: usize,
     /// Left at their fresh initialisation (fine-tuned logits, a missing aux head).
     pub reinitialised: Vec<String>,
-    /// In the file but not in the model (ignored).
+    /// In the file but not in the model (ignored); an own checkpoint's
+    /// moving averages and optimizer slots are not counted here.
     pub unexpected: Vec<String>,
+    /// The file is one of our checkpoints and its moving averages
+    /// (`ema/<name>`) were loaded, not its raw weights.
+    pub averaged: bool,
+}
+
+/// Of one of our own checkpoints: the moving averages of every variable
+/// (the weights its evaluation scored), under the variables' names.
+fn moving_averages(vs: &VarStore, tensors: &HashMap<String, Tensor>) -> Option<HashMap<String, Tensor>> {
+    vs.variables().into_keys().map(|n| tensors.get(&format!("ema/{n}")).map(|t| (n, t.shallow_clone()))).collect()
 }
 
 /// Loads pretrained weights by name (torchvision/timm names). With
 /// `fine_tune`, the logits layers (`fc.*`, `AuxLogits.fc.*`) keep their fresh
 /// initialisation. A file without the auxiliary head (timm's) leaves it
-/// freshly initialised. Any other missing or mis-shaped variable is an error
-/// that names them.
+/// freshly initialised. One of our own checkpoints gives its moving
+/// averages, as the evaluator uses them (the original fine-tunes from the
+/// restored averages too). Any other missing or mis-shaped variable is an
+/// error that names them.
 pub fn load_pretrained(
+    vs: &VarStore,
+    tensors: &HashMap<String, Tensor>,
+    fine_tune: bool,
+) -> Result<PretrainedReport, CheckpointError> {
+    let Some(averages) = moving_averages(vs, tensors) else { return load_pretrained_weights(vs, tensors, fine_tune) };
+    let mut report = load_pretrained_weights(vs, &averages, fine_tune)?;
+    report.averaged = true;
+    let own = |k: &str| k.starts_with("ema/") || k.starts_with("optimizer/") || vs.variables().contains_key(k);
+    report.unexpected = tensors.keys().filter(|k| !own(k)).cloned().collect();
+    report.unexpected.sort();
+    Ok(report)
+}
+
+fn load_pretrained_weights(
     vs: &VarStore,
     tensors: &HashMap<String, Tensor>,
     fine_tune: bool,
@@ -361,6 +387,34 @@ mod tests {
         file.remove("Mixed_5b.branch1x1.conv.weight");
         let err = load_pretrained(&target, &file, true).unwrap_err().to_string();
         assert!(err.contains("Mixed_5b.branch1x1.conv.weight"), "{err}");
+    }
+
+    /// Fine-tuning from one of our own checkpoints starts from the weights
+    /// its evaluation scored (the moving averages), not the raw ones, and
+    /// its averages and optimizer slots are not reported as unexpected.
+    #[test]
+    fn an_own_checkpoint_gives_its_moving_averages() {
+        let source = VarStore::new(Device::Cpu);
+        let _ = InceptionV3::new(&source.root(), &cfg(6));
+        let mut file: HashMap<String, Tensor> = HashMap::new();
+        for (name, t) in source.variables() {
+            file.insert(format!("ema/{name}"), t.zeros_like() + 0.5);
+            file.insert(format!("optimizer/ms/{name}"), t.zeros_like());
+            file.insert(name, t);
+        }
+        let target = VarStore::new(Device::Cpu);
+        let _ = InceptionV3::new(&target.root(), &cfg(6));
+        let report = load_pretrained(&target, &file, false).unwrap();
+        assert!(report.averaged);
+        assert!(report.unexpected.is_empty(), "{:?}", report.unexpected);
+        let name = "Mixed_7c.branch_pool.conv.weight";
+        let loaded = target.variables()[name].shallow_clone();
+        assert!(loaded.equal(&(loaded.zeros_like() + 0.5)), "the average, not the raw weight");
+        // Without averages (a torchvision file): the weights themselves.
+        file.retain(|k, _| !k.starts_with("ema/"));
+        let report = load_pretrained(&target, &file, false).unwrap();
+        assert!(!report.averaged);
+        assert!(target.variables()[name].equal(&source.variables()[name]));
     }
 
     #[test]

@@ -125,7 +125,8 @@ async fn start_from_pretrained(
     };
     let report = checkpoint::load_pretrained(&state.vs, &tensors, fine_tune).map_err(|e| fail(e.to_string()))?;
     state.averages = fresh_averages(&state.vs, state.flat.as_ref(), state.averages.max_decay());
-    tracing::info!("loaded {} variables from {source}", report.loaded);
+    let which = if report.averaged { "the moving averages of " } else { "" };
+    tracing::info!("loaded {which}{} variables from {source}", report.loaded);
     if !report.reinitialised.is_empty() {
         tracing::info!("freshly initialised: {}", report.reinitialised.join(", "));
     }
