@@ -50,6 +50,9 @@ pub fn logs_are_json() -> bool {
     LOG_FORMAT.get() == Some(&LogFormat::Json)
 }
 
+/// Buckets of `inception_serve_batch_images`: images in one forward pass.
+const BATCH_IMAGES_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+
 /// Buckets (seconds) for every `_seconds` histogram: 1 ms to about 2 minutes.
 const SECONDS_BUCKETS: &[f64] =
     &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
@@ -187,6 +190,8 @@ fn install_recorder() -> Result<PrometheusHandle, TelemetryError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
         .map_err(|e| TelemetryError::Recorder(e.to_string()))?
+        .set_buckets_for_metric(Matcher::Full("inception_serve_batch_images".into()), BATCH_IMAGES_BUCKETS)
+        .map_err(|e| TelemetryError::Recorder(e.to_string()))?
         .install_recorder()
         .map_err(|e| TelemetryError::Recorder(e.to_string()))?;
     describe_metrics();
@@ -254,6 +259,13 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("inception_eval_rejected_messages_total", Kind::Counter, "Malformed, oversized or out-of-run checkpoint announcements (ignored)."),
     ("inception_eval_duration_seconds", Kind::Histogram, "One evaluation."),
     ("inception_eval_errors_total", Kind::Counter, "Skipped validation records."),
+    ("inception_serve_requests_total", Kind::Counter, "POST /v1/classify requests by outcome (ok, bad_request, too_large, unauthorized, unavailable, error)."),
+    ("inception_serve_request_seconds", Kind::Histogram, "Time to answer one classify request, from its arrival to its response, by outcome."),
+    ("inception_serve_batch_images", Kind::Histogram, "Images in each forward pass of the server (concurrent requests batched together)."),
+    ("inception_serve_step", Kind::Gauge, "Global step of the checkpoint the server answers with."),
+    ("inception_serve_swaps_total", Kind::Counter, "Checkpoints the server put into service (the first one included)."),
+    ("inception_serve_load_failures_total", Kind::Counter, "Checkpoints the server could not load (missing, unreadable, wrong shape); it keeps the one it serves."),
+    ("inception_serve_rejected_messages_total", Kind::Counter, "Malformed or out-of-run announcements the server ignored."),
 ];
 
 /// Registers the `# HELP` text of every metric in [`METRICS`] with the

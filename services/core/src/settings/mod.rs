@@ -82,6 +82,8 @@ pub struct Settings {
     pub train: TrainSettings,
     /// The evaluator.
     pub eval: EvalSettings,
+    /// The HTTP classification server (`inception-serve`).
+    pub serve: ServeSettings,
     /// Deprecated keys found while loading, one line each (also logged).
     #[serde(skip)]
     pub deprecations: Vec<String>,
@@ -492,6 +494,64 @@ pub struct EvalSettings {
     pub cudnn_benchmark: bool,
     /// Address of the Prometheus metrics and `/healthz` endpoint.
     pub metrics_addr: String,
+}
+
+/// Which checkpoint the server follows (`serve.checkpoint`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum ServedCheckpoint {
+    /// The run's `promoted` pointer, written by the promotion gate.
+    Promoted,
+    /// The run's `best` pointer, written by the evaluator.
+    Best,
+    /// The run's `checkpoint` pointer: the trainer's latest.
+    Latest,
+}
+
+impl TryFrom<String> for ServedCheckpoint {
+    type Error = String;
+    fn try_from(word: String) -> Result<Self, String> {
+        match word.as_str() {
+            "promoted" => Ok(Self::Promoted),
+            "best" => Ok(Self::Best),
+            "latest" => Ok(Self::Latest),
+            other => Err(format!("{other:?}: use promoted, best or latest")),
+        }
+    }
+}
+
+/// `[serve]`: the HTTP classification server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeSettings {
+    /// Address of `POST /v1/classify`, `/healthz` and `/readyz` (loopback by default).
+    pub listen_addr: String,
+    /// Address of the Prometheus metrics and `/healthz` endpoint.
+    pub metrics_addr: String,
+    /// Most images one forward pass takes (concurrent requests are batched).
+    pub batch_size: u32,
+    /// Longest a first image waits for others to fill its batch.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub max_wait: Duration,
+    /// Largest request body, in bytes (413 above it).
+    pub max_request_bytes: u64,
+    /// Most images in one request.
+    pub max_images_per_request: u32,
+    /// Images waiting for a forward pass beyond which requests are refused (503).
+    pub queue_images: u32,
+    /// Labels returned per image unless the request asks for another `top_k`.
+    pub top_k: u32,
+    /// A bearer token `POST /v1/classify` requires; empty = none. Give it by environment.
+    pub bearer_token: Secret,
+    /// Where the model runs: `auto`, `cpu` or `cuda:N`.
+    pub device: DeviceSetting,
+    /// libtorch's CPU threads; 0 = one per core.
+    pub threads: u32,
+    /// Which checkpoint is served: `promoted`, `best` or `latest`.
+    pub checkpoint: ServedCheckpoint,
+    /// How often the store's pointer is read, besides the announcements.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub poll_interval: Duration,
 }
 
 impl Settings {

@@ -62,7 +62,32 @@ impl Settings {
         self.optimizer_problems(&mut problems);
         self.nats_problems(&mut problems);
         self.name_problems(&mut problems);
+        self.serve_problems(&mut problems);
         problems
+    }
+
+    /// `[serve]`: sizes within bounds, waits that a client can afford.
+    fn serve_problems(&self, problems: &mut Vec<String>) {
+        let s = &self.serve;
+        let counts = [
+            ("serve.batch_size", u64::from(s.batch_size), 1, 1024),
+            ("serve.max_request_bytes", s.max_request_bytes, 1 << 10, 1 << 30),
+            ("serve.max_images_per_request", u64::from(s.max_images_per_request), 1, 1024),
+            ("serve.queue_images", u64::from(s.queue_images), 1, 1 << 20),
+            ("serve.top_k", u64::from(s.top_k), 1, u64::from(crate::limits::MAX_NUM_CLASSES)),
+        ];
+        for (key, value, low, high) in counts {
+            if !(low..=high).contains(&value) {
+                problems.push(format!("{key} = {value} must be in [{low}, {high}]"));
+            }
+        }
+        if s.max_wait > std::time::Duration::from_secs(10) {
+            problems
+                .push(format!("serve.max_wait = {:?} must be at most 10s (every request waits up to it)", s.max_wait));
+        }
+        if s.poll_interval.is_zero() {
+            problems.push("serve.poll_interval must be longer than 0s".into());
+        }
     }
 
     /// Counts and sizes within their bounds ([`crate::limits`]): each is
@@ -252,6 +277,21 @@ mod tests {
         assert_eq!(s.pipeline.batch_size, 8);
         let s = Settings::load(None, &[("pipeline.batch_size".into(), "16".into())]).expect("a flag's whole number");
         assert_eq!(s.pipeline.batch_size, 16);
+    }
+
+    #[test]
+    fn serve_settings_are_checked() {
+        let s = Settings::load(None, &[]).expect("defaults");
+        assert_eq!(s.serve.listen_addr, "127.0.0.1:8080", "loopback by default");
+        assert_eq!(s.serve.checkpoint, crate::settings::ServedCheckpoint::Promoted);
+        assert!(!s.serve.bearer_token.is_set());
+        let err = load_file("[serve]\nbatch_size = 0\nmax_wait = \"1m\"\npoll_interval = \"0s\"\ntop_k = 0\n")
+            .expect_err("out of range");
+        for wanted in ["serve.batch_size = 0", "serve.max_wait", "serve.poll_interval", "serve.top_k = 0"] {
+            assert!(err.contains(wanted), "{wanted:?} missing from: {err}");
+        }
+        let err = load_file("[serve]\ncheckpoint = \"newest\"\n").expect_err("not a pointer");
+        assert!(err.contains("serve.checkpoint") && err.contains("promoted"), "{err}");
     }
 
     #[test]
