@@ -328,6 +328,15 @@ impl InceptionV3 {
     /// `x`: `[N, 3, S, S]` floats in [-1, 1]. Returns the logits and, in
     /// training mode with the auxiliary head, the auxiliary logits.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> (Tensor, Option<Tensor>) {
+        let (h, aux) = self.features(x, mode);
+        let h = h.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
+        let h = h.dropout(self.dropout, matches!(mode, Mode::Train { .. }));
+        (h.linear(&self.fc_weight, Some(&self.fc_bias)), aux)
+    }
+
+    /// The last feature map (Mixed_7c's output, before pooling) and, in
+    /// training mode with the auxiliary head, the auxiliary logits.
+    pub fn features(&self, x: &Tensor, mode: Mode) -> (Tensor, Option<Tensor>) {
         let h = self.stem.iter().fold(x.shallow_clone(), |h, op| op.forward(&h, mode));
         let h = self.mixed_5_6.iter().fold(h, |h, b| b.forward(&h, mode));
         let aux = match (&self.aux, mode) {
@@ -339,10 +348,7 @@ impl InceptionV3 {
             }
             _ => None,
         };
-        let h = self.mixed_7.iter().fold(h, |h, b| b.forward(&h, mode));
-        let h = h.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
-        let h = h.dropout(self.dropout, matches!(mode, Mode::Train { .. }));
-        (h.linear(&self.fc_weight, Some(&self.fc_bias)), aux)
+        (self.mixed_7.iter().fold(h, |h, b| b.forward(&h, mode)), aux)
     }
 
     /// Whether a variable gets L2 regularisation: every conv and fully
