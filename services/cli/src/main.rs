@@ -1,8 +1,10 @@
 //! `inception`: the umbrella command for local use.
 //!
-//! * `inception demo` runs the whole pipeline on an embedded default: a
-//!   nats-server child on a free loopback port, a local object store, and
-//!   generated (or given) images; it ends with the evaluator's precision line.
+//! * `inception train DIR` trains on a folder of photos: the services as
+//!   processes around an embedded nats-server and a local store under a
+//!   persistent work folder (`inception-work`); it ends with the command
+//!   that classifies with the run's best checkpoint.
+//! * `inception demo` is `inception train` on generated images (work folder `var/demo`).
 //! * `inception generate-demo-data DIR` writes the demo's image folders.
 //! * `inception classify --checkpoint latest IMAGE-OR-FOLDER…` prints top-k labels.
 //! * `inception records verify|stats|inspect INPUT…` looks inside TFRecords.
@@ -13,8 +15,11 @@
 
 mod classify;
 mod demo;
+mod progress;
 mod recipe;
 mod records;
+mod split;
+mod train;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use inception_core::cli::CommonArgs;
@@ -34,7 +39,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the whole pipeline locally and print the final evaluation.
+    /// Train on a folder of photos (DIR/<label>/<image>) and print the command that classifies with the model.
+    Train(train::TrainArgs),
+    /// `inception train` on generated images: the whole pipeline locally.
     Demo(demo::DemoArgs),
     /// Print the top-k labels of images with a checkpoint's weights.
     Classify(classify::ClassifyArgs),
@@ -59,9 +66,8 @@ fn main() -> ExitCode {
     inception_core::telemetry::init_logging();
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Demo(args) => {
-            without_settings_flags(&cli.common, "demo").and_then(|()| demo::run(args)).map(|()| true)
-        }
+        Command::Train(args) => train::run(&cli.common, args).map(|()| true),
+        Command::Demo(args) => demo::run(&cli.common, args).map(|()| true),
         Command::Classify(args) => classify::run(&cli.common, args),
         Command::Records(args) => records::run(&cli.common, args),
         Command::Report(args) => inception_cli::report::run(&cli.common, args),
@@ -87,17 +93,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// The demo starts its services with `INCEPTION__…` variables: a
-/// `--config` or `--set` would be silently ignored, so it is refused.
+/// A subcommand that reads no settings: a `--config` or `--set` would be
+/// silently ignored, so it is refused.
 fn without_settings_flags(common: &CommonArgs, subcommand: &str) -> anyhow::Result<()> {
     if common.config.is_some() || !common.set.is_empty() {
         Cli::command()
             .error(
                 clap::error::ErrorKind::ArgumentConflict,
-                format!(
-                    "inception {subcommand} does not read --config or --set: give settings to the demo's services \
-                     as INCEPTION__SECTION__KEY=VALUE variables"
-                ),
+                format!("inception {subcommand} does not read --config or --set"),
             )
             .exit();
     }

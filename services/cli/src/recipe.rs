@@ -1,8 +1,9 @@
-//! The recipe `inception demo --images DIR` trains a user's photos with:
+//! The recipe `inception train DIR` trains a user's photos with:
 //! settings that learn well from scratch on a small dataset in a short CPU
 //! budget, measured on the learning benchmark (docs/benchmarks.md,
 //! `scripts/bench-learn.sh`). The services' own defaults stay the original's,
-//! for fidelity; this only sets what the user has not set.
+//! for fidelity; `inception train` only sets what the user has not set
+//! (with `--set` or an `INCEPTION__SECTION__KEY` variable).
 
 /// One setting of the recipe: its `SECTION__KEY`, value and reason.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,14 +44,6 @@ pub(crate) fn for_photos(steps: u64) -> Vec<Choice> {
             "half the original's colour jitter: colour often tells classes apart",
         ),
     ]
-}
-
-/// The choices the user has not set in the environment (`INCEPTION__KEY`),
-/// and those they have (kept as they are).
-pub(crate) fn not_set_by_user(choices: Vec<Choice>) -> (Vec<Choice>, Vec<Choice>) {
-    choices
-        .into_iter()
-        .partition(|c| std::env::var_os(format!("{}__{}", inception_core::settings::ENV_PREFIX, c.key)).is_none())
 }
 
 #[cfg(test)]
