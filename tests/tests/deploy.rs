@@ -37,11 +37,17 @@ fn promtool_accepts_the_prometheus_config_and_rules() {
         .iter()
         .filter_map(|j| j["job_name"].as_str())
         .collect();
-    assert_eq!(jobs, BTreeSet::from(["ingest", "preprocess", "trainer", "evaluator", "nats"]));
+    assert_eq!(jobs, BTreeSet::from(["ingest", "preprocess", "trainer", "evaluator", "serve", "nats"]));
     let text = read("deploy/prometheus/prometheus.yml");
-    for target in
-        ["ingest:9101", "\"preprocess\"", "port: 9102", "trainer:9103", "evaluator:9104", "nats-exporter:7777"]
-    {
+    for target in [
+        "ingest:9101",
+        "\"preprocess\"",
+        "port: 9102",
+        "trainer:9103",
+        "evaluator:9104",
+        "serve:9105",
+        "nats-exporter:7777",
+    ] {
         assert!(text.contains(target), "{target} is not scraped");
     }
 }
@@ -135,6 +141,10 @@ fn grafana_provisioning_points_at_the_dashboard_and_its_datasource() {
         "Batch queue depth",
         "Preprocess workers",
         "Errors per second",
+        "Serve latency p50 / p99",
+        "Serve requests by outcome",
+        "Served and promoted step",
+        "Promotion decisions",
     ] {
         assert!(titles.contains(&wanted), "no panel {wanted:?}: {titles:?}");
     }
@@ -145,6 +155,12 @@ fn grafana_provisioning_points_at_the_dashboard_and_its_datasource() {
     assert!(queries
         .iter()
         .any(|(_, e)| e.contains("histogram_quantile(0.5,") && e.contains("inception_trainer_step_seconds_bucket")));
+    for quantile in ["histogram_quantile(0.5,", "histogram_quantile(0.99,"] {
+        assert!(queries
+            .iter()
+            .any(|(_, e)| e.contains(quantile) && e.contains("inception_serve_request_seconds_bucket")));
+    }
+    assert!(queries.iter().any(|(_, e)| e.contains("inception_promotions_total") && e.contains("decision")));
 }
 
 fn compose_dir() -> std::path::PathBuf {
@@ -165,8 +181,18 @@ fn docker_compose_validates_the_compose_files() {
     let (ok, services) = run(&compose, &["-f", "docker-compose.yml", "config", "--services"], &compose_dir());
     assert!(ok, "{services}");
     let services: BTreeSet<&str> = services.lines().collect();
-    for s in ["nats", "nats-exporter", "minio", "prometheus", "grafana", "ingest", "preprocess", "trainer", "evaluator"]
-    {
+    for s in [
+        "nats",
+        "nats-exporter",
+        "minio",
+        "prometheus",
+        "grafana",
+        "ingest",
+        "preprocess",
+        "trainer",
+        "evaluator",
+        "serve",
+    ] {
         assert!(services.contains(s), "no {s} service: {services:?}");
     }
     // The resolved file: JetStream on, each service's metrics on 0.0.0.0 and its port.
@@ -178,6 +204,7 @@ fn docker_compose_validates_the_compose_files() {
         ("preprocess", "PREPROCESS", 9102),
         ("trainer", "TRAIN", 9103),
         ("evaluator", "EVAL", 9104),
+        ("serve", "SERVE", 9105),
     ] {
         let env = &doc["services"][service]["environment"];
         assert_eq!(env[format!("INCEPTION__{key}__METRICS_ADDR")], format!("0.0.0.0:{port}"), "{service}");
@@ -185,6 +212,16 @@ fn docker_compose_validates_the_compose_files() {
         assert!(env["INCEPTION__STORE__URL"].as_str().is_some_and(|u| u.starts_with("s3://")), "{service}");
         assert_eq!(doc["services"][service]["build"]["dockerfile"], "deploy/compose/Dockerfile", "{service}");
     }
+    // The server's API listens on the container's address, published on the host's loopback only.
+    let serve = &doc["services"]["serve"];
+    assert_eq!(serve["environment"]["INCEPTION__SERVE__LISTEN_ADDR"], "0.0.0.0:8080");
+    let published = serve["ports"].as_array().expect("serve ports");
+    // docker-compose v1 resolves "HOST:PUBLISHED:TARGET" to a string, v2 to an object.
+    let on_loopback = |p: &serde_json::Value| {
+        p.as_str().is_some_and(|p| p.starts_with("127.0.0.1:") && p.contains(":8080"))
+            || (p["host_ip"] == "127.0.0.1" && p["target"] == 8080)
+    };
+    assert!(!published.is_empty() && published.iter().all(on_loopback), "{published:?}");
     assert!(read("deploy/nats/nats-server.conf").contains("jetstream"), "the mounted nats config enables JetStream");
     let gpu = read("deploy/compose/docker-compose.gpu.yml");
     assert!(gpu.contains("driver: nvidia") && gpu.contains("capabilities: [gpu]"), "{gpu}");
@@ -211,7 +248,9 @@ fn dockerfile_gets_libtorch_from_the_pinned_pypi_torch() {
         .expect("TORCH_VERSION in setup.sh");
     assert!(dockerfile.contains(&format!("torch=={version}")), "Dockerfile's torch differs from setup.sh's {version}");
     assert!(dockerfile.contains("LIBTORCH_USE_PYTORCH=1"));
-    for bin in ["inception-ingest", "inception-preprocess", "inception-trainer", "inception-evaluator"] {
+    for bin in
+        ["inception-ingest", "inception-preprocess", "inception-trainer", "inception-evaluator", "inception-serve"]
+    {
         assert!(
             dockerfile.contains(&format!("-p {bin}")) && dockerfile.contains(&format!("target/release/{bin}")),
             "{bin} not built"
@@ -268,6 +307,7 @@ fn kubernetes_workloads_have_probes_ports_and_the_trainer_a_gpu() {
         ("Deployment", "preprocess", "PREPROCESS", 9102),
         ("Deployment", "trainer", "TRAIN", 9103),
         ("Deployment", "evaluator", "EVAL", 9104),
+        ("Deployment", "serve", "SERVE", 9105),
     ] {
         let pod = &find(&docs, kind, name)["spec"]["template"];
         let c = &pod["spec"]["containers"][0];
@@ -283,6 +323,23 @@ fn kubernetes_workloads_have_probes_ports_and_the_trainer_a_gpu() {
     let trainer = &find(&docs, "Deployment", "trainer")["spec"];
     assert_eq!(trainer["replicas"], 1);
     assert_eq!(trainer["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"], 1);
+    // The server: ready only with a checkpoint loaded (its API port), a
+    // Service in front, and replicas added on CPU.
+    assert_eq!(config["INCEPTION__SERVE__LISTEN_ADDR"], "0.0.0.0:8080");
+    let serve = &find(&docs, "Deployment", "serve")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(serve["readinessProbe"]["httpGet"]["port"], "http");
+    assert!(serve["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .any(|p| p["name"] == "http" && p["containerPort"] == 8080));
+    let service = &find(&docs, "Service", "serve")["spec"];
+    assert_eq!(service["selector"]["app.kubernetes.io/name"], "serve");
+    assert_eq!(service["ports"][0]["targetPort"], "http");
+    let hpa = &find(&docs, "HorizontalPodAutoscaler", "serve")["spec"];
+    assert_eq!(hpa["scaleTargetRef"]["name"], "serve");
+    assert_eq!(hpa["metrics"][0]["resource"]["name"], "cpu");
+    assert!(hpa["minReplicas"].as_i64() >= Some(1) && hpa["maxReplicas"].as_i64() > hpa["minReplicas"].as_i64());
     let monitor = &find(&docs, "PodMonitor", "inception")["spec"];
     assert_eq!(monitor["jobLabel"], "app.kubernetes.io/name");
     assert_eq!(monitor["podMetricsEndpoints"][0]["port"], "metrics");

@@ -1,6 +1,6 @@
 //! The monitoring, checked against the real thing: a Prometheus server
 //! (Debian's, from scripts/setup-ops.sh) on a loopback port scrapes the four
-//! services during a short end-to-end run (a tiny model, a few dozen steps),
+//! services and the server during a short end-to-end run (a tiny model, a few dozen steps),
 //! loads the project's alert rules, and answers every query of the Grafana
 //! dashboard with data.
 //!
@@ -59,6 +59,20 @@ fn has_finite_value(series: &[serde_json::Value]) -> bool {
     })
 }
 
+/// POSTs `body` to `path` on loopback `port`; (status line, body).
+fn http_post(port: u16, path: &str, body: &[u8]) -> std::io::Result<(String, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let head = format!("POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n", body.len());
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Ok((head.lines().next().unwrap_or("").to_string(), body.to_string()))
+}
+
 fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs_f64()
 }
@@ -109,8 +123,14 @@ async fn prometheus_scrapes_the_pipeline_and_answers_every_dashboard_query() {
     std::fs::write(images.join("train/roses/empty.jpg"), b"").expect("write");
     let nats = LocalNats::start(&dir.path().join("nats")).expect("nats-server");
 
-    let ports =
-        [("ingest", free_port()), ("preprocess", free_port()), ("trainer", free_port()), ("evaluator", free_port())];
+    let ports = [
+        ("ingest", free_port()),
+        ("preprocess", free_port()),
+        ("trainer", free_port()),
+        ("evaluator", free_port()),
+        ("serve", free_port()),
+    ];
+    let api_port = free_port();
     let port_of = |job: &str| ports.iter().find(|(j, _)| *j == job).map(|(_, p)| *p).expect("port");
     let prom_port = free_port();
     let config = prometheus_config(dir.path(), &ports);
@@ -155,6 +175,11 @@ async fn prometheus_scrapes_the_pipeline_and_answers_every_dashboard_query() {
         ("PREPROCESS__METRICS_ADDR", format!("127.0.0.1:{}", port_of("preprocess"))),
         ("TRAIN__METRICS_ADDR", format!("127.0.0.1:{}", port_of("trainer"))),
         ("EVAL__METRICS_ADDR", format!("127.0.0.1:{}", port_of("evaluator"))),
+        ("SERVE__METRICS_ADDR", format!("127.0.0.1:{}", port_of("serve"))),
+        ("SERVE__LISTEN_ADDR", format!("127.0.0.1:{api_port}")),
+        ("SERVE__DEVICE", "cpu".to_string()),
+        ("SERVE__THREADS", "1".to_string()),
+        ("SERVE__POLL_INTERVAL", "1s".to_string()),
     ]);
 
     // Ingest: two unreadable images are skipped.
@@ -229,6 +254,8 @@ async fn prometheus_scrapes_the_pipeline_and_answers_every_dashboard_query() {
     // Evaluator and one worker; the worker fills the queue (capacity 2, one
     // slot taken by the stray message) and then waits for room.
     let mut evaluator = Proc::spawn("inception-evaluator", &[], &env, &logs);
+    // The server: not ready until the gate promotes a checkpoint.
+    let server = Proc::spawn("inception-serve", &[], &env, &logs);
     let mut worker = Proc::spawn("inception-preprocess", &["--worker-id", "w1"], &env, &logs);
     let (eval_port, worker_port) = (port_of("evaluator"), port_of("preprocess"));
     wait_until(
@@ -265,6 +292,23 @@ async fn prometheus_scrapes_the_pipeline_and_answers_every_dashboard_query() {
     assert!(trainer.wait(Duration::from_secs(600)).success(), "trainer: {:?}", trainer.output());
     let result = store.join(format!("eval/default/step-{STEPS}.json"));
     wait_for_file(&result, Duration::from_secs(300), || format!("{:?}", evaluator.output()));
+    // The promoted checkpoint is served: good requests, and a corrupt image.
+    wait_until(
+        "the server ready",
+        Duration::from_secs(120),
+        || http_get(api_port, "/readyz").is_ok_and(|(s, _)| s.contains("200")),
+        || format!("{:?}", server.output()),
+    );
+    let photo = std::fs::read(images.join("validation/daisy/daisy_0000.jpg")).expect("a validation photo");
+    for round in 0..6 {
+        let (status, body) = http_post(api_port, "/v1/classify", &photo).expect("classify");
+        assert!(status.contains("200"), "{status} {body}");
+        if round == 0 {
+            let (status, body) = http_post(api_port, "/v1/classify", b"not an image").expect("classify junk");
+            assert!(status.contains("400"), "{status} {body}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
     // Two more scrapes of the evaluator and a rule evaluation after it.
     std::thread::sleep(Duration::from_secs(2));
     let end = now();
