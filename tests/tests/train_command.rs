@@ -53,6 +53,7 @@ fn one_folder_of_classes_trains_prints_a_working_classify_command_and_keeps_ever
     assert!(out.lines().any(|l| l.trim_start().starts_with("roses")), "per class counts:\n{out}");
     assert!(out.contains("notes.txt: not in a label folder"), "{out}");
     assert!(out.contains("new run run-1"), "{out}");
+    assert!(work.join("runs/run-1/report.html").is_file(), "{out}\n{err}");
     // The command it printed works as printed.
     let lines: Vec<&str> = out.lines().collect();
     let at = lines.iter().position(|l| l.starts_with("for example")).expect("an example command");

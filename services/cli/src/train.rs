@@ -8,6 +8,7 @@
 //! <work>/nats/                the nats-server's JetStream data
 //! <work>/runs/<run>/run.json  what the run trains on, its steps, whether it finished
 //! <work>/runs/<run>/logs/     each service's stdout and stderr
+//! <work>/runs/<run>/report.html  the run's report (`inception report`)
 //! ```
 //!
 //! Every run is kept: a second invocation resumes an interrupted run or
@@ -363,7 +364,20 @@ impl Job {
         record.write(&work, steps, Some(step))?;
         println!("run {run} finished in {}; evaluation of step {step}:", progress::human(started.elapsed()));
         print_evaluation(&work.object(&inception_core::keys::eval_result(&run, step)))?;
+        match self.write_report(&work, &run) {
+            Ok(page) => println!("report: {}", page.display()),
+            Err(e) => eprintln!("the run's HTML report was not written: {e:#}"),
+        }
         self.print_classify(&work, &run, &dataset)
+    }
+
+    /// The run's HTML report (`inception report`) in its folder.
+    fn write_report(&self, work: &Work, run: &str) -> anyhow::Result<PathBuf> {
+        let settings = self.user.settings(vec![("store.url".into(), work.store_url())])?;
+        let store = inception_core::Store::open(&settings.store)?;
+        let page = work.run_dir(run).join("report.html");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        Ok(runtime.block_on(inception_cli::report::write_report(&store, run, run, &page))?)
     }
 
     fn refuse_own_settings(&self) -> anyhow::Result<()> {
