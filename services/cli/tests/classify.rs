@@ -39,6 +39,7 @@ fn tiny_checkpoint(store: &Path, step: u64) -> PathBuf {
         examples_seen: 0,
         weights: keys::checkpoint_weights("default", step),
         created_unix: 0,
+        lineage: Default::default(),
     };
     write(&store.join(&meta.weights), &bytes);
     let key = keys::checkpoint_metadata("default", step);

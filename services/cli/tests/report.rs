@@ -93,6 +93,7 @@ fn fake_run(dir: &Path, evaluated: bool) {
             examples_seen: step * 32,
             weights: keys::checkpoint_weights(RUN, step),
             created_unix: T0 as i64 + step as i64 * 10,
+            lineage: Default::default(),
         };
         json(&dir.join(keys::checkpoint_metadata(RUN, step)), &meta);
         all.push(keys::checkpoint_metadata(RUN, step));

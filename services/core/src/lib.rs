@@ -6,7 +6,7 @@
 //! * [`store`]: the shared object store.
 //! * [`telemetry`]: logs, Prometheus metrics, `/healthz` and `/readyz`.
 //! * [`shutdown`]: SIGTERM handling.
-//! * [`tfrecord`], [`example`], [`batch`]: the on-store formats; [`tfevents`]: TensorBoard files.
+//! * [`tfrecord`], [`example`], [`batch`], [`manifest`]: the on-store formats; [`tfevents`]: TensorBoard files.
 //! * [`local_nats`]: a nats-server child process for local runs and tests;
 //!   [`process`]: a child process stopped when its guard is dropped.
 //! * [`backoff`]: the exponential back-off of every retry loop.
@@ -25,6 +25,7 @@ pub mod example;
 pub mod follow;
 pub mod limits;
 pub mod local_nats;
+pub mod manifest;
 pub mod memory;
 pub mod nats;
 pub mod process;
@@ -64,6 +65,16 @@ pub mod keys {
     /// the original's `<split>-*` glob, like build_image_data.py's shards.
     pub fn live_shard(dataset: &str, split: &str, sequence: u64) -> String {
         format!("datasets/{dataset}/{split}-live-{sequence:08}")
+    }
+    /// The manifest of a shard (JSON, [`crate::manifest::ShardManifest`]):
+    /// `datasets/<name>/manifests/<shard name>.json` beside the shard's
+    /// folder. In a folder of its own, so that no listing of shards
+    /// (`<split>-…` directly in `datasets/<name>/`) can take it for one.
+    pub fn shard_manifest(shard_key: &str) -> String {
+        match shard_key.rsplit_once('/') {
+            Some((dir, name)) => format!("{dir}/manifests/{name}.json"),
+            None => format!("manifests/{shard_key}.json"),
+        }
     }
     /// Continuous ingest's ledger: one entry per sequence number.
     pub fn ingest_ledger_dir(dataset: &str) -> String {
@@ -167,5 +178,16 @@ mod key_tests {
         assert_eq!(below("batches/demo", "batches/demo"), None);
         assert_eq!(below("batches/demo/../secret", "batches/demo"), None);
         assert_eq!(below("other/batches/demo/x", "batches/demo"), None);
+    }
+
+    #[test]
+    fn a_manifest_is_never_named_like_a_shard() {
+        use super::keys::{shard, shard_manifest};
+        let key = shard("flowers", "train", 0, 2);
+        assert_eq!(shard_manifest(&key), "datasets/flowers/manifests/train-00000-of-00002.json");
+        let manifest = shard_manifest(&key);
+        let name = below(&manifest, "datasets/flowers").unwrap();
+        assert!(name.contains('/'), "not directly in the dataset folder, where shards are");
+        assert!(!name.starts_with("train-") && !name.starts_with("validation-"));
     }
 }

@@ -48,3 +48,22 @@ pub const MAX_IMAGE_PIXELS: u64 = 1_000_000_000;
 /// even a kilobyte would be a terabyte shard. build_image_data.py writes
 /// ImageNet's 1.28 million training images as 1024 shards of 1252.
 pub const MAX_SHARD_RECORDS: u64 = 1_000_000_000;
+
+/// Largest shard manifest read back (`datasets/<name>/manifests/…`, by
+/// `inception lineage`): a million images at 256 bytes of JSON each.
+pub const MAX_MANIFEST_BYTES: u64 = 256 << 20;
+
+/// Most shards a checkpoint's lineage lists by name (each of its two lists:
+/// since the parent, and since the first checkpoint); examples from further
+/// shards are counted without their names. 2048 entries of at most
+/// [`MAX_LINEAGE_SHARD_KEY`] bytes are about 1 MB of metadata, which leaves
+/// the label names of [`MAX_NUM_CLASSES`] room within the metadata bound.
+pub const MAX_LINEAGE_SHARDS: usize = 2048;
+
+/// Longest shard key a batch message may name for lineage; a longer one
+/// counts its examples without a name.
+pub const MAX_LINEAGE_SHARD_KEY: usize = 200;
+
+/// Most ancestors a checkpoint's lineage lists (step, key, examples each);
+/// the oldest are dropped first, and counted.
+pub const MAX_LINEAGE_ANCESTORS: usize = 1000;

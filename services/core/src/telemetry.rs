@@ -266,6 +266,8 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("inception_serve_swaps_total", Kind::Counter, "Checkpoints the server put into service (the first one included)."),
     ("inception_serve_load_failures_total", Kind::Counter, "Checkpoints the server could not load (missing, unreadable, wrong shape); it keeps the one it serves."),
     ("inception_serve_rejected_messages_total", Kind::Counter, "Malformed or out-of-run announcements the server ignored."),
+    ("inception_promotions_total", Kind::Counter, "Decisions of the promotion gate, by decision (promoted, rejected)."),
+    ("inception_promoted_step", Kind::Gauge, "Global step of the run's promoted checkpoint (the one to serve), as the evaluator last wrote or read its pointer."),
 ];
 
 /// Registers the `# HELP` text of every metric in [`METRICS`] with the

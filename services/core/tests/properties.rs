@@ -661,6 +661,7 @@ fn batch_readies() -> impl Strategy<Value = BatchReady> {
             producer,
             sequence,
             labels,
+            shards: Vec::new(),
         })
 }
 

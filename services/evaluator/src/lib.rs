@@ -11,9 +11,13 @@
 //! is reported and skipped, not retried, and gets no score.
 //!
 //! It also keeps the run's `best` pointer ([`BestPointer`]) at the evaluated
-//! checkpoint with the highest precision@1 (ties: the lower validation loss).
+//! checkpoint with the highest precision@1 (ties: the lower validation loss),
+//! and applies the promotion gate ([`promotion`]) to each evaluation: the
+//! `promoted` pointer ([`PromotedPointer`]), a `CheckpointPromoted`
+//! announcement and a recorded decision.
 
 pub mod classify;
+pub mod promotion;
 pub mod scores;
 pub mod topk;
 
@@ -26,9 +30,9 @@ use inception_core::store::StoreError;
 use inception_core::telemetry::{log_timestamp, Readiness};
 use inception_core::tfevents::OptionalEvents;
 use inception_core::{keys, tfrecord, Settings, Store};
-use inception_model::checkpoint::{self, BestPointer, CheckpointPointer};
+use inception_model::checkpoint::{self, BestPointer, CheckpointPointer, PromotedPointer};
 use inception_model::{images_to_input, InceptionV3, Mode, TorchFailure};
-use inception_proto::pipeline::{CheckpointReady, EvalResult};
+use inception_proto::pipeline::{CheckpointPromoted, CheckpointReady, EvalResult};
 use inception_proto::Message;
 use scores::{ClassScore, ConfusionMatrix, ScoreError, Tally};
 use serde::{Deserialize, Serialize};
@@ -321,6 +325,7 @@ impl Evaluator {
         println!("{}", evaluation.class_report());
         record_metrics(&evaluation);
         self.record_events(&evaluation);
+        self.gate(streams, &evaluation).await?;
         Ok(Some(evaluation))
     }
 
@@ -393,6 +398,135 @@ impl Evaluator {
     /// a forced one (`--run-once`) is a new result with its own id.
     async fn announce(&self, streams: &Streams, evaluation: &Evaluation, force: bool) -> Result<(), EvalError> {
         let run = self.settings.pipeline.run.clone();
+    /// The promotion gate ([`promotion`], `[promotion]`) on one evaluation:
+    /// the decision is recorded (`checkpoints/<run>/promotions/step-<N>.json`,
+    /// `inception_promotions_total`, a log line), then a promoted checkpoint
+    /// gets the run's `promoted` pointer (one put) and is announced
+    /// (`CheckpointPromoted`) when `streams` is given; `--run-once` has no
+    /// NATS and cannot announce. The decision comes first: after a crash the
+    /// evaluation is repeated and decides the same; a checkpoint already
+    /// promoted is only announced again (same message id). None when the
+    /// gate is off or the checkpoint is the promoted one already.
+    pub async fn gate(
+        &self,
+        streams: Option<&Streams>,
+        evaluation: &Evaluation,
+    ) -> Result<Option<promotion::Decision>, EvalError> {
+        let cfg = &self.settings.promotion;
+        if !cfg.enabled {
+            return Ok(None);
+        }
+        let run = &self.settings.pipeline.run;
+        let current = match checkpoint::read_promoted(&self.store, run).await {
+            Ok(current) => current,
+            Err(checkpoint::CheckpointError::Store(e)) => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!("{e}; judged as if nothing were promoted, and replaced if it passes");
+                None
+            }
+        };
+        if let Some(current) = current.as_ref().filter(|c| c.step == evaluation.step) {
+            if let Some(streams) = streams {
+                self.announce_promotion(streams, current).await?;
+            }
+            return Ok(None);
+        }
+        let classes = match &current {
+            Some(c) => self.promoted_classes(c.step).await,
+            None => None,
+        };
+        let policy = promotion::Policy::from(cfg);
+        let mut decision = promotion::decide(&policy, evaluation, current.as_ref().map(|c| (c, classes.as_deref())));
+        let files_there =
+            self.store.exists(&evaluation.weights).await? && self.store.exists(&evaluation.checkpoint).await?;
+        if decision.decision == promotion::Verdict::Promoted && !files_there {
+            decision.decision = promotion::Verdict::Rejected;
+            decision.reasons = vec![format!("{} is gone (pruned while it was evaluated)", evaluation.checkpoint)];
+        }
+        let promoted = decision.decision == promotion::Verdict::Promoted;
+        decision.announced = promoted && streams.is_some();
+        self.record_decision(&decision).await?;
+        if promoted {
+            let pointer = PromotedPointer {
+                step: evaluation.step,
+                metadata: evaluation.checkpoint.clone(),
+                weights: evaluation.weights.clone(),
+                precision_at_1: evaluation.precision_at_1,
+                validation_loss: evaluation.validation_loss,
+                examples: evaluation.examples,
+                promoted_unix: decision.decided_unix,
+                previous_step: current.as_ref().map(|c| c.step),
+                decision: keys::promotion_decision(run, evaluation.step),
+            };
+            let json = serde_json::to_vec_pretty(&pointer).map_err(|e| EvalError::Config(e.to_string()))?;
+            self.store.put(&keys::checkpoint_promoted(run), Bytes::from(json)).await?;
+            metrics::gauge!("inception_promoted_step").set(pointer.step as f64);
+            match streams {
+                Some(streams) => self.announce_promotion(streams, &pointer).await?,
+                None => tracing::info!(
+                    "step {} promoted without an announcement (--run-once has no NATS): readers of {} see it",
+                    pointer.step,
+                    keys::checkpoint_promoted(run)
+                ),
+            }
+        }
+        Ok(Some(decision))
+    }
+
+    /// The per-label scores of the promoted checkpoint's evaluation; None
+    /// (logged) when they cannot be read.
+    async fn promoted_classes(&self, step: u64) -> Option<Vec<ClassScore>> {
+        let key = keys::eval_result(&self.settings.pipeline.run, step);
+        let read = match self.store.get(&key).await {
+            Ok(bytes) => serde_json::from_slice::<Evaluation>(&bytes).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match read {
+            Ok(evaluation) => Some(evaluation.classes),
+            Err(e) => {
+                tracing::warn!("the promoted checkpoint's evaluation {key}: {e}; recall is not compared");
+                None
+            }
+        }
+    }
+
+    /// Writes the decision object, counts it and logs it.
+    async fn record_decision(&self, decision: &promotion::Decision) -> Result<(), EvalError> {
+        let key = keys::promotion_decision(&decision.run, decision.step);
+        let json = serde_json::to_vec_pretty(decision).map_err(|e| EvalError::Config(e.to_string()))?;
+        self.store.put(&key, Bytes::from(json)).await?;
+        metrics::counter!("inception_promotions_total", "decision" => decision.decision.as_str()).increment(1);
+        let reasons = decision.reasons.join("; ");
+        match decision.decision {
+            promotion::Verdict::Promoted => {
+                tracing::info!("promotion: step {} promoted ({reasons}); decision in {key}", decision.step);
+            }
+            promotion::Verdict::Rejected => {
+                tracing::warn!("promotion: step {} rejected: {reasons}; decision in {key}", decision.step);
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes `CheckpointPromoted`, retried until acknowledged; the
+    /// message id is `<run>-promoted-<step>`, so announcing again is harmless.
+    async fn announce_promotion(&self, streams: &Streams, pointer: &PromotedPointer) -> Result<(), EvalError> {
+        let run = &self.settings.pipeline.run;
+        streams.promotions().await?;
+        let message = CheckpointPromoted {
+            run: run.clone(),
+            step: pointer.step,
+            uri: pointer.weights.clone(),
+            metadata_uri: pointer.metadata.clone(),
+            precision_at_1: pointer.precision_at_1,
+            previous_step: pointer.previous_step.unwrap_or(0),
+        };
+        let id = format!("{run}-promoted-{}", pointer.step);
+        let payload = Bytes::from(message.encode_to_vec());
+        streams.publish_acked(&streams.subjects.promotions(run), payload, &id, &CancellationToken::new()).await?;
+        Ok(())
+    }
+
         let message = EvalResult {
             run: run.clone(),
             step: evaluation.step,
@@ -465,7 +599,7 @@ impl Evaluator {
         let run = self.settings.pipeline.run.clone();
         // One evaluator per run writes its results: a half-written one is from before a crash.
         self.store.remove_stale_temporaries(&format!("eval/{run}"), Duration::ZERO);
-        // Likewise its `best` pointer (only the evaluator writes it).
+        // Likewise its `best` and `promoted` pointers (only the evaluator writes them).
         self.store.remove_temporaries_of(&keys::checkpoint_best(&run));
         let stream = streams.checkpoints().await?;
         streams.evals().await?;
@@ -473,8 +607,13 @@ impl Evaluator {
         // announcements keep coming; the polling below catches up on any missed.
         let config = pull::Config {
             filter_subject: streams.subjects.checkpoints(&run),
+        self.store.remove_temporaries_of(&keys::checkpoint_promoted(&run));
+        if let Ok(Some(promoted)) = checkpoint::read_promoted(&self.store, &run).await {
+            metrics::gauge!("inception_promoted_step").set(promoted.step as f64);
+        }
             deliver_policy: DeliverPolicy::New,
             ack_policy: AckPolicy::None,
+        streams.promotions().await?;
             inactive_threshold: Duration::from_secs(120),
             ..Default::default()
         };

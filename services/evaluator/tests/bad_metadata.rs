@@ -25,6 +25,7 @@ async fn put_metadata(store: &Store, step: u64, model: ModelConfig, labels: usiz
         examples_seen: 0,
         weights: keys::checkpoint_weights("default", step),
         created_unix: 0,
+        lineage: Default::default(),
     };
     let key = keys::checkpoint_metadata("default", step);
     store.put(&key, Bytes::from(serde_json::to_vec(&meta).expect("json"))).await.expect("metadata written");

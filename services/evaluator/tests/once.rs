@@ -32,6 +32,7 @@ async fn put_checkpoint(store: &Store, step: u64, weights: Option<Vec<u8>>) -> S
         examples_seen: 0,
         weights: keys::checkpoint_weights("default", step),
         created_unix: 0,
+        lineage: Default::default(),
     };
     store.put(&meta.weights, Bytes::from(bytes)).await.unwrap();
     let key = keys::checkpoint_metadata("default", step);

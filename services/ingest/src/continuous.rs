@@ -42,6 +42,7 @@ pub use crate::ledger::{Ledger, LedgerEntry, LedgerImage};
 use crate::report::Outcome;
 use crate::source::{Location, Source, SourceObject};
 use crate::{bbox, labels, ImageFile, IngestError};
+use inception_core::manifest::ManifestImage;
 
 /// Where new shards are announced; NATS in the service, a list in tests.
 pub trait Announcer {
@@ -273,11 +274,13 @@ impl<'a, A: Announcer> Watcher<'a, A> {
             })
             .collect();
         let mut bytes = Vec::new();
+        let mut manifest = Vec::new();
         let mut records = 0u64;
         for (i, result) in converted {
             match result {
-                Ok(record) => {
+                Ok((record, image)) => {
                     tfrecord::write_record(&mut bytes, &record);
+                    manifest.push(image);
                     records += 1;
                     images[i] = LedgerImage { key: group[i].key.clone(), result: Outcome::Written, reason: None };
                 }
@@ -326,7 +329,7 @@ impl<'a, A: Announcer> Watcher<'a, A> {
             for i in &entry.images {
                 i.result.count();
             }
-            if let Err(e) = self.finish(&entry, Some(bytes)).await {
+            if let Err(e) = self.finish(&entry, Some((bytes, manifest))).await {
                 self.ledger.unfinished.push(entry);
                 return Err(e);
             }
@@ -335,21 +338,37 @@ impl<'a, A: Announcer> Watcher<'a, A> {
         }
     }
 
-    /// Steps 3 to 6 for a committed entry; `shard` is the shard's bytes when
-    /// just built (else it is rebuilt if missing).
-    async fn finish(&self, entry: &LedgerEntry, shard: Option<Vec<u8>>) -> Result<(), IngestError> {
+    /// Steps 3 to 6 for a committed entry; `shard` is the shard's bytes and
+    /// manifest when just built (else they are rebuilt if missing). The
+    /// manifest is written after the shard, before the announcement.
+    async fn finish(
+        &self,
+        entry: &LedgerEntry,
+        shard: Option<(Vec<u8>, Vec<ManifestImage>)>,
+    ) -> Result<(), IngestError> {
         let dataset = &self.settings.dataset.name;
         for image in entry.images.iter().filter(|i| i.result == Outcome::Quarantined) {
             self.quarantine(entry.sequence, image).await?;
         }
         if let Some(key) = &entry.shard {
             let records = match shard {
-                Some(bytes) => self.put_shard(key, bytes, entry.records).await?,
-                None if self.store.exists(key).await? => entry.records,
+                Some((bytes, images)) => {
+                    let records = self.put_shard(key, bytes, entry.records).await?;
+                    crate::put_manifest(self.store, key, images).await?;
+                    records
+                }
+                None if self.store.exists(key).await? => {
+                    if !self.store.exists(&keys::shard_manifest(key)).await? {
+                        crate::put_manifest(self.store, key, self.rebuild(entry).await?.images).await?;
+                    }
+                    entry.records
+                }
                 None => {
-                    let bytes = self.rebuild(entry).await?;
-                    let records = tfrecord::records(&bytes).count() as u64;
-                    self.put_shard(key, bytes, records).await?
+                    let built = self.rebuild(entry).await?;
+                    let records = tfrecord::records(&built.bytes).count() as u64;
+                    let records = self.put_shard(key, built.bytes, records).await?;
+                    crate::put_manifest(self.store, key, built.images).await?;
+                    records
                 }
             };
             let message = ShardReady {
@@ -384,7 +403,7 @@ impl<'a, A: Announcer> Watcher<'a, A> {
 
     /// Rebuilds a shard from its ledger entry (after a crash between the
     /// entry and the shard).
-    async fn rebuild(&self, entry: &LedgerEntry) -> Result<Vec<u8>, IngestError> {
+    async fn rebuild(&self, entry: &LedgerEntry) -> Result<crate::BuiltShard, IngestError> {
         let files: Vec<ImageFile> = entry
             .images
             .iter()
@@ -406,7 +425,7 @@ impl<'a, A: Announcer> Watcher<'a, A> {
         let built = tokio::task::spawn_blocking(move || crate::build_shard_with(&files, checks, &boxes, None))
             .await
             .map_err(|e| IngestError::Worker(e.to_string()))?;
-        Ok(built.bytes)
+        Ok(built)
     }
 
     fn locate(&self, key: &str) -> Location {
@@ -558,6 +577,20 @@ mod tests {
         let mut names: Vec<String> = shards.iter().flat_map(|s| shard_names(&store, &s.uri)).collect();
         names.sort();
         assert_eq!(names, vec!["a.jpg", "b.jpg", "c.jpg", "d.jpg"]);
+        // Each shard's manifest names its records' images, in record order.
+        for shard in &shards {
+            let bytes = store.get(&keys::shard_manifest(&shard.uri)).await.unwrap();
+            let manifest: inception_core::manifest::ShardManifest = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!((manifest.shard.as_str(), manifest.records), (shard.uri.as_str(), shard.records));
+            let files: Vec<String> =
+                manifest.images.iter().map(|i| i.source.rsplit('/').next().unwrap().to_string()).collect();
+            assert_eq!(files, shard_names(&store, &shard.uri));
+            for image in &manifest.images {
+                let source = std::fs::read(&image.source).unwrap();
+                assert_eq!(image.sha256, inception_core::manifest::sha256_hex(&source));
+                assert_eq!(image.size, source.len() as u64);
+            }
+        }
         let quarantined = store.list("datasets/flowers/ingest/quarantine/").await.unwrap();
         assert_eq!(
             quarantined,

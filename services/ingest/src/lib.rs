@@ -17,6 +17,11 @@
 //! image at all is an error ([`IngestError::NoImages`]). A one-shot run
 //! whose label map differs from that of the dataset's existing shards is
 //! refused before it writes anything ([`IngestError::LabelsChanged`]).
+//!
+//! Every shard written gets a manifest ([`inception_core::manifest`], at
+//! [`keys::shard_manifest`]): the source, size, SHA-256 and label of the
+//! image behind each record, written after the shard and before its
+//! announcement.
 
 pub mod announce;
 pub mod bbox;
@@ -32,6 +37,7 @@ pub mod source;
 use bytes::Bytes;
 use futures::StreamExt;
 use inception_core::example::ImageExample;
+use inception_core::manifest::{sha256_hex, ManifestImage, ShardManifest};
 use inception_core::settings::JpegCheckSetting;
 use inception_core::store::StoreError;
 use inception_core::{keys, tfrecord, Settings, Store};
@@ -167,11 +173,23 @@ impl ImageChecks {
     }
 }
 
-/// Reads and converts one image to a serialized tf.Example, or says why not.
-pub fn convert(file: &ImageFile, checks: ImageChecks, boxes: &bbox::Boxes) -> Result<Vec<u8>, Skipped> {
+/// Reads and converts one image to a serialized tf.Example, or says why
+/// not; with the image's manifest entry (hashed before any re-encoding).
+pub fn convert(
+    file: &ImageFile,
+    checks: ImageChecks,
+    boxes: &bbox::Boxes,
+) -> Result<(Vec<u8>, ManifestImage), Skipped> {
     let skipped = |result, reason: String| Skipped { file: file.display.clone(), result, reason };
     let bytes =
         file.location.read_blocking_at_most(checks.max_bytes).map_err(|e| skipped(Outcome::SkippedUnreadable, e))?;
+    let image = ManifestImage {
+        source: file.display.clone(),
+        size: bytes.len() as u64,
+        sha256: sha256_hex(&bytes),
+        label: file.label,
+        text: file.text.clone(),
+    };
     let (encoded, width, height) = inception_vision::into_rgb_jpeg_checked(bytes, checks.max_pixels, checks.jpeg)
         .map_err(|e| skipped(Outcome::of(&e), e.to_string()))?;
     let example = ImageExample {
@@ -183,7 +201,17 @@ pub fn convert(file: &ImageFile, checks: ImageChecks, boxes: &bbox::Boxes) -> Re
         filename: file.name.clone(),
     };
     let b = boxes.get(&file.name).map_or(&[][..], Vec::as_slice);
-    Ok(example.into_bytes_with_boxes(b))
+    Ok((example.into_bytes_with_boxes(b), image))
+}
+
+/// Writes the manifest of the shard at `shard_key` (its records' images, in
+/// record order). Written whole (a re-run writes the same again).
+pub async fn put_manifest(store: &Store, shard_key: &str, images: Vec<ManifestImage>) -> Result<(), IngestError> {
+    let key = keys::shard_manifest(shard_key);
+    let json = serde_json::to_vec(&ShardManifest::new(shard_key, images))
+        .map_err(|e| IngestError::Input { path: key.clone(), message: e.to_string() })?;
+    store.put(&key, Bytes::from(json)).await?;
+    Ok(())
 }
 
 /// What [`build_shard_with`] made: the whole shard in memory.
@@ -192,6 +220,8 @@ pub struct BuiltShard {
     pub bytes: Vec<u8>,
     pub written: usize,
     pub skipped: Vec<Skipped>,
+    /// The manifest entries of the records, in order.
+    pub images: Vec<ManifestImage>,
 }
 
 /// Reads and converts files to one TFRecord shard in memory. Unusable files
@@ -204,7 +234,7 @@ pub fn build_shard_with(
     progress: Option<&progress::Progress>,
 ) -> BuiltShard {
     let mut records = Vec::with_capacity(files.len());
-    let (written, skipped) = convert_all(files, checks, boxes, progress, |record| {
+    let (written, skipped, images) = convert_all(files, checks, boxes, progress, |record| {
         records.push(record);
         true
     });
@@ -214,24 +244,25 @@ pub fn build_shard_with(
     for record in &records {
         tfrecord::write_record(&mut bytes, record);
     }
-    BuiltShard { bytes, written, skipped }
+    BuiltShard { bytes, written, skipped, images }
 }
 
 /// As [`build_shard_with`], handing the shard out in framed chunks of
 /// about `STREAM_CHUNK_BYTES` through `chunks` (then `None`), so that it is
 /// stored while it is converted. Stops early if the receiver goes away.
 /// Sends no `None` when no record was made (the upload is then aborted).
+/// Returns (written, skipped, the records' manifest entries).
 pub fn stream_shard_with(
     files: &[ImageFile],
     checks: ImageChecks,
     boxes: &bbox::Boxes,
     progress: Option<&progress::Progress>,
     chunks: &tokio::sync::mpsc::Sender<Option<Bytes>>,
-) -> (usize, Vec<Skipped>) {
+) -> (usize, Vec<Skipped>, Vec<ManifestImage>) {
     let mut chunk = Vec::with_capacity(STREAM_CHUNK_BYTES + (1 << 20));
     let mut open = true;
     let mut framed = 0;
-    let (written, skipped) = convert_all(files, checks, boxes, progress, |record| {
+    let (written, skipped, images) = convert_all(files, checks, boxes, progress, |record| {
         tfrecord::write_record(&mut chunk, &record);
         framed += 1;
         if chunk.len() >= STREAM_CHUNK_BYTES {
@@ -245,7 +276,7 @@ pub fn stream_shard_with(
     if framed > 0 && open && (chunk.is_empty() || chunks.blocking_send(Some(Bytes::from(chunk))).is_ok()) {
         let _ = chunks.blocking_send(None);
     }
-    (written, skipped)
+    (written, skipped, images)
 }
 
 /// Chunks of a streamed shard: big enough for few writes, small enough
@@ -253,19 +284,20 @@ pub fn stream_shard_with(
 const STREAM_CHUNK_BYTES: usize = 8 << 20;
 
 /// Converts `files` in order, giving each record to `emit` (which returns
-/// false to stop); returns (written, skipped).
+/// false to stop); returns (written, skipped, the records' manifest entries).
 fn convert_all(
     files: &[ImageFile],
     checks: ImageChecks,
     boxes: &bbox::Boxes,
     progress: Option<&progress::Progress>,
     mut emit: impl FnMut(Vec<u8>) -> bool,
-) -> (usize, Vec<Skipped>) {
-    let (mut written, mut skipped) = (0, Vec::new());
+) -> (usize, Vec<Skipped>, Vec<ManifestImage>) {
+    let (mut written, mut skipped, mut images) = (0, Vec::new(), Vec::new());
     for f in files {
         match convert(f, checks, boxes) {
-            Ok(record) => {
+            Ok((record, image)) => {
                 written += 1;
+                images.push(image);
                 Outcome::Written.count();
                 if !emit(record) {
                     break;
@@ -281,7 +313,7 @@ fn convert_all(
             p.inc();
         }
     }
-    (written, skipped)
+    (written, skipped, images)
 }
 
 /// One-shot ingest of the configured train and validation folders or
@@ -377,11 +409,16 @@ async fn kept_shard(
     boxes: Arc<bbox::Boxes>,
     progress: Arc<progress::Progress>,
 ) -> Result<(usize, Vec<Skipped>), IngestError> {
-    let (converted, skipped) =
+    let (converted, skipped, images) =
         tokio::task::spawn_blocking(move || convert_all(&files[range], checks, &boxes, Some(&progress), |_| true))
             .await
             .map_err(|e| IngestError::Worker(e.to_string()))?;
     let records = records_in(key, &store.get(key).await?)?;
+    if records == converted && records > 0 && !store.exists(&keys::shard_manifest(key)).await? {
+        // A shard from before manifests: its images give the same records now.
+        tracing::info!("{key} has no manifest: written from its images as they are now");
+        put_manifest(store, key, images).await?;
+    }
     let rewrite = "delete it, or ingest into a new dataset, to rewrite it";
     if records == 0 {
         tracing::warn!("{key} already exists but holds no record: not announced; {rewrite}");
@@ -446,7 +483,7 @@ async fn write_split<A: continuous::Announcer>(
                 stream_shard_with(&files[range], checks, &boxes, Some(&progress), &tx)
             });
             let stored = store.put_streamed(&key, rx).await;
-            let (written, skipped) = converting.await.map_err(|e| IngestError::Worker(e.to_string()))?;
+            let (written, skipped, manifest) = converting.await.map_err(|e| IngestError::Worker(e.to_string()))?;
             if written == 0 {
                 // The upload was aborted (no commit was sent): an empty
                 // shard would be announced as data that is not there.
@@ -458,6 +495,7 @@ async fn write_split<A: continuous::Announcer>(
                 return Ok((index, key, 0, skipped));
             }
             stored?;
+            put_manifest(store, &key, manifest).await?;
             metrics::counter!("inception_ingest_shards_written_total").increment(1);
             tracing::info!("wrote {key} ({written} records)");
             Ok((index, key, written, skipped))

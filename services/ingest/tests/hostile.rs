@@ -91,6 +91,11 @@ impl Setup {
     }
 }
 
+/// A shard's key (not a manifest's, under `manifests/`).
+fn is_shard_key(key: &str) -> bool {
+    key.strip_prefix("datasets/hostile/").is_some_and(|n| n.starts_with("train-") && !n.contains('/'))
+}
+
 fn jpeg(seed: u8) -> Vec<u8> {
     let img = image::RgbImage::from_fn(16, 12, |x, y| image::Rgb([seed, (x * 9) as u8, (y * 13) as u8]));
     let mut out = std::io::Cursor::new(Vec::new());
@@ -176,7 +181,7 @@ async fn a_run_without_a_usable_image_fails_and_writes_no_shard() {
     assert!(err.contains("<label>/<image>"), "{err}");
     assert!(s.announced().await.is_empty());
     let shards: Vec<String> =
-        s.store.list("datasets/hostile/").await.unwrap().into_iter().filter(|k| k.contains("train-")).collect();
+        s.store.list("datasets/hostile/").await.unwrap().into_iter().filter(|k| is_shard_key(k)).collect();
     assert!(shards.is_empty(), "{shards:?}");
     // The report still says why each input was not used.
     let report: RunReport = serde_json::from_slice(&std::fs::read(&report_file).unwrap()).unwrap();
@@ -201,9 +206,19 @@ async fn no_shard_is_empty_and_every_count_is_what_the_shard_holds() {
     assert_eq!(announced.len(), 1, "{announced:?}");
     assert_eq!(announced[0].records, 1);
     let stored: Vec<String> =
-        s.store.list("datasets/hostile/").await.unwrap().into_iter().filter(|k| k.contains("train-")).collect();
+        s.store.list("datasets/hostile/").await.unwrap().into_iter().filter(|k| is_shard_key(k)).collect();
     assert_eq!(stored, vec![announced[0].uri.clone()]);
     assert_eq!(s.records_in(&announced[0].uri).await, 1);
+    // Its manifest (beside the shards, never listed as one) names the one good image.
+    let bytes = s.store.get(&keys::shard_manifest(&announced[0].uri)).await.unwrap();
+    let manifest: inception_core::manifest::ShardManifest = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(manifest.records, 1);
+    let image = &manifest.images[0];
+    assert_eq!(
+        (image.source.as_str(), image.label, image.text.as_str()),
+        (&*train.join("daisy/good.jpg").display().to_string(), 1, "daisy")
+    );
+    assert_eq!(image.sha256, inception_core::manifest::sha256_hex(&jpeg(5)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,6 +32,63 @@ pub struct CheckpointMeta {
     /// Object key of the safetensors file.
     pub weights: String,
     pub created_unix: i64,
+    /// What the checkpoint was trained on, and from which checkpoint
+    /// (absent from checkpoints written before lineage was recorded).
+    #[serde(default)]
+    pub lineage: Lineage,
+}
+
+/// Where a checkpoint comes from: its parent checkpoint, and the examples
+/// it was trained on by shard, since the parent and since the first
+/// checkpoint of its line. Counts are examples (images in trained batches,
+/// each draw counted: an image drawn twice counts twice), summed from the
+/// batch messages (`BatchReady.shards`). Every list is bounded (see
+/// [`inception_core::limits`]): what does not fit is counted, unnamed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Lineage {
+    /// Metadata key of the checkpoint this one continued from (resumed, or
+    /// the previous one of the same trainer); none for a first checkpoint.
+    pub parent: Option<String>,
+    /// The parent's step.
+    pub parent_step: Option<u64>,
+    /// Examples trained on since the parent.
+    pub examples: u64,
+    /// Of those, by shard, in the order first drawn.
+    pub shards: Vec<ShardCount>,
+    /// Examples since the parent whose shard is not named (batches from
+    /// workers that do not say, or shards beyond the list's bound).
+    pub unattributed_examples: u64,
+    /// Examples trained on since the first checkpoint of the line (this
+    /// one's and every ancestor's, including the parent's).
+    pub total_examples: u64,
+    /// Of those, by shard.
+    pub total_shards: Vec<ShardCount>,
+    /// As `unattributed_examples`, since the first checkpoint.
+    pub total_unattributed_examples: u64,
+    /// The line's earlier checkpoints, oldest first (the parent last): at
+    /// most [`inception_core::limits::MAX_LINEAGE_ANCESTORS`].
+    pub ancestors: Vec<Ancestor>,
+    /// Ancestors older than the first listed one, dropped for the bound.
+    pub ancestors_left_out: u64,
+}
+
+/// Examples drawn from one shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardCount {
+    /// The shard's key (`datasets/<name>/train-…`).
+    pub shard: String,
+    pub examples: u64,
+}
+
+/// An earlier checkpoint of a line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ancestor {
+    pub step: u64,
+    /// Its metadata key (it may have been pruned since).
+    pub metadata: String,
+    /// Examples it was trained on since its own parent.
+    pub examples: u64,
 }
 
 /// The most a checkpoint's metadata file may have: room for
@@ -89,6 +146,40 @@ impl BestPointer {
             || (precision_at_1 == self.precision_at_1 && validation_loss < self.validation_loss)
     }
 
+    /// Whether `metadata_key` is the checkpoint this points at.
+    pub fn points_at(&self, metadata_key: &str) -> bool {
+        metadata_key == self.metadata || step_of(metadata_key) == Some(self.step)
+    }
+}
+
+/// The `promoted` pointer object: the run's checkpoint to serve, moved by
+/// the evaluator's promotion gate. The same JSON as [`BestPointer`], plus
+/// when it was promoted and what it replaced; written whole with one put.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromotedPointer {
+    pub step: u64,
+    /// Key of the checkpoint's metadata (`model.ckpt-<step>.json`).
+    pub metadata: String,
+    /// Key of the checkpoint's tensors (`model.ckpt-<step>.safetensors`).
+    pub weights: String,
+    pub precision_at_1: f64,
+    /// Mean cross-entropy of the logits on the validation set.
+    pub validation_loss: f64,
+    /// Validation examples of the evaluation that promoted it.
+    #[serde(default)]
+    pub examples: u64,
+    /// When it was promoted.
+    #[serde(default)]
+    pub promoted_unix: i64,
+    /// The step of the checkpoint it replaced; none for the first.
+    #[serde(default)]
+    pub previous_step: Option<u64>,
+    /// Key of the decision that promoted it (`promotions/step-<step>.json`).
+    #[serde(default)]
+    pub decision: String,
+}
+
+impl PromotedPointer {
     /// Whether `metadata_key` is the checkpoint this points at.
     pub fn points_at(&self, metadata_key: &str) -> bool {
         metadata_key == self.metadata || step_of(metadata_key) == Some(self.step)
@@ -165,6 +256,22 @@ pub async fn read_pointer(store: &Store, run: &str) -> Result<Option<CheckpointP
 /// Reads a run's `best` pointer; `None` when no evaluation has written one yet.
 pub async fn read_best(store: &Store, run: &str) -> Result<Option<BestPointer>, CheckpointError> {
     read_json_if_any(store, keys::checkpoint_best(run)).await
+}
+
+/// Reads a run's `promoted` pointer; `None` when nothing was promoted yet.
+pub async fn read_promoted(store: &Store, run: &str) -> Result<Option<PromotedPointer>, CheckpointError> {
+    read_json_if_any(store, keys::checkpoint_promoted(run)).await
+}
+
+/// Reads a checkpoint's metadata alone (no weights), within
+/// [`MAX_METADATA_BYTES`], not validated against a model.
+pub async fn read_meta(store: &Store, metadata_key: &str) -> Result<CheckpointMeta, CheckpointError> {
+    let corrupt = |message: String| CheckpointError::Corrupt { key: metadata_key.to_string(), message };
+    let bytes = store.get_at_most(metadata_key, MAX_METADATA_BYTES).await.map_err(|e| match e {
+        too_large @ StoreError::TooLarge { .. } => corrupt(too_large.to_string()),
+        other => other.into(),
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))
 }
 
 /// A JSON object of the store; `None` when there is none under `key`.
@@ -463,5 +570,22 @@ mod tests {
         assert_eq!(step_of("checkpoints/r/model.ckpt-120.json"), Some(120));
         assert_eq!(step_of("checkpoints/r/model.ckpt-7.safetensors"), Some(7));
         assert_eq!(step_of("checkpoints/r/checkpoint"), None);
+    }
+
+    #[test]
+    fn metadata_and_pointers_written_before_lineage_still_load() {
+        let old = serde_json::json!({
+            "format_version": 1, "run": "r", "step": 10, "labels": ["a"], "model": cfg(2),
+            "bn_updates": 10, "examples_seen": 80, "weights": "checkpoints/r/model.ckpt-10.safetensors",
+            "created_unix": 0,
+        });
+        let meta: CheckpointMeta = serde_json::from_value(old).unwrap();
+        assert_eq!(meta.lineage, Lineage::default());
+        let best = serde_json::json!({
+            "step": 10, "metadata": "checkpoints/r/model.ckpt-10.json",
+            "weights": "checkpoints/r/model.ckpt-10.safetensors", "precision_at_1": 0.5, "validation_loss": 1.0,
+        });
+        let promoted: PromotedPointer = serde_json::from_value(best).unwrap();
+        assert!(promoted.points_at("checkpoints/r/model.ckpt-10.json") && promoted.previous_step.is_none());
     }
 }

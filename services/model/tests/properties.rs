@@ -111,6 +111,7 @@ fn meta(model: ModelConfig, labels: Vec<String>, step: u64) -> CheckpointMeta {
         examples_seen: step.saturating_mul(32),
         weights: keys::checkpoint_weights("run-1", step),
         created_unix: 1_700_000_000,
+        lineage: Default::default(),
     }
 }
 

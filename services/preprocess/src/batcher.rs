@@ -69,15 +69,29 @@ pub fn build_batch<R: Rng>(
     aug: &Augmentation,
     rng: &mut R,
 ) -> Batch {
+    build_batch_marking_used(records, image_size, max_pixels, aug, rng).0
+}
+
+/// As [`build_batch`], also saying which records made it into the batch.
+pub fn build_batch_marking_used<R: Rng>(
+    records: &[Vec<u8>],
+    image_size: u32,
+    max_pixels: u64,
+    aug: &Augmentation,
+    rng: &mut R,
+) -> (Batch, Vec<bool>) {
     let mut batch = Batch { image_size, images: Vec::new(), labels: Vec::new() };
     batch.images.reserve(records.len() * (image_size as usize).pow(2) * 3);
+    let mut used = Vec::with_capacity(records.len());
     for record in records {
-        if let Err(reason) = add_record(&mut batch, record, max_pixels, aug, rng) {
+        let result = add_record(&mut batch, record, max_pixels, aug, rng);
+        used.push(result.is_ok());
+        if let Err(reason) = result {
             metrics::counter!("inception_preprocess_errors_total", "kind" => "record").increment(1);
             tracing::warn!("skipping a record: {reason}");
         }
     }
-    batch
+    (batch, used)
 }
 
 #[cfg(test)]

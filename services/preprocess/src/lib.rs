@@ -27,7 +27,7 @@ use inception_core::nats::{NatsError, Streams};
 use inception_core::shutdown::CancellationToken;
 use inception_core::store::StoreError;
 use inception_core::{keys, tfrecord, Settings, Store};
-use inception_proto::pipeline::BatchReady;
+use inception_proto::pipeline::{BatchReady, ShardExamples};
 use inception_proto::Message;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -164,6 +164,15 @@ struct Worker<'a> {
     rng: ChaCha8Rng,
     /// Batches handed over so far (and the next batch's number).
     sequence: u64,
+    /// The keys of the shards read so far, numbered in the buffer by their index.
+    shard_keys: Vec<String>,
+    shard_numbers: std::collections::HashMap<String, u32>,
+}
+
+/// A batch ready to hand over, and how many of its images each shard gave.
+struct DrawnBatch {
+    batch: inception_core::batch::Batch,
+    shards: Vec<ShardExamples>,
 }
 
 impl<'a> Worker<'a> {
@@ -194,6 +203,8 @@ impl<'a> Worker<'a> {
             ),
             rng: ChaCha8Rng::seed_from_u64(seed),
             sequence: 0,
+            shard_keys: Vec::new(),
+            shard_numbers: std::collections::HashMap::new(),
         }
     }
 
@@ -252,14 +263,26 @@ impl<'a> Worker<'a> {
         self.buffer_records(&shard.uri, &bytes);
     }
 
+    /// The worker's number for the shard `uri` (the same at every read).
+    fn shard_number(&mut self, uri: &str) -> u32 {
+        if let Some(&n) = self.shard_numbers.get(uri) {
+            return n;
+        }
+        let n = self.shard_keys.len() as u32;
+        self.shard_keys.push(uri.to_string());
+        self.shard_numbers.insert(uri.to_string(), n);
+        n
+    }
+
     fn buffer_records(&mut self, uri: &str, bytes: &[u8]) {
+        let shard = self.shard_number(uri);
         for r in tfrecord::records(bytes) {
             match r {
                 Ok(data) if self.settings.preprocess.class_balanced => {
                     let label = inception_core::example::parse_image_example(data).ok().map(|p| p.label);
-                    self.buffer.extend_labelled([(label, data.to_vec())]);
+                    self.buffer.extend_from_shard(shard, [(label, data.to_vec())]);
                 }
-                Ok(data) => self.buffer.extend([data.to_vec()]),
+                Ok(data) => self.buffer.extend_from_shard(shard, [(None, data.to_vec())]),
                 Err(e) => {
                     metrics::counter!("inception_preprocess_errors_total", "kind" => "framing").increment(1);
                     tracing::error!("shard {uri}: {e}; using the records before it");
@@ -272,18 +295,19 @@ impl<'a> Worker<'a> {
 
     /// Decodes and distorts a batch drawn from the buffer (on a blocking
     /// thread); None when none of its records could be used.
-    async fn next_batch(&mut self) -> Result<Option<inception_core::batch::Batch>, PreprocessError> {
-        let chunk = if self.settings.preprocess.class_balanced {
-            self.buffer.take_balanced(self.batch_size, &mut self.rng)
+    async fn next_batch(&mut self) -> Result<Option<DrawnBatch>, PreprocessError> {
+        let drawn = if self.settings.preprocess.class_balanced {
+            self.buffer.take_balanced_with_shards(self.batch_size, &mut self.rng)
         } else {
-            self.buffer.take(self.batch_size, &mut self.rng)
+            self.buffer.take_with_shards(self.batch_size, &mut self.rng)
         };
+        let (from, chunk): (Vec<u32>, Vec<Vec<u8>>) = drawn.into_iter().unzip();
         let started = Instant::now();
         let (size, max_pixels) = (self.settings.model.image_size, self.settings.pipeline.max_image_pixels);
         let augmentation = self.augmentation.clone();
         let mut rng = ChaCha8Rng::seed_from_u64(self.rng.random());
-        let batch = tokio::task::spawn_blocking(move || {
-            batcher::build_batch(&chunk, size, max_pixels, &augmentation, &mut rng)
+        let (batch, used) = tokio::task::spawn_blocking(move || {
+            batcher::build_batch_marking_used(&chunk, size, max_pixels, &augmentation, &mut rng)
         })
         .await
         .map_err(|e| PreprocessError::Worker(e.to_string()))?;
@@ -291,7 +315,8 @@ impl<'a> Worker<'a> {
             return Ok(None);
         }
         metrics::histogram!("inception_preprocess_batch_seconds").record(started.elapsed().as_secs_f64());
-        Ok(Some(batch))
+        let shards = shard_counts(&self.shard_keys, from.iter().zip(&used).filter(|(_, u)| **u).map(|(s, _)| *s));
+        Ok(Some(DrawnBatch { batch, shards }))
     }
 
     /// Waits for room in the queue, writes the batch object and queues its
@@ -299,10 +324,11 @@ impl<'a> Worker<'a> {
     /// is removed again).
     async fn hand_over(
         &mut self,
-        batch: &inception_core::batch::Batch,
+        drawn: &DrawnBatch,
         stall: &Stall,
         shutdown: &CancellationToken,
     ) -> Result<bool, PreprocessError> {
+        let batch = &drawn.batch;
         let waited = Instant::now();
         if !queue::wait_for_room(&self.queue, stall, shutdown).await? {
             return Ok(false);
@@ -318,6 +344,7 @@ impl<'a> Worker<'a> {
             producer: self.producer.clone(),
             sequence: self.sequence,
             labels: batch.labels.clone(),
+            shards: drawn.shards.clone(),
         };
         match self.streams.publish_acked(&self.subject, Bytes::from(message.encode_to_vec()), &key, shutdown).await {
             Ok(_) => {
@@ -337,9 +364,36 @@ impl<'a> Worker<'a> {
     }
 }
 
+/// Examples by shard key, in the order first drawn, from the shard numbers
+/// of a batch's images (numbers without a key are left out).
+fn shard_counts(keys: &[String], numbers: impl Iterator<Item = u32>) -> Vec<ShardExamples> {
+    let mut counts: Vec<ShardExamples> = Vec::new();
+    for n in numbers {
+        let Some(key) = keys.get(n as usize) else { continue };
+        match counts.iter_mut().find(|c| c.shard == *key) {
+            Some(c) => c.examples += 1,
+            None => counts.push(ShardExamples { shard: key.clone(), examples: 1 }),
+        }
+    }
+    counts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_counts_its_images_by_shard() {
+        let keys = vec!["datasets/f/train-0".to_string(), "datasets/f/train-1".to_string()];
+        let counts = shard_counts(&keys, [1, 0, 1, shuffle::NO_SHARD, 1].into_iter());
+        assert_eq!(
+            counts,
+            vec![
+                ShardExamples { shard: keys[1].clone(), examples: 3 },
+                ShardExamples { shard: keys[0].clone(), examples: 1 }
+            ]
+        );
+    }
 
     #[tokio::test]
     async fn a_failing_store_is_retried_until_the_batch_is_written() {

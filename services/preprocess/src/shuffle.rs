@@ -9,14 +9,23 @@
 //! first picks a label uniformly among those in the buffer, then a record
 //! of that label: every class is seen about equally often however skewed
 //! the data (minority classes are repeated, majority ones subsampled).
+//!
+//! Each record also keeps the number of the shard it came from (4 bytes,
+//! the worker's own numbering), so that a batch can say which shards its
+//! images were drawn from (lineage).
 
 use rand::Rng;
+
+/// The shard number of records added without one.
+pub const NO_SHARD: u32 = u32::MAX;
 
 /// Serialized records waiting to be drawn into batches.
 pub struct ShuffleBuffer {
     records: Vec<Vec<u8>>,
     /// Each record's label, for class-balanced draws (None: unknown).
     labels: Vec<Option<i64>>,
+    /// Each record's shard number ([`NO_SHARD`]: not known).
+    shards: Vec<u32>,
     bytes: usize,
     min_after_dequeue: usize,
     max_bytes: usize,
@@ -24,7 +33,7 @@ pub struct ShuffleBuffer {
 
 impl ShuffleBuffer {
     pub fn new(min_after_dequeue: usize, max_bytes: usize) -> Self {
-        Self { records: Vec::new(), labels: Vec::new(), bytes: 0, min_after_dequeue, max_bytes }
+        Self { records: Vec::new(), labels: Vec::new(), shards: Vec::new(), bytes: 0, min_after_dequeue, max_bytes }
     }
 
     /// Bytes of the records held.
@@ -53,15 +62,26 @@ impl ShuffleBuffer {
 
     /// Adds records with their labels, for class-balanced draws.
     pub fn extend_labelled(&mut self, records: impl IntoIterator<Item = (Option<i64>, Vec<u8>)>) {
+        self.extend_from_shard(NO_SHARD, records);
+    }
+
+    /// Adds records (with their labels, if known) of the shard numbered `shard`.
+    pub fn extend_from_shard(&mut self, shard: u32, records: impl IntoIterator<Item = (Option<i64>, Vec<u8>)>) {
         for (label, r) in records {
             self.bytes += r.len();
             self.records.push(r);
             self.labels.push(label);
+            self.shards.push(shard);
         }
     }
 
     /// Draws `n` records (fewer if it holds fewer) uniformly at random.
     pub fn take<R: Rng>(&mut self, n: usize, rng: &mut R) -> Vec<Vec<u8>> {
+        self.take_with_shards(n, rng).into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// As [`ShuffleBuffer::take`], each record with its shard number.
+    pub fn take_with_shards<R: Rng>(&mut self, n: usize, rng: &mut R) -> Vec<(u32, Vec<u8>)> {
         (0..n.min(self.records.len())).map(|_| self.remove(rng.random_range(0..self.records.len()))).collect()
     }
 
@@ -69,6 +89,11 @@ impl ShuffleBuffer {
     /// uniformly among the labels in the buffer (records of unknown label
     /// form one group of their own).
     pub fn take_balanced<R: Rng>(&mut self, n: usize, rng: &mut R) -> Vec<Vec<u8>> {
+        self.take_balanced_with_shards(n, rng).into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// As [`ShuffleBuffer::take_balanced`], each record with its shard number.
+    pub fn take_balanced_with_shards<R: Rng>(&mut self, n: usize, rng: &mut R) -> Vec<(u32, Vec<u8>)> {
         (0..n.min(self.records.len()))
             .map(|_| {
                 let mut present: Vec<Option<i64>> = self.labels.clone();
@@ -83,11 +108,12 @@ impl ShuffleBuffer {
             .collect()
     }
 
-    fn remove(&mut self, i: usize) -> Vec<u8> {
+    fn remove(&mut self, i: usize) -> (u32, Vec<u8>) {
         self.labels.swap_remove(i);
+        let shard = self.shards.swap_remove(i);
         let r = self.records.swap_remove(i);
         self.bytes -= r.len();
-        r
+        (shard, r)
     }
 }
 
@@ -153,6 +179,24 @@ mod tests {
         assert!(balanced[2] >= 150, "the rarest class is drawn in most batches: {balanced:?}");
         let ratio = balanced[0] as f64 / balanced[1] as f64;
         assert!((0.8..1.25).contains(&ratio), "labels 1 and 2 equally often: {balanced:?}");
+    }
+
+    #[test]
+    fn records_keep_their_shard_through_draws() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let mut buffer = ShuffleBuffer::new(0, usize::MAX);
+        for shard in 0..3u32 {
+            buffer.extend_from_shard(shard, (0..10u8).map(|i| (Some(i64::from(i % 2)), vec![shard as u8, i])));
+        }
+        buffer.extend([vec![9, 9]]);
+        let mut drawn = buffer.take_with_shards(20, &mut rng);
+        drawn.extend(buffer.take_balanced_with_shards(11, &mut rng));
+        assert_eq!(drawn.len(), 31);
+        assert!(buffer.is_empty());
+        for (shard, record) in drawn {
+            let expected = if record == [9, 9] { NO_SHARD } else { u32::from(record[0]) };
+            assert_eq!(shard, expected, "{record:?}");
+        }
     }
 
     #[test]

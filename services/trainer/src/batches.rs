@@ -10,7 +10,7 @@ use inception_core::shutdown::{sleep_or_cancel, CancellationToken};
 use inception_core::stall::Stall;
 use inception_core::store::StoreError;
 use inception_core::{keys, Store};
-use inception_proto::pipeline::BatchReady;
+use inception_proto::pipeline::{BatchReady, ShardExamples};
 use std::time::{Duration, Instant};
 use tch::{Kind, Tensor};
 
@@ -57,6 +57,8 @@ pub struct Delivery {
     /// The batch object's key.
     pub key: String,
     pub batch: Batch,
+    /// The shards its images came from, as its message says (lineage).
+    pub shards: Vec<ShardExamples>,
     /// From the end of the previous step until this message arrived.
     pub waited: Duration,
     /// When the message arrived: a step's time counts from here.
@@ -156,11 +158,11 @@ impl BatchSource {
                 continue;
             }
             match self.receive(&message, shutdown).await {
-                Ok((key, batch)) => {
+                Ok((key, batch, shards)) => {
                     if let Some(stall) = &self.stall {
                         stall.progressed();
                     }
-                    return Some(Delivery { message, key, batch, waited, arrived });
+                    return Some(Delivery { message, key, batch, shards, waited, arrived });
                 }
                 Err(BatchProblem::Unusable(reason)) => settle(&message, &Outcome::Unusable(reason)).await,
                 Err(BatchProblem::Store(_)) => {
@@ -180,7 +182,7 @@ impl BatchSource {
         &self,
         message: &jetstream::Message,
         shutdown: &CancellationToken,
-    ) -> Result<(String, Batch), BatchProblem> {
+    ) -> Result<(String, Batch, Vec<ShardExamples>), BatchProblem> {
         let mut backoff = inception_core::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
         loop {
             match receive_batch(&self.store, &self.spec, &message.payload).await {
@@ -260,7 +262,11 @@ impl From<String> for BatchProblem {
 }
 
 /// The batch a message points at, checked against `spec`.
-async fn receive_batch(store: &Store, spec: &BatchSpec, payload: &[u8]) -> Result<(String, Batch), BatchProblem> {
+async fn receive_batch(
+    store: &Store,
+    spec: &BatchSpec,
+    payload: &[u8],
+) -> Result<(String, Batch, Vec<ShardExamples>), BatchProblem> {
     let ready: BatchReady =
         inception_core::nats::decode_control(payload).map_err(|e| BatchProblem::Unusable(e.to_string()))?;
     let dir = keys::batch_dir(&spec.dataset);
@@ -273,7 +279,7 @@ async fn receive_batch(store: &Store, spec: &BatchSpec, payload: &[u8]) -> Resul
     })?;
     let batch = Batch::from_bytes(&bytes).map_err(|e| format!("{}: {e}", ready.uri))?;
     check_batch(&batch, spec).map_err(|e| format!("{}: {e}", ready.uri))?;
-    Ok((ready.uri, batch))
+    Ok((ready.uri, batch, ready.shards))
 }
 
 /// Whether a well-formed batch fits the model and the configured batch size.

@@ -17,6 +17,7 @@ pub mod early_stop;
 pub mod ema;
 pub mod flat;
 pub mod history;
+pub mod lineage;
 pub mod optimizer;
 pub mod saver;
 pub mod schedule;
@@ -144,10 +145,11 @@ pub async fn run(
         };
         let (examples, waited, arrived) = (delivery.batch.len() as u64, delivery.waited, delivery.arrived);
         delivery.settle(Outcome::Trained, store).await;
+        state.lineage.add(&delivery.shards, examples);
         let step = StepReport { examples, loss, lr, waited, elapsed: arrived.elapsed() };
         progress.record(&state, &step, t.log_every_steps);
         if state.step.is_multiple_of(t.checkpoint_every_steps) {
-            checkpoint(store, streams, settings, &state, &cfg, shutdown).await?;
+            checkpoint(store, streams, settings, &mut state, &cfg, shutdown).await?;
             progress.history.save(store, &settings.pipeline.run).await;
             last_saved = state.step;
         }
@@ -155,7 +157,7 @@ pub async fn run(
     progress.summarize();
     if state.step > last_saved {
         // Also on SIGTERM: the work done so far is kept.
-        checkpoint(store, streams, settings, &state, &cfg, &CancellationToken::new()).await?;
+        checkpoint(store, streams, settings, &mut state, &cfg, &CancellationToken::new()).await?;
     }
     progress.history.save(store, &settings.pipeline.run).await;
     Ok(state.step)
@@ -306,12 +308,13 @@ async fn checkpoint(
     store: &Store,
     streams: &Streams,
     settings: &Settings,
-    state: &TrainState,
+    state: &mut TrainState,
     cfg: &ModelConfig,
     shutdown: &CancellationToken,
 ) -> Result<(), TrainError> {
     let run = &settings.pipeline.run;
     let meta = CheckpointMeta {
+    let lineage = state.lineage.lineage();
         format_version: checkpoint::FORMAT_VERSION,
         run: run.clone(),
         step: state.step,
@@ -322,8 +325,11 @@ async fn checkpoint(
         weights: keys::checkpoint_weights(run, state.step),
         created_unix: chrono::Utc::now().timestamp(),
     };
+        lineage,
     saver::save(store, streams, &meta, &state.checkpoint_tensors(), settings.train.keep_checkpoints, shutdown).await?;
     Ok(())
+    // The next checkpoint's examples are counted from this one.
+    state.lineage.saved(&keys::checkpoint_metadata(run, meta.step), meta.step, meta.lineage);
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 //! Order of writes: weights, then metadata, then the run's `checkpoint`
 //! pointer, then the `CheckpointReady` announcement. A crash at any point
 //! leaves the previous pointer valid, so a restart resumes from a complete
-//! checkpoint. Only the last `keep` checkpoints are kept, and the one the
-//! evaluator's `best` pointer names, whatever its age.
+//! checkpoint. Only the last `keep` checkpoints are kept, and the ones the
+//! evaluator's `best` and `promoted` pointers name, whatever their age.
 
 use bytes::Bytes;
 use inception_core::nats::{NatsError, Streams};
@@ -45,7 +45,8 @@ pub async fn save(
 }
 
 /// Writes the checkpoint (weights, metadata, pointer) and deletes those
-/// beyond the newest `keep`, except the one the run's `best` points at.
+/// beyond the newest `keep`, except the ones the run's `best` and
+/// `promoted` point at.
 pub async fn write(
     store: &Store,
     meta: &CheckpointMeta,
@@ -63,14 +64,10 @@ pub async fn write(
     let mut all = checkpoint::read_pointer(store, run).await?.map(|p| p.all).unwrap_or_default();
     all.retain(|k| k != &metadata_key);
     all.push(metadata_key.clone());
-    let dropped = match checkpoint::read_best(store, run).await {
-        Ok(best) => prune(&mut all, keep, |k| best.as_ref().is_some_and(|b| b.points_at(k))),
-        Err(CheckpointError::Store(e)) => return Err(e.into()),
-        Err(e) => {
-            // Which one is best is unknown: delete none rather than perhaps it.
-            tracing::warn!("{e}; no checkpoint is deleted until it is readable again");
-            prune(&mut all, keep, |_| true)
-        }
+    let dropped = match protected(store, run).await? {
+        Some(keep_too) => prune(&mut all, keep, |k| keep_too.iter().any(|step| checkpoint::step_of(k) == Some(*step))),
+        // Which one is best or promoted is unknown: delete none rather than perhaps it.
+        None => prune(&mut all, keep, |_| true),
     };
     let pointer = CheckpointPointer { step: meta.step, metadata: metadata_key.clone(), all };
     let json = serde_json::to_vec_pretty(&pointer)
@@ -83,6 +80,27 @@ pub async fn write(
         store.delete(&old).await?;
     }
     Ok(())
+}
+
+/// The steps of the checkpoints the `best` and `promoted` pointers name;
+/// None when either pointer is unreadable (then nothing may be deleted).
+async fn protected(store: &Store, run: &str) -> Result<Option<Vec<u64>>, SaverError> {
+    let unreadable = |e: CheckpointError| match e {
+        CheckpointError::Store(e) => Err(SaverError::from(e)),
+        e => {
+            tracing::warn!("{e}; no checkpoint is deleted until it is readable again");
+            Ok(None)
+        }
+    };
+    let best = match checkpoint::read_best(store, run).await {
+        Ok(best) => best.map(|b| b.step),
+        Err(e) => return unreadable(e),
+    };
+    let promoted = match checkpoint::read_promoted(store, run).await {
+        Ok(promoted) => promoted.map(|p| p.step),
+        Err(e) => return unreadable(e),
+    };
+    Ok(Some(best.into_iter().chain(promoted).collect()))
 }
 
 /// Splits off `all` (metadata keys, oldest first) the checkpoints to delete:
@@ -120,7 +138,7 @@ mod tests {
     use super::*;
     use inception_core::settings::StoreSettings;
     use inception_core::Settings;
-    use inception_model::checkpoint::{BestPointer, FORMAT_VERSION};
+    use inception_model::checkpoint::{BestPointer, PromotedPointer, FORMAT_VERSION};
     use inception_model::ModelConfig;
 
     fn keys_of(steps: &[u64]) -> Vec<String> {
@@ -157,6 +175,7 @@ mod tests {
             examples_seen: 0,
             weights: keys::checkpoint_weights("r", step),
             created_unix: 0,
+            lineage: Default::default(),
         }
     }
 
@@ -214,5 +233,37 @@ mod tests {
         write(&store, &meta(70), &tensors, 2).await.unwrap();
         write(&store, &meta(80), &tensors, 2).await.unwrap();
         assert_eq!(stored_steps(&store).await, vec![50, 60, 70, 80]);
+    }
+
+    #[tokio::test]
+    async fn the_promoted_checkpoint_is_never_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let store = Store::open(&StoreSettings { url, ..Settings::defaults().unwrap().store }).unwrap();
+        let tensors = vec![("w".to_string(), Tensor::from_slice(&[1.0f32, 2.0]))];
+        let promoted = |step: u64| PromotedPointer {
+            step,
+            metadata: keys::checkpoint_metadata("r", step),
+            weights: keys::checkpoint_weights("r", step),
+            precision_at_1: 0.9,
+            validation_loss: 0.1,
+            examples: 100,
+            promoted_unix: 0,
+            previous_step: None,
+            decision: keys::promotion_decision("r", step),
+        };
+        write(&store, &meta(10), &tensors, 1).await.unwrap();
+        let json = serde_json::to_vec(&promoted(10)).unwrap();
+        store.put(&keys::checkpoint_promoted("r"), Bytes::from(json)).await.unwrap();
+        point_best_at(&store, 10).await;
+        write(&store, &meta(20), &tensors, 1).await.unwrap();
+        point_best_at(&store, 20).await;
+        for step in [30, 40] {
+            write(&store, &meta(step), &tensors, 1).await.unwrap();
+        }
+        assert_eq!(stored_steps(&store).await, vec![10, 20, 40], "the promoted (10), the best (20), the newest");
+        store.put(&keys::checkpoint_promoted("r"), Bytes::from_static(b"[")).await.unwrap();
+        write(&store, &meta(50), &tensors, 1).await.unwrap();
+        assert_eq!(stored_steps(&store).await, vec![10, 20, 40, 50], "an unreadable pointer: nothing deleted");
     }
 }

@@ -172,6 +172,7 @@ async fn resume(store: &Store, run: &str, cfg: &ModelConfig, state: &mut TrainSt
     tracing::info!(
         "resumed from {} at step {} ({slots} optimizer slots, {averages} moving averages)",
         pointer.metadata,
+    state.lineage.resumed_from(&pointer.metadata, &meta);
         meta.step
     );
     Ok(true)

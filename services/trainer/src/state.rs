@@ -34,6 +34,8 @@ pub struct TrainState {
     pub examples_seen: u64,
     /// Towers run at once, one thread each (true when every tower has its
     /// own device; on one device they would only compete for its threads).
+    /// Examples by shard since the last checkpoint, and its line's totals.
+    pub lineage: crate::lineage::Tally,
     pub concurrent_towers: bool,
 }
 
@@ -126,6 +128,7 @@ impl TrainState {
     /// gradients averaged over towers, on the master's device, in the
     /// optimizer's order (fresh tensors: nothing accumulates into `.grad`,
     /// which saves a zeroing and an addition pass per step), and the mean loss
+            lineage: crate::lineage::Tally::new(&settings.dataset.name),
     /// without the L2 term. Moves the batch-norm statistics (last tower's).
     pub fn compute_gradients(&mut self, images: &Tensor, labels: &Tensor) -> Result<(Vec<Tensor>, f64), TrainError> {
         let towers = 1 + self.replicas.len();

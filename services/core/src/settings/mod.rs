@@ -83,6 +83,8 @@ pub struct Settings {
     /// The evaluator.
     pub eval: EvalSettings,
     /// The HTTP classification server (`inception-serve`).
+    /// The promotion gate (applied by the evaluator after each evaluation).
+    pub promotion: PromotionSettings,
     pub serve: ServeSettings,
     /// Deprecated keys found while loading, one line each (also logged).
     #[serde(skip)]
@@ -559,6 +561,21 @@ impl Settings {
     /// `("section.key", "value")` pairs applied last.
     pub fn load(file: Option<&Path>, overrides: &[(String, String)]) -> Result<Self, SettingsError> {
         let env_file = std::env::var(CONFIG_FILE_ENV).ok().filter(|s| !s.is_empty());
+/// `[promotion]`: when the evaluator moves the run's `promoted` pointer
+/// (the checkpoint to serve) to a newly evaluated checkpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromotionSettings {
+    /// Whether evaluations are judged at all; false: no decision, no pointer.
+    pub enabled: bool,
+    /// Precision@1 must be at least the promoted checkpoint's plus this.
+    pub min_precision_gain: f64,
+    /// No label's recall may fall by more than this below the promoted checkpoint's.
+    pub max_recall_drop: f64,
+    /// The fewest validation examples an evaluation must have counted.
+    pub min_examples: u64,
+}
+
         let file = file.map(|p| p.to_string_lossy().into_owned()).or(env_file);
         if let Some(path) = &file {
             // Parse the file alone first so a mistake in it is reported with its name.

@@ -57,6 +57,14 @@ impl Settings {
         });
         check(t.checkpoint_every_steps > 0, &|| "train.checkpoint_every_steps must be at least 1".into());
         check(t.log_every_steps > 0, &|| "train.log_every_steps must be at least 1".into());
+        let g = &self.promotion;
+        check(g.min_precision_gain.is_finite() && (0.0..=1.0).contains(&g.min_precision_gain), &|| {
+            format!("promotion.min_precision_gain = {} must be in [0, 1]", g.min_precision_gain)
+        });
+        check(g.max_recall_drop.is_finite() && (0.0..=1.0).contains(&g.max_recall_drop), &|| {
+            format!("promotion.max_recall_drop = {} must be in [0, 1]", g.max_recall_drop)
+        });
+        check(g.min_examples > 0, &|| "promotion.min_examples must be at least 1".into());
         self.bound_problems(&mut problems);
         self.augment_problems(&mut problems);
         self.optimizer_problems(&mut problems);
@@ -277,6 +285,20 @@ mod tests {
         assert_eq!(s.pipeline.batch_size, 8);
         let s = Settings::load(None, &[("pipeline.batch_size".into(), "16".into())]).expect("a flag's whole number");
         assert_eq!(s.pipeline.batch_size, 16);
+    }
+
+    #[test]
+    fn promotion_margins_are_fractions() {
+        let s = Settings::load(None, &[]).expect("defaults");
+        assert!(s.promotion.enabled && s.promotion.min_examples > 0);
+        let err = load_file("[promotion]\nmin_precision_gain = -0.1\nmax_recall_drop = 2.0\nmin_examples = 0\n")
+            .expect_err("out of range");
+        for wanted in ["promotion.min_precision_gain = -0.1", "promotion.max_recall_drop = 2", "promotion.min_examples"]
+        {
+            assert!(err.contains(wanted), "{wanted:?} missing from: {err}");
+        }
+        let err = load_file("[promotion]\nmargin = 0.1\n").expect_err("unknown key");
+        assert!(err.contains("margin"), "{err}");
     }
 
     #[test]
