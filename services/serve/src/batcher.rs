@@ -3,7 +3,10 @@
 //! `max_wait` for others (up to `batch_size`), and runs them together on
 //! the model each was preprocessed for, so that a swap never mixes models in
 //! a pass and a request in flight finishes on the model it started with.
+//! It waits only while other images are being decoded (about to be queued):
+//! a lone request is not held back for companions that are not coming.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +38,20 @@ pub(crate) enum Refused {
 #[derive(Clone)]
 pub(crate) struct Batcher {
     queue: SyncSender<Job>,
+    /// Images of requests being decoded, not yet queued.
+    coming: Arc<AtomicUsize>,
+}
+
+/// Counts a request's images as coming until dropped (queued or refused).
+pub(crate) struct Coming {
+    count: usize,
+    coming: Arc<AtomicUsize>,
+}
+
+impl Drop for Coming {
+    fn drop(&mut self) {
+        self.coming.fetch_sub(self.count, Ordering::SeqCst);
+    }
 }
 
 impl Batcher {
@@ -46,10 +63,18 @@ impl Batcher {
         capacity: usize,
     ) -> std::io::Result<(Self, std::thread::JoinHandle<()>)> {
         let (queue, jobs) = mpsc::sync_channel(capacity);
+        let coming = Arc::new(AtomicUsize::new(0));
+        let waiting_for = Arc::clone(&coming);
         let worker = std::thread::Builder::new()
             .name("serve-batches".into())
-            .spawn(move || work(&jobs, batch_size.max(1), max_wait))?;
-        Ok((Self { queue }, worker))
+            .spawn(move || work(&jobs, batch_size.max(1), max_wait, &waiting_for))?;
+        Ok((Self { queue, coming }, worker))
+    }
+
+    /// Announces `count` images that will be queued soon (decoding now).
+    pub(crate) fn coming(&self, count: usize) -> Coming {
+        self.coming.fetch_add(count, Ordering::SeqCst);
+        Coming { count, coming: Arc::clone(&self.coming) }
     }
 
     /// Queues a job without waiting for room.
@@ -61,8 +86,8 @@ impl Batcher {
     }
 }
 
-fn work(jobs: &Receiver<Job>, batch_size: usize, max_wait: Duration) {
-    while let Some(batch) = collect(jobs, batch_size, max_wait) {
+fn work(jobs: &Receiver<Job>, batch_size: usize, max_wait: Duration, coming: &AtomicUsize) {
+    while let Some(batch) = collect(jobs, batch_size, max_wait, coming) {
         for group in by_model(batch) {
             run(group);
         }
@@ -71,8 +96,9 @@ fn work(jobs: &Receiver<Job>, batch_size: usize, max_wait: Duration) {
 }
 
 /// The next batch: the first job, and whatever else arrives within
-/// `max_wait` of it, up to `batch_size`. None once no sender is left.
-fn collect(jobs: &Receiver<Job>, batch_size: usize, max_wait: Duration) -> Option<Vec<Job>> {
+/// `max_wait` of it while more images are `coming`, up to `batch_size`.
+/// None once no sender is left.
+fn collect(jobs: &Receiver<Job>, batch_size: usize, max_wait: Duration, coming: &AtomicUsize) -> Option<Vec<Job>> {
     let first = jobs.recv().ok()?;
     let deadline = Instant::now() + max_wait;
     let mut batch = vec![first];
@@ -87,7 +113,7 @@ fn collect(jobs: &Receiver<Job>, batch_size: usize, max_wait: Duration) -> Optio
             Err(mpsc::TryRecvError::Empty) => {}
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if left.is_zero() || coming.load(Ordering::SeqCst) == 0 {
             break;
         }
         match jobs.recv_timeout(left) {

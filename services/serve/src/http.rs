@@ -168,8 +168,12 @@ async fn answer(state: &AppState, headers: &HeaderMap, request: Request) -> Resu
     let images = read_images(state, headers, request).await?;
     let count = images.len();
     let names: Vec<Option<String>> = images.iter().map(|(name, _)| name.clone()).collect();
+    // Tells the batch worker that these images are on their way.
+    let coming = state.batcher.coming(count);
     let pixels = preprocess(Arc::clone(&model), images, state.max_pixels).await?;
-    let replies = submit(state, &model, pixels, top_k.min(model.labelled_outputs()))?;
+    let replies = submit(state, &model, pixels, top_k.min(model.labelled_outputs()));
+    drop(coming);
+    let replies = replies?;
     let mut results = Vec::with_capacity(count);
     for (image, (reply, name)) in replies.into_iter().zip(names).enumerate() {
         let predictions = match reply.await {
