@@ -21,6 +21,7 @@ pub fn merged_settings_flags(levels: &[&inception_core::cli::CommonArgs]) -> inc
     }
 }
 
+pub mod lineage;
 pub mod report;
 
 pub mod input {

@@ -11,6 +11,8 @@
 //!   writes the network for other tools, with PATH.json describing its input.
 //! * `inception records verify|stats|inspect INPUT…` looks inside TFRecords.
 //! * `inception report RUN` writes the run's HTML report from the store.
+//! * `inception lineage CHECKPOINT [--image KEY_OR_SHA256] [--json]` prints
+//!   where a checkpoint comes from and whether an image was trained on.
 //!
 //! `--config FILE` and `--set SECTION.KEY=VALUE` may come anywhere on the
 //! command line, before or after the subcommand.
@@ -54,6 +56,8 @@ enum Command {
     Records(records::RecordsArgs),
     /// Write a run's HTML report (charts, latest evaluation, dataset, settings) from the store.
     Report(inception_cli::report::ReportArgs),
+    /// Print a checkpoint's line back to the first (parents, shards, examples) and whether an image was trained on.
+    Lineage(inception_cli::lineage::LineageArgs),
     /// Write the demo's labelled image folders (train/ and validation/).
     GenerateDemoData {
         /// Output folder.
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
         Command::Export(args) => export::run(&cli.common, args),
         Command::Records(args) => records::run(&cli.common, args),
         Command::Report(args) => inception_cli::report::run(&cli.common, args),
+        Command::Lineage(args) => inception_cli::lineage::run(&cli.common, args),
         Command::GenerateDemoData { dir, train_per_class, validation_per_class, seed } => {
             without_settings_flags(&cli.common, "generate-demo-data").and_then(|()| {
                 let n = inception_demo_data::generate(&dir, train_per_class, validation_per_class, seed)?;
