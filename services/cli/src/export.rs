@@ -93,6 +93,7 @@ pub(crate) fn run(outer: &CommonArgs, args: ExportArgs) -> anyhow::Result<bool> 
     let settings = inception_cli::merged_settings_flags(&[outer, &args.common]).settings(overrides)?;
     check_output(&args.output)?;
     let loaded = load(&settings, &args.checkpoint)?;
+    refuse_overwriting(&args.checkpoint, &loaded.meta, &args.output)?;
     let extra = match args.format {
         Format::Torchscript => torchscript::export(&loaded, &args.output)?,
         Format::Torchvision => torchvision::export(&loaded, &args.output)?,
@@ -121,6 +122,27 @@ fn check_output(output: &Path) -> Result<(), UsageError> {
     let dir = parent(output);
     if !dir.is_dir() {
         return Err(UsageError(format!("--output {}: folder {} does not exist", output.display(), dir.display())));
+    }
+    Ok(())
+}
+
+/// Refuses an output (or its description) that is the local checkpoint's
+/// metadata or weights file: the export would replace the checkpoint.
+fn refuse_overwriting(checkpoint: &str, meta: &CheckpointMeta, output: &Path) -> Result<(), UsageError> {
+    let source = Path::new(checkpoint);
+    if matches!(checkpoint, "latest" | "best") || !source.is_file() {
+        return Ok(());
+    }
+    let weights = Path::new(&meta.weights).file_name().map(|name| parent(source).join(name));
+    let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
+    for target in [output.to_path_buf(), sidecar_path(output)] {
+        if same(&target, source) || weights.as_deref().is_some_and(|w| same(&target, w)) {
+            return Err(UsageError(format!(
+                "--output {} would replace the checkpoint's own file {}: write the export elsewhere",
+                output.display(),
+                target.display()
+            )));
+        }
     }
     Ok(())
 }

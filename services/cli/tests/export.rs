@@ -277,7 +277,12 @@ fn onnx_gives_our_logits() {
         return;
     }
     export_and_compare("onnx", &[metadata.as_os_str()], &metadata, &output);
-    assert_eq!(description(&output)["onnx"]["opset"], 17);
+    let doc = description(&output);
+    assert_eq!(doc["onnx"]["opset"], 17);
+    if python_has("onnxruntime") {
+        let checked = doc["onnx"]["converted_by"]["checked_max_abs_logit_difference"].as_f64();
+        assert!(checked.is_some_and(|d| d < TOLERANCE), "the converter's own check: {doc}");
+    }
 }
 
 #[test]
@@ -349,7 +354,7 @@ fn torchvision_refuses_another_shape_naming_why() {
 }
 
 #[test]
-fn a_weights_file_or_a_missing_folder_is_refused() {
+fn a_weights_file_a_missing_folder_or_the_checkpoint_itself_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let metadata = checkpoint_in(&dir.path().join("store"), &ModelConfig::tiny(4), true);
     let weights = metadata.with_extension("safetensors");
@@ -364,6 +369,19 @@ fn a_weights_file_or_a_missing_folder_is_refused() {
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("give its metadata file"), "{}", text(&o));
+    // The checkpoint's own weights are not replaced by an export.
+    let before = std::fs::read(&weights).unwrap();
+    let o = export(&[
+        os("export"),
+        metadata.as_os_str(),
+        os("--format"),
+        os("torchscript"),
+        os("--output"),
+        weights.as_os_str(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("would replace the checkpoint's own file"), "{}", text(&o));
+    assert_eq!(std::fs::read(&weights).unwrap(), before);
     let nowhere = dir.path().join("no/such/folder/m.pt");
     let o = export(&[
         os("export"),

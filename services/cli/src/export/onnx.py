@@ -3,7 +3,8 @@ PyTorch's TorchScript-based exporter (`dynamo=False`: it needs torch and the
 `onnx` package, not onnxscript). Run by `inception export --format onnx`.
 
 Usage: python -c <this file> MODULE.pt OUT.onnx IMAGE_SIZE OPSET
-Prints one JSON line (versions, opset). Exit status 3: a package is
+Prints one JSON line (versions, opset and, where onnxruntime is installed,
+the largest difference of its logits from the module's on a random batch). Exit status 3: a package is
 missing, named on stderr as "missing: <package>".
 """
 import json
@@ -39,7 +40,26 @@ def main():
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
         )
     onnx.checker.check_model(onnx.load(out))
-    print(json.dumps({"torch": torch.__version__, "onnx": onnx.__version__, "opset": opset}))
+    report = {"torch": torch.__version__, "onnx": onnx.__version__, "opset": opset}
+    report.update(check(torch, module, out, size))
+    print(json.dumps(report))
+
+
+def check(torch, module, out, size):
+    """With onnxruntime: the largest |logit difference| from the module on a batch of 3."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return {"checked_with": None, "checked_max_abs_logit_difference": None}
+    x = torch.rand(3, 3, size, size) * 2 - 1
+    with torch.no_grad():
+        expected = module(x).numpy()
+    session = onnxruntime.InferenceSession(out, providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {"input": x.numpy()})[0]
+    return {
+        "checked_with": f"onnxruntime {onnxruntime.__version__}",
+        "checked_max_abs_logit_difference": float(abs(got - expected).max()),
+    }
 
 
 if __name__ == "__main__":
