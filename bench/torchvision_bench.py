@@ -21,6 +21,8 @@ p.add_argument("--threads", type=int, default=0)
 p.add_argument("--no-aux", action="store_true", help="without the auxiliary head (torchvision's needs 299 px)")
 p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
 p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark (as torchvision's reference script)")
+p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="torch.autocast's dtype (fp32: none)")
+p.add_argument("--channels-last", action="store_true", help="model and input in torch.channels_last")
 a = p.parse_args()
 device = torch.device(a.device)
 torch.backends.cudnn.benchmark = a.cudnn_benchmark
@@ -28,20 +30,29 @@ if a.threads > 0:
     torch.set_num_threads(a.threads)
 aux = not a.no_aux
 model = torchvision.models.inception_v3(weights=None, aux_logits=aux, init_weights=False, num_classes=a.labels + 1).to(device)
+memory_format = torch.channels_last if a.channels_last else torch.contiguous_format
+model = model.to(memory_format=memory_format)
+low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.precision)
+scaler = torch.amp.GradScaler(device.type) if a.precision == "fp16" else None
+
+
+def autocast():
+    return torch.autocast(device.type, dtype=low, enabled=low is not None)
 # The batch starts on the host each step, as ours does (u8 images from the queue).
 images = torch.randint(0, 256, (a.batch_size, a.image_size, a.image_size, 3), dtype=torch.uint8)
 targets = torch.randint(1, a.labels + 1, (a.batch_size,)).to(device)
 
 
 def scaled():
-    return images.to(device).permute(0, 3, 1, 2).float() * (2 / 255) - 1
+    x = images.to(device).permute(0, 3, 1, 2).float() * (2 / 255) - 1
+    return x.contiguous(memory_format=memory_format)
 
 
 if a.eval:
     model.eval()
 
     def step():
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             model(scaled())[0, 0].item()
 else:
     model.train()
@@ -49,11 +60,18 @@ else:
     ce = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
 
     def step():
-        out = model(scaled())
-        loss = ce(out.logits, targets) + 0.4 * ce(out.aux_logits, targets) if aux else ce(out, targets)
+        with autocast():
+            out = model(scaled())
+        logits = (out.logits if aux else out).float()
+        loss = ce(logits, targets) + 0.4 * ce(out.aux_logits.float(), targets) if aux else ce(logits, targets)
         opt.zero_grad()
-        loss.backward()
-        opt.step()
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
         loss.item()  # waits for the device, as ours reads the loss every step
 
 
@@ -65,5 +83,6 @@ for _ in range(a.steps):
 secs = (time.perf_counter() - start) / a.steps
 mode = "eval" if a.eval else f"train aux={aux}"
 on = "" if device.type == "cpu" else f" device={device} cudnn_benchmark={a.cudnn_benchmark}"
-print(f"torch  {mode} size={a.image_size} batch={a.batch_size} threads={torch.get_num_threads()}{on}: "
+layout = " channels_last" if a.channels_last else ""
+print(f"torch  {mode} size={a.image_size} batch={a.batch_size} threads={torch.get_num_threads()} precision={a.precision}{layout}{on}: "
       f"{a.batch_size / secs:.2f} img/s ({secs:.3f} s/step)")

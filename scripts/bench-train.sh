@@ -22,19 +22,29 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 # The contenders take turns, round after round, so that a slow spell of a
 # shared machine hits all of them; the medians are printed at the end.
+# BENCH_PRECISIONS (default "fp32 bf16"): ours in each (train.precision), and
+# PyTorch with torch.autocast in each, channels_last; PyTorch's plain fp32 and
+# fp32 with our malloc settings as before.
+precisions="${BENCH_PRECISIONS:-fp32 bf16}"
+flags="$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(amx_bf16|avx512_bf16|avx512f|amx_tile)$' | xargs || true)"
+echo "bf16-related CPU flags: ${flags:-none}"
 for size in $sizes; do
   aux=""
   if [ -z "$eval_flag" ] && [ "$size" -lt 299 ]; then aux="--no-aux"; fi
   for round in $(seq "$rounds"); do
-    target/debug/inception-bench $eval_flag $aux --image-size "$size" --threads "$threads" --steps "$steps" --device cpu \
-      | sed "s/^/$size ours        | /" | tee -a "$log"
+    for precision in $precisions; do
+      target/debug/inception-bench $eval_flag $aux --image-size "$size" --threads "$threads" --steps "$steps" --device cpu \
+        --precision "$precision" | sed "s/^/$size ours-$precision | /" | tee -a "$log"
+      python bench/torchvision_bench.py $eval_flag $aux --image-size "$size" --threads "$threads" --steps "$steps" \
+        --precision "$precision" --channels-last 2>/dev/null | sed "s/^/$size torch-$precision-cl | /" | tee -a "$log"
+    done
     python bench/torchvision_bench.py $eval_flag $aux --image-size "$size" --threads "$threads" --steps "$steps" 2>/dev/null \
-      | sed "s/^/$size torch       | /" | tee -a "$log"
+      | sed "s/^/$size torch-fp32 | /" | tee -a "$log"
     # PyTorch again with the malloc settings our services use by default
     # (train/eval.retain_freed_memory), set through glibc's environment.
     MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647 \
       python bench/torchvision_bench.py $eval_flag $aux --image-size "$size" --threads "$threads" --steps "$steps" 2>/dev/null \
-      | sed "s/^/$size torch+malloc | /" | tee -a "$log"
+      | sed "s/^/$size torch-fp32+malloc | /" | tee -a "$log"
   done
 done
 python3 - "$log" <<'PY'
@@ -46,6 +56,9 @@ for line in open(sys.argv[1]):
         runs.setdefault(int(m[1]), {}).setdefault(m[2], []).append(float(m[3]))
 for size, by in runs.items():
     med = {k: statistics.median(v) for k, v in by.items()}
-    print(f"{size} px medians over {len(by['ours'])} round(s): ours {med['ours']:.2f}, torch {med['torch']:.2f} "
-          f"({med['ours'] / med['torch']:.2f}x), torch+malloc {med['torch+malloc']:.2f} ({med['ours'] / med['torch+malloc']:.2f}x) img/s")
+    ours = max((v, k) for k, v in med.items() if k.startswith("ours"))
+    torch = max((v, k) for k, v in med.items() if k.startswith("torch"))
+    listed = ", ".join(f"{k} {v:.2f}" for k, v in sorted(med.items()))
+    print(f"{size} px medians over {len(next(iter(by.values())))} round(s), img/s: {listed}")
+    print(f"{size} px best: ours {ours[1]} {ours[0]:.2f} vs torch {torch[1]} {torch[0]:.2f}: {ours[0] / torch[0]:.2f}x")
 PY

@@ -7,7 +7,6 @@
 //! on its own line (or JSON entry) and the others are still classified.
 //! Returns false (exit status 1) when any file failed.
 
-use inception_model::precision::Precision;
 use anyhow::Context;
 use inception_cli::input;
 use inception_cli::UsageError;
@@ -16,6 +15,7 @@ use inception_core::settings::StoreSettings;
 use inception_core::{Settings, Store};
 use inception_evaluator::classify::{Classified, Classifier, Prediction};
 use inception_model::checkpoint::{CheckpointMeta, MAX_METADATA_BYTES};
+use inception_model::precision::Precision;
 use std::path::{Path, PathBuf};
 
 /// Default of `--max-file-bytes`: well above a photo; a 100-megapixel PNG
@@ -112,7 +112,8 @@ fn load(settings: &Settings, checkpoint: &str) -> anyhow::Result<Classifier> {
     let device = inception_model::device_from_setting(settings.eval.device).map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let located = runtime.block_on(locate(settings, checkpoint))?;
-    let precision = Precision::resolve(settings.eval.precision, device, "eval.precision").map_err(anyhow::Error::msg)?;
+    let precision =
+        Precision::resolve(settings.eval.precision, device, "eval.precision").map_err(anyhow::Error::msg)?;
     let classifier = runtime
         .block_on(Classifier::load(&located.store, &settings.pipeline.run, &located.key, device))
         .map_err(anyhow::Error::msg)

@@ -246,6 +246,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("inception_trainer_checkpoints_total", Kind::Counter, "Checkpoints written."),
     ("inception_trainer_rejected_batches_total", Kind::Counter, "Unusable batch messages or objects (terminated: they leave the queue and are never delivered again)."),
     ("inception_trainer_redelivered_batches_total", Kind::Counter, "Batch messages delivered again because a trainer did not acknowledge them in time."),
+    ("inception_trainer_skipped_steps_total", Kind::Counter, "fp16 steps skipped because their gradients overflowed (the loss scale was lowered)."),
     ("inception_eval_precision_at_1", Kind::Gauge, "Precision@1 of the last evaluated checkpoint."),
     ("inception_eval_recall_at_5", Kind::Gauge, "Recall@5 of the last evaluated checkpoint."),
     ("inception_eval_validation_loss", Kind::Gauge, "Mean cross-entropy of the logits on the validation set (no label smoothing, no L2 term) of the last evaluated checkpoint."),

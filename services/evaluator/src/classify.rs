@@ -3,6 +3,7 @@
 
 use inception_core::{keys, Store};
 use inception_model::checkpoint::{self, CheckpointMeta};
+use inception_model::precision::Precision;
 use inception_model::{images_to_input, InceptionV3, Mode};
 use serde::Serialize;
 use std::path::Path;
@@ -52,6 +53,8 @@ pub struct Classifier {
     device: Device,
     /// The evaluation's central crop (`augment.eval_central_fraction`).
     central_fraction: f64,
+    /// The forward pass's arithmetic (`eval.precision`, resolved).
+    precision: Precision,
 }
 
 impl Classifier {
@@ -64,7 +67,14 @@ impl Classifier {
         let vs = VarStore::new(device);
         let model = InceptionV3::new(&vs.root(), &meta.model);
         checkpoint::load_for_inference(&vs, &tensors).map_err(|e| format!("{key}: {e}"))?;
-        Ok(Self { model, _vs: vs, meta, device, central_fraction: inception_vision::transform::EVAL_CENTRAL_FRACTION })
+        let central_fraction = inception_vision::transform::EVAL_CENTRAL_FRACTION;
+        Ok(Self { model, _vs: vs, meta, device, central_fraction, precision: Precision::Fp32 })
+    }
+
+    /// Runs the forward pass in `precision` (fp32 until set).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
     }
 
     /// Crops the central `fraction` of each side instead of the original's 0.875.
@@ -89,7 +99,7 @@ impl Classifier {
         let size = self.meta.model.image_size;
         let pixels = inception_vision::eval_image_with(&decoded.image, size as u32, self.central_fraction);
         let input = images_to_input(&Tensor::from_slice(&pixels).view([1, size, size, 3]).to_device(self.device));
-        let (logits, _) = tch::no_grad(|| self.model.forward(&input, Mode::Eval));
+        let (logits, _) = tch::no_grad(|| self.model.forward_in(self.precision, &input, Mode::Eval));
         let probs = logits.softmax(-1, Kind::Float).squeeze_dim(0);
         let k = top_k.clamp(1, self.meta.model.num_classes as usize) as i64;
         let (values, indices) = probs.topk(k, -1, true, true);

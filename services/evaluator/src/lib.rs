@@ -31,6 +31,7 @@ use inception_core::telemetry::{log_timestamp, Readiness};
 use inception_core::tfevents::OptionalEvents;
 use inception_core::{keys, tfrecord, Settings, Store};
 use inception_model::checkpoint::{self, BestPointer, CheckpointPointer, PromotedPointer};
+use inception_model::precision::Precision;
 use inception_model::{images_to_input, InceptionV3, Mode, TorchFailure};
 use inception_proto::pipeline::{CheckpointPromoted, CheckpointReady, EvalResult};
 use inception_proto::Message;
@@ -142,6 +143,8 @@ pub struct Evaluator {
     settings: Settings,
     store: Store,
     device: Device,
+    /// The forward pass's arithmetic (`eval.precision`, resolved).
+    precision: Precision,
     cache: Option<ValidationSet>,
     failed: HashSet<String>,
     events: OptionalEvents,
@@ -152,8 +155,10 @@ impl Evaluator {
         let device = inception_model::device_from_setting(settings.eval.device).map_err(EvalError::Config)?;
         inception_model::set_cudnn_benchmark(device, settings.eval.cudnn_benchmark);
         inception_model::set_cpu_threads(settings.eval.threads, "eval.threads");
+        let precision =
+            Precision::resolve(settings.eval.precision, device, "eval.precision").map_err(EvalError::Config)?;
         let events = OptionalEvents::open(&settings.eval.tensorboard_dir);
-        Ok(Self { settings, store, device, cache: None, failed: HashSet::new(), events })
+        Ok(Self { settings, store, device, precision, cache: None, failed: HashSet::new(), events })
     }
 
     async fn validation(&mut self, image_size: u32) -> Result<&ValidationSet, EvalError> {
@@ -198,7 +203,7 @@ impl Evaluator {
         let batch_size = self.settings.eval.batch_size as usize;
         let wanted = self.settings.eval.num_examples as usize;
         let round_up = self.settings.eval.round_up_to_batches;
-        let device = self.device;
+        let (device, precision) = (self.device, self.precision);
         let data = self.validation(size).await?;
         let available = data.labels.len();
         if available == 0 {
@@ -222,8 +227,9 @@ impl Evaluator {
             let images = Tensor::from_slice(&pixels).view([n, size as i64, size as i64, 3]);
             let labels = Tensor::from_slice(&picked).to_device(device);
             let (hits1, hits5, logits) = inception_model::catch_torch(|| {
-                let (logits, _) =
-                    tch::no_grad(|| model.forward(&images_to_input(&images.to_device(device)), Mode::Eval));
+                let (logits, _) = tch::no_grad(|| {
+                    model.forward_in(precision, &images_to_input(&images.to_device(device)), Mode::Eval)
+                });
                 let hits = |k| topk::in_top_k(&logits, &labels, k).sum(Kind::Int64).int64_value(&[]);
                 let flat = logits.to_kind(Kind::Float).to_device(Device::Cpu).contiguous().view([-1]);
                 (hits(1), hits(5), Vec::<f32>::try_from(&flat))
@@ -319,13 +325,13 @@ impl Evaluator {
             self.announce(streams, &evaluation, force).await?;
         }
         self.update_best(&evaluation).await?;
+        self.gate(streams, &evaluation).await?;
         let json = serde_json::to_vec_pretty(&evaluation).map_err(|e| EvalError::Config(e.to_string()))?;
         self.store.put(&result_key, Bytes::from(json)).await?;
         println!("{}: {}", log_timestamp(), evaluation.line());
         println!("{}", evaluation.class_report());
         record_metrics(&evaluation);
         self.record_events(&evaluation);
-        self.gate(streams, &evaluation).await?;
         Ok(Some(evaluation))
     }
 
@@ -392,12 +398,6 @@ impl Evaluator {
         Ok(true)
     }
 
-    /// Publishes the `EvalResult`, retried until acknowledged. Its message
-    /// id is the checkpoint's (`<run>-<step>`), so a second evaluation of the
-    /// same checkpoint within the duplicate window is not announced twice;
-    /// a forced one (`--run-once`) is a new result with its own id.
-    async fn announce(&self, streams: &Streams, evaluation: &Evaluation, force: bool) -> Result<(), EvalError> {
-        let run = self.settings.pipeline.run.clone();
     /// The promotion gate ([`promotion`], `[promotion]`) on one evaluation:
     /// the decision is recorded (`checkpoints/<run>/promotions/step-<N>.json`,
     /// `inception_promotions_total`, a log line), then a promoted checkpoint
@@ -527,6 +527,12 @@ impl Evaluator {
         Ok(())
     }
 
+    /// Publishes the `EvalResult`, retried until acknowledged. Its message
+    /// id is the checkpoint's (`<run>-<step>`), so a second evaluation of the
+    /// same checkpoint within the duplicate window is not announced twice;
+    /// a forced one (`--run-once`) is a new result with its own id.
+    async fn announce(&self, streams: &Streams, evaluation: &Evaluation, force: bool) -> Result<(), EvalError> {
+        let run = self.settings.pipeline.run.clone();
         let message = EvalResult {
             run: run.clone(),
             step: evaluation.step,
@@ -601,19 +607,19 @@ impl Evaluator {
         self.store.remove_stale_temporaries(&format!("eval/{run}"), Duration::ZERO);
         // Likewise its `best` and `promoted` pointers (only the evaluator writes them).
         self.store.remove_temporaries_of(&keys::checkpoint_best(&run));
-        let stream = streams.checkpoints().await?;
-        streams.evals().await?;
-        // Made again whenever it is lost (NATS restarts, partitions), so
-        // announcements keep coming; the polling below catches up on any missed.
-        let config = pull::Config {
-            filter_subject: streams.subjects.checkpoints(&run),
         self.store.remove_temporaries_of(&keys::checkpoint_promoted(&run));
         if let Ok(Some(promoted)) = checkpoint::read_promoted(&self.store, &run).await {
             metrics::gauge!("inception_promoted_step").set(promoted.step as f64);
         }
+        let stream = streams.checkpoints().await?;
+        streams.evals().await?;
+        streams.promotions().await?;
+        // Made again whenever it is lost (NATS restarts, partitions), so
+        // announcements keep coming; the polling below catches up on any missed.
+        let config = pull::Config {
+            filter_subject: streams.subjects.checkpoints(&run),
             deliver_policy: DeliverPolicy::New,
             ack_policy: AckPolicy::None,
-        streams.promotions().await?;
             inactive_threshold: Duration::from_secs(120),
             ..Default::default()
         };

@@ -11,6 +11,7 @@ use tch::nn::{Init, Path};
 use tch::{Kind, Tensor};
 
 use crate::config::ModelConfig;
+use crate::precision::Precision;
 
 /// Batch-norm epsilon of the original (and torchvision).
 pub const BN_EPSILON: f64 = 0.001;
@@ -332,6 +333,26 @@ impl InceptionV3 {
         let h = h.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
         let h = h.dropout(self.dropout, matches!(mode, Mode::Train { .. }));
         (h.linear(&self.fc_weight, Some(&self.fc_bias)), aux)
+    }
+
+    /// [`InceptionV3::forward`] in `precision`: under libtorch's autocast
+    /// for bf16 and fp16 (on the device of `x`), with the logits returned in
+    /// fp32 for the loss and the scores. Must run on the thread that uses
+    /// the result (autocast is per thread).
+    pub fn forward_in(&self, precision: Precision, x: &Tensor, mode: Mode) -> (Tensor, Option<Tensor>) {
+        let guard = match precision.autocast(x.device()) {
+            Ok(guard) => guard,
+            Err(e) => {
+                tracing::error!("cannot enter {precision} autocast ({e}); this pass runs in fp32");
+                None
+            }
+        };
+        let (logits, aux) = self.forward(x, mode);
+        drop(guard);
+        if precision == Precision::Fp32 {
+            return (logits, aux);
+        }
+        (logits.to_kind(Kind::Float), aux.map(|a| a.to_kind(Kind::Float)))
     }
 
     /// The last feature map (Mixed_7c's output, before pooling) and, in

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod inception;
 pub mod loss;
+pub mod precision;
 
 pub use config::ModelConfig;
 pub use inception::{images_to_input, InceptionV3, Mode};

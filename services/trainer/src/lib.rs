@@ -20,6 +20,7 @@ pub mod history;
 pub mod lineage;
 pub mod optimizer;
 pub mod saver;
+pub mod scaler;
 pub mod schedule;
 pub mod start;
 pub mod state;
@@ -144,8 +145,8 @@ pub async fn run(
             }
         };
         let (examples, waited, arrived) = (delivery.batch.len() as u64, delivery.waited, delivery.arrived);
-        delivery.settle(Outcome::Trained, store).await;
         state.lineage.add(&delivery.shards, examples);
+        delivery.settle(Outcome::Trained, store).await;
         let step = StepReport { examples, loss, lr, waited, elapsed: arrived.elapsed() };
         progress.record(&state, &step, t.log_every_steps);
         if state.step.is_multiple_of(t.checkpoint_every_steps) {
@@ -313,8 +314,8 @@ async fn checkpoint(
     shutdown: &CancellationToken,
 ) -> Result<(), TrainError> {
     let run = &settings.pipeline.run;
-    let meta = CheckpointMeta {
     let lineage = state.lineage.lineage();
+    let meta = CheckpointMeta {
         format_version: checkpoint::FORMAT_VERSION,
         run: run.clone(),
         step: state.step,
@@ -324,12 +325,12 @@ async fn checkpoint(
         examples_seen: state.examples_seen,
         weights: keys::checkpoint_weights(run, state.step),
         created_unix: chrono::Utc::now().timestamp(),
-    };
         lineage,
+    };
     saver::save(store, streams, &meta, &state.checkpoint_tensors(), settings.train.keep_checkpoints, shutdown).await?;
-    Ok(())
     // The next checkpoint's examples are counted from this one.
     state.lineage.saved(&keys::checkpoint_metadata(run, meta.step), meta.step, meta.lineage);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use inception_core::shutdown::{sleep_or_cancel, CancellationToken};
 use inception_core::store::StoreError;
 use inception_core::{keys, Settings, Store};
 use inception_model::checkpoint;
+use inception_model::precision::Precision;
 use inception_model::ModelConfig;
 use std::time::Duration;
 
@@ -82,13 +83,15 @@ pub(crate) async fn prepare(
     let Some(labels) = wait_for_labels(store, &settings.dataset.name, shutdown).await? else { return Ok(None) };
     let cfg = model_config(settings, labels.len());
     cfg.validate().map_err(TrainError::Config)?;
+    let precision = Precision::resolve(t.precision, first, "train.precision").map_err(TrainError::Config)?;
     let mut state = TrainState::new(&cfg, labels, settings, &devices);
+    state.set_precision(precision);
     let resumed = resume(store, &settings.pipeline.run, &cfg, &mut state).await?;
     if !resumed && !t.pretrained_checkpoint.is_empty() {
         start_from_pretrained(store, &t.pretrained_checkpoint, t.fine_tune, &mut state).await?;
     }
     tracing::info!(
-        "training {} classes (+ background) at {}px, depth multiplier {}, on {:?}, from step {}",
+        "training {} classes (+ background) at {}px, depth multiplier {}, on {:?} in {precision}, from step {}",
         state.labels.len(),
         cfg.image_size,
         cfg.depth_multiplier,
@@ -169,10 +172,10 @@ async fn resume(store: &Store, run: &str, cfg: &ModelConfig, state: &mut TrainSt
     state.optimizer.set_updates(meta.step);
     state.bn_updates = meta.bn_updates;
     state.examples_seen = meta.examples_seen;
+    state.lineage.resumed_from(&pointer.metadata, &meta);
     tracing::info!(
         "resumed from {} at step {} ({slots} optimizer slots, {averages} moving averages)",
         pointer.metadata,
-    state.lineage.resumed_from(&pointer.metadata, &meta);
         meta.step
     );
     Ok(true)

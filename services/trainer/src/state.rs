@@ -5,12 +5,14 @@ use inception_core::settings::OptimizerSetting;
 use inception_core::Settings;
 use inception_model::inception::debiased_momentum;
 use inception_model::loss::LossWeights;
+use inception_model::precision::Precision;
 use inception_model::{images_to_input, loss, InceptionV3, Mode, ModelConfig, TorchFailure};
 use tch::{nn::VarStore, Device, Tensor};
 
 use crate::ema::MovingAverages;
 use crate::flat::FlatVariables;
 use crate::optimizer::{Optimizer, Rule};
+use crate::scaler::LossScaler;
 use crate::towers::Replica;
 use crate::TrainError;
 
@@ -32,11 +34,15 @@ pub struct TrainState {
     pub step: u64,
     pub bn_updates: u64,
     pub examples_seen: u64,
-    /// Towers run at once, one thread each (true when every tower has its
-    /// own device; on one device they would only compete for its threads).
     /// Examples by shard since the last checkpoint, and its line's totals.
     pub lineage: crate::lineage::Tally,
+    /// Towers run at once, one thread each (true when every tower has its
+    /// own device; on one device they would only compete for its threads).
     pub concurrent_towers: bool,
+    /// The arithmetic of the passes (`train.precision`, resolved).
+    pub precision: Precision,
+    /// fp16's loss scale; none in fp32 and bf16.
+    pub scaler: Option<LossScaler>,
 }
 
 /// Moving averages of every variable, starting from their current values,
@@ -72,19 +78,21 @@ fn tower_pass(
     vars: &[Tensor],
     (images, labels): (&Tensor, &Tensor),
     weights: &LossWeights,
-    bn_momentum: f64,
+    (bn_momentum, precision, loss_scale): (f64, Precision, f64),
 ) -> TowerResult {
     let device = vars.first().map_or(Device::Cpu, Tensor::device);
     let x = images_to_input(&images.to_device(device));
     let y = labels.to_device(device);
-    let (logits, aux) = model.forward(&x, Mode::Train { bn_momentum });
+    // Autocast covers the forward pass; the loss is computed in fp32.
+    let (logits, aux) = model.forward_in(precision, &x, Mode::Train { bn_momentum });
     // The L2 term's gradient is applied by the optimizer.
     let total = loss::total_loss(weights, &logits, aux.as_ref(), &y, &[]);
     let value = total.double_value(&[]);
     if !value.is_finite() {
         return (Vec::new(), value);
     }
-    (Tensor::run_backward(&[&total], vars, false, false), value)
+    let scaled = if loss_scale == 1.0 { total } else { total * loss_scale };
+    (Tensor::run_backward(&[&scaled], vars, false, false), value)
 }
 
 impl TrainState {
@@ -120,21 +128,30 @@ impl TrainState {
             step: 0,
             bn_updates: 0,
             examples_seen: 0,
+            lineage: crate::lineage::Tally::new(&settings.dataset.name),
             concurrent_towers,
+            precision: Precision::Fp32,
+            scaler: None,
         }
+    }
+
+    /// Runs the passes in `precision` from now on (fp16 with a loss scaler).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+        self.scaler = (precision == Precision::Fp16).then(LossScaler::default);
     }
 
     /// Forward and backward on every tower's share of the batch. Returns the
     /// gradients averaged over towers, on the master's device, in the
     /// optimizer's order (fresh tensors: nothing accumulates into `.grad`,
     /// which saves a zeroing and an addition pass per step), and the mean loss
-            lineage: crate::lineage::Tally::new(&settings.dataset.name),
     /// without the L2 term. Moves the batch-norm statistics (last tower's).
     pub fn compute_gradients(&mut self, images: &Tensor, labels: &Tensor) -> Result<(Vec<Tensor>, f64), TrainError> {
         let towers = 1 + self.replicas.len();
         let momentum = debiased_momentum(self.bn_decay, self.bn_updates + 1);
         // Only the last tower moves the batch-norm statistics.
-        let bn_momentum = |tower: usize| if tower + 1 == towers { momentum } else { 0.0 };
+        let (precision, loss_scale) = (self.precision, self.scaler.as_ref().map_or(1.0, LossScaler::scale));
+        let pass = |tower: usize| (if tower + 1 == towers { momentum } else { 0.0 }, precision, loss_scale);
         for r in &mut self.replicas {
             r.pull();
         }
@@ -150,11 +167,11 @@ impl TrainState {
                     .zip(parts.iter().skip(1))
                     .enumerate()
                     .map(|(k, (r, (x, y)))| {
-                        let (x, y, m) = (x.shallow_clone(), y.shallow_clone(), bn_momentum(k + 1));
+                        let (x, y, m) = (x.shallow_clone(), y.shallow_clone(), pass(k + 1));
                         scope.spawn(move || tower_pass(&r.model, &r.trainable, (&x, &y), &weights, m))
                     })
                     .collect();
-                let first = tower_pass(model, &master_vars, (&parts[0].0, &parts[0].1), &weights, bn_momentum(0));
+                let first = tower_pass(model, &master_vars, (&parts[0].0, &parts[0].1), &weights, pass(0));
                 std::iter::once(first)
                     .chain(
                         handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))),
@@ -164,13 +181,13 @@ impl TrainState {
         } else {
             (0..towers)
                 .map(|i| match i {
-                    0 => tower_pass(model, &master_vars, (&parts[0].0, &parts[0].1), &weights, bn_momentum(0)),
+                    0 => tower_pass(model, &master_vars, (&parts[0].0, &parts[0].1), &weights, pass(0)),
                     _ => tower_pass(
                         &replicas[i - 1].model,
                         &replicas[i - 1].trainable,
                         (&parts[i].0, &parts[i].1),
                         &weights,
-                        bn_momentum(i),
+                        pass(i),
                     ),
                 })
                 .collect()
@@ -217,7 +234,18 @@ impl TrainState {
     /// split over the towers. Returns the data loss before it (mean over
     /// towers, without the L2 term: add [`TrainState::regularization_loss`]).
     pub fn train_step(&mut self, images: &Tensor, labels: &Tensor, lr: f64) -> Result<f64, TrainError> {
-        let (gradients, loss) = self.compute_gradients(images, labels)?;
+        let (mut gradients, loss) = self.compute_gradients(images, labels)?;
+        if let Some(scaler) = &mut self.scaler {
+            let scale = scaler.scale();
+            if !scaler.unscale(&mut gradients) {
+                // fp16 overflowed: no update from this batch, a lower scale for the next.
+                metrics::counter!("inception_trainer_skipped_steps_total").increment(1);
+                tracing::warn!("step {}: fp16 gradients overflowed at loss scale {scale}; step skipped", self.step + 1);
+                self.step += 1;
+                self.examples_seen += images.size()[0] as u64;
+                return Ok(loss);
+            }
+        }
         self.optimizer.step(lr, &gradients);
         self.step += 1;
         self.bn_updates += 1;

@@ -62,8 +62,14 @@ async fn unusable_batches_are_terminated_and_the_next_good_one_is_trained_on() {
     queue(&store, &streams, "large", batch_object(3, 3)).await; // more than pipeline.batch_size
     let good = queue(&store, &streams, "good", batch_object(2, 2)).await;
 
-    let spec =
-        BatchSpec { dataset: DATASET.into(), image_size: SIZE, num_classes: 3, max_images: 2, towers: 1, max_deliveries: 3 };
+    let spec = BatchSpec {
+        dataset: DATASET.into(),
+        image_size: SIZE,
+        num_classes: 3,
+        max_images: 2,
+        towers: 1,
+        max_deliveries: 3,
+    };
     let source = BatchSource::new(consumer, store.clone(), spec);
     let shutdown = CancellationToken::new();
     let delivery = tokio::time::timeout(Duration::from_secs(30), source.next(&shutdown))
@@ -104,8 +110,14 @@ async fn a_batch_handed_back_too_often_is_terminated() {
     let url = format!("file://{}", dir.path().join("store").display());
     let store = Store::open(&StoreSettings { url, ..Settings::defaults().expect("defaults").store }).expect("store");
     let poison = queue(&store, &streams, "poison", batch_object(2, 2)).await;
-    let spec =
-        BatchSpec { dataset: DATASET.into(), image_size: SIZE, num_classes: 3, max_images: 2, towers: 1, max_deliveries: 3 };
+    let spec = BatchSpec {
+        dataset: DATASET.into(),
+        image_size: SIZE,
+        num_classes: 3,
+        max_images: 2,
+        towers: 1,
+        max_deliveries: 3,
+    };
     let source = BatchSource::new(consumer, store.clone(), spec);
     let shutdown = CancellationToken::new();
     let next = || async {

@@ -119,3 +119,50 @@ fn variables_stay_in_one_buffer_that_the_optimizer_and_averages_update() {
     let shadow = s.averages.state().into_iter().find(|(n, _)| n == &format!("ema/{name}")).unwrap().1;
     assert!((&shadow - &expected).abs().max().double_value(&[]) < 1e-6, "the average followed the variable");
 }
+
+/// In bf16 (issue 19) the towers still apply the average of what each
+/// computes alone: every tower runs the same bf16 kernels on its share, so
+/// the same 1e-6 bound holds, and the gradients come back in fp32 for the
+/// fp32 master weights. Against fp32, the loss and the logits layer's
+/// gradient agree; the whole gradient of a freshly initialised network does
+/// not (cosine about 0.1): batch norm's backward subtracts nearly equal
+/// terms, and bf16 rounds them. PyTorch's own autocast gives the same on
+/// torchvision's Inception-v3 at 139 px (cosine 0.098 over all gradients,
+/// 0.91 for fc, batch 8), so this is bf16, not this code; the learning
+/// benchmark judges training.
+#[test]
+fn in_bf16_two_towers_average_too_and_stay_close_to_fp32() {
+    use inception_model::precision::Precision;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(5);
+    let images = Tensor::randint(256, [8, 75, 75, 3], (Kind::Uint8, Device::Cpu));
+    let labels = Tensor::from_slice(&[1i64, 2, 3, 4, 5, 1, 2, 3]);
+    let (first, second) = (images.narrow(0, 0, 4), images.narrow(0, 4, 4));
+    let bf16 = |towers: usize| {
+        let mut s = state(towers);
+        s.set_precision(Precision::Bf16);
+        s
+    };
+    let ga = gradients(&mut bf16(1), &first, &labels.narrow(0, 0, 4));
+    let gb = gradients(&mut bf16(1), &second, &labels.narrow(0, 4, 4));
+    let average: Vec<(String, Tensor)> =
+        ga.iter().zip(&gb).map(|((n, a), (_, b))| (n.clone(), (a + b) / 2.0)).collect();
+    let scale = average.iter().map(|(_, g)| g.abs().max().double_value(&[])).fold(0.0, f64::max);
+    let mut two = bf16(2);
+    let (towers, low_loss) = two.compute_gradients(&images, &labels).unwrap();
+    let towers: Vec<(String, Tensor)> = two.optimizer.names().into_iter().zip(towers).collect();
+    assert!(towers.iter().all(|(_, g)| g.kind() == Kind::Float), "fp32 gradients");
+    let diff = max_difference(&towers, &average);
+    assert!(diff < 1e-6 * scale.max(1.0), "bf16 towers differ from their average by {diff} (scale {scale})");
+
+    let mut full = state(2);
+    let (full_grads, full_loss) = full.compute_gradients(&images, &labels).unwrap();
+    assert!((low_loss - full_loss).abs() < 0.05 * full_loss, "loss: bf16 {low_loss}, fp32 {full_loss}");
+    let fc = |g: &[(String, Tensor)]| g.iter().find(|(n, _)| n == "fc.weight").map(|(_, t)| t.flatten(0, -1)).unwrap();
+    let full_grads: Vec<(String, Tensor)> = full.optimizer.names().into_iter().zip(full_grads).collect();
+    let cosine = Tensor::cosine_similarity(&fc(&towers), &fc(&full_grads), 0, 1e-12).double_value(&[]);
+    // 0.62 measured here (8-channel layers, 4 images per tower's batch norm);
+    // PyTorch's 0.91 is for the full width. Random directions give about 0.
+    assert!(cosine > 0.3, "the logits layer's gradient points where fp32's does: cosine {cosine}");
+    assert!(max_difference(&towers, &full_grads) > 0.0, "bf16 was used: the gradients differ from fp32's");
+}

@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use types::deserialize_duration;
 pub use types::{
-    parse_duration, DeviceSetting, JpegCheckSetting, OptimizerSetting, ResizeMethodSetting, ScheduleSetting, Split,
+    parse_duration, DeviceSetting, JpegCheckSetting, OptimizerSetting, PrecisionSetting, ResizeMethodSetting,
+    ScheduleSetting, Split,
 };
 
 /// The defaults, compiled in so that every binary runs with no file at all.
@@ -82,9 +83,9 @@ pub struct Settings {
     pub train: TrainSettings,
     /// The evaluator.
     pub eval: EvalSettings,
-    /// The HTTP classification server (`inception-serve`).
     /// The promotion gate (applied by the evaluator after each evaluation).
     pub promotion: PromotionSettings,
+    /// The HTTP classification server (`inception-serve`).
     pub serve: ServeSettings,
     /// Deprecated keys found while loading, one line each (also logged).
     #[serde(skip)]
@@ -421,6 +422,8 @@ pub struct TrainSettings {
     pub threads: u32,
     /// Device of the first tower: `auto` (CUDA when available), `cpu` or `cuda:N`.
     pub device: DeviceSetting,
+    /// Arithmetic of the forward and backward passes: `auto`, `fp32`, `bf16` or `fp16` (CUDA).
+    pub precision: PrecisionSetting,
     /// Towers each batch is split over, gradients averaged (`--num_gpus`); `pipeline.batch_size` must be a multiple.
     pub num_gpus: u32,
     /// Weights to start from when the run has no checkpoint yet (`--pretrained_model_checkpoint_path`); empty = none.
@@ -488,6 +491,8 @@ pub struct EvalSettings {
     pub threads: u32,
     /// Where the model runs: `auto`, `cpu` or `cuda:N`.
     pub device: DeviceSetting,
+    /// Arithmetic of the forward pass: `auto`, `fp32`, `bf16` or `fp16` (CUDA).
+    pub precision: PrecisionSetting,
     /// Folder for TensorBoard event files (precision and recall by checkpoint step); empty = none.
     pub tensorboard_dir: String,
     /// As `train.retain_freed_memory`.
@@ -556,11 +561,6 @@ pub struct ServeSettings {
     pub poll_interval: Duration,
 }
 
-impl Settings {
-    /// Loads the layers. `file` wins over `INCEPTION_CONFIG`; `overrides` are
-    /// `("section.key", "value")` pairs applied last.
-    pub fn load(file: Option<&Path>, overrides: &[(String, String)]) -> Result<Self, SettingsError> {
-        let env_file = std::env::var(CONFIG_FILE_ENV).ok().filter(|s| !s.is_empty());
 /// `[promotion]`: when the evaluator moves the run's `promoted` pointer
 /// (the checkpoint to serve) to a newly evaluated checkpoint.
 #[derive(Debug, Clone, Deserialize)]
@@ -576,6 +576,11 @@ pub struct PromotionSettings {
     pub min_examples: u64,
 }
 
+impl Settings {
+    /// Loads the layers. `file` wins over `INCEPTION_CONFIG`; `overrides` are
+    /// `("section.key", "value")` pairs applied last.
+    pub fn load(file: Option<&Path>, overrides: &[(String, String)]) -> Result<Self, SettingsError> {
+        let env_file = std::env::var(CONFIG_FILE_ENV).ok().filter(|s| !s.is_empty());
         let file = file.map(|p| p.to_string_lossy().into_owned()).or(env_file);
         if let Some(path) = &file {
             // Parse the file alone first so a mistake in it is reported with its name.

@@ -122,6 +122,23 @@ impl<'de> Deserialize<'de> for DeviceSetting {
     }
 }
 
+/// The arithmetic of a model's forward and backward passes
+/// (`train.precision`, `eval.precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrecisionSetting {
+    /// Chosen per device from measurements (docs/benchmarks.md): bf16 on
+    /// CUDA and on CPUs with AMX (`amx_bf16`), fp32 on other CPUs.
+    Auto,
+    /// Full precision throughout.
+    Fp32,
+    /// Convolutions and matrix products in bfloat16 (autocast), the rest and
+    /// the weights in fp32.
+    Bf16,
+    /// As bf16 in IEEE half, with dynamic loss scaling; CUDA only.
+    Fp16,
+}
+
 /// The update rule of the trainer (`train.optimizer`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

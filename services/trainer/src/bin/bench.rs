@@ -51,6 +51,9 @@ struct Args {
     /// glibc malloc's defaults instead of the services' retain_freed_memory.
     #[arg(long)]
     default_malloc: bool,
+    /// auto, fp32, bf16 or fp16 (CUDA), as train.precision.
+    #[arg(long, default_value = "fp32")]
+    precision: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -75,6 +78,11 @@ fn main() -> anyhow::Result<()> {
     cfg.validate().map_err(anyhow::Error::msg)?;
     let labels = (1..=args.labels).map(|i| format!("class{i}")).collect();
     let mut state = TrainState::new(&cfg, labels, &settings, &[device]);
+    let setting: inception_core::settings::PrecisionSetting =
+        serde_json::from_value(serde_json::Value::String(args.precision.clone()))?;
+    let precision =
+        inception_model::precision::Precision::resolve(setting, device, "--precision").map_err(anyhow::Error::msg)?;
+    state.set_precision(precision);
     let images =
         Tensor::randint(256, [args.batch_size, args.image_size, args.image_size, 3], (Kind::Uint8, Device::Cpu));
     let targets = Tensor::randint_low(1, args.labels as i64 + 1, [args.batch_size], (Kind::Int64, Device::Cpu));
@@ -90,12 +98,13 @@ fn main() -> anyhow::Result<()> {
     }
     let secs = started.elapsed().as_secs_f64() / args.steps as f64;
     println!(
-        "ours   size={} batch={} aux={} threads={} device={:?} retain_freed_memory={retained} cudnn_benchmark={}: {:.2} img/s ({:.3} s/step)",
+        "ours   size={} batch={} aux={} threads={} device={:?} precision={} retain_freed_memory={retained} cudnn_benchmark={}: {:.2} img/s ({:.3} s/step)",
         args.image_size,
         args.batch_size,
         !args.no_aux,
         tch::get_num_threads(),
         device,
+        state.precision,
         args.cudnn_benchmark,
         args.batch_size as f64 / secs,
         secs
@@ -110,7 +119,8 @@ fn bench_eval(state: &TrainState, images: &Tensor, args: &Args, device: Device, 
     use inception_model::{images_to_input, Mode};
     let run = || {
         tch::no_grad(|| {
-            state.model.forward(&images_to_input(&images.to_device(device)), Mode::Eval).0.double_value(&[0, 0])
+            let x = images_to_input(&images.to_device(device));
+            state.model.forward_in(state.precision, &x, Mode::Eval).0.double_value(&[0, 0])
         })
     };
     for _ in 0..args.warmup {
@@ -122,8 +132,8 @@ fn bench_eval(state: &TrainState, images: &Tensor, args: &Args, device: Device, 
     }
     let secs = started.elapsed().as_secs_f64() / args.steps as f64;
     println!(
-        "ours   eval size={} batch={} threads={} device={:?} retain_freed_memory={retained} cudnn_benchmark={}: {:.2} img/s ({:.3} s/batch)",
-        args.image_size, args.batch_size, tch::get_num_threads(), device, args.cudnn_benchmark, args.batch_size as f64 / secs, secs
+        "ours   eval size={} batch={} threads={} device={:?} precision={} retain_freed_memory={retained} cudnn_benchmark={}: {:.2} img/s ({:.3} s/batch)",
+        args.image_size, args.batch_size, tch::get_num_threads(), device, state.precision, args.cudnn_benchmark, args.batch_size as f64 / secs, secs
     );
     Ok(())
 }
