@@ -30,7 +30,13 @@ struct Entry {
 impl Entry {
     fn of(v: &serde_json::Value) -> Entry {
         let field = |k: &str| v[k].as_str().unwrap_or_default().to_string();
-        Entry { stage: field("stage"), kind: field("kind"), name: field("name"), value: field("value"), key: field("key") }
+        Entry {
+            stage: field("stage"),
+            kind: field("kind"),
+            name: field("name"),
+            value: field("value"),
+            key: field("key"),
+        }
     }
 }
 
@@ -101,7 +107,10 @@ fn copy_tree(from: &Path, to: &Path) {
 fn ingest(corpus: &Corpus, images: &Path, store: &Path, env: &[(String, String)]) {
     let train = corpus.dir.join("ingest");
     copy_tree(&images.join("train"), &train);
-    let good = std::fs::read_dir(images.join("train")).unwrap().flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap()).count();
+    let good = std::fs::read_dir(images.join("train"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .count();
     let validation = images.join("validation");
     let args = ["--train-directory", train.to_str().unwrap(), "--validation-directory", validation.to_str().unwrap()];
     let out = run("inception-ingest", &args, env, Duration::from_secs(120));
@@ -141,7 +150,8 @@ async fn poison_the_streams(corpus: &Corpus, store: &Path, streams: &Streams) {
     for e in corpus.of("records") {
         let key = format!("datasets/flowers/train-hostile-{}", e.name);
         std::fs::copy(corpus.path(e), store.join(&key)).unwrap();
-        let ready = ShardReady { dataset: "flowers".into(), split: "train".into(), uri: key, records: 1, ..Default::default() };
+        let ready =
+            ShardReady { dataset: "flowers".into(), split: "train".into(), uri: key, records: 1, ..Default::default() };
         context.publish(shards.clone(), Bytes::from(ready.encode_to_vec())).await.unwrap().await.unwrap();
     }
     for e in corpus.of("messages") {
@@ -162,7 +172,10 @@ async fn poison_the_streams(corpus: &Corpus, store: &Path, streams: &Streams) {
         std::fs::create_dir_all(store.join("batches/flowers")).unwrap();
         std::fs::copy(corpus.path(e), store.join(&key)).unwrap();
         let ready = BatchReady { uri: key.clone(), batch_size: 2, image_size: 75, ..Default::default() };
-        streams.publish_acked(&batches, Bytes::from(ready.encode_to_vec()), &key, &CancellationToken::new()).await.unwrap();
+        streams
+            .publish_acked(&batches, Bytes::from(ready.encode_to_vec()), &key, &CancellationToken::new())
+            .await
+            .unwrap();
     }
     for e in corpus.of("checkpoints") {
         let key = format!("checkpoints/default/{}", e.name);
@@ -261,13 +274,16 @@ async fn no_hostile_input_stops_a_stage() {
     let (out, err) = trainer.output();
     assert!(status.success(), "the trainer trains past every hostile batch\n{out}\n{err}");
     let terminated = err.matches("terminating a batch message").count();
-    let hostile_batches = corpus.of("batches").count() + corpus.of("messages").filter(|e| e.name.starts_with("batches")).count();
+    let hostile_batches =
+        corpus.of("batches").count() + corpus.of("messages").filter(|e| e.name.starts_with("batches")).count();
     assert_eq!(terminated, hostile_batches, "each hostile batch terminated, with its reason\n{err}");
     assert!(worker.is_running(), "the worker is alive: {:?}", worker.output());
     assert!(http_get(port, "/healthz").unwrap().0.contains("200"));
 
     // The real checkpoint at step 3 is evaluated; no hostile one scores.
-    wait_for_file(&store.join("eval/default/step-3.json"), Duration::from_secs(180), || format!("{:?}", evaluator.output()));
+    wait_for_file(&store.join("eval/default/step-3.json"), Duration::from_secs(180), || {
+        format!("{:?}", evaluator.output())
+    });
     assert!(evaluator.is_running(), "the evaluator is alive: {:?}", evaluator.output());
     for step in 90..=96 {
         assert!(!store.join(format!("eval/default/step-{step}.json")).exists(), "hostile checkpoint {step} scored");
