@@ -7,7 +7,7 @@ use inception_core::local_nats::LocalNats;
 use inception_core::settings::env_vars;
 use inception_core::tfrecord;
 use inception_integration_tests::{free_port, http_get, wait_for_file, Proc};
-use inception_proto::pipeline::{CheckpointReady, EvalResult, ShardReady};
+use inception_proto::pipeline::{CheckpointPromoted, CheckpointReady, EvalResult, ShardReady};
 use inception_proto::tensorflow::{event, Event};
 use inception_proto::Message;
 use std::path::Path;
@@ -126,6 +126,27 @@ async fn four_services_train_and_evaluate_over_nats() {
     let pointer: serde_json::Value = serde_json::from_slice(&std::fs::read(ckpt.join("checkpoint")).unwrap()).unwrap();
     assert_eq!(pointer["step"], STEPS);
 
+    // Lineage: every shard has a manifest; the last checkpoint names its
+    // parent and the train shards its examples came from, all of them.
+    for shard in ["train-00000-of-00002", "train-00001-of-00002", "validation-00000-of-00002"] {
+        let manifest = store.join(format!("datasets/shapes/manifests/{shard}.json"));
+        let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(manifest).unwrap()).unwrap();
+        assert!(manifest["records"].as_u64().unwrap() > 0 && manifest["images"][0]["sha256"].is_string());
+    }
+    let json = |step: u64| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(ckpt.join(format!("model.ckpt-{step}.json"))).unwrap()).unwrap()
+    };
+    let (last, lineage) = (json(STEPS), json(STEPS)["lineage"].clone());
+    assert_eq!(lineage["parent"], format!("checkpoints/default/model.ckpt-{}.json", STEPS / 2));
+    assert_eq!(lineage["total_examples"], last["examples_seen"]);
+    assert_eq!(lineage["total_unattributed_examples"], 0, "{lineage}");
+    let named: Vec<&str> =
+        lineage["total_shards"].as_array().unwrap().iter().map(|c| c["shard"].as_str().unwrap()).collect();
+    assert_eq!(named.len(), 2, "{named:?}");
+    assert!(named.iter().all(|s| s.starts_with("datasets/shapes/train-")), "{named:?}");
+    let since: u64 = lineage["shards"].as_array().unwrap().iter().map(|c| c["examples"].as_u64().unwrap()).sum();
+    assert_eq!(since, lineage["examples"].as_u64().unwrap());
+
     // The evaluator evaluates the final checkpoint from its announcement.
     let result = store.join(format!("eval/default/step-{STEPS}.json"));
     wait_for_file(&result, Duration::from_secs(300), || format!("{:?}", evaluator.output()));
@@ -134,6 +155,13 @@ async fn four_services_train_and_evaluate_over_nats() {
     eprintln!("precision@1 at step {STEPS}: {p1}");
     assert_eq!(eval["examples"], 100);
     assert!(p1 > 0.4, "precision@1 {p1} should be well above chance (0.2)");
+    // The promotion gate decided on both checkpoints; the first was promoted.
+    for step in [STEPS / 2, STEPS] {
+        let decision = ckpt.join(format!("promotions/step-{step}.json"));
+        wait_for_file(&decision, Duration::from_secs(60), || format!("{:?}", evaluator.output()));
+    }
+    let promoted: serde_json::Value = serde_json::from_slice(&std::fs::read(ckpt.join("promoted")).unwrap()).unwrap();
+    assert!(promoted["step"] == STEPS / 2 || promoted["step"] == STEPS, "{promoted}");
     let (eval_out, _) = evaluator.output();
     assert!(eval_out.contains(&format!("precision @ 1 = {p1:.4} recall @ 5 = ")), "{eval_out}");
 
@@ -182,6 +210,17 @@ async fn four_services_train_and_evaluate_over_nats() {
     }
     assert!(correct >= 1, "{results:?}");
     assert_eq!(results[5]["file"], bad.as_str());
+
+    // inception lineage: a training image was in the training data, a validation one was not.
+    let train_image = images.join("train/roses/roses_0000.jpg").display().to_string();
+    let validation_image = images.join("validation/roses/roses_0000.jpg").display().to_string();
+    let args = ["lineage", "latest", "--image", &train_image, "--image", &validation_image, "--json"];
+    let mut lineage = Proc::spawn("inception", &args, &once_env, &once_logs);
+    assert!(lineage.wait(Duration::from_secs(60)).success(), "{:?}", lineage.output());
+    let doc: serde_json::Value = serde_json::from_str(&lineage.output().0).unwrap();
+    assert_eq!(doc["step"], STEPS);
+    assert_eq!(doc["images"][0]["verdict"], "yes", "{}", doc["images"][0]);
+    assert_eq!(doc["images"][1]["verdict"], "no", "{}", doc["images"][1]);
     assert!(results[5]["error"].as_str().unwrap().contains("not a recognised image format"), "{}", results[5]);
 
     // Metrics and health of a running service.
@@ -197,7 +236,7 @@ async fn four_services_train_and_evaluate_over_nats() {
     assert!(evaluator.terminate(Duration::from_secs(30)).success(), "{:?}", evaluator.output());
 
     // Every stage announced its work.
-    let (mut shards, mut checkpoints, mut evals) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut shards, mut checkpoints, mut evals, mut promotions) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), announcements.next()).await {
         let subject = m.subject.as_str();
         if subject.starts_with("inception.shards.") {
@@ -206,6 +245,8 @@ async fn four_services_train_and_evaluate_over_nats() {
             checkpoints.push(CheckpointReady::decode(m.payload.as_ref()).unwrap());
         } else if subject.starts_with("inception.evals.") {
             evals.push(EvalResult::decode(m.payload.as_ref()).unwrap());
+        } else if subject.starts_with("inception.promotions.") {
+            promotions.push(CheckpointPromoted::decode(m.payload.as_ref()).unwrap());
         }
     }
     assert_eq!(shards.len(), 4, "{shards:?}");
@@ -215,6 +256,7 @@ async fn four_services_train_and_evaluate_over_nats() {
     assert_eq!(steps, vec![STEPS / 2, STEPS]);
     assert!(evals.iter().any(|e| e.step == STEPS && (e.precision_at_1 - p1).abs() < 1e-12), "{evals:?}");
     assert!(evals.iter().all(|e| e.examples == 100), "{evals:?}");
+    assert_eq!(promotions.first().map(|p| (p.step, p.previous_step)), Some((STEPS / 2, 0)), "{promotions:?}");
 
     // TensorBoard event files with the original's tags (one file per
     // process that wrote: the watching and the --run-once evaluator).
