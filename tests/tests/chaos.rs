@@ -395,8 +395,11 @@ fn the_pipeline_survives_kills_and_nats_restarts_and_loses_nothing() {
         },
         || context(&services),
     );
-    let train_shards: Vec<String> = files_under(&store.join("datasets/flowers"))
+    let dataset_dir = store.join("datasets/flowers");
+    let train_shards: Vec<String> = files_under(&dataset_dir)
         .iter()
+        // Shards lie in the dataset's folder itself (manifests/ holds their manifests).
+        .filter(|p| p.parent() == Some(dataset_dir.as_path()))
         .filter_map(|p| {
             p.file_name()?.to_str().filter(|n| n.starts_with("train-") && !n.contains('#')).map(str::to_string)
         })

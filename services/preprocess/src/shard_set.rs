@@ -151,7 +151,9 @@ pub async fn add_listed(store: &Store, dataset: &str, set: &ShardSet) -> Result<
     for key in store.list(&prefix).await? {
         // `#` marks a local store's partial writes; never a shard.
         let shard = ShardReady { uri: key, ..Default::default() };
-        if !shard.uri.contains('#') && accept_train_shard(&shard, dataset).is_ok() && set.add(shard) {
+        let uri = shard.uri.clone();
+        if !uri.contains('#') && accept_train_shard(&shard, dataset).is_ok() && set.add(shard) {
+            tracing::info!("new train shard {uri} (in the store)");
             added += 1;
         }
     }
