@@ -302,9 +302,28 @@ pub async fn read(
     })?;
     let meta: CheckpointMeta = serde_json::from_slice(&bytes).map_err(|e| corrupt(metadata_key, e.to_string()))?;
     meta.validate().map_err(|e| corrupt(metadata_key, e))?;
-    let tensors =
-        tensors_from_bytes(&store.get(&meta.weights).await?).map_err(|e| corrupt(&meta.weights, e.to_string()))?;
+    let bound = max_weights_bytes(&meta.model);
+    let bytes = store.get_at_most(&meta.weights, bound).await.map_err(|e| match e {
+        too_large @ StoreError::TooLarge { .. } => corrupt(&meta.weights, format!("{too_large} (for its model)")),
+        other => other.into(),
+    })?;
+    let tensors = tensors_from_bytes(&bytes).map_err(|e| corrupt(&meta.weights, e.to_string()))?;
     Ok((meta, tensors))
+}
+
+/// Room for a weights file's safetensors header (names and shapes of about
+/// 1,500 tensors take well under 1 MiB).
+const WEIGHTS_HEADER_BYTES: u64 = 16 << 20;
+
+/// The largest weights file a checkpoint of `cfg` can have: every variable
+/// (counted on the model itself), its moving average and two optimizer
+/// slots, in fp32, plus the header. A larger object is refused from its
+/// size, before it is read.
+pub fn max_weights_bytes(cfg: &ModelConfig) -> u64 {
+    let vs = VarStore::new(tch::Device::Cpu);
+    let _ = tch::no_grad(|| crate::inception::InceptionV3::new(&vs.root(), cfg));
+    let elements: i64 = vs.variables().values().map(Tensor::numel).map(|n| n as i64).sum();
+    (elements.max(0) as u64).saturating_mul(4 * 4).saturating_add(WEIGHTS_HEADER_BYTES)
 }
 
 /// Loads a checkpoint for inference: the moving averages of the weights
@@ -494,6 +513,25 @@ mod tests {
         file.remove("Mixed_5b.branch1x1.conv.weight");
         let err = load_pretrained(&target, &file, true).unwrap_err().to_string();
         assert!(err.contains("Mixed_5b.branch1x1.conv.weight"), "{err}");
+    }
+
+    /// A weights object larger than any checkpoint of its model can be is
+    /// refused from its size (issue 16: it used to be read whole).
+    #[test]
+    fn the_weights_bound_fits_a_real_checkpoint_and_refuses_more() {
+        let source = VarStore::new(Device::Cpu);
+        let _ = InceptionV3::new(&source.root(), &cfg(6));
+        let mut named: Vec<(String, Tensor)> = Vec::new();
+        for (name, t) in source.variables() {
+            named.push((format!("ema/{name}"), t.copy()));
+            named.push((format!("optimizer/ms/{name}"), t.zeros_like()));
+            named.push((format!("optimizer/mom/{name}"), t.zeros_like()));
+            named.push((name, t));
+        }
+        let bytes = tensors_to_bytes(&named).unwrap().len() as u64;
+        let bound = max_weights_bytes(&cfg(6));
+        assert!(bytes <= bound, "a full checkpoint ({bytes} B) fits its bound ({bound} B)");
+        assert!(bound < bytes + (17 << 20), "and the bound is tight: {bound} B for {bytes} B");
     }
 
     /// Fine-tuning from one of our own checkpoints starts from the weights
