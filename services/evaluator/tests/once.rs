@@ -79,6 +79,9 @@ async fn setup() -> Setup {
     let mut settings = Settings::defaults().unwrap();
     settings.nats.url = nats_server.url();
     settings.dataset.name = "shapes".into();
+    // Exact scores and losses of hand-set logits: in full precision (bf16,
+    // the default on CPUs with bf16 instructions, rounds 0.3 to 0.30078).
+    settings.eval.precision = inception_core::settings::PrecisionSetting::Fp32;
     settings.eval.num_examples = 0;
     settings.eval.tensorboard_dir = dir.path().join("tensorboard").display().to_string();
     settings.store =

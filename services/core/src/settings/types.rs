@@ -128,7 +128,8 @@ impl<'de> Deserialize<'de> for DeviceSetting {
 #[serde(rename_all = "lowercase")]
 pub enum PrecisionSetting {
     /// Chosen per device from measurements (docs/benchmarks.md): bf16 on
-    /// CUDA and on CPUs with AMX (`amx_bf16`), fp32 on other CPUs.
+    /// CUDA and on CPUs with bf16 instructions (`avx512_bf16`, `amx_bf16`),
+    /// fp32 on other CPUs.
     Auto,
     /// Full precision throughout.
     Fp32,
