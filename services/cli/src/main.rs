@@ -93,7 +93,9 @@ fn main() -> ExitCode {
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
-        Err(e) if e.is::<inception_cli::UsageError>() => {
+        // A mistake in the command line or the settings (a bad key or value,
+        // a malformed URL): exit 2, as the services do.
+        Err(e) if e.is::<inception_cli::UsageError>() || inception_core::bootstrap::is_configuration_error(&e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }

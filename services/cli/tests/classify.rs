@@ -213,3 +213,15 @@ fn a_weights_file_is_refused_naming_the_metadata_file_to_give() {
     assert_eq!(r.code(), Some(2), "{r:?}");
     assert!(r.stderr.contains(&format!("give its metadata file {}", metadata.display())), "{}", r.stderr);
 }
+
+/// A settings mistake is a configuration error: exit 2 naming the key, as
+/// the services do (it used to be 1, like a bad image).
+#[test]
+fn a_bad_setting_exits_2_naming_it() {
+    for set in ["pipeline.batch_size=8.5", "store.url=ftp://nowhere"] {
+        let r = run(inception(["classify", "--set", set, "--checkpoint", "latest", "photo.jpg"]));
+        assert_eq!(r.code(), Some(2), "{set}: {r:?}");
+        let key = set.split('=').next().unwrap_or_default();
+        assert!(r.stderr.contains(key), "{set}: {}", r.stderr);
+    }
+}
