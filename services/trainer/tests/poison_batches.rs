@@ -45,32 +45,57 @@ async fn queue(store: &Store, streams: &Streams, name: &str, object: Vec<u8>) ->
     key
 }
 
+/// A nats-server with the batch queue, a store, and the trainer's consumer
+/// with `ack_wait`.
+struct Queue {
+    _dir: tempfile::TempDir,
+    _nats: LocalNats,
+    streams: Streams,
+    store: Store,
+    consumer: Option<async_nats::jetstream::consumer::PullConsumer>,
+}
+
+impl Queue {
+    async fn start(ack_wait: Duration) -> Queue {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let nats = LocalNats::start(&dir.path().join("nats")).expect("nats-server");
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let streams = Streams::new(client, "inception");
+        let stream = streams.batches(8).await.expect("batch stream");
+        let consumer = streams.batch_consumer(&stream, DATASET, ack_wait).await.expect("consumer");
+        let url = format!("file://{}", dir.path().join("store").display());
+        let store =
+            Store::open(&StoreSettings { url, ..Settings::defaults().expect("defaults").store }).expect("store");
+        Queue { _dir: dir, _nats: nats, streams, store, consumer: Some(consumer) }
+    }
+
+    /// The trainer's view of the queue: batches of 2 images of 3 classes,
+    /// delivered at most 3 times.
+    fn source(&mut self) -> BatchSource {
+        let spec = BatchSpec {
+            dataset: DATASET.into(),
+            image_size: SIZE,
+            num_classes: 3,
+            max_images: 2,
+            towers: 1,
+            max_deliveries: 3,
+        };
+        BatchSource::new(self.consumer.take().expect("one source per queue"), self.store.clone(), spec)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unusable_batches_are_terminated_and_the_next_good_one_is_trained_on() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let nats = LocalNats::start(&dir.path().join("nats")).expect("nats-server");
-    let client = async_nats::connect(nats.url()).await.expect("connect");
-    let streams = Streams::new(client, "inception");
-    let stream = streams.batches(8).await.expect("batch stream");
     // A message left unsettled would be delivered again after a second.
-    let consumer = streams.batch_consumer(&stream, DATASET, Duration::from_secs(1)).await.expect("consumer");
-    let url = format!("file://{}", dir.path().join("store").display());
-    let store = Store::open(&StoreSettings { url, ..Settings::defaults().expect("defaults").store }).expect("store");
+    let mut queue_under_test = Queue::start(Duration::from_secs(1)).await;
+    let source = queue_under_test.source();
+    let (streams, store) = (&queue_under_test.streams, &queue_under_test.store);
 
-    queue(&store, &streams, "empty", batch_object(0, 0)).await;
-    queue(&store, &streams, "short", batch_object(1, 2)).await;
-    queue(&store, &streams, "large", batch_object(3, 3)).await; // more than pipeline.batch_size
-    let good = queue(&store, &streams, "good", batch_object(2, 2)).await;
+    queue(store, streams, "empty", batch_object(0, 0)).await;
+    queue(store, streams, "short", batch_object(1, 2)).await;
+    queue(store, streams, "large", batch_object(3, 3)).await; // more than pipeline.batch_size
+    let good = queue(store, streams, "good", batch_object(2, 2)).await;
 
-    let spec = BatchSpec {
-        dataset: DATASET.into(),
-        image_size: SIZE,
-        num_classes: 3,
-        max_images: 2,
-        towers: 1,
-        max_deliveries: 3,
-    };
-    let source = BatchSource::new(consumer, store.clone(), spec);
     let shutdown = CancellationToken::new();
     let delivery = tokio::time::timeout(Duration::from_secs(30), source.next(&shutdown))
         .await
@@ -78,7 +103,7 @@ async fn unusable_batches_are_terminated_and_the_next_good_one_is_trained_on() {
         .expect("a batch");
     assert_eq!(delivery.key, good, "the empty, short and large batches are skipped");
     assert_eq!(delivery.batch.len(), 2);
-    delivery.settle(Outcome::Trained, &store).await;
+    delivery.settle(Outcome::Trained, store).await;
 
     // Terminated messages leave the work queue (as the acknowledged one does).
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -101,24 +126,10 @@ async fn unusable_batches_are_terminated_and_the_next_good_one_is_trained_on() {
 /// it is terminated, and the good batch behind it is trained on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_handed_back_too_often_is_terminated() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let nats = LocalNats::start(&dir.path().join("nats")).expect("nats-server");
-    let client = async_nats::connect(nats.url()).await.expect("connect");
-    let streams = Streams::new(client, "inception");
-    let stream = streams.batches(8).await.expect("batch stream");
-    let consumer = streams.batch_consumer(&stream, DATASET, Duration::from_secs(30)).await.expect("consumer");
-    let url = format!("file://{}", dir.path().join("store").display());
-    let store = Store::open(&StoreSettings { url, ..Settings::defaults().expect("defaults").store }).expect("store");
-    let poison = queue(&store, &streams, "poison", batch_object(2, 2)).await;
-    let spec = BatchSpec {
-        dataset: DATASET.into(),
-        image_size: SIZE,
-        num_classes: 3,
-        max_images: 2,
-        towers: 1,
-        max_deliveries: 3,
-    };
-    let source = BatchSource::new(consumer, store.clone(), spec);
+    let mut queue_under_test = Queue::start(Duration::from_secs(30)).await;
+    let source = queue_under_test.source();
+    let (streams, store) = (&queue_under_test.streams, &queue_under_test.store);
+    let poison = queue(store, streams, "poison", batch_object(2, 2)).await;
     let shutdown = CancellationToken::new();
     let next = || async {
         tokio::time::timeout(Duration::from_secs(30), source.next(&shutdown))
@@ -129,12 +140,12 @@ async fn a_batch_handed_back_too_often_is_terminated() {
     for attempt in 1..=3 {
         let delivery = next().await;
         assert_eq!(delivery.key, poison, "delivery {attempt} is the failing batch again");
-        delivery.settle(Outcome::StepFailed, &store).await;
+        delivery.settle(Outcome::StepFailed, store).await;
     }
-    let good = queue(&store, &streams, "good", batch_object(2, 2)).await;
+    let good = queue(store, streams, "good", batch_object(2, 2)).await;
     let delivery = next().await;
     assert_eq!(delivery.key, good, "the fourth delivery of the failing batch is terminated, not trained on");
-    delivery.settle(Outcome::Trained, &store).await;
+    delivery.settle(Outcome::Trained, store).await;
     let again = tokio::time::timeout(Duration::from_secs(3), source.next(&shutdown)).await;
     assert!(again.is_err(), "the failing batch never comes back");
 }
