@@ -43,6 +43,9 @@ impl Proc {
             .args(args)
             .envs(env.iter().cloned())
             .env("RUST_LOG", "info")
+            // An error exit prints its message and causes, not a backtrace
+            // that would push them out of a failing test's excerpt.
+            .env("RUST_LIB_BACKTRACE", "0")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).expect("stdout file"))
             .stderr(std::fs::File::create(&stderr).expect("stderr file"))
@@ -88,6 +91,16 @@ impl Proc {
     pub fn is_running(&mut self) -> bool {
         self.process.is_running()
     }
+}
+
+/// The lines of a service's log that say why it failed (errors, panics), at
+/// most `most`: a failing test shows them beside the log's tail.
+pub fn failure_lines(log: &str, most: usize) -> String {
+    log.lines()
+        .filter(|l| l.starts_with("Error:") || l.contains(" ERROR ") || l.contains("panicked at"))
+        .take(most)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Waits until `path` exists, failing with `context()` after `limit`.

@@ -22,7 +22,8 @@ use inception_core::local_nats::LocalNats;
 use inception_core::nats::Streams;
 use inception_core::settings::env_vars;
 use inception_integration_tests::{
-    checkpoint_pointer, drop_image, free_port, http_get, logged_steps, pointer_step, record_filenames, wait_until, Proc,
+    checkpoint_pointer, drop_image, failure_lines, free_port, http_get, logged_steps, pointer_step, record_filenames,
+    wait_until, Proc,
 };
 use inception_proto::pipeline::{BatchReady, EvalResult};
 use inception_proto::Message;
@@ -102,7 +103,13 @@ impl Service {
         let last = self.incarnations.len().saturating_sub(1);
         let (out, err) = (self.out(last), self.err(last));
         let cut = |s: &str| s[s.len().saturating_sub(3000)..].to_string();
-        format!("--- {} #{last} stdout\n{}\n--- stderr\n{}", self.bin, cut(&out), cut(&err))
+        format!(
+            "--- {} #{last} failures\n{}\n--- stdout\n{}\n--- stderr\n{}",
+            self.bin,
+            failure_lines(&err, 10),
+            cut(&out),
+            cut(&err)
+        )
     }
 }
 

@@ -316,7 +316,7 @@ pub struct StreamBounds {
 
 impl Default for StreamBounds {
     fn default() -> Self {
-        Self { max_messages: 1_000_000, max_bytes: 1 << 30, max_age: Duration::ZERO, max_message_bytes: 1 << 20 }
+        Self { max_messages: 1_000_000, max_bytes: 128 << 20, max_age: Duration::ZERO, max_message_bytes: 1 << 20 }
     }
 }
 
@@ -353,6 +353,44 @@ impl StreamBounds {
     }
 }
 
+/// Why [`Streams::ensure`] gave up.
+enum EnsureError {
+    /// The server has no room for the stream's storage reservation.
+    NoRoom(String),
+    /// Anything else, after the retries.
+    Failed(String),
+}
+
+impl EnsureError {
+    fn into_nats(self, stream: &str) -> NatsError {
+        let (EnsureError::NoRoom(message) | EnsureError::Failed(message)) = self;
+        NatsError::Stream { stream: stream.to_string(), message }
+    }
+}
+
+/// Whether JetStream refused a stream for want of storage to reserve.
+fn is_no_room(error: &jetstream::context::CreateStreamError) -> bool {
+    use jetstream::context::CreateStreamErrorKind;
+    use jetstream::ErrorCode;
+    match error.kind() {
+        CreateStreamErrorKind::JetStream(e) => matches!(
+            e.error_code(),
+            ErrorCode::STORAGE_RESOURCES_EXCEEDED
+                | ErrorCode::INSUFFICIENT_RESOURCES
+                | ErrorCode::ACCOUNT_RESOURCES_EXCEEDED
+        ),
+        _ => false,
+    }
+}
+
+fn warn_no_room(stream: &str, max_bytes: i64, reason: &str) {
+    tracing::warn!(
+        "JetStream stream {stream}: the server cannot reserve nats.stream_max_bytes = {max_bytes} bytes for it \
+         ({reason}); it goes without a byte bound, still bounded by nats.stream_max_messages and \
+         nats.max_message_bytes (free disk space for JetStream, or lower nats.stream_max_bytes)"
+    );
+}
+
 impl Streams {
     /// The streams of the pipeline under `prefix`, with the default bounds;
     /// none is created until it is asked for.
@@ -369,16 +407,38 @@ impl Streams {
     /// Gets or creates a limits stream, and bounds it if it was made
     /// without these bounds (by an older version, or other settings). A
     /// stream whose bounds cannot be changed is used as it is, with a warning.
+    ///
+    /// JetStream reserves a stream's `max_bytes` from the server's storage
+    /// (75 % of the free disk unless `max_file_store` says otherwise) and
+    /// refuses a stream it cannot reserve for. A service must not stop over
+    /// that: the stream is then made (or kept) without a byte bound, still
+    /// bounded by `nats.stream_max_messages` and `nats.max_message_bytes`,
+    /// with a warning naming the setting.
     async fn ensure_bounded(&self, config: stream::Config) -> Result<stream::Stream, NatsError> {
-        let stream = self.ensure(config).await?;
+        let name = config.name.clone();
+        let stream = match self.ensure(config.clone()).await {
+            Err(EnsureError::NoRoom(reason)) if config.max_bytes > 0 => {
+                warn_no_room(&name, config.max_bytes, &reason);
+                let unreserved = stream::Config { max_bytes: -1, ..config };
+                return self.ensure(unreserved).await.map_err(|e| e.into_nats(&name));
+            }
+            other => other.map_err(|e| e.into_nats(&name))?,
+        };
         let current = stream.cached_info().config.clone();
         if self.bounds.hold_for(&current) {
             return Ok(stream);
         }
-        let name = current.name.clone();
-        let mut bounded = current;
+        let mut bounded = current.clone();
         self.bounds.apply(&mut bounded);
-        match self.context.update_stream(&bounded).await {
+        let mut updated = self.context.update_stream(&bounded).await;
+        if let Err(e) = &updated {
+            if is_no_room(e) && bounded.max_bytes != current.max_bytes {
+                warn_no_room(&name, bounded.max_bytes, &e.to_string());
+                bounded.max_bytes = current.max_bytes;
+                updated = self.context.update_stream(&bounded).await;
+            }
+        }
+        match updated {
             Ok(_) => {
                 tracing::info!("JetStream stream {name}: bounds set to {:?}", self.bounds);
                 self.context
@@ -395,14 +455,16 @@ impl Streams {
 
     /// Gets or creates a stream. JetStream may be briefly unavailable (a
     /// server restarting, its stream leader not elected yet): retried for
-    /// about half a minute before the error is returned.
-    async fn ensure(&self, config: stream::Config) -> Result<stream::Stream, NatsError> {
+    /// about half a minute before the error is returned. A server without
+    /// room for the stream's reservation is not retried.
+    async fn ensure(&self, config: stream::Config) -> Result<stream::Stream, EnsureError> {
         let name = config.name.clone();
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let mut attempt = 1;
         loop {
             match self.context.get_or_create_stream(config.clone()).await {
                 Ok(stream) => return Ok(stream),
+                Err(e) if is_no_room(&e) => return Err(EnsureError::NoRoom(e.to_string())),
                 Err(e) if attempt < ENSURE_ATTEMPTS => {
                     tracing::warn!(
                         "JetStream stream {name} not available ({e}); retrying in {:.1}s",
@@ -411,7 +473,7 @@ impl Streams {
                     backoff.sleep().await;
                     attempt += 1;
                 }
-                Err(e) => return Err(NatsError::Stream { stream: name, message: e.to_string() }),
+                Err(e) => return Err(EnsureError::Failed(e.to_string())),
             }
         }
     }
@@ -462,6 +524,7 @@ impl Streams {
             ..Default::default()
         })
         .await
+        .map_err(|e| e.into_nats(&self.subjects.stream_name("BATCHES")))
     }
 
     /// The trainer's durable pull consumer of `dataset`'s batches: explicit

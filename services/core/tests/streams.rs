@@ -76,3 +76,42 @@ async fn announcement_streams_are_bounded_even_when_made_without_bounds() {
     }
     assert_eq!(streams.batches(3).await.unwrap().cached_info().config.max_message_size, 2048);
 }
+
+/// JetStream reserves each stream's `max_bytes` from its storage, which is
+/// 75 % of the free disk by default: on a machine short of disk a bounded
+/// stream is refused ("insufficient storage resources"), which stopped the
+/// trainer and the evaluator at start-up. Every stream is still made, then
+/// without a byte bound, and keeps its other bounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_made_on_a_server_without_room_for_their_byte_bounds() {
+    use inception_core::nats::StreamBounds;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let conf = dir.path().join("nats.conf");
+    // Room for one stream of 40 MB, not for a second.
+    std::fs::write(&conf, "jetstream { max_file_store: 64MB }\n").expect("config");
+    let nats = LocalNats::start_with_config(&dir.path().join("nats"), &conf).expect("nats-server");
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let bounds =
+        StreamBounds { max_messages: 7, max_bytes: 40 << 20, max_age: Duration::ZERO, max_message_bytes: 4096 };
+    let streams = Streams::new(client.clone(), "inception").with_bounds(bounds);
+    let started = Instant::now();
+    let made = [
+        streams.shards().await.expect("shards"),
+        streams.checkpoints().await.expect("checkpoints, without room for its reservation"),
+        streams.evals().await.expect("evals"),
+        streams.promotions().await.expect("promotions"),
+    ];
+    assert!(started.elapsed() < Duration::from_secs(10), "refusals for want of room are not retried");
+    let configs: Vec<_> = made.iter().map(|s| s.cached_info().config.clone()).collect();
+    assert_eq!(configs[0].max_bytes, 40 << 20, "the first one fits");
+    for c in &configs[1..] {
+        assert_eq!(c.max_bytes, -1, "{}: made without a byte bound", c.name);
+    }
+    for c in &configs {
+        assert_eq!((c.max_messages, c.max_message_size), (7, 4096), "{}: still bounded", c.name);
+    }
+    assert_eq!(streams.batches(3).await.expect("batches").cached_info().config.max_messages, 3);
+    // A service started again finds them as they are.
+    let again = Streams::new(client, "inception").with_bounds(bounds);
+    assert_eq!(again.evals().await.expect("evals again").cached_info().config.max_messages, 7);
+}
