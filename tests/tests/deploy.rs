@@ -387,3 +387,224 @@ fn keda_scales_preprocess_on_the_real_batch_queue() {
     let host = meta["natsServerMonitoringEndpoint"].as_str().and_then(|e| e.split(':').next()).expect("host");
     assert!(nats_url.contains(host), "services use {nats_url}, KEDA watches {host}");
 }
+
+// Training on several pods: deploy/k8s/trainer-pytorchjob.yaml (Kubeflow
+// Training Operator) and deploy/k8s/trainer-indexed-job.yaml (plain
+// Kubernetes). Both run the trainer Deployment's container once per rank.
+
+/// The variables a launcher sets and the trainer reads (they override `[distributed]`).
+const LAUNCHER_VARIABLES: [&str; 4] = ["RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"];
+
+/// The rendezvous port: torch's default, and `distributed.master_port`'s.
+const MASTER_PORT: i64 = 29500;
+
+/// The trainer Deployment's pod spec (deploy/k8s/trainer.yaml).
+fn trainer_deployment_pod() -> serde_json::Value {
+    let docs = yaml_file("deploy/k8s/trainer.yaml");
+    assert_eq!(docs[0]["kind"], "Deployment");
+    docs[0]["spec"]["template"]["spec"].clone()
+}
+
+/// The `env` entry `name` of a container, if any.
+fn env<'a>(container: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    container["env"].as_array().into_iter().flatten().find(|e| e["name"] == name)
+}
+
+/// Checks that one rank's pod template runs the trainer as the Deployment
+/// does (image, command, settings, store secret, device, GPU, metrics,
+/// liveness) and opens the rendezvous port; returns its container.
+fn check_rank_pod<'a>(pod: &'a serde_json::Value, place: &str) -> &'a serde_json::Value {
+    let deployment = trainer_deployment_pod();
+    let trainer = &deployment["containers"][0];
+    let containers = pod["spec"]["containers"].as_array().unwrap_or_else(|| panic!("{place}: no containers"));
+    assert_eq!(containers.len(), 1, "{place}");
+    let c = &containers[0];
+    assert_eq!(c["image"], trainer["image"], "{place}: not the trainer Deployment's image");
+    assert_eq!(c["command"], serde_json::json!(["inception-trainer"]), "{place}");
+    assert_eq!(c["envFrom"], trainer["envFrom"], "{place}: other settings or store credentials");
+    assert_eq!(env(c, "INCEPTION__TRAIN__DEVICE"), env(trainer, "INCEPTION__TRAIN__DEVICE"), "{place}");
+    assert_eq!(c["resources"], trainer["resources"], "{place}");
+    assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], 1, "{place}");
+    assert_eq!(c["securityContext"], trainer["securityContext"], "{place}");
+    assert_eq!(c["livenessProbe"], trainer["livenessProbe"], "{place}");
+    for key in ["tolerations", "terminationGracePeriodSeconds"] {
+        assert_eq!(pod["spec"][key], deployment[key], "{place}: {key}");
+    }
+    let ports = c["ports"].as_array().unwrap_or_else(|| panic!("{place}: no ports"));
+    assert!(ports.iter().any(|p| p["name"] == "metrics" && p["containerPort"] == 9103), "{place}: {ports:?}");
+    assert!(ports.iter().any(|p| p["containerPort"] == MASTER_PORT), "{place}: no rendezvous port: {ports:?}");
+    // job="trainer" for the PodMonitor, the alert rules and the dashboard.
+    assert_eq!(pod["metadata"]["labels"]["app.kubernetes.io/name"], "trainer", "{place}");
+    assert_eq!(pod["metadata"]["annotations"]["prometheus.io/port"], "9103", "{place}");
+    c
+}
+
+/// `kubernetes-validate --strict` on `docs`; returns its report (panics on a failure).
+fn validate_strict(docs: &[serde_json::Value]) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text: Vec<String> = docs.iter().map(|d| d.to_string()).collect();
+    std::fs::write(dir.path().join("objects.yaml"), text.join("\n---\n")).expect("write");
+    let (ok, report) = run(&tool("kubernetes-validate"), &["--strict", "objects.yaml"], dir.path());
+    assert!(ok, "{report}");
+    report
+}
+
+/// A pod template as a core/v1 PodTemplate, which the schemas know.
+fn as_pod_template(name: &str, template: &serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name}, "template": template})
+}
+
+#[test]
+fn pytorchjob_runs_the_trainer_as_one_master_and_workers() {
+    let docs = yaml_file("deploy/k8s/trainer-pytorchjob.yaml");
+    assert_eq!(docs.len(), 1);
+    let job = &docs[0];
+    assert_eq!(job["apiVersion"], "kubeflow.org/v1");
+    assert_eq!(job["kind"], "PyTorchJob");
+    assert_eq!(job["metadata"]["namespace"], "inception");
+    let specs = &job["spec"]["pytorchReplicaSpecs"];
+    let roles: BTreeSet<&str> = specs.as_object().expect("pytorchReplicaSpecs").keys().map(String::as_str).collect();
+    assert_eq!(roles, BTreeSet::from(["Master", "Worker"]));
+    assert_eq!(specs["Master"]["replicas"], 1);
+    assert!(specs["Worker"]["replicas"].as_i64() >= Some(1), "{}", specs["Worker"]);
+    // The operator's WORLD_SIZE is replicas × nprocPerNode: one process per pod.
+    let nproc = &job["spec"]["nprocPerNode"];
+    assert!(nproc.is_null() || nproc == "1" || nproc == "auto", "nprocPerNode {nproc}");
+    // A failed rank restarts in place; the others fail within the time-out and restart too.
+    assert!(job["spec"]["runPolicy"]["backoffLimit"].as_i64() > Some(0), "{}", job["spec"]["runPolicy"]);
+    for role in ["Master", "Worker"] {
+        assert_eq!(specs[role]["restartPolicy"], "OnFailure", "{role}");
+        let c = check_rank_pod(&specs[role]["template"], role);
+        // The operator sets MASTER_PORT from the port pytorchjob-port of the container named pytorch.
+        assert_eq!(c["name"], "pytorch", "{role}");
+        let ports = c["ports"].as_array().expect("ports");
+        assert!(ports.iter().any(|p| p["name"] == "pytorchjob-port" && p["containerPort"] == MASTER_PORT), "{role}");
+        // ... and RANK, WORLD_SIZE and MASTER_ADDR: none set by hand.
+        for var in LAUNCHER_VARIABLES {
+            assert!(env(c, var).is_none(), "{role} sets {var}, which the operator sets");
+        }
+        // MASTER_ADDR is the Master's headless Service, which lists ready pods only.
+        assert!(c.get("readinessProbe").is_none(), "{role}: a readiness probe can hide the master");
+    }
+    assert_eq!(specs["Master"]["template"], specs["Worker"]["template"], "Master and Worker pods differ");
+    // The pod template and its commented several-GPU variant pass the Kubernetes schemas.
+    let template = &specs["Master"]["template"];
+    let variant = several_gpu_variant();
+    assert_eq!(env(&variant, "INCEPTION__TRAIN__NUM_GPUS").map(|e| &e["value"]), Some(&serde_json::json!("4")));
+    for key in ["requests", "limits"] {
+        assert_eq!(variant["resources"][key]["nvidia.com/gpu"], 4, "{key}");
+    }
+    let mut several = template.clone();
+    several["spec"]["containers"][0]["env"] = variant["env"].clone();
+    several["spec"]["containers"][0]["resources"] = variant["resources"].clone();
+    let report = validate_strict(&[as_pod_template("master", template), as_pod_template("several-gpus", &several)]);
+    for name in ["master", "several-gpus"] {
+        assert!(report.contains(&format!("passed for resource podtemplate/{name}")), "{report}");
+    }
+}
+
+/// The commented `env` and `resources` of trainer-pytorchjob.yaml's "Several
+/// GPUs in one pod" variant, uncommented and parsed.
+fn several_gpu_variant() -> serde_json::Value {
+    let text = read("deploy/k8s/trainer-pytorchjob.yaml");
+    let start = text.find("# Several GPUs in one pod, e.g. 4").expect("the several-GPU variant");
+    let block: Vec<&str> = text[start..]
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("#   env:"))
+        .map_while(|l| l.trim_start().strip_prefix("#   "))
+        .collect();
+    assert!(!block.is_empty(), "no commented env/resources in the variant");
+    yaml_documents(&block.join("\n")).into_iter().next().expect("the variant parses")
+}
+
+#[test]
+fn indexed_job_and_its_service_pass_the_kubernetes_schemas() {
+    let docs = yaml_file("deploy/k8s/trainer-indexed-job.yaml");
+    let kinds: BTreeSet<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(kinds, BTreeSet::from(["Job", "Service"]));
+    let file = repo_file("deploy/k8s/trainer-indexed-job.yaml");
+    let file = file.to_str().expect("utf-8 path");
+    let (ok, text) = run(&tool("kubernetes-validate"), &["--strict", file], &support::repo_root());
+    assert!(ok, "{text}");
+    for d in &docs {
+        let (kind, name) = (d["kind"].as_str().unwrap_or(""), d["metadata"]["name"].as_str().unwrap_or(""));
+        assert!(text.contains(&format!("passed for resource {}/{name}", kind.to_lowercase())), "{kind}/{name}: {text}");
+    }
+    // The check reads the Job's fields: a misspelt one fails.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broken = read("deploy/k8s/trainer-indexed-job.yaml").replacen("completionMode:", "completionMod:", 1);
+    std::fs::write(dir.path().join("bad.yaml"), broken).expect("write");
+    let (ok, text) = run(&tool("kubernetes-validate"), &["--strict", "bad.yaml"], dir.path());
+    assert!(!ok && text.contains("completionMod"), "{text}");
+}
+
+#[test]
+fn indexed_job_gives_each_rank_its_rank_and_the_rendezvous() {
+    let docs = yaml_file("deploy/k8s/trainer-indexed-job.yaml");
+    let service = docs.iter().find(|d| d["kind"] == "Service").expect("a Service");
+    let job = docs.iter().find(|d| d["kind"] == "Job").expect("a Job");
+    let (service_name, job_name) =
+        (service["metadata"]["name"].as_str().expect("name"), job["metadata"]["name"].as_str().expect("name"));
+    for d in [service, job] {
+        assert_eq!(d["metadata"]["namespace"], "inception");
+    }
+    let spec = &job["spec"];
+    assert_eq!(spec["completionMode"], "Indexed");
+    let world = spec["parallelism"].as_i64().expect("parallelism");
+    assert!(world >= 2, "parallelism {world}");
+    assert_eq!(spec["completions"], world, "completions and parallelism differ");
+    let pod = &spec["template"];
+    let c = check_rank_pod(pod, "Job");
+    // Each pod is <job>-<index>.<service>: the Service is headless, selects
+    // the pods, and names them before they are ready.
+    assert_eq!(pod["spec"]["subdomain"], service_name);
+    assert_eq!(service["spec"]["clusterIP"], "None");
+    assert_eq!(service["spec"]["publishNotReadyAddresses"], true);
+    let selector = service["spec"]["selector"].as_object().expect("selector");
+    for (key, value) in selector {
+        assert_eq!(&pod["metadata"]["labels"][key], value, "the Service does not select the pods ({key})");
+    }
+    let port = &service["spec"]["ports"][0];
+    assert_eq!(port["port"], MASTER_PORT);
+    assert!(
+        c["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .any(|p| p["name"] == port["targetPort"] && p["containerPort"] == MASTER_PORT),
+        "the Service's targetPort {} is not the rendezvous port",
+        port["targetPort"]
+    );
+    // The launcher variables: RANK from the completion index, rank 0 the master.
+    let rank = &env(c, "RANK").expect("RANK")["valueFrom"]["fieldRef"]["fieldPath"];
+    assert_eq!(rank, "metadata.annotations['batch.kubernetes.io/job-completion-index']");
+    assert_eq!(env(c, "WORLD_SIZE").expect("WORLD_SIZE")["value"], world.to_string());
+    assert_eq!(env(c, "MASTER_ADDR").expect("MASTER_ADDR")["value"], format!("{job_name}-0.{service_name}"));
+    assert_eq!(env(c, "MASTER_PORT").expect("MASTER_PORT")["value"], MASTER_PORT.to_string());
+    // Failures: every rank's exit is counted (one fault spends up to WORLD_SIZE),
+    // a configuration error (exit 2) ends the Job.
+    assert!(spec["backoffLimit"].as_i64() >= Some(world), "backoffLimit {} < {world}", spec["backoffLimit"]);
+    assert_eq!(pod["spec"]["restartPolicy"], "Never");
+    let rules = spec["podFailurePolicy"]["rules"].as_array().expect("podFailurePolicy");
+    assert!(
+        rules.iter().any(|r| r["action"] == "FailJob"
+            && r["onExitCodes"]["containerName"] == c["name"]
+            && r["onExitCodes"]["operator"] == "In"
+            && r["onExitCodes"]["values"].as_array().is_some_and(|v| v.contains(&serde_json::json!(2)))),
+        "{rules:?}"
+    );
+}
+
+#[test]
+fn multi_pod_trainers_stay_out_of_the_default_kustomization() {
+    // Each replaces the trainer Deployment, and a cluster without the
+    // Training Operator has no PyTorchJob kind: both are applied by hand.
+    let kustomization = &yaml_file("deploy/k8s/kustomization.yaml")[0];
+    let resources: Vec<&str> =
+        kustomization["resources"].as_array().expect("resources").iter().filter_map(|r| r.as_str()).collect();
+    assert!(resources.contains(&"trainer.yaml"), "{resources:?}");
+    for file in ["trainer-pytorchjob.yaml", "trainer-indexed-job.yaml"] {
+        assert!(repo_file(&format!("deploy/k8s/{file}")).is_file(), "deploy/k8s/{file} is missing");
+        assert!(!resources.contains(&file), "{file} is in the default kustomization");
+    }
+}
