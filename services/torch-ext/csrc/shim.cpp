@@ -6,19 +6,10 @@
 #include <c10/core/ScalarType.h>
 
 #include <cstdlib>
-#include <cstring>
-#include <exception>
+
+#include "message.hpp"
 
 namespace {
-
-char* copy_message(const char* message) {
-  size_t n = std::strlen(message) + 1;
-  char* copy = static_cast<char*>(std::malloc(n));
-  if (copy != nullptr) {
-    std::memcpy(copy, message, n);
-  }
-  return copy;
-}
 
 c10::DeviceType device_of(int device) { return device == 1 ? c10::DeviceType::CUDA : c10::DeviceType::CPU; }
 
@@ -31,28 +22,22 @@ extern "C" {
 // Enables autocast on `device` (0 CPU, 1 CUDA) to `dtype` (0 bf16, 1 fp16)
 // for this thread; nested enters are counted.
 char* ext_autocast_enter(int device, int dtype) {
-  try {
+  return ext::guarded([&] {
     at::autocast::set_autocast_dtype(device_of(device), dtype_of(dtype));
     at::autocast::set_autocast_enabled(device_of(device), true);
     at::autocast::increment_nesting();
-    return nullptr;
-  } catch (const std::exception& e) {
-    return copy_message(e.what());
-  }
+  });
 }
 
 // Leaves what ext_autocast_enter entered: back to full precision, and the
 // cache of cast weights dropped when the outermost one is left.
 char* ext_autocast_exit(int device, int was_enabled) {
-  try {
+  return ext::guarded([&] {
     if (at::autocast::decrement_nesting() == 0) {
       at::autocast::clear_cache();
     }
     at::autocast::set_autocast_enabled(device_of(device), was_enabled != 0);
-    return nullptr;
-  } catch (const std::exception& e) {
-    return copy_message(e.what());
-  }
+  });
 }
 
 int ext_autocast_is_enabled(int device) {

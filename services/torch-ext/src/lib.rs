@@ -1,7 +1,8 @@
 //! libtorch features that tch 0.26 does not bind, through a small C++ shim
 //! (csrc/shim.cpp, built by build.rs with the `cc` crate against the headers
-//! of the libtorch tch links). Later extensions (c10d for multi-node
-//! training) join this crate.
+//! of the libtorch tch links), and c10d for multi-process training
+//! ([`distributed`]: a TCPStore rendezvous and Gloo collectives, from
+//! csrc/distributed.cpp).
 //!
 //! Autocast: tch only toggles CUDA autocast and sets no dtype. [`Autocast`]
 //! enables libtorch's autocast on the CPU or CUDA with bf16 or fp16 for the
@@ -12,6 +13,8 @@
 
 use std::ffi::{c_char, c_int, CStr};
 use std::marker::PhantomData;
+
+pub mod distributed;
 
 extern "C" {
     fn ext_autocast_enter(device: c_int, dtype: c_int) -> *mut c_char;
@@ -61,16 +64,22 @@ pub enum LowPrecision {
     Float16,
 }
 
-/// Turns a returned message into an error (and frees it).
-fn check(message: *mut c_char) -> Result<(), TorchExtError> {
+/// The text of a message a shim entry point returned (and frees it); `None`
+/// for the null of success.
+pub(crate) fn take_message(message: *mut c_char) -> Option<String> {
     if message.is_null() {
-        return Ok(());
+        return None;
     }
     // SAFETY: a non-null result is a NUL-terminated string malloc'd by the
     // shim, read once here and freed by the shim's own free.
     let text = unsafe { CStr::from_ptr(message) }.to_string_lossy().into_owned();
     unsafe { ext_free_message(message) };
-    Err(TorchExtError(text))
+    Some(text)
+}
+
+/// Turns a returned message into an error.
+fn check(message: *mut c_char) -> Result<(), TorchExtError> {
+    take_message(message).map_or(Ok(()), |text| Err(TorchExtError(text)))
 }
 
 /// Whether autocast is on for `device` in this thread.

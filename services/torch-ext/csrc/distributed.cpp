@@ -1,0 +1,140 @@
+// c10d for multi-process training: a TCPStore rendezvous and a
+// ProcessGroupGloo, both from libtorch_cpu (tch binds neither). Gloo's
+// headers come from Debian's libgloo-dev; its code from libtorch_cpu.
+//
+// Every entry point returns nullptr or a message (see message.hpp).
+// Collectives are waited for on the calling thread with a time-out, so a
+// failure on Gloo's worker threads (a dead peer) is rethrown here instead of
+// going unnoticed or hanging.
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "message.hpp"
+
+// What a Rust ProcessGroup points to. Members are destroyed in reverse
+// order: the group (which joins its threads) before the store.
+struct ExtProcessGroup {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
+  std::chrono::milliseconds timeout{0};
+};
+
+namespace {
+
+c10::intrusive_ptr<c10d::Store> connect_store(const char* host, uint16_t port, bool is_server, int world_size,
+                                              std::chrono::milliseconds timeout) {
+  c10d::TCPStoreOptions options;
+  options.port = port;
+  options.isServer = is_server;
+  options.numWorkers = static_cast<size_t>(world_size);
+  options.timeout = timeout;
+  auto tcp = c10::make_intrusive<c10d::TCPStore>(std::string(host), options);
+  // torch.distributed's own prefix: no clash with keys a launcher's agent
+  // keeps in the same store.
+  return c10::make_intrusive<c10d::PrefixStore>("default_pg", tcp);
+}
+
+std::shared_ptr<gloo::transport::Device> make_device(const char* interface, const char* host) {
+  if (interface != nullptr) {
+    return c10d::ProcessGroupGloo::createDeviceForInterface(interface);
+  }
+  return c10d::ProcessGroupGloo::createDeviceForHostname(host);
+}
+
+// Waits on this thread, so that what fails on Gloo's threads (a peer that
+// died or closed its connection) is rethrown here, and gives up after the
+// time-out if a peer neither answers nor closes. Given up on, the work still
+// runs on a Gloo thread that writes into the caller's tensor; Gloo's own
+// time-out (the same) ends it soon after, so wait once more, bounded, and
+// report Gloo's error if it came, so the tensor is left alone once this returns.
+void wait(const c10::intrusive_ptr<c10d::Work>& work, std::chrono::milliseconds timeout) {
+  try {
+    work->wait(timeout);
+    return;
+  } catch (...) {
+    // Told apart below: a failed work keeps its exception.
+  }
+  if (!work->isCompleted()) {
+    try {
+      work->wait(timeout);
+    } catch (...) {
+      // As above.
+    }
+  }
+  if (work->isCompleted() && work->exception()) {
+    std::rethrow_exception(work->exception());
+  }
+  throw std::runtime_error("not every rank answered within " + std::to_string(timeout.count()) +
+                           " ms (a rank is hung, slow, or not in this collective)");
+}
+
+}  // namespace
+
+extern "C" {
+
+// Connects to (rank 0 without an agent: hosts) the TCPStore at host:port.
+// On success *out owns the store; the group is made by ext_pg_gloo_start.
+char* ext_pg_store_new(const char* host, uint16_t port, int is_server, int world_size, int64_t timeout_ms,
+                       ExtProcessGroup** out) {
+  *out = nullptr;
+  return ext::guarded([&] {
+    auto pg = std::make_unique<ExtProcessGroup>();
+    pg->timeout = std::chrono::milliseconds(timeout_ms);
+    pg->store = connect_store(host, port, is_server != 0, world_size, pg->timeout);
+    *out = pg.release();
+  });
+}
+
+// Makes the Gloo group over the store: its device binds `interface` when
+// non-null, else the address `host`; then the full mesh is connected.
+char* ext_pg_gloo_start(ExtProcessGroup* pg, int rank, int world_size, const char* interface, const char* host) {
+  return ext::guarded([&] {
+    auto options = c10d::ProcessGroupGloo::Options::create(pg->timeout);
+    options->devices.push_back(make_device(interface, host));
+    pg->group = c10::make_intrusive<c10d::ProcessGroupGloo>(pg->store, rank, world_size, options);
+  });
+}
+
+// Sums `tensor` over all ranks, in place.
+char* ext_pg_all_reduce_sum(ExtProcessGroup* pg, at::Tensor* tensor) {
+  return ext::guarded([&] {
+    std::vector<at::Tensor> tensors{*tensor};
+    c10d::AllreduceOptions options;
+    options.reduceOp = c10d::ReduceOp::SUM;
+    options.timeout = pg->timeout;
+    wait(pg->group->allreduce(tensors, options), pg->timeout);
+  });
+}
+
+// Copies rank `root`'s `tensor` into every rank's, in place.
+char* ext_pg_broadcast(ExtProcessGroup* pg, at::Tensor* tensor, int root) {
+  return ext::guarded([&] {
+    std::vector<at::Tensor> tensors{*tensor};
+    c10d::BroadcastOptions options;
+    options.rootRank = root;
+    options.timeout = pg->timeout;
+    wait(pg->group->broadcast(tensors, options), pg->timeout);
+  });
+}
+
+char* ext_pg_barrier(ExtProcessGroup* pg) {
+  return ext::guarded([&] {
+    c10d::BarrierOptions options;
+    options.timeout = pg->timeout;
+    wait(pg->group->barrier(options), pg->timeout);
+  });
+}
+
+// Frees what ext_pg_store_new made (destructors do not throw).
+void ext_pg_free(ExtProcessGroup* pg) { delete pg; }
+
+}  // extern "C"
