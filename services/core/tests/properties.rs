@@ -35,8 +35,17 @@ fn justified(len: usize) -> usize {
     64 * len + (64 << 10)
 }
 
+/// The seed of every property test's cases unless PROPTEST_RNG_SEED is set.
+const PROPERTY_SEED: u64 = 0x1ce9_7107;
+
 fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+    // A fixed seed keeps CI repeatable; PROPTEST_RNG_SEED=<n> explores others.
+    let defaults = ProptestConfig::default();
+    let rng_seed = match defaults.rng_seed {
+        proptest::test_runner::RngSeed::Random => proptest::test_runner::RngSeed::Fixed(PROPERTY_SEED),
+        chosen => chosen,
+    };
+    ProptestConfig { cases, failure_persistence: None, rng_seed, ..defaults }
 }
 
 /// Bytes that are sometimes a prefix of `valid` with changes, sometimes noise.

@@ -37,6 +37,11 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage, VisionE
     }
     let format = image::guess_format(bytes).map_err(|_| VisionError::UnknownFormat)?;
     let decode_err = |e: image::ImageError| VisionError::Decode { format, message: e.to_string() };
+    if format == ImageFormat::Tiff {
+        // The TIFF decoder reads a tag's values as its entry declares them
+        // (up to 1 MiB a tag) before any size is known.
+        check_tiff_entries(bytes)?;
+    }
     let (width, height) = if format == ImageFormat::Jpeg {
         // Walked first because the JPEG decoder fills a cut-off scan with
         // grey instead of failing; the frame header it reads gives the size.
@@ -57,6 +62,56 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage, VisionE
     let dynamic = reader.decode().map_err(decode_err)?;
     let was_rgb8 = matches!(dynamic, image::DynamicImage::ImageRgb8(_));
     Ok(DecodedImage { image: dynamic.into_rgb8(), format, was_rgb8 })
+}
+
+/// Refuses a TIFF whose first directory (the image decoded) has an entry
+/// declaring more bytes of values than the whole file holds: such a count
+/// cannot be true, and the decoder would allocate for it.
+pub fn check_tiff_entries(bytes: &[u8]) -> Result<(), VisionError> {
+    let bad = |message: String| VisionError::Decode { format: ImageFormat::Tiff, message };
+    let little = match bytes.get(..2) {
+        Some(b"II") => true,
+        Some(b"MM") => false,
+        _ => return Err(bad("no byte-order mark".into())),
+    };
+    let read = |at: usize, len: usize| -> Option<u64> {
+        let field = bytes.get(at..at.checked_add(len)?)?;
+        let fold = |acc: u64, b: &u8| (acc << 8) | u64::from(*b);
+        Some(if little { field.iter().rev().fold(0, fold) } else { field.iter().fold(0, fold) })
+    };
+    let truncated = || bad("the first directory is cut off".into());
+    // Classic TIFF: 4-byte offsets and counts, 12-byte entries; BigTIFF: 8 and 20.
+    let (offset_len, entry_len, count_len, first) = match read(2, 2) {
+        Some(42) => (4, 12, 2, read(4, 4)),
+        Some(43) => (8, 20, 8, read(8, 8)),
+        _ => return Err(bad("not TIFF's magic number".into())),
+    };
+    let ifd = usize::try_from(first.ok_or_else(truncated)?).map_err(|_| truncated())?;
+    let entries = read(ifd, count_len).ok_or_else(truncated)?;
+    let file_len = bytes.len() as u64;
+    for i in 0..entries {
+        let at = ifd + count_len + i as usize * entry_len;
+        let (Some(tag), Some(kind), Some(count)) = (read(at, 2), read(at + 2, 2), read(at + 4, offset_len)) else {
+            return Err(truncated());
+        };
+        let declared = count.saturating_mul(tiff_type_bytes(kind));
+        if declared > file_len {
+            return Err(bad(format!(
+                "tag {tag} declares {count} values ({declared} bytes) in a file of {file_len} bytes"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Bytes of one value of a TIFF field type (unknown types: 1).
+fn tiff_type_bytes(kind: u64) -> u64 {
+    match kind {
+        3 | 8 => 2,
+        4 | 9 | 11 | 13 => 4,
+        5 | 10 | 12 | 16 | 17 | 18 => 8,
+        _ => 1,
+    }
 }
 
 /// What a JPEG's marker segments say, read without decoding a pixel.

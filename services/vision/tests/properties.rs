@@ -18,8 +18,17 @@ use std::sync::OnceLock;
 mod counting_alloc;
 use counting_alloc::peak_during;
 
+/// The seed of every property test's cases unless PROPTEST_RNG_SEED is set.
+const PROPERTY_SEED: u64 = 0x1ce9_7107;
+
 fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+    // A fixed seed keeps CI repeatable; PROPTEST_RNG_SEED=<n> explores others.
+    let defaults = ProptestConfig::default();
+    let rng_seed = match defaults.rng_seed {
+        proptest::test_runner::RngSeed::Random => proptest::test_runner::RngSeed::Fixed(PROPERTY_SEED),
+        chosen => chosen,
+    };
+    ProptestConfig { cases, failure_persistence: None, rng_seed, ..defaults }
 }
 
 /// What decoding an image of at most `max_pixels` may hold at once: the
@@ -160,6 +169,27 @@ fn the_synthetic_headers_are_what_the_decoders_read() {
     for (i, s) in samples().iter().enumerate() {
         assert!(decode_rgb(s, 1 << 20).is_ok(), "sample {i}");
     }
+}
+
+/// Found by `damaged_images_decode_within_the_limit_or_fail`: a TIFF whose
+/// StripByteCounts entry claims 196,609 values had the decoder allocate
+/// 6 MB for a 600-byte file. A count that the file cannot hold is refused.
+#[test]
+fn a_tiff_entry_declaring_more_values_than_the_file_holds_is_refused() {
+    let tiff = samples().iter().find(|s| s.starts_with(b"II*\0")).expect("a little-endian TIFF sample").clone();
+    let ifd = u32::from_le_bytes(tiff[4..8].try_into().unwrap()) as usize;
+    let entries = u16::from_le_bytes([tiff[ifd], tiff[ifd + 1]]) as usize;
+    let strip_byte_counts = (0..entries)
+        .map(|i| ifd + 2 + 12 * i)
+        .find(|&at| u16::from_le_bytes([tiff[at], tiff[at + 1]]) == 279)
+        .expect("a StripByteCounts entry");
+    let mut bad = tiff.clone();
+    bad[strip_byte_counts + 4..strip_byte_counts + 8].copy_from_slice(&196_609u32.to_le_bytes());
+    let (got, peak) = peak_during(|| decode_rgb(&bad, 1));
+    let message = got.err().expect("refused").to_string();
+    assert!(message.contains("tag 279 declares 196609 values"), "{message}");
+    assert!(peak < 64 << 10, "{peak} bytes allocated");
+    assert!(decode_rgb(&tiff, 1 << 20).is_ok(), "the intact file still decodes");
 }
 
 /// The most reading a header may allocate: the readers' buffers (the PNG
