@@ -28,6 +28,9 @@ pub enum Outcome {
     /// back `train.batch_max_deliveries` times is terminated when it comes
     /// again, so that one cannot end the trainer at every restart).
     StepFailed,
+    /// Not trained on because the job stopped first (data-parallel ranks
+    /// stop together): handed back at once for the next trainer.
+    HandedBack,
 }
 
 /// Acknowledges, hands back or terminates a message as its outcome says.
@@ -45,7 +48,7 @@ async fn settle(message: &jetstream::Message, outcome: &Outcome) {
                 tracing::warn!("terminating the batch message failed ({e}); it may be delivered again");
             }
         }
-        Outcome::StepFailed => {
+        Outcome::StepFailed | Outcome::HandedBack => {
             message.ack_with(AckKind::Nak(None)).await.ok();
         }
     }
@@ -72,6 +75,13 @@ impl Delivery {
         let images = Tensor::from_slice(&self.batch.images).view([n, s, s, 3]);
         let labels = Tensor::from_slice(&self.batch.labels).to_kind(Kind::Int64);
         (images, labels)
+    }
+
+    /// Tells JetStream the batch is still being worked on, so that holding
+    /// it (a data-parallel rank waiting for the others) does not run into
+    /// `train.batch_ack_wait` and have it delivered again.
+    pub async fn keep(&self) {
+        self.message.ack_with(AckKind::Progress).await.ok();
     }
 
     /// Settles the message (see [`Outcome`]); a trained batch's object is deleted.
@@ -142,8 +152,14 @@ impl BatchSource {
     /// The next batch fit for a step; None once `shutdown` fires. Messages
     /// that cannot be trained on are settled here and skipped.
     pub async fn next(&self, shutdown: &CancellationToken) -> Option<Delivery> {
+        self.next_before(shutdown, None).await
+    }
+
+    /// [`BatchSource::next`], giving up (None) after `deadline` too (a
+    /// second or so later: a fetch waits up to a second).
+    pub async fn next_before(&self, shutdown: &CancellationToken, deadline: Option<Instant>) -> Option<Delivery> {
         let wait_started = Instant::now();
-        while !shutdown.is_cancelled() {
+        while !shutdown.is_cancelled() && deadline.is_none_or(|d| Instant::now() < d) {
             let Some(message) = self.fetch(shutdown).await else {
                 if let Some(stall) = &self.stall {
                     stall.waiting(&format!("batches of {} from the preprocess workers", self.spec.dataset));

@@ -13,6 +13,7 @@
 //!   checkpoint, resuming and saving.
 
 pub mod batches;
+pub mod distributed;
 pub mod early_stop;
 pub mod ema;
 pub mod flat;
@@ -40,6 +41,7 @@ use inception_proto::pipeline::ShardReady;
 use std::time::Duration;
 
 use batches::{BatchSource, BatchSpec, Outcome};
+use distributed::DataParallel;
 use start::prepare;
 pub use start::{model_config, wait_for_labels};
 pub use state::{step_failure, TrainState};
@@ -70,6 +72,8 @@ pub enum TrainError {
     Pretrained { from: String, message: String },
     #[error("cannot resume from {key}: {message}")]
     Resume { key: String, message: String },
+    #[error("{0}")]
+    Distributed(String),
 }
 
 /// Train examples per epoch: configured, else the records announced so far.
@@ -111,7 +115,8 @@ pub fn announced_examples(payloads: &[bytes::Bytes], dataset: &str) -> u64 {
 }
 
 /// Trains until `train.max_steps` or shutdown, reporting what it waits for
-/// on `readiness`; returns the final step.
+/// on `readiness`; returns the final step. With `WORLD_SIZE` (or
+/// `distributed.world_size`) above 1, as one rank of a data-parallel job.
 pub async fn run(
     settings: &Settings,
     store: &Store,
@@ -120,48 +125,186 @@ pub async fn run(
     shutdown: &CancellationToken,
 ) -> Result<u64, TrainError> {
     let t = &settings.train;
-    let Some((mut state, cfg)) = prepare(settings, store, streams, shutdown).await? else { return Ok(0) };
+    let job =
+        distributed::rendezvous(&settings.distributed, |name| std::env::var(name).ok()).map_err(TrainError::Config)?;
+    let leader = job.as_ref().is_none_or(|r| r.rank == 0);
+    let Some((mut state, cfg)) = prepare(settings, store, streams, leader, shutdown).await? else { return Ok(0) };
+    let group = job.as_ref().map(DataParallel::join).transpose()?;
+    let mut epoch = examples_per_epoch(settings, streams).await?;
+    if let Some(g) = &group {
+        // Every rank's schedule must be rank 0's, and so must its state.
+        epoch = g.leaders_value(epoch)?;
+        g.broadcast_state(&mut state)?;
+    }
+    let world = group.as_ref().map_or(1, DataParallel::world_size);
     let stall = Stall::new("trainer", readiness, settings.pipeline.stall_after);
     let source = batch_source(settings, store, streams, &cfg, stall).await?;
-    let schedule = learning_rate_schedule(settings, streams).await?;
-    let mut progress = Progress::new(&t.tensorboard_dir);
-    history::save_settings(store, settings).await;
-    let early_stop =
-        early_stop::EarlyStop::follow(streams, &settings.pipeline.run, t.early_stopping_patience, shutdown).await;
-    let mut last_saved = state.step;
-    while state.step < t.max_steps {
-        if let Some(reason) = early_stop.reason() {
-            tracing::info!("stopping early at step {}: {reason}", state.step);
-            break;
-        }
-        let Some(delivery) = source.next(shutdown).await else { break };
-        let lr = schedule.learning_rate(state.step);
-        let (images, labels) = delivery.tensors();
-        let loss = match state.guarded_step(&images, &labels, lr) {
-            Ok(loss) => loss,
-            Err(e) => {
-                delivery.settle(Outcome::StepFailed, store).await;
-                return Err(e);
-            }
-        };
-        let (examples, waited, arrived) = (delivery.batch.len() as u64, delivery.waited, delivery.arrived);
-        state.lineage.add(&delivery.shards, examples);
-        delivery.settle(Outcome::Trained, store).await;
-        let step = StepReport { examples, loss, lr, waited, elapsed: arrived.elapsed() };
-        progress.record(&state, &step, t.log_every_steps);
-        if state.step.is_multiple_of(t.checkpoint_every_steps) {
-            checkpoint(store, streams, settings, &mut state, &cfg, shutdown).await?;
-            progress.history.save(store, &settings.pipeline.run).await;
-            last_saved = state.step;
-        }
+    let mut training = Training {
+        settings,
+        store,
+        streams,
+        cfg,
+        source,
+        schedule: learning_rate_schedule(settings, epoch, world),
+        progress: Progress::new(&t.tensorboard_dir),
+        early_stop: early_stop::EarlyStop::follow(streams, &settings.pipeline.run, t.early_stopping_patience, shutdown)
+            .await,
+        leader,
+        shutdown,
+    };
+    if leader {
+        history::save_settings(store, settings).await;
     }
-    progress.summarize();
+    let last_saved = match &group {
+        None => training.single(&mut state).await?,
+        Some(g) => training.as_rank(&mut state, g).await?,
+    };
+    training.progress.summarize();
     if state.step > last_saved {
         // Also on SIGTERM: the work done so far is kept.
-        checkpoint(store, streams, settings, &mut state, &cfg, &CancellationToken::new()).await?;
+        training.save(&mut state, group.as_ref(), &CancellationToken::new()).await?;
     }
-    progress.history.save(store, &settings.pipeline.run).await;
+    if leader {
+        training.progress.history.save(store, &settings.pipeline.run).await;
+    }
     Ok(state.step)
+}
+
+/// What the training loop works with.
+struct Training<'a> {
+    settings: &'a Settings,
+    store: &'a Store,
+    streams: &'a Streams,
+    cfg: ModelConfig,
+    source: BatchSource,
+    schedule: schedule::Schedule,
+    progress: Progress,
+    early_stop: early_stop::EarlyStop,
+    /// Writes checkpoints (rank 0, or the only trainer).
+    leader: bool,
+    shutdown: &'a CancellationToken,
+}
+
+impl Training<'_> {
+    /// One process: a step per batch. Returns the step last checkpointed.
+    async fn single(&mut self, state: &mut TrainState) -> Result<u64, TrainError> {
+        let t = &self.settings.train;
+        let mut last_saved = state.step;
+        while state.step < t.max_steps {
+            if let Some(reason) = self.early_stop.reason() {
+                tracing::info!("stopping early at step {}: {reason}", state.step);
+                break;
+            }
+            let Some(delivery) = self.source.next(self.shutdown).await else { break };
+            let lr = self.schedule.learning_rate(state.step);
+            let (images, labels) = delivery.tensors();
+            let loss = match state.guarded_step(&images, &labels, lr) {
+                Ok(loss) => loss,
+                Err(e) => {
+                    delivery.settle(Outcome::StepFailed, self.store).await;
+                    return Err(e);
+                }
+            };
+            let (examples, waited, arrived) = (delivery.batch.len() as u64, delivery.waited, delivery.arrived);
+            state.lineage.add(&delivery.shards, examples);
+            delivery.settle(Outcome::Trained, self.store).await;
+            let step = StepReport { examples, loss, lr, waited, elapsed: arrived.elapsed() };
+            self.progress.record(state, &step, t.log_every_steps);
+            if state.step.is_multiple_of(t.checkpoint_every_steps) {
+                self.save(state, None, self.shutdown).await?;
+                last_saved = state.step;
+            }
+        }
+        Ok(last_saved)
+    }
+
+    /// One rank of a data-parallel job (see [`distributed`]): a step when
+    /// every rank holds a batch; all stop together. Returns the step last
+    /// checkpointed.
+    async fn as_rank(&mut self, state: &mut TrainState, group: &DataParallel) -> Result<u64, TrainError> {
+        let t = &self.settings.train;
+        let round = distributed::round_wait(group.timeout());
+        let mut last_saved = state.step;
+        let mut held: Option<batches::Delivery> = None;
+        let outcome = loop {
+            if state.step >= t.max_steps {
+                break Ok(());
+            }
+            let early = self.early_stop.reason();
+            let stop = self.shutdown.is_cancelled() || early.is_some();
+            match &held {
+                Some(delivery) => delivery.keep().await,
+                None if !stop => {
+                    held = self.source.next_before(self.shutdown, Some(std::time::Instant::now() + round)).await;
+                }
+                None => {}
+            }
+            // SIGTERM may have come while waiting for the batch.
+            let vote = distributed::Vote { has_batch: held.is_some(), stop: stop || self.shutdown.is_cancelled() };
+            let agreed = match group.agree(vote) {
+                Ok(a) => a,
+                Err(e) => break Err(e),
+            };
+            if agreed.stop {
+                let why = early.unwrap_or_else(|| "a rank was asked to stop".into());
+                tracing::info!("all ranks stop at step {}: {why}", state.step);
+                break Ok(());
+            }
+            let Some(delivery) = held.take().filter(|_| agreed.ready) else { continue };
+            let examples = delivery.batch.len() as u64;
+            let lr = self.schedule.learning_rate(state.step);
+            let (images, labels) = delivery.tensors();
+            let local = state.guarded_gradients(&images, &labels);
+            let mut reduced = match group.reduce(state, local, examples) {
+                Ok(r) => r,
+                Err(e) => {
+                    delivery.settle(Outcome::StepFailed, self.store).await;
+                    break Err(e);
+                }
+            };
+            state.apply_update(lr, &mut reduced.gradients, reduced.examples);
+            state.lineage.add(&delivery.shards, examples);
+            let (waited, arrived) = (delivery.waited, delivery.arrived);
+            delivery.settle(Outcome::Trained, self.store).await;
+            let step = StepReport {
+                examples: reduced.examples,
+                loss: reduced.mean_loss,
+                lr,
+                waited,
+                elapsed: arrived.elapsed(),
+            };
+            self.progress.record(state, &step, t.log_every_steps);
+            if state.step.is_multiple_of(t.checkpoint_every_steps) {
+                if let Err(e) = self.save(state, Some(group), self.shutdown).await {
+                    break Err(e);
+                }
+                last_saved = state.step;
+            }
+        };
+        if let Some(delivery) = held {
+            delivery.settle(Outcome::HandedBack, self.store).await;
+        }
+        outcome.map(|()| last_saved)
+    }
+
+    /// A checkpoint of `state`: written and announced by the leader, with
+    /// the lineage of every rank (`group`) gathered first.
+    async fn save(
+        &mut self,
+        state: &mut TrainState,
+        group: Option<&DataParallel>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), TrainError> {
+        let run = &self.settings.pipeline.run;
+        if let Some(g) = group {
+            g.gather_lineage(self.store, run, state.step, &mut state.lineage).await?;
+        }
+        if self.leader {
+            checkpoint(self.store, self.streams, self.settings, state, &self.cfg, shutdown).await?;
+            self.progress.history.save(self.store, run).await;
+        }
+        Ok(())
+    }
 }
 
 /// The trainer's durable consumer of the dataset's batch queue.
@@ -188,12 +331,13 @@ async fn batch_source(
     Ok(BatchSource::new(consumer, store.clone(), spec).reporting_to(stall))
 }
 
-/// The learning-rate schedule of the run, from the settings (the staircase
-/// counts the examples of an epoch: configured, or the records announced).
-async fn learning_rate_schedule(settings: &Settings, streams: &Streams) -> Result<schedule::Schedule, TrainError> {
+/// The learning-rate schedule of the run, from the settings: the staircase
+/// counts the examples of an epoch (configured, or the records announced)
+/// in global batches (`pipeline.batch_size` on each of `world` ranks).
+fn learning_rate_schedule(settings: &Settings, epoch: u64, world: u32) -> schedule::Schedule {
     let t = &settings.train;
-    let epoch = examples_per_epoch(settings, streams).await?;
-    let decay_steps = schedule::decay_steps(epoch, u64::from(settings.pipeline.batch_size), t.num_epochs_per_decay);
+    let global_batch = u64::from(settings.pipeline.batch_size) * u64::from(world);
+    let decay_steps = schedule::decay_steps(epoch, global_batch, t.num_epochs_per_decay);
     let cosine_steps = match t.cosine_steps {
         0 => t.max_steps.saturating_sub(t.warmup_steps),
         n => n,
@@ -225,7 +369,7 @@ async fn learning_rate_schedule(settings: &Settings, streams: &Streams) -> Resul
         t.warmup_steps,
         t.warmup_start_fraction
     );
-    Ok(schedule)
+    schedule
 }
 
 /// What one step did, for metrics and the log.

@@ -86,6 +86,27 @@ impl Tally {
         }
     }
 
+    /// What this tally counted since its parent: by shard, and the
+    /// examples without a shard (a data-parallel rank hands them to rank 0).
+    pub fn since_parent(&self) -> (Vec<ShardCount>, u64) {
+        (self.since.clone(), self.unattributed)
+    }
+
+    /// Adds another rank's [`Tally::since_parent`] (checked as a batch's
+    /// counts are).
+    pub fn absorb(&mut self, shards: &[ShardCount], unattributed: u64) {
+        let entries: Vec<ShardExamples> =
+            shards.iter().map(|c| ShardExamples { shard: c.shard.clone(), examples: c.examples }).collect();
+        let total = shards.iter().fold(0u64, |s, c| s.saturating_add(c.examples));
+        self.add(&entries, total);
+        self.add(&[], unattributed);
+    }
+
+    /// Starts counting afresh (a rank other than 0 after a checkpoint).
+    pub fn restart(&mut self) {
+        *self = Self::new_in(&self.dataset_dir);
+    }
+
     fn is_train_shard(&self, key: &str) -> bool {
         key.len() <= MAX_LINEAGE_SHARD_KEY
             && keys::below(key, &self.dataset_dir).is_some_and(|name| !name.contains('/') && name.starts_with("train-"))

@@ -66,15 +66,20 @@ pub async fn wait_for_labels(
 /// Everything before the first step: devices, labels, the model, resuming
 /// the run (or starting from pretrained weights), and announcing the
 /// checkpoint it resumed from again. None: stopped while waiting for labels.
+/// `leader`: this process writes the run's checkpoints (rank 0 of a
+/// data-parallel job, or the only trainer).
 pub(crate) async fn prepare(
     settings: &Settings,
     store: &Store,
     streams: &Streams,
+    leader: bool,
     shutdown: &CancellationToken,
 ) -> Result<Option<(TrainState, ModelConfig)>, TrainError> {
     let t = &settings.train;
-    // This run's checkpoints have one writer: anything half-written is ours, from before a crash.
-    store.remove_stale_temporaries(&keys::checkpoint_dir(&settings.pipeline.run), Duration::ZERO);
+    if leader {
+        // This run's checkpoints have one writer: anything half-written is ours, from before a crash.
+        store.remove_stale_temporaries(&keys::checkpoint_dir(&settings.pipeline.run), Duration::ZERO);
+    }
     tracing::info!("CUDA available: {} ({} devices)", tch::Cuda::is_available(), tch::Cuda::device_count());
     let first = inception_model::device_from_setting(t.device).map_err(TrainError::Config)?;
     inception_model::set_cudnn_benchmark(first, t.cudnn_benchmark);
@@ -99,7 +104,7 @@ pub(crate) async fn prepare(
         state.step
     );
     streams.checkpoints().await?; // the stream this service announces on
-    if resumed {
+    if resumed && leader {
         // The trainer that wrote it may have died between the pointer and
         // the announcement: announce it again (same id: harmless if it did not).
         if let Err(e) = saver::announce(streams, &settings.pipeline.run, state.step, shutdown).await {

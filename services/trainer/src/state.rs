@@ -235,37 +235,61 @@ impl TrainState {
     /// towers, without the L2 term: add [`TrainState::regularization_loss`]).
     pub fn train_step(&mut self, images: &Tensor, labels: &Tensor, lr: f64) -> Result<f64, TrainError> {
         let (mut gradients, loss) = self.compute_gradients(images, labels)?;
+        self.apply_update(lr, &mut gradients, images.size()[0] as u64);
+        Ok(loss)
+    }
+
+    /// Applies `gradients` (from [`TrainState::compute_gradients`], averaged
+    /// over ranks in data-parallel training) as one step of `examples`
+    /// examples. fp16 gradients that overflowed are skipped (the step still
+    /// counts); false then.
+    pub fn apply_update(&mut self, lr: f64, gradients: &mut [Tensor], examples: u64) -> bool {
         if let Some(scaler) = &mut self.scaler {
             let scale = scaler.scale();
-            if !scaler.unscale(&mut gradients) {
+            if !scaler.unscale(gradients) {
                 // fp16 overflowed: no update from this batch, a lower scale for the next.
                 metrics::counter!("inception_trainer_skipped_steps_total").increment(1);
                 tracing::warn!("step {}: fp16 gradients overflowed at loss scale {scale}; step skipped", self.step + 1);
                 self.step += 1;
-                self.examples_seen += images.size()[0] as u64;
-                return Ok(loss);
+                self.examples_seen += examples;
+                return false;
             }
         }
-        self.optimizer.step(lr, &gradients);
+        self.optimizer.step(lr, gradients);
         self.step += 1;
         self.bn_updates += 1;
         self.averages.update(self.step);
-        self.examples_seen += images.size()[0] as u64;
-        Ok(loss)
+        self.examples_seen += examples;
+        true
     }
 
     /// [`TrainState::train_step`], with a libtorch failure (tch panics on a
     /// C++ exception, such as running out of GPU memory) returned as an
     /// error that says what failed, instead of unwinding through the service.
     pub fn guarded_step(&mut self, images: &Tensor, labels: &Tensor, lr: f64) -> Result<f64, TrainError> {
+        let batch = images.size().first().copied().unwrap_or(0);
+        self.guarded(batch, |state| state.train_step(images, labels, lr))
+    }
+
+    /// [`TrainState::compute_gradients`], guarded as [`TrainState::guarded_step`].
+    pub fn guarded_gradients(&mut self, images: &Tensor, labels: &Tensor) -> Result<(Vec<Tensor>, f64), TrainError> {
+        let batch = images.size().first().copied().unwrap_or(0);
+        self.guarded(batch, |state| state.compute_gradients(images, labels))
+    }
+
+    fn guarded<T>(
+        &mut self,
+        batch: i64,
+        pass: impl FnOnce(&mut Self) -> Result<T, TrainError>,
+    ) -> Result<T, TrainError> {
         let step = self.step + 1;
-        inception_model::catch_torch(|| self.train_step(images, labels, lr)).unwrap_or_else(|failure| {
+        inception_model::catch_torch(|| pass(self)).unwrap_or_else(|failure| {
             let devices = std::iter::once(self.vs.device())
                 .chain(self.replicas.iter().map(|r| r.vs.device()))
                 .map(|d| format!("{d:?}"))
                 .collect::<Vec<_>>()
                 .join(", ");
-            Err(step_failure(failure, step, images.size().first().copied().unwrap_or(0), devices))
+            Err(step_failure(failure, step, batch, devices))
         })
     }
 

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use types::deserialize_duration;
 pub use types::{
-    parse_duration, DeviceSetting, JpegCheckSetting, OptimizerSetting, PrecisionSetting, ResizeMethodSetting,
-    ScheduleSetting, Split,
+    parse_duration, DeviceSetting, DistributedBackend, JpegCheckSetting, OptimizerSetting, PrecisionSetting,
+    ResizeMethodSetting, ScheduleSetting, Split,
 };
 
 /// The defaults, compiled in so that every binary runs with no file at all.
@@ -87,6 +87,8 @@ pub struct Settings {
     pub promotion: PromotionSettings,
     /// The HTTP classification server (`inception-serve`).
     pub serve: ServeSettings,
+    /// Data-parallel training over several processes (`[distributed]`).
+    pub distributed: DistributedSettings,
     /// Deprecated keys found while loading, one line each (also logged).
     #[serde(skip)]
     pub deprecations: Vec<String>,
@@ -574,6 +576,29 @@ pub struct PromotionSettings {
     pub max_recall_drop: f64,
     /// The fewest validation examples an evaluation must have counted.
     pub min_examples: u64,
+}
+
+/// `[distributed]`: data-parallel training on torch.distributed's c10d.
+/// The launchers' variables (`WORLD_SIZE`, `RANK`, `LOCAL_RANK`,
+/// `MASTER_ADDR`, `MASTER_PORT`), where set, override these.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistributedSettings {
+    /// Trainer processes in the job; 1: no process group.
+    pub world_size: u32,
+    /// This process's place in the job, 0 ..= world_size - 1 (0 checkpoints).
+    pub rank: u32,
+    /// Its place among the job's processes on this machine (picks `cuda:N`).
+    pub local_rank: u32,
+    /// The host of rank 0's rendezvous store.
+    pub master_addr: String,
+    /// The port it listens on.
+    pub master_port: u16,
+    /// How long the rendezvous and each collective may take.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub timeout: Duration,
+    /// Gloo or NCCL.
+    pub backend: DistributedBackend,
 }
 
 impl Settings {

@@ -122,6 +122,19 @@ impl<'de> Deserialize<'de> for DeviceSetting {
     }
 }
 
+/// The collective-communication library of multi-process training
+/// (`distributed.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DistributedBackend {
+    /// Gloo on the CPU, NCCL on CUDA.
+    Auto,
+    /// Gloo (over TCP): CPU tensors.
+    Gloo,
+    /// NCCL: CUDA tensors; needs a build with CUDA.
+    Nccl,
+}
+
 /// The arithmetic of a model's forward and backward passes
 /// (`train.precision`, `eval.precision`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -57,6 +57,17 @@ impl Settings {
         });
         check(t.checkpoint_every_steps > 0, &|| "train.checkpoint_every_steps must be at least 1".into());
         check(t.log_every_steps > 0, &|| "train.log_every_steps must be at least 1".into());
+        let d = &self.distributed;
+        check(d.world_size >= 1 && d.rank < d.world_size, &|| {
+            format!(
+                "distributed.rank = {} must be below distributed.world_size = {} (at least 1)",
+                d.rank, d.world_size
+            )
+        });
+        check(!d.timeout.is_zero(), &|| "distributed.timeout must be longer than 0s".into());
+        check(d.world_size == 1 || !d.master_addr.trim().is_empty(), &|| {
+            "distributed.master_addr must name rank 0's host".into()
+        });
         let g = &self.promotion;
         check(g.min_precision_gain.is_finite() && (0.0..=1.0).contains(&g.min_precision_gain), &|| {
             format!("promotion.min_precision_gain = {} must be in [0, 1]", g.min_precision_gain)

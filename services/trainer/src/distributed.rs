@@ -1,0 +1,373 @@
+//! Data-parallel training over several trainer processes (ranks) on
+//! torch.distributed's c10d ([`inception_torch_ext::distributed`], Gloo).
+//!
+//! Every rank takes its own batches from the shared queue and computes its
+//! gradients (over its own towers). Then, each step:
+//! 1. a vote (one small all-reduce): does every rank hold a batch, does any
+//!    want to stop (SIGTERM, early stopping)? A rank that waited a round
+//!    ([`round_wait`]) without a batch votes "not yet": no step is taken and
+//!    the holders keep theirs, so an empty queue never runs into the
+//!    collective time-out, and all ranks stop at the same step.
+//! 2. one buffer per rank, all-reduced in fixed-order buckets and divided
+//!    by the world size: the gradients (the optimizer's order), the
+//!    batch-norm moving statistics (so that they, and their moving averages,
+//!    stay identical on every rank) and the loss, a divergence flag and the
+//!    examples. Every rank then applies the same update to the same weights:
+//!    they stay bit-identical.
+//!
+//! Rank 0 broadcasts its whole state at the start (weights, statistics,
+//! moving averages, optimizer slots, counters) and the examples per epoch
+//! the schedule counts, and alone writes checkpoints; at each checkpoint the
+//! other ranks hand it the shards they trained on (lineage) through the store.
+
+use inception_core::settings::{DistributedBackend, DistributedSettings};
+use inception_core::Store;
+use inception_model::checkpoint::ShardCount;
+use inception_torch_ext::distributed::{DistributedError, ProcessGroup, Rendezvous};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+use tch::{Device, Kind, Tensor};
+
+use crate::lineage::Tally;
+use crate::state::TrainState;
+use crate::TrainError;
+
+/// Elements per all-reduce of the step's buffer: 4 Mi floats (16 MiB).
+const BUCKET_ELEMENTS: i64 = 1 << 22;
+
+/// The largest lineage object a rank hands rank 0.
+const MAX_LINEAGE_OBJECT_BYTES: u64 = 64 << 20;
+
+/// This process's place in a job, from the launcher's variables (torchrun,
+/// a PyTorchJob: `WORLD_SIZE`, `RANK`, `MASTER_ADDR`, `MASTER_PORT`,
+/// `TORCHELASTIC_USE_AGENT_STORE`), which win over `[distributed]`. None for
+/// a job of one process.
+pub fn rendezvous(
+    settings: &DistributedSettings,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<Option<Rendezvous>, String> {
+    let given = |name: &str| var(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    let world_size = parsed("WORLD_SIZE", given("WORLD_SIZE"), settings.world_size)?;
+    let rank = parsed("RANK", given("RANK"), settings.rank)?;
+    if world_size == 0 || rank >= world_size {
+        return Err(format!(
+            "rank {rank} must be below the world size {world_size} (RANK and WORLD_SIZE, or distributed.rank \
+             and distributed.world_size)"
+        ));
+    }
+    if world_size == 1 {
+        return Ok(None);
+    }
+    if settings.backend == DistributedBackend::Nccl {
+        return Err("distributed.backend = \"nccl\" is not built into this trainer yet: use \"gloo\" or \"auto\" \
+                    (Gloo all-reduces through host memory on CUDA too)"
+            .into());
+    }
+    Ok(Some(Rendezvous {
+        master_addr: given("MASTER_ADDR").unwrap_or_else(|| settings.master_addr.clone()),
+        master_port: parsed("MASTER_PORT", given("MASTER_PORT"), settings.master_port)?,
+        rank,
+        world_size,
+        timeout: settings.timeout,
+        store_hosted_by_agent: given("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v.eq_ignore_ascii_case("true")),
+    }))
+}
+
+fn parsed<T: FromStr>(name: &str, value: Option<String>, default: T) -> Result<T, String> {
+    match value {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| format!("{name} = {v:?} is not a valid number")),
+    }
+}
+
+/// How long a rank waits for a batch before it votes "not yet": a quarter
+/// of the time-out, between 1 and 10 seconds.
+pub fn round_wait(timeout: Duration) -> Duration {
+    (timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(10))
+}
+
+/// What a rank says before a step.
+#[derive(Debug, Clone, Copy)]
+pub struct Vote {
+    pub has_batch: bool,
+    pub stop: bool,
+}
+
+/// What the ranks agreed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Agreement {
+    /// Every rank holds a batch: take the step.
+    pub ready: bool,
+    /// Some rank wants to stop: all stop now.
+    pub stop: bool,
+}
+
+/// A step's gradients averaged over the ranks, with the mean loss and the
+/// examples of every rank's batch.
+pub struct Reduced {
+    pub gradients: Vec<Tensor>,
+    pub mean_loss: f64,
+    pub examples: u64,
+}
+
+/// This rank's process group.
+pub struct DataParallel {
+    group: ProcessGroup,
+    timeout: Duration,
+}
+
+impl From<DistributedError> for TrainError {
+    fn from(e: DistributedError) -> Self {
+        TrainError::Distributed(e.to_string())
+    }
+}
+
+impl DataParallel {
+    /// Meets the other ranks (waits up to the time-out for all of them).
+    pub fn join(rendezvous: &Rendezvous) -> Result<Self, TrainError> {
+        tracing::info!(
+            "rank {} of {}: meeting the others at {}:{} (time-out {:?})",
+            rendezvous.rank,
+            rendezvous.world_size,
+            rendezvous.master_addr,
+            rendezvous.master_port,
+            rendezvous.timeout
+        );
+        let group = tokio::task::block_in_place(|| ProcessGroup::gloo(rendezvous))?;
+        tracing::info!("rank {} of {}: process group up (Gloo)", group.rank(), group.world_size());
+        Ok(Self { group, timeout: rendezvous.timeout })
+    }
+
+    pub fn rank(&self) -> u32 {
+        self.group.rank()
+    }
+
+    pub fn world_size(&self) -> u32 {
+        self.group.world_size()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.rank() == 0
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn sum(&self, tensor: &mut Tensor) -> Result<(), TrainError> {
+        let started = Instant::now();
+        tokio::task::block_in_place(|| self.group.all_reduce_sum(tensor))?;
+        metrics::histogram!("inception_trainer_allreduce_seconds").record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// `tensor` made rank 0's, through host memory when it lives on a GPU.
+    fn broadcast(&self, tensor: &Tensor) -> Result<(), TrainError> {
+        if tensor.device() == Device::Cpu {
+            let mut view = tensor.shallow_clone();
+            return Ok(tokio::task::block_in_place(|| self.group.broadcast(&mut view, 0))?);
+        }
+        let mut host = tensor.to_device(Device::Cpu);
+        tokio::task::block_in_place(|| self.group.broadcast(&mut host, 0))?;
+        tch::no_grad(|| tensor.shallow_clone().copy_(&host));
+        Ok(())
+    }
+
+    /// Rank 0's `value` on every rank.
+    pub fn leaders_value(&self, value: u64) -> Result<u64, TrainError> {
+        let t = Tensor::from_slice(&[i64::try_from(value).unwrap_or(i64::MAX)]);
+        self.broadcast(&t)?;
+        Ok(u64::try_from(t.int64_value(&[0])).unwrap_or(0))
+    }
+
+    /// Makes every rank's state rank 0's: weights, batch-norm statistics,
+    /// moving averages, optimizer slots (in name order) and counters.
+    pub fn broadcast_state(&self, state: &mut TrainState) -> Result<(), TrainError> {
+        let counters =
+            [state.step, state.bn_updates, state.examples_seen].map(|c| i64::try_from(c).unwrap_or(i64::MAX));
+        let t = Tensor::from_slice(&counters);
+        self.broadcast(&t)?;
+        let read = |i: i64| u64::try_from(t.int64_value(&[i])).unwrap_or(0);
+        (state.step, state.bn_updates, state.examples_seen) = (read(0), read(1), read(2));
+        state.optimizer.set_updates(state.step);
+        for (_, tensor) in state.checkpoint_tensors() {
+            self.broadcast(&tensor)?;
+        }
+        tracing::info!("rank {}: state of rank 0 at step {} taken", self.rank(), state.step);
+        Ok(())
+    }
+
+    /// The vote before a step (see the module's description).
+    pub fn agree(&self, vote: Vote) -> Result<Agreement, TrainError> {
+        let mut t = Tensor::from_slice(&[f64::from(u8::from(vote.has_batch)), f64::from(u8::from(vote.stop))]);
+        self.sum(&mut t)?;
+        Ok(Agreement { ready: t.double_value(&[0]) >= f64::from(self.world_size()), stop: t.double_value(&[1]) > 0.0 })
+    }
+
+    /// Averages this step's gradients (`local`, or its divergence) and
+    /// batch-norm statistics over the ranks; every rank gets the same.
+    /// Any rank's divergence is every rank's error.
+    pub fn reduce(
+        &self,
+        state: &TrainState,
+        local: Result<(Vec<Tensor>, f64), TrainError>,
+        examples: u64,
+    ) -> Result<Reduced, TrainError> {
+        let (gradients, loss, diverged) = match local {
+            Ok((g, loss)) => (g, loss, false),
+            Err(TrainError::Diverged { loss, .. }) => (Vec::new(), loss, true),
+            Err(e) => return Err(e),
+        };
+        let flat = state.flat.as_ref().ok_or_else(|| {
+            TrainError::Config("data-parallel training needs the model's variables in one buffer".into())
+        })?;
+        let (grads_len, total) = (flat.trainable.total, flat.layout.total);
+        let buffer = Tensor::zeros([total + 3], (Kind::Float, Device::Cpu));
+        tch::no_grad(|| {
+            for (i, g) in gradients.iter().enumerate().filter(|(_, g)| g.defined()) {
+                let mut place = buffer.narrow(0, flat.trainable.offsets[i], flat.trainable.lens[i]);
+                place.copy_(&g.reshape([-1]).to_device(Device::Cpu));
+            }
+            let stats = flat.all.narrow(0, grads_len, total - grads_len);
+            buffer.narrow(0, grads_len, total - grads_len).copy_(&stats.to_device(Device::Cpu));
+            let tail = [if diverged { 0.0 } else { loss as f32 }, f32::from(u8::from(diverged)), examples as f32];
+            buffer.narrow(0, total, 3).copy_(&Tensor::from_slice(&tail));
+        });
+        let mut start = 0;
+        while start < total + 3 {
+            let mut bucket = buffer.narrow(0, start, BUCKET_ELEMENTS.min(total + 3 - start));
+            self.sum(&mut bucket)?;
+            start += BUCKET_ELEMENTS;
+        }
+        let tail: Vec<f32> = Vec::try_from(&buffer.narrow(0, total, 3)).unwrap_or_default();
+        let (loss_sum, diverged_ranks, examples_sum) = match tail[..] {
+            [a, b, c] => (f64::from(a), b, c),
+            _ => return Err(TrainError::Distributed("the step's buffer lost its tail".into())),
+        };
+        if diverged_ranks > 0.0 {
+            let loss = if diverged { loss } else { f64::NAN };
+            tracing::error!("{diverged_ranks} of {} ranks diverged at step {}", self.world_size(), state.step + 1);
+            return Err(TrainError::Diverged { step: state.step, loss });
+        }
+        let world = f64::from(self.world_size());
+        let device = flat.all.device();
+        let averaged = tch::no_grad(|| buffer.narrow(0, 0, total).to_device(device) / world);
+        tch::no_grad(|| {
+            flat.all.narrow(0, grads_len, total - grads_len).copy_(&averaged.narrow(0, grads_len, total - grads_len));
+        });
+        let shapes: Vec<Vec<i64>> = state.optimizer.variables().iter().map(Tensor::size).collect();
+        let gradients = shapes.iter().enumerate().map(|(i, shape)| flat.trainable.view(&averaged, i, shape)).collect();
+        Ok(Reduced { gradients, mean_loss: loss_sum / world, examples: examples_sum.round() as u64 })
+    }
+
+    /// At a checkpoint: every rank but 0 hands its lineage since the last
+    /// checkpoint to rank 0 through the store (`<checkpoints>/ranks/`), and
+    /// starts counting afresh; rank 0 adds them to its own.
+    pub async fn gather_lineage(
+        &self,
+        store: &Store,
+        run: &str,
+        step: u64,
+        tally: &mut Tally,
+    ) -> Result<(), TrainError> {
+        let key =
+            |rank: u32| format!("{}/ranks/step-{step}/rank-{rank}.json", inception_core::keys::checkpoint_dir(run));
+        if !self.is_leader() {
+            let (shards, unattributed) = tally.since_parent();
+            let body = serde_json::json!({ "shards": shards, "unattributed": unattributed });
+            if let Err(e) = store.put(&key(self.rank()), body.to_string().into()).await {
+                tracing::error!("rank {}: cannot hand rank 0 the lineage of step {step}: {e}", self.rank());
+            }
+            tally.restart();
+        }
+        tokio::task::block_in_place(|| self.group.barrier())?;
+        if self.is_leader() {
+            for rank in 1..self.world_size() {
+                match read_lineage(store, &key(rank)).await {
+                    Ok((shards, unattributed)) => tally.absorb(&shards, unattributed),
+                    Err(e) => tracing::error!("the lineage of rank {rank} at step {step} is lost: {e}"),
+                }
+                store.delete(&key(rank)).await.ok();
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn read_lineage(store: &Store, key: &str) -> Result<(Vec<ShardCount>, u64), String> {
+    #[derive(serde::Deserialize)]
+    struct Handed {
+        shards: Vec<ShardCount>,
+        unattributed: u64,
+    }
+    let bytes = store.get_at_most(key, MAX_LINEAGE_OBJECT_BYTES).await.map_err(|e| e.to_string())?;
+    let handed: Handed = serde_json::from_slice(&bytes).map_err(|e| format!("{key}: {e}"))?;
+    Ok((handed.shards, handed.unattributed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings() -> DistributedSettings {
+        inception_core::Settings::load(None, &[]).expect("defaults").distributed
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn one_process_needs_no_group() {
+        assert_eq!(rendezvous(&settings(), vars(&[])), Ok(None));
+        assert_eq!(rendezvous(&settings(), vars(&[("WORLD_SIZE", "1"), ("RANK", "0")])), Ok(None));
+    }
+
+    #[test]
+    fn the_launchers_variables_win_over_the_settings() {
+        let r = rendezvous(
+            &settings(),
+            vars(&[
+                ("WORLD_SIZE", "3"),
+                ("RANK", "2"),
+                ("MASTER_ADDR", "trainer-master-0"),
+                ("MASTER_PORT", "23456"),
+                ("TORCHELASTIC_USE_AGENT_STORE", "True"),
+            ]),
+        )
+        .expect("valid")
+        .expect("a group");
+        assert_eq!((r.world_size, r.rank, r.master_port), (3, 2, 23456));
+        assert_eq!(r.master_addr, "trainer-master-0");
+        assert!(r.store_hosted_by_agent);
+        assert_eq!(r.timeout, Duration::from_secs(300));
+        let mut s = settings();
+        (s.world_size, s.rank, s.master_port) = (2, 1, 29511);
+        let r = rendezvous(&s, vars(&[])).expect("valid").expect("a group");
+        assert_eq!((r.world_size, r.rank, r.master_port, r.master_addr.as_str()), (2, 1, 29511, "127.0.0.1"));
+        assert!(!r.store_hosted_by_agent);
+    }
+
+    #[test]
+    fn bad_variables_are_named() {
+        let err = rendezvous(&settings(), vars(&[("WORLD_SIZE", "two")])).unwrap_err();
+        assert!(err.contains("WORLD_SIZE = \"two\""), "{err}");
+        let err = rendezvous(&settings(), vars(&[("WORLD_SIZE", "2"), ("RANK", "2")])).unwrap_err();
+        assert!(err.contains("rank 2 must be below the world size 2"), "{err}");
+        let err = rendezvous(&settings(), vars(&[("WORLD_SIZE", "2"), ("MASTER_PORT", "70000")])).unwrap_err();
+        assert!(err.contains("MASTER_PORT"), "{err}");
+        let mut s = settings();
+        s.backend = DistributedBackend::Nccl;
+        let err = rendezvous(&s, vars(&[("WORLD_SIZE", "2")])).unwrap_err();
+        assert!(err.contains("nccl"), "{err}");
+    }
+
+    #[test]
+    fn rounds_are_a_quarter_of_the_time_out_within_bounds() {
+        assert_eq!(round_wait(Duration::from_secs(300)), Duration::from_secs(10));
+        assert_eq!(round_wait(Duration::from_secs(8)), Duration::from_secs(2));
+        assert_eq!(round_wait(Duration::from_secs(1)), Duration::from_secs(1));
+    }
+}
