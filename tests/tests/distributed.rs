@@ -183,3 +183,39 @@ fn a_killed_rank_stops_the_other_and_the_job_resumes_from_the_latest_checkpoint(
     assert_eq!(meta["examples_seen"], 2 * BATCH * STEPS, "nothing counted twice or lost");
     assert_eq!(meta["lineage"]["total_examples"], 2 * BATCH * STEPS);
 }
+
+/// `torchrun --no-python` runs the trainer binary as its ranks; its agent
+/// hosts the rendezvous store (`TORCHELASTIC_USE_AGENT_STORE=True`).
+#[test]
+fn torchrun_launches_the_trainer_binary_as_its_ranks() {
+    let torchrun = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/torchrun");
+    assert!(torchrun.is_file(), "{} is missing: run scripts/setup.sh (torch brings it)", torchrun.display());
+    let job =
+        job(&[("TRAIN__MAX_STEPS", "4"), ("TRAIN__CHECKPOINT_EVERY_STEPS", "4"), ("DISTRIBUTED__TIMEOUT", "60s")]);
+    let trainer = inception_integration_tests::binary("inception-trainer");
+    let port = free_port().to_string();
+    let mut child = std::process::Command::new(&torchrun)
+        .args(["--nnodes", "1", "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", &port])
+        .arg("--no-python")
+        .arg(&trainer)
+        .envs(job.env.iter().cloned())
+        .env("RUST_LOG", "info")
+        .env("RUST_LIB_BACKTRACE", "0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start torchrun");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while child.try_wait().expect("torchrun status").is_none() {
+        if Instant::now() > deadline {
+            child.kill().ok();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = child.wait_with_output().expect("torchrun output");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("rank 1 of 2: process group up"), "{text}");
+    assert_eq!(pointer_step(&job.store), Some(4), "{text}");
+    assert_eq!(job.metadata(4)["examples_seen"], 2 * BATCH * 4);
+}
