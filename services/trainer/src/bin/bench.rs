@@ -2,7 +2,11 @@
 //! Training: the whole step as the trainer runs it (u8 input scaling, forward
 //! with the auxiliary head, loss, backward, TF RMSProp, moving averages).
 //! `--eval`: the evaluator's eval-mode forward. `scripts/bench-train.sh
-//! [--eval]` runs it beside PyTorch (torchvision).
+//! [--eval]` runs it beside PyTorch (torchvision). Started as one rank of
+//! several (`WORLD_SIZE`, `RANK`, `MASTER_ADDR`, `MASTER_PORT`, as the
+//! trainer reads them), each rank takes `batch_size / WORLD_SIZE` images and
+//! the step is the data-parallel one, its all-reduce timed apart
+//! (`scripts/bench-distributed.sh`).
 
 use clap::Parser;
 use inception_core::Settings;
@@ -89,6 +93,11 @@ fn main() -> anyhow::Result<()> {
     if args.eval {
         return bench_eval(&state, &images, &args, device, retained);
     }
+    let job = inception_trainer::distributed::rendezvous(&settings.distributed, |k| std::env::var(k).ok())
+        .map_err(anyhow::Error::msg)?;
+    if let Some(rendezvous) = job {
+        return bench_data_parallel(&mut state, &images, &targets, &args, &rendezvous);
+    }
     for _ in 0..args.warmup {
         state.train_step(&images, &targets, 0.01)?;
     }
@@ -111,6 +120,61 @@ fn main() -> anyhow::Result<()> {
     );
     if args.breakdown {
         breakdown(&mut state, &images, &targets, args.steps, device)?;
+    }
+    Ok(())
+}
+
+/// Data-parallel steps: this rank's share of the batch, the all-reduce
+/// (packing the buffer included) timed apart; rank 0 prints the figures.
+fn bench_data_parallel(
+    state: &mut TrainState,
+    images: &Tensor,
+    targets: &Tensor,
+    args: &Args,
+    rendezvous: &inception_torch_ext::distributed::Rendezvous,
+) -> anyhow::Result<()> {
+    let group = inception_trainer::distributed::DataParallel::join(rendezvous)?;
+    let world = i64::from(group.world_size());
+    anyhow::ensure!(
+        args.batch_size % world == 0,
+        "--batch-size {} is not a multiple of WORLD_SIZE {world}",
+        args.batch_size
+    );
+    let share = args.batch_size / world;
+    let start = i64::from(group.rank()) * share;
+    let (mine, my_targets) = (images.narrow(0, start, share), targets.narrow(0, start, share));
+    group.broadcast_state(state)?;
+    let mut step = |timed: bool| -> anyhow::Result<f64> {
+        let local = state.compute_gradients(&mine, &my_targets);
+        let t = Instant::now();
+        let mut reduced = group.reduce(state, local, share as u64)?;
+        let communication = t.elapsed().as_secs_f64();
+        state.apply_update(0.01, &mut reduced.gradients, reduced.examples);
+        Ok(if timed { communication } else { 0.0 })
+    };
+    for _ in 0..args.warmup {
+        step(false)?;
+    }
+    let started = Instant::now();
+    let mut communication = 0.0;
+    for _ in 0..args.steps {
+        communication += step(true)?;
+    }
+    let secs = started.elapsed().as_secs_f64() / args.steps as f64;
+    let per_step = communication / args.steps as f64;
+    if group.is_leader() {
+        println!(
+            "ours   ranks={world} size={} global_batch={} aux={} threads={} precision={}: {:.2} img/s ({:.3} s/step; all-reduce {:.3} s/step, {:.1}% of the step)",
+            args.image_size,
+            args.batch_size,
+            !args.no_aux,
+            tch::get_num_threads(),
+            state.precision,
+            args.batch_size as f64 / secs,
+            secs,
+            per_step,
+            100.0 * per_step / secs
+        );
     }
     Ok(())
 }

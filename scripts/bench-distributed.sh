@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Data-parallel training on one machine: the full-size model's training step
+# (inception-bench, random data) with 1 rank x 2 threads, then with 2 ranks x
+# 1 thread over Gloo on 127.0.0.1, the same global batch; the all-reduce time
+# per step, its share of the step, and the scaling efficiency (2 ranks' img/s
+# over 1 rank's: the same two cores either way, so 1.0 is ideal).
+#   scripts/bench-distributed.sh [STEPS] [ROUNDS]
+# BENCH_SIZE (149), BENCH_BATCH (32, the global batch), BENCH_PRECISIONS ("fp32 bf16").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh >/dev/null
+. scripts/env.sh
+cargo build --quiet --bin inception-bench
+steps="${1:-5}"
+rounds="${2:-3}"
+size="${BENCH_SIZE:-149}"
+batch="${BENCH_BATCH:-32}"
+precisions="${BENCH_PRECISIONS:-fp32 bf16}"
+bench=target/debug/inception-bench
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+rate() { sed -n 's/.*: \([0-9.]*\) img\/s.*/\1/p'; }
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+for round in $(seq "$rounds"); do
+  for precision in $precisions; do
+    common=(--image-size "$size" --batch-size "$batch" --steps "$steps" --device cpu --precision "$precision")
+    one="$("$bench" "${common[@]}" --threads 2)"
+    echo "round $round $precision 1x2 | $one" | tee -a "$log"
+    port="$(free_port)"
+    WORLD_SIZE=2 RANK=1 MASTER_ADDR=127.0.0.1 MASTER_PORT="$port" "$bench" "${common[@]}" --threads 1 >/dev/null &
+    rank1=$!
+    two="$(WORLD_SIZE=2 RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT="$port" "$bench" "${common[@]}" --threads 1)"
+    wait "$rank1"
+    echo "round $round $precision 2x1 | $two" | tee -a "$log"
+    echo "round $round $precision efficiency $(echo "$one" | rate) $(echo "$two" | rate)" \
+      | awk '{ printf "round %s %s scaling efficiency (2 ranks x 1 thread / 1 rank x 2 threads): %.3f\n", $2, $3, $6 / $5 }' \
+      | tee -a "$log"
+  done
+done
+echo "medians over $rounds rounds:"
+for precision in $precisions; do
+  for shape in 1x2 2x1; do
+    grep " $precision $shape " "$log" | rate | sort -n | awk -v p="$precision" -v s="$shape" \
+      '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "  %s %s: %.2f img/s\n", p, s, m }'
+  done
+  grep " $precision 2x1 " "$log" | sed -n 's/.*all-reduce \([0-9.]*\) s\/step, \([0-9.]*\)%.*/\1 \2/p' | sort -n | awk -v p="$precision" \
+    '{ v[NR] = $1; w[NR] = $2 } END { i = int((NR + 1) / 2); printf "  %s all-reduce: %.3f s/step, %.1f%% of the step\n", p, v[i], w[i] }'
+done
