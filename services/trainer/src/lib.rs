@@ -129,7 +129,7 @@ pub async fn run(
         distributed::rendezvous(&settings.distributed, |name| std::env::var(name).ok()).map_err(TrainError::Config)?;
     let leader = job.as_ref().is_none_or(|r| r.rank == 0);
     let Some((mut state, cfg)) = prepare(settings, store, streams, leader, shutdown).await? else { return Ok(0) };
-    let group = job.as_ref().map(DataParallel::join).transpose()?;
+    let mut group = job.as_ref().map(DataParallel::join).transpose()?;
     let mut epoch = examples_per_epoch(settings, streams).await?;
     if let Some(g) = &group {
         // Every rank's schedule must be rank 0's, and so must its state.
@@ -155,7 +155,7 @@ pub async fn run(
     if leader {
         history::save_settings(store, settings).await;
     }
-    let last_saved = match &group {
+    let last_saved = match &mut group {
         None => training.single(&mut state).await?,
         Some(g) => training.as_rank(&mut state, g).await?,
     };
@@ -221,7 +221,7 @@ impl Training<'_> {
     /// One rank of a data-parallel job (see [`distributed`]): a step when
     /// every rank holds a batch; all stop together. Returns the step last
     /// checkpointed.
-    async fn as_rank(&mut self, state: &mut TrainState, group: &DataParallel) -> Result<u64, TrainError> {
+    async fn as_rank(&mut self, state: &mut TrainState, group: &mut DataParallel) -> Result<u64, TrainError> {
         let t = &self.settings.train;
         let round = distributed::round_wait(group.timeout());
         let mut last_saved = state.step;
@@ -275,7 +275,7 @@ impl Training<'_> {
             };
             self.progress.record(state, &step, t.log_every_steps);
             if state.step.is_multiple_of(t.checkpoint_every_steps) {
-                if let Err(e) = self.save(state, Some(group), self.shutdown).await {
+                if let Err(e) = self.save(state, Some(&*group), self.shutdown).await {
                     break Err(e);
                 }
                 last_saved = state.step;

@@ -66,7 +66,7 @@ fn rank_child() {
     tch::set_num_threads(1);
     // Rank 0's seed is the reference's; the others start elsewhere.
     let mut state = state(7 + i64::from(rank) * 1000, 1);
-    let group = DataParallel::join(&Rendezvous {
+    let mut group = DataParallel::join(&Rendezvous {
         master_addr: "127.0.0.1".into(),
         master_port: number(PORT) as u16,
         rank,

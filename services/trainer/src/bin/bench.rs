@@ -133,7 +133,7 @@ fn bench_data_parallel(
     args: &Args,
     rendezvous: &inception_torch_ext::distributed::Rendezvous,
 ) -> anyhow::Result<()> {
-    let group = inception_trainer::distributed::DataParallel::join(rendezvous)?;
+    let mut group = inception_trainer::distributed::DataParallel::join(rendezvous)?;
     let world = i64::from(group.world_size());
     anyhow::ensure!(
         args.batch_size % world == 0,
