@@ -73,6 +73,12 @@ pub fn rendezvous(
     }))
 }
 
+/// This rank's place among the job's processes on its machine:
+/// `LOCAL_RANK`, else `distributed.local_rank`.
+pub fn local_rank(settings: &DistributedSettings, var: impl Fn(&str) -> Option<String>) -> Result<u32, String> {
+    parsed("LOCAL_RANK", var("LOCAL_RANK").map(|v| v.trim().to_string()).filter(|v| !v.is_empty()), settings.local_rank)
+}
+
 fn parsed<T: FromStr>(name: &str, value: Option<String>, default: T) -> Result<T, String> {
     match value {
         None => Ok(default),
@@ -377,6 +383,10 @@ mod tests {
         assert!(err.contains("rank 2 must be below the world size 2"), "{err}");
         let err = rendezvous(&settings(), vars(&[("WORLD_SIZE", "2"), ("MASTER_PORT", "70000")])).unwrap_err();
         assert!(err.contains("MASTER_PORT"), "{err}");
+        assert_eq!(local_rank(&settings(), vars(&[("LOCAL_RANK", "3")])), Ok(3));
+        assert_eq!(local_rank(&settings(), vars(&[])), Ok(0));
+        let err = local_rank(&settings(), vars(&[("LOCAL_RANK", "-1")])).unwrap_err();
+        assert!(err.contains("LOCAL_RANK"), "{err}");
         let mut s = settings();
         s.backend = DistributedBackend::Nccl;
         let err = rendezvous(&s, vars(&[("WORLD_SIZE", "2")])).unwrap_err();

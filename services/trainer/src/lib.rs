@@ -128,7 +128,9 @@ pub async fn run(
     let job =
         distributed::rendezvous(&settings.distributed, |name| std::env::var(name).ok()).map_err(TrainError::Config)?;
     let leader = job.as_ref().is_none_or(|r| r.rank == 0);
-    let Some((mut state, cfg)) = prepare(settings, store, streams, leader, shutdown).await? else { return Ok(0) };
+    let local_rank = job.as_ref().map(|_| distributed::local_rank(&settings.distributed, |n| std::env::var(n).ok()));
+    let role = (leader, local_rank.transpose().map_err(TrainError::Config)?);
+    let Some((mut state, cfg)) = prepare(settings, store, streams, role, shutdown).await? else { return Ok(0) };
     let mut group = job.as_ref().map(DataParallel::join).transpose()?;
     let mut epoch = examples_per_epoch(settings, streams).await?;
     if let Some(g) = &group {

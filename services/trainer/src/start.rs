@@ -3,6 +3,7 @@
 //! weights, or a fresh initialisation).
 
 use inception_core::nats::Streams;
+use inception_core::settings::DeviceSetting;
 use inception_core::shutdown::{sleep_or_cancel, CancellationToken};
 use inception_core::store::StoreError;
 use inception_core::{keys, Settings, Store};
@@ -67,12 +68,14 @@ pub async fn wait_for_labels(
 /// the run (or starting from pretrained weights), and announcing the
 /// checkpoint it resumed from again. None: stopped while waiting for labels.
 /// `leader`: this process writes the run's checkpoints (rank 0 of a
-/// data-parallel job, or the only trainer).
+/// data-parallel job, or the only trainer); `local_rank`: its place among
+/// the job's processes on this machine (`train.device = "auto"` then picks
+/// `cuda:<local_rank>` where CUDA is available).
 pub(crate) async fn prepare(
     settings: &Settings,
     store: &Store,
     streams: &Streams,
-    leader: bool,
+    (leader, local_rank): (bool, Option<u32>),
     shutdown: &CancellationToken,
 ) -> Result<Option<(TrainState, ModelConfig)>, TrainError> {
     let t = &settings.train;
@@ -81,7 +84,7 @@ pub(crate) async fn prepare(
         store.remove_stale_temporaries(&keys::checkpoint_dir(&settings.pipeline.run), Duration::ZERO);
     }
     tracing::info!("CUDA available: {} ({} devices)", tch::Cuda::is_available(), tch::Cuda::device_count());
-    let first = inception_model::device_from_setting(t.device).map_err(TrainError::Config)?;
+    let first = device_of_rank(t.device, local_rank)?;
     inception_model::set_cudnn_benchmark(first, t.cudnn_benchmark);
     inception_model::set_cpu_threads(t.threads, "train.threads");
     let devices = towers::tower_devices(first, t.num_gpus as usize).map_err(TrainError::Config)?;
@@ -112,6 +115,19 @@ pub(crate) async fn prepare(
         }
     }
     Ok(Some((state, cfg)))
+}
+
+/// The first device: `setting`, except that a rank of a data-parallel job
+/// with `auto` takes the GPU of its `LOCAL_RANK` (as torchrun's ranks on one
+/// machine each take one).
+fn device_of_rank(setting: DeviceSetting, local_rank: Option<u32>) -> Result<tch::Device, TrainError> {
+    match (setting, local_rank) {
+        (DeviceSetting::Auto, Some(rank)) if tch::Cuda::is_available() => {
+            inception_model::device_from_setting(DeviceSetting::Cuda(rank as usize))
+                .map_err(|e| TrainError::Config(format!("LOCAL_RANK {rank}: {e}")))
+        }
+        _ => inception_model::device_from_setting(setting).map_err(TrainError::Config),
+    }
 }
 
 /// Loads `source` (a local weights file, or a store key) into a fresh model.
