@@ -148,7 +148,8 @@ pub async fn run(
         cfg,
         source,
         schedule: learning_rate_schedule(settings, epoch, world),
-        progress: Progress::new(&t.tensorboard_dir),
+        // One TensorBoard writer per run: rank 0.
+        progress: Progress::new(if leader { &t.tensorboard_dir } else { "" }),
         early_stop: early_stop::EarlyStop::follow(streams, &settings.pipeline.run, t.early_stopping_patience, shutdown)
             .await,
         leader,
