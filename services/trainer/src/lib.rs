@@ -253,7 +253,10 @@ impl Training<'_> {
                 tracing::info!("all ranks stop at step {}: {why}", state.step);
                 break Ok(());
             }
-            let Some(delivery) = held.take().filter(|_| agreed.ready) else { continue };
+            if !agreed.ready {
+                continue; // a rank is still waiting: this one keeps its batch
+            }
+            let Some(delivery) = held.take() else { continue };
             let examples = delivery.batch.len() as u64;
             let lr = self.schedule.learning_rate(state.step);
             let (images, labels) = delivery.tensors();
