@@ -265,6 +265,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("inception_serve_request_seconds", Kind::Histogram, "Time to answer one classify request, from its arrival to its response, by outcome."),
     ("inception_serve_batch_images", Kind::Histogram, "Images in each forward pass of the server (concurrent requests batched together)."),
     ("inception_serve_step", Kind::Gauge, "Global step of the checkpoint the server answers with."),
+    ("inception_serve_info", Kind::Gauge, "The server's forward pass (always 1), by precision (serve.precision resolved: fp32, bf16, fp16) and device."),
     ("inception_serve_swaps_total", Kind::Counter, "Checkpoints the server put into service (the first one included)."),
     ("inception_serve_load_failures_total", Kind::Counter, "Checkpoints the server could not load (missing, unreadable, wrong shape); it keeps the one it serves."),
     ("inception_serve_rejected_messages_total", Kind::Counter, "Malformed or out-of-run announcements the server ignored."),

@@ -12,6 +12,7 @@ use inception_core::store::StoreError;
 use inception_core::telemetry::Readiness;
 use inception_core::{keys, Store};
 use inception_model::checkpoint;
+use inception_model::precision::Precision;
 use serde::Deserialize;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -91,6 +92,7 @@ pub(crate) struct Follower {
     pub(crate) run: String,
     pub(crate) which: ServedCheckpoint,
     pub(crate) device: tch::Device,
+    pub(crate) precision: Precision,
     pub(crate) central_fraction: f64,
     pub(crate) slot: Slot,
     /// The pointer's target when last read: only a change is acted on, so
@@ -104,10 +106,11 @@ impl Follower {
         run: String,
         which: ServedCheckpoint,
         device: tch::Device,
+        precision: Precision,
         central_fraction: f64,
         slot: Slot,
     ) -> Self {
-        Self { store, run, which, device, central_fraction, slot, last_seen: None }
+        Self { store, run, which, device, precision, central_fraction, slot, last_seen: None }
     }
 
     /// Polls and takes hints until `shutdown`.
@@ -187,19 +190,22 @@ impl Follower {
             checkpoint::CheckpointError::Store(e) => ServeError::Store(e),
             e => ServeError::Checkpoint { key: key.to_string(), message: e.to_string() },
         })?;
-        let (owned_key, device, fraction) = (key.to_string(), self.device, self.central_fraction);
-        let model =
-            tokio::task::spawn_blocking(move || ServedModel::build(&owned_key, meta, tensors, device, fraction))
-                .await
-                .map_err(|e| ServeError::Checkpoint { key: key.to_string(), message: e.to_string() })??;
+        let (owned_key, device, precision, fraction) =
+            (key.to_string(), self.device, self.precision, self.central_fraction);
+        let model = tokio::task::spawn_blocking(move || {
+            ServedModel::build(&owned_key, meta, tensors, device, precision, fraction)
+        })
+        .await
+        .map_err(|e| ServeError::Checkpoint { key: key.to_string(), message: e.to_string() })??;
         let model = Arc::new(model);
         let old = self.slot.swap(Arc::clone(&model));
         metrics::gauge!("inception_serve_step").set(model.step as f64);
         metrics::counter!("inception_serve_swaps_total").increment(1);
         let was = old.map_or_else(|| "nothing".to_string(), |o| format!("step {}", o.step));
         tracing::info!(
-            "serving step {} ({key}), loaded in {:.2}s; was {was}",
+            "serving step {} ({key}) in {}, loaded in {:.2}s; was {was}",
             model.step,
+            model.precision,
             started.elapsed().as_secs_f64()
         );
         Ok(())

@@ -14,10 +14,11 @@ pub mod follow;
 pub mod http;
 pub mod model;
 
-use inception_core::settings::{ServeSettings, Settings};
+use inception_core::settings::{ServeSettings, Settings, SettingsError};
 use inception_core::shutdown::CancellationToken;
 use inception_core::telemetry::Readiness;
 use inception_core::Store;
+use inception_model::precision::{self, Precision};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -39,6 +40,11 @@ pub enum ServeError {
     /// The device setting names no usable device.
     #[error("serve.device: {0}")]
     Device(String),
+    /// A setting this machine cannot honour (`serve.precision = "fp16"`
+    /// without CUDA): a configuration error, exit status 2 (see
+    /// [`ServeError::into_anyhow`]).
+    #[error(transparent)]
+    Settings(SettingsError),
     /// A checkpoint that cannot be served (refused for good).
     #[error("checkpoint {key}: {message}")]
     Checkpoint {
@@ -63,6 +69,16 @@ impl ServeError {
     pub fn is_transient(&self) -> bool {
         matches!(self, ServeError::Store(_))
     }
+
+    /// This error for a service main: a [`ServeError::Settings`] becomes
+    /// its [`SettingsError`] itself, which `bootstrap::exit` tells apart as a
+    /// configuration error (exit status 2); the others stay as they are.
+    pub fn into_anyhow(self) -> anyhow::Error {
+        match self {
+            ServeError::Settings(e) => e.into(),
+            e => e.into(),
+        }
+    }
 }
 
 /// A started server.
@@ -71,6 +87,7 @@ pub struct Server {
     hints: mpsc::Sender<Hint>,
     settings: ServeSettings,
     run: String,
+    precision: Precision,
     task: tokio::task::JoinHandle<Result<(), ServeError>>,
 }
 
@@ -87,6 +104,14 @@ impl Server {
         let s = settings.serve.clone();
         inception_model::set_cpu_threads(s.threads, "serve.threads");
         let device = inception_model::device_from_setting(s.device).map_err(ServeError::Device)?;
+        let precision = Precision::resolve(s.precision, device, "serve.precision")
+            .map_err(|e| ServeError::Settings(SettingsError::Rejected(vec![e])))?;
+        if precision == Precision::Bf16 && !device.is_cuda() && !precision::cpu_has_bf16() {
+            tracing::warn!(
+                "serve.precision = \"bf16\" on a CPU without avx512_bf16 or amx_bf16: bf16 is emulated \
+                 there, slower than fp32 (\"auto\" picks fp32 on it)"
+            );
+        }
         let listener = tokio::net::TcpListener::bind(&s.listen_addr)
             .await
             .map_err(|source| ServeError::Bind { addr: s.listen_addr.clone(), source })?;
@@ -101,6 +126,7 @@ impl Server {
             run.clone(),
             s.checkpoint,
             device,
+            precision,
             settings.augment.eval_central_fraction,
             slot.clone(),
         );
@@ -116,7 +142,10 @@ impl Server {
             run: run.clone(),
         });
         let app = http::router(state, usize::try_from(s.max_request_bytes).unwrap_or(usize::MAX));
-        tracing::info!(%addr, checkpoint = ?s.checkpoint, "serving POST /v1/classify");
+        let device_name = device_name(device);
+        metrics::gauge!("inception_serve_info", "precision" => precision.to_string(), "device" => device_name.clone())
+            .set(1.0);
+        tracing::info!(%addr, checkpoint = ?s.checkpoint, device = %device_name, %precision, "serving POST /v1/classify");
         let task = tokio::spawn(async move {
             let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
             // The router (and with it the queue's last sender) is gone: the
@@ -128,7 +157,7 @@ impl Server {
                 _ => Err(ServeError::Server("the batch worker panicked".into())),
             }
         });
-        Ok(Self { addr, hints, settings: s, run, task })
+        Ok(Self { addr, hints, settings: s, run, precision, task })
     }
 
     /// The bound address (useful with port 0).
@@ -151,10 +180,25 @@ impl Server {
         &self.run
     }
 
+    /// The arithmetic of the forward pass (`serve.precision`, resolved for
+    /// the device at start).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
     /// Waits until the server has stopped (after shutdown, every request
     /// answered).
     pub async fn wait(self) -> Result<(), ServeError> {
         self.task.await.map_err(|e| ServeError::Server(e.to_string()))?
+    }
+}
+
+/// `cpu` or `cuda:N`, as `serve.device` writes it.
+fn device_name(device: tch::Device) -> String {
+    match device {
+        tch::Device::Cuda(n) => format!("cuda:{n}"),
+        tch::Device::Cpu => "cpu".into(),
+        other => format!("{other:?}").to_ascii_lowercase(),
     }
 }
 

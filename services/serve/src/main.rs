@@ -53,7 +53,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = local.shutdown.clone();
     let server =
         inception_serve::Server::start(&local.settings, local.store.clone(), local.readiness.clone(), shutdown.clone())
-            .await?;
+            .await
+            .map_err(inception_serve::ServeError::into_anyhow)?;
     // Announcements only speed swaps up: the server serves from the store
     // while NATS is away (it is retried without end).
     let (hints, which, run) = (server.hints(), server.checkpoint(), server.run().to_string());

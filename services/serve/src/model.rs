@@ -3,6 +3,7 @@
 //! before it is put into service.
 
 use inception_model::checkpoint::{self, CheckpointMeta};
+use inception_model::precision::Precision;
 use inception_model::{catch_torch, images_to_input, InceptionV3, Mode, TorchFailure};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -49,6 +50,8 @@ pub struct ServedModel {
     image_size: u32,
     num_classes: i64,
     device: Device,
+    /// The arithmetic of its forward pass (`serve.precision`, resolved).
+    pub precision: Precision,
     central_fraction: f64,
     // A mutex makes the model shareable between threads (tensors are Send,
     // not Sync); only the batch worker locks it, so it is never contended.
@@ -57,13 +60,15 @@ pub struct ServedModel {
 
 impl ServedModel {
     /// Builds the network of `meta`, loads `tensors` (the moving averages
-    /// where present) and runs one image through it, so that a checkpoint
-    /// that cannot serve is refused before it replaces one that can.
+    /// where present) and runs one image through it in `precision`, so that
+    /// a checkpoint that cannot serve is refused before it replaces one that
+    /// can.
     pub fn build(
         key: &str,
         meta: CheckpointMeta,
         tensors: HashMap<String, Tensor>,
         device: Device,
+        precision: Precision,
         central_fraction: f64,
     ) -> Result<Self, ServeError> {
         let failed = |message: String| ServeError::Checkpoint { key: key.to_string(), message };
@@ -77,6 +82,7 @@ impl ServedModel {
             image_size: meta.model.image_size as u32,
             num_classes: meta.model.num_classes,
             device,
+            precision,
             central_fraction,
             net: Mutex::new(Net { model, _vs: vs }),
         };
@@ -106,7 +112,10 @@ impl ServedModel {
         Ok(inception_vision::eval_image_with(&decoded.image, self.image_size, self.central_fraction))
     }
 
-    /// The top `k` labels of each preprocessed image, in one forward pass.
+    /// The top `k` labels of each preprocessed image, in one forward pass
+    /// in this model's precision. Autocast is entered on the calling thread
+    /// (the batch worker) by `forward_in`, around the pass only; the logits
+    /// come back in fp32 and the softmax runs in fp32.
     pub fn classify(&self, images: &[&[u8]], k: usize) -> Result<Vec<Vec<Prediction>>, TorchFailure> {
         let size = i64::from(self.image_size);
         let n = images.len();
@@ -122,7 +131,7 @@ impl ServedModel {
             let input = Tensor::from_slice(&batch).view([n as i64, size, size, 3]).to_device(self.device);
             let input = images_to_input(&input);
             let net = self.net.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let (logits, _) = tch::no_grad(|| net.model.forward(&input, Mode::Eval));
+            let (logits, _) = tch::no_grad(|| net.model.forward_in(self.precision, &input, Mode::Eval));
             let probabilities = logits.softmax(-1, Kind::Float).to_device(Device::Cpu);
             // Index 0 is the background class: never a prediction.
             let (values, indices) = probabilities.narrow(1, 1, self.num_classes - 1).topk(k as i64, -1, true, true);

@@ -554,6 +554,8 @@ pub struct ServeSettings {
     pub bearer_token: Secret,
     /// Where the model runs: `auto`, `cpu` or `cuda:N`.
     pub device: DeviceSetting,
+    /// Arithmetic of the served forward pass: `auto`, `fp32`, `bf16` or `fp16` (CUDA); probabilities stay fp32.
+    pub precision: PrecisionSetting,
     /// libtorch's CPU threads; 0 = one per core.
     pub threads: u32,
     /// Which checkpoint is served: `promoted`, `best` or `latest`.

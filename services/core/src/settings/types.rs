@@ -136,7 +136,7 @@ pub enum DistributedBackend {
 }
 
 /// The arithmetic of a model's forward and backward passes
-/// (`train.precision`, `eval.precision`).
+/// (`train.precision`, `eval.precision`, `serve.precision`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PrecisionSetting {

@@ -325,6 +325,11 @@ mod tests {
         }
         let err = load_file("[serve]\ncheckpoint = \"newest\"\n").expect_err("not a pointer");
         assert!(err.contains("serve.checkpoint") && err.contains("promoted"), "{err}");
+        assert_eq!(s.serve.precision, crate::settings::PrecisionSetting::Auto, "as eval.precision");
+        let s = load_file("[serve]\nprecision = \"bf16\"\n").expect("a precision");
+        assert_eq!(s.serve.precision, crate::settings::PrecisionSetting::Bf16);
+        let err = load_file("[serve]\nprecision = \"fp8\"\n").expect_err("not a precision");
+        assert!(err.contains("serve.precision") && err.contains("fp8"), "{err}");
     }
 
     #[test]

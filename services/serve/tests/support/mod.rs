@@ -4,7 +4,7 @@
 #![allow(dead_code)] // each test file uses part of it
 
 use bytes::Bytes;
-use inception_core::settings::{DeviceSetting, StoreSettings};
+use inception_core::settings::{DeviceSetting, PrecisionSetting, StoreSettings};
 use inception_core::shutdown::CancellationToken;
 use inception_core::telemetry::{self, Readiness};
 use inception_core::{keys, Settings, Store};
@@ -22,13 +22,16 @@ pub(crate) fn labels() -> Vec<String> {
     inception_demo_data::DEMO_LABELS.iter().map(|s| s.to_string()).collect()
 }
 
-/// Settings for a server on a free loopback port, on the CPU, over the
-/// file store in `dir`, polling its pointer every 50 ms.
+/// Settings for a server on a free loopback port, on the CPU in fp32 (the
+/// tests compare probabilities closely; `auto` would be bf16 on CPUs with
+/// bf16 instructions: tests/precision.rs serves bf16), over the file store
+/// in `dir`, polling its pointer every 50 ms.
 pub(crate) fn settings(dir: &Path) -> Settings {
     let mut s = Settings::defaults().unwrap();
     s.store = StoreSettings { url: format!("file://{}", dir.join("store").display()), ..s.store.clone() };
     s.serve.listen_addr = "127.0.0.1:0".into();
     s.serve.device = DeviceSetting::Cpu;
+    s.serve.precision = PrecisionSetting::Fp32;
     s.serve.threads = 1;
     s.serve.poll_interval = std::time::Duration::from_millis(50);
     s
@@ -36,9 +39,15 @@ pub(crate) fn settings(dir: &Path) -> Settings {
 
 /// Writes a tiny checkpoint (fresh random weights) at `step`; returns its metadata key.
 pub(crate) async fn put_checkpoint(store: &Store, step: u64) -> String {
+    put_checkpoint_with(store, step, |_| {}).await
+}
+
+/// As [`put_checkpoint`], the fresh weights changed by `init` first.
+pub(crate) async fn put_checkpoint_with(store: &Store, step: u64, init: impl FnOnce(&VarStore)) -> String {
     let model = ModelConfig::tiny(labels().len() as i64 + 1);
     let vs = VarStore::new(tch::Device::Cpu);
     let _ = InceptionV3::new(&vs.root(), &model);
+    init(&vs);
     let bytes = checkpoint::tensors_to_bytes(&vs.variables().into_iter().collect::<Vec<_>>()).unwrap();
     // JSON, not the struct: fields added to the metadata later have defaults.
     let weights = keys::checkpoint_weights(RUN, step);
