@@ -13,10 +13,19 @@ use std::time::{Duration, Instant};
 
 const BATCH: u64 = 8;
 
+/// One job at a time: each runs several processes on 2 cores, and ports
+/// picked by binding port 0 could be taken by another job's processes
+/// before a rank binds its own.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 struct Job {
     _dir: tempfile::TempDir,
     _nats: LocalNats,
-    _worker: Proc,
+    worker: Option<Proc>,
     root: PathBuf,
     store: PathBuf,
     env: Vec<(String, String)>,
@@ -24,6 +33,13 @@ struct Job {
 
 /// Demo images ingested, a preprocess worker running; `extra` settings for every service.
 fn job(extra: &[(&str, &str)]) -> Job {
+    let mut job = job_without_worker(extra);
+    job.start_worker();
+    job
+}
+
+/// Demo images ingested; no preprocess worker yet.
+fn job_without_worker(extra: &[(&str, &str)]) -> Job {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     let (images, store, logs) = (root.join("images"), root.join("store"), root.join("logs"));
@@ -55,11 +71,14 @@ fn job(extra: &[(&str, &str)]) -> Job {
         &logs,
     );
     assert!(ingest.wait(Duration::from_secs(60)).success(), "{:?}", ingest.output());
-    let worker = Proc::spawn("inception-preprocess", &[], &env, &logs);
-    Job { _dir: dir, _nats: nats, _worker: worker, root, store, env }
+    Job { _dir: dir, _nats: nats, worker: None, root, store, env }
 }
 
 impl Job {
+    fn start_worker(&mut self) {
+        self.worker = Some(Proc::spawn("inception-preprocess", &[], &self.env, &self.root.join("logs")));
+    }
+
     /// The `world` ranks of one launch, each logging under `logs/<launch>/rank-K`.
     fn launch(&self, launch: &str, world: u32) -> Vec<Proc> {
         let port = free_port().to_string();
@@ -101,6 +120,7 @@ fn kept_steps(store: &Path) -> Vec<u64> {
 
 #[test]
 fn two_ranks_train_checkpoint_once_per_step_and_are_evaluated() {
+    let _serial = serial();
     let job =
         job(&[("TRAIN__MAX_STEPS", "6"), ("TRAIN__CHECKPOINT_EVERY_STEPS", "3"), ("DISTRIBUTED__TIMEOUT", "60s")]);
     let mut ranks = job.launch("first", 2);
@@ -139,6 +159,7 @@ fn two_ranks_train_checkpoint_once_per_step_and_are_evaluated() {
 
 #[test]
 fn a_killed_rank_stops_the_other_and_the_job_resumes_from_the_latest_checkpoint() {
+    let _serial = serial();
     const STEPS: u64 = 30;
     let job =
         job(&[("TRAIN__MAX_STEPS", "30"), ("TRAIN__CHECKPOINT_EVERY_STEPS", "5"), ("DISTRIBUTED__TIMEOUT", "10s")]);
@@ -184,10 +205,58 @@ fn a_killed_rank_stops_the_other_and_the_job_resumes_from_the_latest_checkpoint(
     assert_eq!(meta["lineage"]["total_examples"], 2 * BATCH * STEPS);
 }
 
+/// Ranks that wait for batches (no worker yet, then batches trickling in
+/// one by one) keep meeting every round: the wait outlasts the time-out
+/// without failing it, and a rank that got its batch while another waits
+/// keeps it (none is delivered again).
+#[test]
+fn ranks_wait_for_batches_longer_than_the_time_out_and_keep_what_they_hold() {
+    let _serial = serial();
+    let mut job = job_without_worker(&[
+        ("TRAIN__MAX_STEPS", "8"),
+        ("TRAIN__CHECKPOINT_EVERY_STEPS", "8"),
+        ("TRAIN__BATCH_ACK_WAIT", "4s"),
+        ("DISTRIBUTED__TIMEOUT", "4s"),
+        ("PIPELINE__QUEUE_CAPACITY", "2"),
+    ]);
+    let mut ranks = job.launch("waiting", 2);
+    std::thread::sleep(Duration::from_secs(10));
+    for rank in &mut ranks {
+        assert!(rank.is_running(), "a rank gave up waiting: {:?}", rank.output());
+    }
+    job.start_worker();
+    for rank in &mut ranks {
+        let status = rank.wait(Duration::from_secs(300));
+        assert!(status.success(), "{:?}", rank.output());
+    }
+    for rank in &ranks {
+        let (out, err) = rank.output();
+        assert_eq!(logged_steps(&out), (1..=8).collect::<Vec<_>>(), "{out}");
+        assert!(!err.contains("delivered again"), "a held batch was dropped and came back: {err}");
+    }
+    assert_eq!(job.metadata(8)["examples_seen"], 2 * BATCH * 8);
+}
+
+/// A queue with room for fewer batches than ranks would never give every
+/// rank one (each holds its own while the others wait): refused at start.
+#[test]
+fn a_batch_queue_smaller_than_the_job_is_refused() {
+    let _serial = serial();
+    let job = job_without_worker(&[("PIPELINE__QUEUE_CAPACITY", "1"), ("DISTRIBUTED__TIMEOUT", "60s")]);
+    let mut ranks = job.launch("small-queue", 2);
+    for rank in &mut ranks {
+        let status = rank.wait(Duration::from_secs(120));
+        let (_, err) = rank.output();
+        assert_eq!(status.code(), Some(2), "a configuration error: {err}");
+        assert!(err.contains("holds at most 1 batches, fewer than the 2 ranks"), "{err}");
+    }
+}
+
 /// `torchrun --no-python` runs the trainer binary as its ranks; its agent
 /// hosts the rendezvous store (`TORCHELASTIC_USE_AGENT_STORE=True`).
 #[test]
 fn torchrun_launches_the_trainer_binary_as_its_ranks() {
+    let _serial = serial();
     let torchrun = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/torchrun");
     assert!(torchrun.is_file(), "{} is missing: run scripts/setup.sh (torch brings it)", torchrun.display());
     let job =

@@ -138,9 +138,9 @@ pub async fn run(
         epoch = g.leaders_value(epoch)?;
         g.broadcast_state(&mut state)?;
     }
-    let world = group.as_ref().map_or(1, DataParallel::world_size);
     let stall = Stall::new("trainer", readiness, settings.pipeline.stall_after);
-    let source = batch_source(settings, store, streams, &cfg, stall).await?;
+    let world = group.as_ref().map_or(1, DataParallel::world_size);
+    let source = batch_source(settings, store, streams, &cfg, (stall, world)).await?;
     let mut training = Training {
         settings,
         store,
@@ -319,9 +319,19 @@ async fn batch_source(
     store: &Store,
     streams: &Streams,
     cfg: &ModelConfig,
-    stall: Stall,
+    (stall, world): (Stall, u32),
 ) -> Result<BatchSource, TrainError> {
     let stream = streams.batches(settings.pipeline.queue_capacity).await?;
+    // A rank holds its batch (still in the queue) while the others wait for
+    // theirs: a queue with room for fewer batches than ranks never fills all.
+    let capacity = stream.cached_info().config.max_messages;
+    if world > 1 && capacity >= 0 && capacity < i64::from(world) {
+        return Err(TrainError::Config(format!(
+            "the batch queue holds at most {capacity} batches, fewer than the {world} ranks: each rank holds one \
+             while the others wait for theirs, so set pipeline.queue_capacity to at least WORLD_SIZE (an existing \
+             queue keeps its capacity: delete its stream, or use another nats.subject_prefix)"
+        )));
+    }
     // A batch not acknowledged train.batch_ack_wait after delivery (the
     // trainer died mid-step) goes to the next fetch again.
     let ack_wait = settings.train.batch_ack_wait.max(Duration::from_secs(1));

@@ -61,7 +61,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let Some(service) = bootstrap::start(&SPEC, &args.common, &args.logs, o).await? else { return Ok(()) };
     service.readiness.set(true);
     let s = &service;
-    let step = inception_trainer::run(&s.settings, &s.store, &s.streams, &s.readiness, &s.shutdown).await?;
+    let step = inception_trainer::run(&s.settings, &s.store, &s.streams, &s.readiness, &s.shutdown)
+        .await
+        .map_err(configuration_errors_exit_2)?;
     tracing::info!("trainer stopped at step {step}");
     Ok(())
+}
+
+/// A setting the trainer finds unusable (a device that is not there, a
+/// batch queue too small for the job) is a configuration error, exit status
+/// 2 like the settings' own: restarting cannot help.
+fn configuration_errors_exit_2(error: inception_trainer::TrainError) -> anyhow::Error {
+    match error {
+        inception_trainer::TrainError::Config(problem) => {
+            inception_core::settings::SettingsError::Rejected(vec![problem]).into()
+        }
+        other => other.into(),
+    }
 }
