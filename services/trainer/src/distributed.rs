@@ -23,7 +23,7 @@
 use inception_core::settings::{DistributedBackend, DistributedSettings};
 use inception_core::Store;
 use inception_model::checkpoint::ShardCount;
-use inception_torch_ext::distributed::{DistributedError, ProcessGroup, Rendezvous};
+use inception_torch_ext::distributed::{Backend, DistributedError, ProcessGroup, Rendezvous};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
@@ -120,9 +120,11 @@ pub struct Reduced {
 pub struct DataParallel {
     group: ProcessGroup,
     timeout: Duration,
-    /// The step's buffer (host memory), kept from step to step: allocating
-    /// and zeroing ~100 MB each step cost more than a tenth of the all-reduce.
+    /// The step's buffer, kept from step to step: allocating and zeroing
+    /// ~100 MB each step cost more than a tenth of the all-reduce.
     buffer: Option<Tensor>,
+    /// The device the model computes on ([`DataParallel::on`]).
+    compute: Device,
 }
 
 impl From<DistributedError> for TrainError {
@@ -144,7 +146,14 @@ impl DataParallel {
         );
         let group = tokio::task::block_in_place(|| ProcessGroup::gloo(rendezvous))?;
         tracing::info!("rank {} of {}: process group up (Gloo)", group.rank(), group.world_size());
-        Ok(Self { group, timeout: rendezvous.timeout, buffer: None })
+        Ok(Self { group, timeout: rendezvous.timeout, buffer: None, compute: Device::Cpu })
+    }
+
+    /// For a model on `device` (a GPU backend's collectives run there).
+    #[must_use]
+    pub fn on(mut self, device: Device) -> Self {
+        self.compute = device;
+        self
     }
 
     pub fn rank(&self) -> u32 {
@@ -170,15 +179,26 @@ impl DataParallel {
         Ok(())
     }
 
-    /// `tensor` made rank 0's, through host memory when it lives on a GPU.
+    /// Where the group's collectives take their tensors from: host memory
+    /// for Gloo, the compute device for a GPU backend.
+    fn collective_device(&self, compute: Device) -> Device {
+        match self.group.backend() {
+            Backend::Gloo => Device::Cpu,
+            _ => compute, // a GPU backend (NCCL)
+        }
+    }
+
+    /// `tensor` made rank 0's, through the collective device's memory when
+    /// it lives elsewhere.
     fn broadcast(&self, tensor: &Tensor) -> Result<(), TrainError> {
-        if tensor.device() == Device::Cpu {
+        let device = self.collective_device(tensor.device());
+        if tensor.device() == device {
             let mut view = tensor.shallow_clone();
             return Ok(tokio::task::block_in_place(|| self.group.broadcast(&mut view, 0))?);
         }
-        let mut host = tensor.to_device(Device::Cpu);
-        tokio::task::block_in_place(|| self.group.broadcast(&mut host, 0))?;
-        tch::no_grad(|| tensor.shallow_clone().copy_(&host));
+        let mut moved = tensor.to_device(device);
+        tokio::task::block_in_place(|| self.group.broadcast(&mut moved, 0))?;
+        tch::no_grad(|| tensor.shallow_clone().copy_(&moved));
         Ok(())
     }
 
@@ -208,7 +228,8 @@ impl DataParallel {
 
     /// The vote before a step (see the module's description).
     pub fn agree(&self, vote: Vote) -> Result<Agreement, TrainError> {
-        let mut t = Tensor::from_slice(&[f64::from(u8::from(vote.has_batch)), f64::from(u8::from(vote.stop))]);
+        let votes = [f64::from(u8::from(vote.has_batch)), f64::from(u8::from(vote.stop))];
+        let mut t = Tensor::from_slice(&votes).to_device(self.collective_device(self.compute));
         self.sum(&mut t)?;
         Ok(Agreement { ready: t.double_value(&[0]) >= f64::from(self.world_size()), stop: t.double_value(&[1]) > 0.0 })
     }
@@ -231,9 +252,10 @@ impl DataParallel {
             TrainError::Config("data-parallel training needs the model's variables in one buffer".into())
         })?;
         let (grads_len, total) = (flat.trainable.total, flat.layout.total);
+        let device = self.collective_device(flat.all.device());
         let buffer = match self.buffer.take() {
-            Some(b) if b.size() == [total + 3] => b,
-            _ => Tensor::zeros([total + 3], (Kind::Float, Device::Cpu)),
+            Some(b) if b.size() == [total + 3] && b.device() == device => b,
+            _ => Tensor::zeros([total + 3], (Kind::Float, device)),
         };
         tch::no_grad(|| {
             for (i, g) in gradients.iter().enumerate() {
@@ -258,7 +280,7 @@ impl DataParallel {
             self.sum(&mut bucket)?;
             start += BUCKET_ELEMENTS;
         }
-        let tail: Vec<f32> = Vec::try_from(&buffer.narrow(0, total, 3)).unwrap_or_default();
+        let tail: Vec<f32> = Vec::try_from(&buffer.narrow(0, total, 3).to_device(Device::Cpu)).unwrap_or_default();
         let (loss_sum, diverged_ranks, examples_sum) = match tail[..] {
             [a, b, c] => (f64::from(a), b, c),
             _ => return Err(TrainError::Distributed("the step's buffer lost its tail".into())),

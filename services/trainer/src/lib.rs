@@ -133,6 +133,7 @@ pub async fn run(
     let Some((mut state, cfg)) = prepare(settings, store, streams, role, shutdown).await? else { return Ok(0) };
     let mut group = job.as_ref().map(DataParallel::join).transpose()?;
     let mut epoch = examples_per_epoch(settings, streams).await?;
+    group = group.map(|g| g.on(state.vs.device()));
     if let Some(g) = &group {
         // Every rank's schedule must be rank 0's, and so must its state.
         epoch = g.leaders_value(epoch)?;
