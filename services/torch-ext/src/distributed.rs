@@ -1,6 +1,8 @@
 //! Multi-process training over torch.distributed's c10d, which tch does not
 //! bind: a TCPStore rendezvous and a `ProcessGroupGloo` (CPU tensors over
-//! TCP), both from libtorch_cpu through csrc/distributed.cpp.
+//! TCP), both from libtorch_cpu through csrc/distributed.cpp, and a
+//! `ProcessGroupNCCL` (CUDA tensors, libtorch_cuda, csrc/nccl.cpp) on the
+//! same store where build.rs found NCCL's parts ([`nccl_built`]).
 //!
 //! Error model: every failure, whether refused here before anything crosses
 //! into C++ or thrown by libtorch (rendezvous time-outs, a peer that died
@@ -15,6 +17,19 @@
 //! All ranks must call the same collectives, in the same order, on tensors of
 //! the same size and kind: Gloo cannot match them up otherwise, and a
 //! mismatch it notices on its own threads ends the process.
+//!
+//! NCCL: errors are surfaced on the calling thread where libtorch allows.
+//! Unless the environment already sets it, the shim sets
+//! `TORCH_NCCL_ASYNC_ERROR_HANDLING=2` (CleanUpOnly) before making the
+//! group: on a time-out or an NCCL error ProcessGroupNCCL's watchdog thread
+//! aborts the communicator and marks the work failed instead of ending the
+//! process (2.13's default, 3, ends it), and the collective's wait on the
+//! calling thread (`WorkNCCL::wait(timeout)`) throws. What can still end the
+//! process: a CUDA error the watchdog meets while polling
+//! (`TORCH_NCCL_RETHROW_CUDA_ERRORS`, default on), its heartbeat monitor
+//! when the watchdog itself is stuck (`TORCH_NCCL_ENABLE_MONITORING`, after
+//! `TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC`), and a user's own
+//! `TORCH_NCCL_ASYNC_ERROR_HANDLING=1` or `3`.
 
 use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void, CString};
@@ -48,6 +63,14 @@ extern "C" {
         world_size: c_int,
         interface: *const c_char,
         host: *const c_char,
+    ) -> *mut c_char;
+    #[cfg(inception_nccl)]
+    fn ext_pg_nccl_start(
+        group: *mut ExtProcessGroup,
+        rank: c_int,
+        world_size: c_int,
+        device: c_int,
+        device_out: *mut c_int,
     ) -> *mut c_char;
     fn ext_pg_all_reduce_sum(group: *mut ExtProcessGroup, tensor: *mut c_void) -> *mut c_char;
     fn ext_pg_broadcast(group: *mut ExtProcessGroup, tensor: *mut c_void, root: c_int) -> *mut c_char;
@@ -93,15 +116,18 @@ pub struct DistributedError {
 pub enum Backend {
     /// Gloo over TCP: CPU tensors.
     Gloo,
+    /// NCCL: CUDA tensors on the group's one device. Present in every build;
+    /// usable where [`nccl_built`] (else [`ProcessGroup::new`] says why not).
+    Nccl,
 }
 
-impl Backend {
-    /// Whether this backend's collectives take tensors on `device`.
-    fn takes(self, device: Device) -> bool {
-        match self {
-            Backend::Gloo => device == Device::Cpu,
-        }
-    }
+/// Whether this binary has the NCCL backend: `Err` says what build.rs found
+/// missing (or that `INCEPTION_TORCH_EXT_NO_NCCL` was set).
+pub fn nccl_built() -> Result<(), &'static str> {
+    #[cfg(inception_nccl)]
+    return Ok(());
+    #[cfg(not(inception_nccl))]
+    return Err(env!("INCEPTION_NCCL_MISSING"));
 }
 
 impl Rendezvous {
@@ -198,6 +224,8 @@ pub struct ProcessGroup {
     rank: u32,
     world_size: u32,
     backend: Backend,
+    /// NCCL's device; `None` for Gloo.
+    cuda_device: Option<usize>,
     /// Set when a collective failed: later ones are refused.
     failed: Cell<bool>,
 }
@@ -209,11 +237,54 @@ pub struct ProcessGroup {
 unsafe impl Send for ProcessGroup {}
 
 impl ProcessGroup {
-    /// Joins the job with `backend`.
+    /// Joins the job with `backend`. NCCL takes CUDA device `rank % the
+    /// number of visible devices`, which is the local rank when every node
+    /// runs one rank per device in rank order (torchrun's layout); other
+    /// layouts name the device with [`ProcessGroup::nccl`].
     pub fn new(rendezvous: &Rendezvous, backend: Backend) -> Result<Self, DistributedError> {
         match backend {
             Backend::Gloo => Self::gloo(rendezvous),
+            Backend::Nccl => Self::start_nccl(rendezvous, None),
         }
+    }
+
+    /// Connects to the TCPStore as [`ProcessGroup::gloo`] does, then makes a
+    /// ProcessGroupNCCL over it bound to CUDA device `cuda_device` and
+    /// connects its communicator at once (so a rank that never comes fails
+    /// this call, not the first collective). Collectives then take
+    /// contiguous tensors on that device only.
+    pub fn nccl(rendezvous: &Rendezvous, cuda_device: usize) -> Result<Self, DistributedError> {
+        Self::start_nccl(rendezvous, Some(cuda_device))
+    }
+
+    #[cfg(not(inception_nccl))]
+    fn start_nccl(rendezvous: &Rendezvous, _cuda_device: Option<usize>) -> Result<Self, DistributedError> {
+        rendezvous.validate().map_err(|message| rendezvous.error(message))?;
+        let missing = nccl_built().err().unwrap_or_default();
+        Err(rendezvous.error(format!("NCCL is not built into this binary: {missing}")))
+    }
+
+    #[cfg(inception_nccl)]
+    fn start_nccl(rendezvous: &Rendezvous, cuda_device: Option<usize>) -> Result<Self, DistributedError> {
+        rendezvous.validate().map_err(|message| rendezvous.error(message))?;
+        let device = match cuda_device {
+            None => -1,
+            Some(index) => {
+                c_int::try_from(index).map_err(|_| rendezvous.error(format!("CUDA device {index} is out of range")))?
+            }
+        };
+        let mut group = Self::connect_store(rendezvous)?;
+        // Validated to fit in `validate`.
+        let (rank, world_size) = (group.rank as c_int, group.world_size as c_int);
+        let mut bound: c_int = -1;
+        // SAFETY: `raw` is live; `bound` receives the device index.
+        let message = unsafe { ext_pg_nccl_start(group.raw.as_ptr(), rank, world_size, device, &mut bound) };
+        if let Some(message) = take_message(message) {
+            return Err(rendezvous.error(format!("ProcessGroupNCCL: {message}")));
+        }
+        group.backend = Backend::Nccl;
+        group.cuda_device = usize::try_from(bound).ok();
+        Ok(group)
     }
 
     /// Connects to the TCPStore (rank 0 hosts it unless
@@ -255,6 +326,7 @@ impl ProcessGroup {
             rank: rendezvous.rank,
             world_size: rendezvous.world_size,
             backend: Backend::Gloo,
+            cuda_device: None,
             failed: Cell::new(false),
         })
     }
@@ -286,8 +358,21 @@ impl ProcessGroup {
         self.backend
     }
 
-    /// Sums `tensor` over all ranks, in place (a contiguous CPU tensor of
-    /// f32/f64/i64).
+    /// The CUDA device an NCCL group is bound to; `None` for Gloo.
+    pub fn cuda_device(&self) -> Option<usize> {
+        self.cuda_device
+    }
+
+    /// Whether the collectives take tensors on `device`.
+    fn takes(&self, device: Device) -> bool {
+        match self.backend {
+            Backend::Gloo => device == Device::Cpu,
+            Backend::Nccl => self.cuda_device.is_some_and(|index| device == Device::Cuda(index)),
+        }
+    }
+
+    /// Sums `tensor` over all ranks, in place (a contiguous tensor of
+    /// f32/f64/i64: on the CPU for Gloo, on the group's device for NCCL).
     pub fn all_reduce_sum(&self, tensor: &mut Tensor) -> Result<(), DistributedError> {
         let operation = format!("all_reduce of {}", describe(tensor));
         self.check_tensor(tensor, &operation)?;
@@ -296,7 +381,7 @@ impl ProcessGroup {
         }
         let tensor = tensor.as_mut_ptr().cast();
         // SAFETY: `raw` is live; `tensor` is an `at::Tensor*` valid for the
-        // call, and the shim returns only once Gloo is done with it.
+        // call, and the shim returns only once the backend is done with it.
         self.finish(&operation, unsafe { ext_pg_all_reduce_sum(self.raw.as_ptr(), tensor) })
     }
 
@@ -343,8 +428,14 @@ impl ProcessGroup {
             return Err(self.error(operation, "the tensor is undefined"));
         }
         let device = tensor.device();
-        if !self.backend.takes(device) {
-            return Err(self.error(operation, format!("{:?} cannot take a tensor on {device:?}", self.backend)));
+        if !self.takes(device) {
+            let group_device = match self.cuda_device {
+                Some(index) => format!(" (this group's device is Cuda({index}))"),
+                None => String::new(),
+            };
+            return Err(
+                self.error(operation, format!("{:?} cannot take a tensor on {device:?}{group_device}", self.backend))
+            );
         }
         if !tensor.is_contiguous() {
             return Err(self.error(operation, "the tensor is not contiguous"));
@@ -367,7 +458,8 @@ impl ProcessGroup {
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
         // SAFETY: owned, freed once. Joins Gloo's threads (bounded by its
-        // time-out) and, on a hosting rank 0, stops the store.
+        // time-out) or aborts NCCL's communicator and joins its watchdog,
+        // and, on a hosting rank 0, stops the store.
         unsafe { ext_pg_free(self.raw.as_ptr()) }
     }
 }

@@ -2,7 +2,8 @@
 //! (csrc/shim.cpp, built by build.rs with the `cc` crate against the headers
 //! of the libtorch tch links), and c10d for multi-process training
 //! ([`distributed`]: a TCPStore rendezvous and Gloo collectives, from
-//! csrc/distributed.cpp).
+//! csrc/distributed.cpp, and NCCL ones from csrc/nccl.cpp where build.rs
+//! finds NCCL's parts).
 //!
 //! Autocast: tch only toggles CUDA autocast and sets no dtype. [`Autocast`]
 //! enables libtorch's autocast on the CPU or CUDA with bf16 or fp16 for the
