@@ -23,7 +23,7 @@
 use inception_core::settings::{DistributedBackend, DistributedSettings};
 use inception_core::Store;
 use inception_model::checkpoint::ShardCount;
-use inception_torch_ext::distributed::{Backend, DistributedError, ProcessGroup, Rendezvous};
+use inception_torch_ext::distributed::{nccl_built, Backend, DistributedError, ProcessGroup, Rendezvous};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
@@ -58,11 +58,6 @@ pub fn rendezvous(
     if world_size == 1 {
         return Ok(None);
     }
-    if settings.backend == DistributedBackend::Nccl {
-        return Err("distributed.backend = \"nccl\" is not built into this trainer yet: use \"gloo\" or \"auto\" \
-                    (Gloo all-reduces through host memory on CUDA too)"
-            .into());
-    }
     Ok(Some(Rendezvous {
         master_addr: given("MASTER_ADDR").unwrap_or_else(|| settings.master_addr.clone()),
         master_port: parsed("MASTER_PORT", given("MASTER_PORT"), settings.master_port)?,
@@ -77,6 +72,23 @@ pub fn rendezvous(
 /// `LOCAL_RANK`, else `distributed.local_rank`.
 pub fn local_rank(settings: &DistributedSettings, var: impl Fn(&str) -> Option<String>) -> Result<u32, String> {
     parsed("LOCAL_RANK", var("LOCAL_RANK").map(|v| v.trim().to_string()).filter(|v| !v.is_empty()), settings.local_rank)
+}
+
+/// The collective library for a model on `device`: `auto` is NCCL on CUDA
+/// where this binary has it built in, else Gloo (through host memory on
+/// CUDA); `nccl` is refused where it cannot work, naming the setting.
+pub fn backend_for(setting: DistributedBackend, device: Device) -> Result<Backend, String> {
+    match setting {
+        DistributedBackend::Gloo => Ok(Backend::Gloo),
+        DistributedBackend::Auto if device.is_cuda() && nccl_built().is_ok() => Ok(Backend::Nccl),
+        DistributedBackend::Auto => Ok(Backend::Gloo),
+        DistributedBackend::Nccl if !device.is_cuda() => Err(format!(
+            "distributed.backend = \"nccl\" needs a CUDA device; the model is on {device:?} (train.device)"
+        )),
+        DistributedBackend::Nccl => nccl_built()
+            .map(|()| Backend::Nccl)
+            .map_err(|why| format!("distributed.backend = \"nccl\": {why}; use \"gloo\" or \"auto\"")),
+    }
 }
 
 fn parsed<T: FromStr>(name: &str, value: Option<String>, default: T) -> Result<T, String> {
@@ -134,26 +146,23 @@ impl From<DistributedError> for TrainError {
 }
 
 impl DataParallel {
-    /// Meets the other ranks (waits up to the time-out for all of them).
-    pub fn join(rendezvous: &Rendezvous) -> Result<Self, TrainError> {
+    /// Meets the other ranks (waits up to the time-out for all of them),
+    /// over `backend` for a model on `device`.
+    pub fn join(rendezvous: &Rendezvous, backend: Backend, device: Device) -> Result<Self, TrainError> {
         tracing::info!(
-            "rank {} of {}: meeting the others at {}:{} (time-out {:?})",
+            "rank {} of {}: meeting the others at {}:{} over {backend:?} (time-out {:?})",
             rendezvous.rank,
             rendezvous.world_size,
             rendezvous.master_addr,
             rendezvous.master_port,
             rendezvous.timeout
         );
-        let group = tokio::task::block_in_place(|| ProcessGroup::gloo(rendezvous))?;
-        tracing::info!("rank {} of {}: process group up (Gloo)", group.rank(), group.world_size());
-        Ok(Self { group, timeout: rendezvous.timeout, buffer: None, compute: Device::Cpu })
-    }
-
-    /// For a model on `device` (a GPU backend's collectives run there).
-    #[must_use]
-    pub fn on(mut self, device: Device) -> Self {
-        self.compute = device;
-        self
+        let group = tokio::task::block_in_place(|| match (backend, device) {
+            (Backend::Nccl, Device::Cuda(index)) => ProcessGroup::nccl(rendezvous, index),
+            _ => ProcessGroup::new(rendezvous, backend),
+        })?;
+        tracing::info!("rank {} of {}: process group up ({backend:?})", group.rank(), group.world_size());
+        Ok(Self { group, timeout: rendezvous.timeout, buffer: None, compute: device })
     }
 
     pub fn rank(&self) -> u32 {
@@ -409,10 +418,21 @@ mod tests {
         assert_eq!(local_rank(&settings(), vars(&[])), Ok(0));
         let err = local_rank(&settings(), vars(&[("LOCAL_RANK", "-1")])).unwrap_err();
         assert!(err.contains("LOCAL_RANK"), "{err}");
-        let mut s = settings();
-        s.backend = DistributedBackend::Nccl;
-        let err = rendezvous(&s, vars(&[("WORLD_SIZE", "2")])).unwrap_err();
-        assert!(err.contains("nccl"), "{err}");
+    }
+
+    #[test]
+    fn the_backend_follows_the_device() {
+        assert_eq!(backend_for(DistributedBackend::Auto, Device::Cpu), Ok(Backend::Gloo));
+        assert_eq!(backend_for(DistributedBackend::Gloo, Device::Cpu), Ok(Backend::Gloo));
+        let err = backend_for(DistributedBackend::Nccl, Device::Cpu).unwrap_err();
+        assert!(err.contains("distributed.backend") && err.contains("CUDA"), "{err}");
+        if nccl_built().is_err() {
+            let err = backend_for(DistributedBackend::Nccl, Device::Cuda(0)).unwrap_err();
+            assert!(err.contains("not built"), "{err}");
+            assert_eq!(backend_for(DistributedBackend::Auto, Device::Cuda(0)), Ok(Backend::Gloo));
+        } else {
+            assert_eq!(backend_for(DistributedBackend::Auto, Device::Cuda(0)), Ok(Backend::Nccl));
+        }
     }
 
     #[test]

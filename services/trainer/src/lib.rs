@@ -131,9 +131,15 @@ pub async fn run(
     let local_rank = job.as_ref().map(|_| distributed::local_rank(&settings.distributed, |n| std::env::var(n).ok()));
     let role = (leader, local_rank.transpose().map_err(TrainError::Config)?);
     let Some((mut state, cfg)) = prepare(settings, store, streams, role, shutdown).await? else { return Ok(0) };
-    let mut group = job.as_ref().map(DataParallel::join).transpose()?;
+    let device = state.vs.device();
+    let mut group = match &job {
+        Some(r) => {
+            let backend = distributed::backend_for(settings.distributed.backend, device).map_err(TrainError::Config)?;
+            Some(DataParallel::join(r, backend, device)?)
+        }
+        None => None,
+    };
     let mut epoch = examples_per_epoch(settings, streams).await?;
-    group = group.map(|g| g.on(state.vs.device()));
     if let Some(g) = &group {
         // Every rank's schedule must be rank 0's, and so must its state.
         epoch = g.leaders_value(epoch)?;

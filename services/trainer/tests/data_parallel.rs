@@ -13,7 +13,7 @@
 
 use inception_core::Settings;
 use inception_model::ModelConfig;
-use inception_torch_ext::distributed::Rendezvous;
+use inception_torch_ext::distributed::{Backend, Rendezvous};
 use inception_trainer::distributed::DataParallel;
 use inception_trainer::{TrainError, TrainState};
 use std::path::{Path, PathBuf};
@@ -66,14 +66,18 @@ fn rank_child() {
     tch::set_num_threads(1);
     // Rank 0's seed is the reference's; the others start elsewhere.
     let mut state = state(7 + i64::from(rank) * 1000, 1);
-    let mut group = DataParallel::join(&Rendezvous {
-        master_addr: "127.0.0.1".into(),
-        master_port: number(PORT) as u16,
-        rank,
-        world_size: world,
-        timeout: Duration::from_secs(60),
-        store_hosted_by_agent: false,
-    })
+    let mut group = DataParallel::join(
+        &Rendezvous {
+            master_addr: "127.0.0.1".into(),
+            master_port: number(PORT) as u16,
+            rank,
+            world_size: world,
+            timeout: Duration::from_secs(60),
+            store_hosted_by_agent: false,
+        },
+        Backend::Gloo,
+        Device::Cpu,
+    )
     .unwrap();
     group.broadcast_state(&mut state).unwrap();
     for step in 0..STEPS {

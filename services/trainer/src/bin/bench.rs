@@ -133,7 +133,11 @@ fn bench_data_parallel(
     args: &Args,
     rendezvous: &inception_torch_ext::distributed::Rendezvous,
 ) -> anyhow::Result<()> {
-    let mut group = inception_trainer::distributed::DataParallel::join(rendezvous)?;
+    let device = state.vs.device();
+    let backend =
+        inception_trainer::distributed::backend_for(inception_core::settings::DistributedBackend::Auto, device)
+            .map_err(anyhow::Error::msg)?;
+    let mut group = inception_trainer::distributed::DataParallel::join(rendezvous, backend, device)?;
     let world = i64::from(group.world_size());
     anyhow::ensure!(
         args.batch_size % world == 0,
