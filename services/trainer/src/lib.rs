@@ -76,14 +76,17 @@ pub enum TrainError {
     Distributed(String),
 }
 
-/// Train examples per epoch: configured, else the records announced so far.
-async fn examples_per_epoch(settings: &Settings, streams: &Streams) -> Result<u64, TrainError> {
+/// Train examples per epoch: configured, else the records announced so
+/// far; None while no train shard has been announced.
+async fn examples_per_epoch(settings: &Settings, streams: &Streams) -> Result<Option<u64>, TrainError> {
     if settings.train.examples_per_epoch > 0 {
-        return Ok(settings.train.examples_per_epoch);
+        return Ok(Some(settings.train.examples_per_epoch));
     }
     let stream = streams.shards().await?;
     let subject = streams.subjects.shards(&settings.dataset.name, "train");
-    Ok(announced_examples(&streams.history(&stream, &subject).await?, &settings.dataset.name))
+    let history = streams.history(&stream, &subject).await?;
+    let examples = announced_records(&history, &settings.dataset.name);
+    Ok((examples > 0).then_some(examples))
 }
 
 /// Train examples in a history of shard announcements: the records of each
@@ -92,6 +95,11 @@ async fn examples_per_epoch(settings: &Settings, streams: &Streams) -> Result<u6
 /// ([`accept_train_shard`]), so that a refused one changes nothing. At
 /// least 1; the sum saturates.
 pub fn announced_examples(payloads: &[bytes::Bytes], dataset: &str) -> u64 {
+    announced_records(payloads, dataset).max(1)
+}
+
+/// [`announced_examples`], 0 when nothing is announced.
+fn announced_records(payloads: &[bytes::Bytes], dataset: &str) -> u64 {
     let mut seen = std::collections::HashMap::new();
     let (mut refused, mut first_reason) = (0usize, None);
     for payload in payloads {
@@ -111,7 +119,7 @@ pub fn announced_examples(payloads: &[bytes::Bytes], dataset: &str) -> u64 {
     if let Some(reason) = first_reason {
         tracing::warn!("{refused} shard announcements do not count toward an epoch (the first: {reason})");
     }
-    seen.values().fold(0u64, |sum, records| sum.saturating_add(*records)).max(1)
+    seen.values().fold(0u64, |sum, records| sum.saturating_add(*records))
 }
 
 /// Trains until `train.max_steps` or shutdown, reporting what it waits for
@@ -139,7 +147,7 @@ pub async fn run(
         }
         None => None,
     };
-    let mut epoch = examples_per_epoch(settings, streams).await?;
+    let mut epoch = examples_per_epoch(settings, streams).await?.unwrap_or(0);
     if let Some(g) = &group {
         // Every rank's schedule must be rank 0's, and so must its state.
         epoch = g.leaders_value(epoch)?;
@@ -154,7 +162,7 @@ pub async fn run(
         streams,
         cfg,
         source,
-        schedule: learning_rate_schedule(settings, epoch, world),
+        schedule: (epoch > 0).then(|| learning_rate_schedule(settings, epoch, world)),
         // One TensorBoard writer per run: rank 0.
         progress: Progress::new(if leader { &t.tensorboard_dir } else { "" }),
         early_stop: early_stop::EarlyStop::follow(streams, &settings.pipeline.run, t.early_stopping_patience, shutdown)
@@ -187,7 +195,8 @@ struct Training<'a> {
     streams: &'a Streams,
     cfg: ModelConfig,
     source: BatchSource,
-    schedule: schedule::Schedule,
+    /// None until an epoch's examples are known (see [`Training::learning_rate`]).
+    schedule: Option<schedule::Schedule>,
     progress: Progress,
     early_stop: early_stop::EarlyStop,
     /// Writes checkpoints (rank 0, or the only trainer).
@@ -206,7 +215,7 @@ impl Training<'_> {
                 break;
             }
             let Some(delivery) = self.source.next(self.shutdown).await else { break };
-            let lr = self.schedule.learning_rate(state.step);
+            let lr = self.learning_rate(state.step, None).await?;
             let (images, labels) = delivery.tensors();
             let loss = match state.guarded_step(&images, &labels, lr) {
                 Ok(loss) => loss,
@@ -265,7 +274,13 @@ impl Training<'_> {
             }
             let Some(delivery) = held.take() else { continue };
             let examples = delivery.batch.len() as u64;
-            let lr = self.schedule.learning_rate(state.step);
+            let lr = match self.learning_rate(state.step, Some(&*group)).await {
+                Ok(lr) => lr,
+                Err(e) => {
+                    delivery.settle(Outcome::HandedBack, self.store).await;
+                    break Err(e);
+                }
+            };
             let (images, labels) = delivery.tensors();
             let local = state.guarded_gradients(&images, &labels);
             let mut reduced = match group.reduce(state, local, examples) {
@@ -298,6 +313,26 @@ impl Training<'_> {
             delivery.settle(Outcome::HandedBack, self.store).await;
         }
         outcome.map(|()| last_saved)
+    }
+
+    /// The learning rate of the update after `step`. A trainer started
+    /// before any train shard was announced (continuous training waiting for
+    /// its first uploads) makes its schedule at its first batch: counted at
+    /// start, the staircase's epoch would be 1 example and the rate would
+    /// fall by `learning_rate_decay_factor` every few steps.
+    async fn learning_rate(&mut self, step: u64, group: Option<&DataParallel>) -> Result<f64, TrainError> {
+        if self.schedule.is_none() {
+            let mut epoch = examples_per_epoch(self.settings, self.streams).await?.unwrap_or(0);
+            if let Some(g) = group {
+                epoch = g.leaders_value(epoch)?;
+            }
+            if epoch == 0 {
+                tracing::warn!("a batch came before any train shard was announced: an epoch counts as 1 example");
+            }
+            let world = group.map_or(1, DataParallel::world_size);
+            self.schedule = Some(learning_rate_schedule(self.settings, epoch.max(1), world));
+        }
+        Ok(self.schedule.as_ref().map_or(0.0, |s| s.learning_rate(step)))
     }
 
     /// A checkpoint of `state`: written and announced by the leader, with
