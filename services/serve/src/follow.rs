@@ -127,7 +127,7 @@ impl Follower {
                 _ = shutdown.cancelled() => return,
                 _ = poll.tick() => self.poll().await,
                 Some(hint) = hints.recv() => match hint {
-                    Hint::Load(key) => { self.load_reporting(&key).await; }
+                    Hint::Load(key) => self.load_announced(&key).await,
                     Hint::Poll => self.poll().await,
                 },
             }
@@ -155,6 +155,22 @@ impl Follower {
                 if self.slot.current().is_none() {
                     self.slot.not_ready(format!("no checkpoint to serve yet: {e}"));
                 }
+            }
+        }
+    }
+
+    /// Loads an announced checkpoint, unless it is older than the one
+    /// served: an announcement still queued when a poll has already loaded
+    /// a newer pointer target must not swap the model back (the pointer,
+    /// read at each poll, is what may move backwards).
+    async fn load_announced(&mut self, key: &str) {
+        let served = self.slot.current().map(|m| m.step);
+        match (announced_step(key), served) {
+            (Some(step), Some(served)) if step < served => {
+                tracing::info!("not serving the announced {key}: step {served} is served already");
+            }
+            _ => {
+                self.load_reporting(key).await;
             }
         }
     }
@@ -302,6 +318,11 @@ fn announced_key(which: ServedCheckpoint, payload: &[u8]) -> Result<Option<Strin
         }
         ServedCheckpoint::Best => Ok(None),
     }
+}
+
+/// The step in a checkpoint metadata key (`…/model.ckpt-<step>.json`).
+fn announced_step(key: &str) -> Option<u64> {
+    key.rsplit_once("model.ckpt-")?.1.strip_suffix(".json")?.parse().ok()
 }
 
 fn reject(what: &str, reason: &str) {

@@ -1,7 +1,7 @@
 //! Hot swaps: while clients keep sending, the promoted pointer moves to
 //! another checkpoint; no request fails, and answers switch to the new step
 //! (never back). A promotion announced on NATS is served at once, long
-//! before the next poll of the pointer.
+//! before the next poll of the pointer; an older one announced later is not.
 
 mod support;
 
@@ -140,6 +140,21 @@ async fn an_announced_promotion_is_served_before_the_next_poll() {
         step = answer.step;
     }
     assert_eq!(step, 30, "the announced promotion was not served");
+    // An older announcement heard late (one still queued when a poll had
+    // loaded a newer pointer target) does not swap the model back.
+    let stale = announce(keys::checkpoint_metadata("default", 10)).encode_to_vec();
+    streams.publish_acked(&subject, stale.into(), "stale", &token).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let answer: Classified = reqwest::Client::new()
+        .post(server.url("/v1/classify"))
+        .body(photo(0, 0))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer.step, 30, "an older announced checkpoint replaced the served one");
     stop.cancel();
     follower.await.unwrap().unwrap();
     server.stop().await;
