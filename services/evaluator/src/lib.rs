@@ -147,6 +147,10 @@ pub struct Evaluator {
     precision: Precision,
     cache: Option<ValidationSet>,
     failed: HashSet<String>,
+    /// Evaluations whose reporting failed (NATS or the store away): kept, so
+    /// that reporting them again does not need their checkpoint, which the
+    /// trainer may have pruned meanwhile.
+    unreported: std::collections::HashMap<String, Evaluation>,
     events: OptionalEvents,
 }
 
@@ -158,7 +162,16 @@ impl Evaluator {
         let precision =
             Precision::resolve(settings.eval.precision, device, "eval.precision").map_err(EvalError::Config)?;
         let events = OptionalEvents::open(&settings.eval.tensorboard_dir);
-        Ok(Self { settings, store, device, precision, cache: None, failed: HashSet::new(), events })
+        Ok(Self {
+            settings,
+            store,
+            device,
+            precision,
+            cache: None,
+            failed: HashSet::new(),
+            unreported: std::collections::HashMap::new(),
+            events,
+        })
     }
 
     async fn validation(&mut self, image_size: u32) -> Result<&ValidationSet, EvalError> {
@@ -300,7 +313,11 @@ impl Evaluator {
         if !force && (self.failed.contains(metadata_key) || self.store.exists(&result_key).await?) {
             return Ok(None);
         }
-        let evaluation = match self.evaluate(metadata_key).await {
+        let evaluated = match self.unreported.remove(metadata_key) {
+            Some(e) if !force => Ok(e),
+            _ => self.evaluate(metadata_key).await,
+        };
+        let evaluation = match evaluated {
             Ok(e) => e,
             Err(
                 e @ (EvalError::Checkpoint { .. }
@@ -321,18 +338,34 @@ impl Evaluator {
         // the other order could lose the announcement for good. The best
         // pointer comes before the mark too: evaluating again gives the same
         // scores, which leave it as it is.
-        if let Some(streams) = streams {
-            self.announce(streams, &evaluation, force).await?;
+        if let Err(e) = self.report(streams, &evaluation, &result_key, force).await {
+            self.unreported.insert(metadata_key.to_string(), evaluation);
+            return Err(e);
         }
-        self.update_best(&evaluation).await?;
-        self.gate(streams, &evaluation).await?;
-        let json = serde_json::to_vec_pretty(&evaluation).map_err(|e| EvalError::Config(e.to_string()))?;
-        self.store.put(&result_key, Bytes::from(json)).await?;
         println!("{}: {}", log_timestamp(), evaluation.line());
         println!("{}", evaluation.class_report());
         record_metrics(&evaluation);
         self.record_events(&evaluation);
         Ok(Some(evaluation))
+    }
+
+    /// Announces, moves the best pointer, applies the gate and writes the
+    /// result (the mark that it is done), in that order.
+    async fn report(
+        &mut self,
+        streams: Option<&Streams>,
+        evaluation: &Evaluation,
+        result_key: &str,
+        force: bool,
+    ) -> Result<(), EvalError> {
+        if let Some(streams) = streams {
+            self.announce(streams, evaluation, force).await?;
+        }
+        self.update_best(evaluation).await?;
+        self.gate(streams, evaluation).await?;
+        let json = serde_json::to_vec_pretty(evaluation).map_err(|e| EvalError::Config(e.to_string()))?;
+        self.store.put(result_key, Bytes::from(json)).await?;
+        Ok(())
     }
 
     /// TensorBoard: the original's tags, the validation loss, precision and
@@ -582,9 +615,13 @@ impl Evaluator {
     /// oldest first: those announced while this evaluator was down or cut
     /// off from NATS are not left out.
     async fn catch_up(&mut self, streams: &Streams, pointer: &CheckpointPointer) {
-        let mut kept = pointer.all.clone();
-        if !kept.contains(&pointer.metadata) {
-            kept.push(pointer.metadata.clone());
+        // Those whose reporting failed first (their checkpoint may be gone).
+        let mut kept: Vec<String> = self.unreported.keys().cloned().collect();
+        kept.sort_by_key(|k| checkpoint::step_of(k));
+        for key in pointer.all.iter().chain(std::iter::once(&pointer.metadata)) {
+            if !kept.contains(key) {
+                kept.push(key.clone());
+            }
         }
         for key in kept {
             if let Err(e) = self.evaluate_and_report(streams, &key, false).await {
