@@ -22,8 +22,8 @@ use inception_core::local_nats::LocalNats;
 use inception_core::nats::Streams;
 use inception_core::settings::env_vars;
 use inception_integration_tests::{
-    checkpoint_pointer, drop_image, failure_lines, free_port, http_get, logged_steps, pointer_step, record_filenames,
-    wait_until, Proc,
+    checkpoint_pointer, drop_image, failure_lines, files_under, free_port, http_get, logged_steps, pointer_step,
+    record_filenames, wait_until, Proc,
 };
 use inception_proto::pipeline::{BatchReady, EvalResult};
 use inception_proto::Message;
@@ -129,24 +129,6 @@ fn numbers_after(text: &str, marker: &str, before: &str, after: char) -> Vec<u64
         .filter(|l| l.contains(marker))
         .filter_map(|l| l.split(before).nth(1)?.split(after).next()?.trim().parse().ok())
         .collect()
-}
-
-/// Every file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// Entry files of the ledger (not its segments).

@@ -6,7 +6,7 @@
 
 use inception_core::local_nats::LocalNats;
 use inception_core::settings::env_vars;
-use inception_integration_tests::{drop_image, failure_lines, Proc};
+use inception_integration_tests::{drop_image, failure_lines, files_under, Proc};
 use std::time::Duration;
 
 #[test]
@@ -44,7 +44,7 @@ fn a_trainer_started_before_the_first_upload_counts_the_epoch_when_data_comes() 
     // The trainer is up (labels written, nothing announced) before any upload.
     std::thread::sleep(Duration::from_secs(4));
     assert!(trainer.is_running(), "{:?}", trainer.output());
-    for path in walk(&pool.join("train")) {
+    for path in files_under(&pool.join("train")) {
         let label = path.parent().and_then(|p| p.file_name()).unwrap().to_string_lossy().into_owned();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         drop_image(&incoming, &format!("{label}/{name}"), &std::fs::read(&path).unwrap());
@@ -60,18 +60,4 @@ fn a_trainer_started_before_the_first_upload_counts_the_epoch_when_data_comes() 
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{schedule}"));
     assert!(examples >= 10, "the epoch counts the announced uploads: {schedule}");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files.sort();
-    files
 }

@@ -165,7 +165,7 @@ impl Follower {
     /// read at each poll, is what may move backwards).
     async fn load_announced(&mut self, key: &str) {
         let served = self.slot.current().map(|m| m.step);
-        match (announced_step(key), served) {
+        match (checkpoint::step_of(key), served) {
             (Some(step), Some(served)) if step < served => {
                 tracing::info!("not serving the announced {key}: step {served} is served already");
             }
@@ -318,11 +318,6 @@ fn announced_key(which: ServedCheckpoint, payload: &[u8]) -> Result<Option<Strin
         }
         ServedCheckpoint::Best => Ok(None),
     }
-}
-
-/// The step in a checkpoint metadata key (`…/model.ckpt-<step>.json`).
-fn announced_step(key: &str) -> Option<u64> {
-    key.rsplit_once("model.ckpt-")?.1.strip_suffix(".json")?.parse().ok()
 }
 
 fn reject(what: &str, reason: &str) {

@@ -79,6 +79,13 @@ async fn a_promotion_under_load_fails_no_request_and_switches_the_step() {
     server.stop().await;
 }
 
+/// The step that answers one photo at `url`.
+async fn served_step(url: String) -> u64 {
+    let answer: Classified =
+        reqwest::Client::new().post(url).body(photo(0, 0)).send().await.unwrap().json().await.unwrap();
+    answer.step
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_announced_promotion_is_served_before_the_next_poll() {
     let dir = tempfile::tempdir().unwrap();
@@ -128,16 +135,7 @@ async fn an_announced_promotion_is_served_before_the_next_poll() {
         sent += 1;
         streams.publish_acked(&subject, good.clone().into(), &format!("good-{sent}"), &token).await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let answer: Classified = reqwest::Client::new()
-            .post(server.url("/v1/classify"))
-            .body(photo(0, 0))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        step = answer.step;
+        step = served_step(server.url("/v1/classify")).await;
     }
     assert_eq!(step, 30, "the announced promotion was not served");
     // An older announcement heard late (one still queued when a poll had
@@ -145,16 +143,11 @@ async fn an_announced_promotion_is_served_before_the_next_poll() {
     let stale = announce(keys::checkpoint_metadata("default", 10)).encode_to_vec();
     streams.publish_acked(&subject, stale.into(), "stale", &token).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let answer: Classified = reqwest::Client::new()
-        .post(server.url("/v1/classify"))
-        .body(photo(0, 0))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(answer.step, 30, "an older announced checkpoint replaced the served one");
+    assert_eq!(
+        served_step(server.url("/v1/classify")).await,
+        30,
+        "an older announced checkpoint replaced the served one"
+    );
     stop.cancel();
     follower.await.unwrap().unwrap();
     server.stop().await;

@@ -46,7 +46,7 @@ pub fn rendezvous(
     settings: &DistributedSettings,
     var: impl Fn(&str) -> Option<String>,
 ) -> Result<Option<Rendezvous>, String> {
-    let given = |name: &str| var(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    let given = |name: &str| launcher_var(&var, name);
     let world_size = parsed("WORLD_SIZE", given("WORLD_SIZE"), settings.world_size)?;
     let rank = parsed("RANK", given("RANK"), settings.rank)?;
     if world_size == 0 || rank >= world_size {
@@ -71,7 +71,7 @@ pub fn rendezvous(
 /// This rank's place among the job's processes on its machine:
 /// `LOCAL_RANK`, else `distributed.local_rank`.
 pub fn local_rank(settings: &DistributedSettings, var: impl Fn(&str) -> Option<String>) -> Result<u32, String> {
-    parsed("LOCAL_RANK", var("LOCAL_RANK").map(|v| v.trim().to_string()).filter(|v| !v.is_empty()), settings.local_rank)
+    parsed("LOCAL_RANK", launcher_var(&var, "LOCAL_RANK"), settings.local_rank)
 }
 
 /// The collective library for a model on `device`: `auto` is NCCL on CUDA
@@ -89,6 +89,11 @@ pub fn backend_for(setting: DistributedBackend, device: Device) -> Result<Backen
             .map(|()| Backend::Nccl)
             .map_err(|why| format!("distributed.backend = \"nccl\": {why}; use \"gloo\" or \"auto\"")),
     }
+}
+
+/// A launcher's variable, trimmed; None when unset or blank.
+fn launcher_var(var: &impl Fn(&str) -> Option<String>, name: &str) -> Option<String> {
+    var(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
 }
 
 fn parsed<T: FromStr>(name: &str, value: Option<String>, default: T) -> Result<T, String> {
