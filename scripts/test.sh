@@ -8,6 +8,8 @@
 # Ends with one summary line over all test binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# CI builds once, from nothing: incremental caches (GBs) would only take disk.
+if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
 cargo fmt --all -- --check || { echo "cargo fmt --check failed: run cargo fmt --all" >&2; exit 1; }
 scripts/setup.sh
 scripts/setup-ops.sh   # promtool, prometheus, kubectl, docker-compose, kubernetes-validate for deploy/ checks

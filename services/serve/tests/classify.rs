@@ -6,8 +6,7 @@ mod support;
 
 use inception_core::settings::Secret;
 use inception_serve::Classified;
-use reqwest::multipart::{Form, Part};
-use support::{photo, ready_server, sample, scrape, settings, start};
+use support::{photo, ready_server, sample, scrape, settings, start, Form, JsonResponse, MultipartRequest, Part};
 
 async fn post_raw(url: &str, body: Vec<u8>) -> reqwest::Response {
     reqwest::Client::new().post(url).body(body).send().await.unwrap()

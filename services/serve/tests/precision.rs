@@ -8,9 +8,11 @@ mod support;
 use inception_core::settings::{DeviceSetting, PrecisionSetting};
 use inception_model::precision::Precision;
 use inception_serve::Classified;
-use reqwest::multipart::{Form, Part};
 use std::collections::HashMap;
-use support::{photo, promote, put_checkpoint_with, scrape, settings, start, wait_ready};
+use support::{
+    photo, promote, put_checkpoint_with, scrape, settings, start, wait_ready, Form, JsonResponse, MultipartRequest,
+    Part,
+};
 use tch::nn::VarStore;
 
 /// Every demo photo (5 labels × 3) in one multipart request, each label's

@@ -15,7 +15,9 @@ use inception_serve::Classified;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{photo, promote, put_checkpoint, ready_server, sample, scrape, settings, start, wait_ready};
+use support::{
+    photo, promote, put_checkpoint, ready_server, sample, scrape, settings, start, wait_ready, JsonResponse,
+};
 
 /// Sends photos one after another until `stop`; returns the step of every
 /// answer, in order, and every failure.

@@ -172,3 +172,84 @@ pub(crate) async fn scrape(endpoint: SocketAddr) -> String {
 pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
+
+/// A `multipart/form-data` body built by hand: reqwest's `multipart` and
+/// `json` features, enabled for these tests only, changed the feature set
+/// of the reqwest that object_store links, so `cargo test` built the whole
+/// workspace a second time beside `cargo build` (disk and minutes on CI).
+#[derive(Default)]
+pub(crate) struct Form {
+    parts: Vec<(String, Part)>,
+}
+
+/// One part of a [`Form`]: bytes with an optional file name.
+pub(crate) struct Part {
+    bytes: Vec<u8>,
+    file_name: Option<String>,
+}
+
+impl Part {
+    pub(crate) fn bytes(bytes: Vec<u8>) -> Self {
+        Self { bytes, file_name: None }
+    }
+
+    pub(crate) fn file_name(self, name: impl Into<String>) -> Self {
+        Self { file_name: Some(name.into()), ..self }
+    }
+}
+
+impl Form {
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    pub(crate) fn part(mut self, name: impl Into<String>, part: Part) -> Self {
+        self.parts.push((name.into(), part));
+        self
+    }
+
+    /// The content type (with its boundary) and the body.
+    fn encode(self) -> (String, Vec<u8>) {
+        const BOUNDARY: &str = "inception-serve-test-boundary-7d3f";
+        let mut body = Vec::new();
+        for (name, part) in self.parts {
+            body.extend_from_slice(
+                format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"").as_bytes(),
+            );
+            if let Some(file) = part.file_name {
+                body.extend_from_slice(format!("; filename=\"{file}\"").as_bytes());
+            }
+            body.extend_from_slice(b"\r\nContent-Type: application/octet-stream\r\n\r\n");
+            body.extend_from_slice(&part.bytes);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+        (format!("multipart/form-data; boundary={BOUNDARY}"), body)
+    }
+}
+
+/// `.multipart(form)` on a request, as reqwest's feature offers it.
+pub(crate) trait MultipartRequest {
+    fn multipart(self, form: Form) -> Self;
+}
+
+impl MultipartRequest for reqwest::RequestBuilder {
+    fn multipart(self, form: Form) -> Self {
+        let (content_type, body) = form.encode();
+        self.header(reqwest::header::CONTENT_TYPE, content_type).body(body)
+    }
+}
+
+/// `.json()` on a response, as reqwest's feature offers it.
+pub(crate) trait JsonResponse {
+    async fn json<T: serde::de::DeserializeOwned>(self) -> Result<T, String>;
+}
+
+impl JsonResponse for reqwest::Response {
+    async fn json<T: serde::de::DeserializeOwned>(self) -> Result<T, String> {
+        let status = self.status();
+        let body = self.bytes().await.map_err(|e| format!("reading the body: {e}"))?;
+        serde_json::from_slice(&body)
+            .map_err(|e| format!("{status}: not the JSON expected ({e}): {}", String::from_utf8_lossy(&body)))
+    }
+}
