@@ -138,6 +138,8 @@ fn grafana_provisioning_points_at_the_dashboard_and_its_datasource() {
         "Loss",
         "Learning rate",
         "Precision@1 and recall@5 against checkpoint step",
+        "Per-class precision@1",
+        "Per-class recall",
         "Batch queue depth",
         "Preprocess workers",
         "Errors per second",
