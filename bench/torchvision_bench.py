@@ -3,8 +3,14 @@ benchmarks (same batch, image size and threads as `inception-bench`).
 
 Training (default): forward with the auxiliary head, label-smoothed
 cross-entropy + 0.4 aux, backward, RMSprop with weight decay 4e-5.
-`--eval`: eval-mode forward without gradients."""
+`--eval`: eval-mode forward without gradients.
+
+Under torchrun (WORLD_SIZE > 1): PyTorch's own data-parallel training,
+DistributedDataParallel over Gloo (CPU) or NCCL (CUDA), each rank a
+1/WORLD_SIZE share of `--batch-size` (the global batch); rank 0 prints the
+global img/s. scripts/bench-distributed.sh runs it beside ours."""
 import argparse
+import os
 import time
 
 import torch
@@ -24,6 +30,17 @@ p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cu
 p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="torch.autocast's dtype (fp32: none)")
 p.add_argument("--channels-last", action="store_true", help="model and input in torch.channels_last")
 a = p.parse_args()
+world = int(os.environ.get("WORLD_SIZE", "1"))
+rank = int(os.environ.get("RANK", "0"))
+if world > 1:
+    import torch.distributed as dist
+    dist.init_process_group("nccl" if a.device.startswith("cuda") else "gloo")
+    if a.batch_size % world:
+        p.error(f"--batch-size {a.batch_size} is not a multiple of WORLD_SIZE {world}")
+    if a.device.startswith("cuda"):
+        a.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+global_batch = a.batch_size
+a.batch_size //= world
 device = torch.device(a.device)
 torch.backends.cudnn.benchmark = a.cudnn_benchmark
 if a.threads > 0:
@@ -32,6 +49,8 @@ aux = not a.no_aux
 model = torchvision.models.inception_v3(weights=None, aux_logits=aux, init_weights=False, num_classes=a.labels + 1).to(device)
 memory_format = torch.channels_last if a.channels_last else torch.contiguous_format
 model = model.to(memory_format=memory_format)
+if world > 1 and not a.eval:
+    model = torch.nn.parallel.DistributedDataParallel(model)
 low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.precision)
 scaler = torch.amp.GradScaler(device.type) if a.precision == "fp16" else None
 
@@ -81,8 +100,13 @@ start = time.perf_counter()
 for _ in range(a.steps):
     step()
 secs = (time.perf_counter() - start) / a.steps
+if world > 1:
+    dist.destroy_process_group()
+    if rank != 0:
+        raise SystemExit(0)
 mode = "eval" if a.eval else f"train aux={aux}"
 on = "" if device.type == "cpu" else f" device={device} cudnn_benchmark={a.cudnn_benchmark}"
 layout = " channels_last" if a.channels_last else ""
-print(f"torch  {mode} size={a.image_size} batch={a.batch_size} threads={torch.get_num_threads()} precision={a.precision}{layout}{on}: "
-      f"{a.batch_size / secs:.2f} img/s ({secs:.3f} s/step)")
+ranks = f" ranks={world} (DDP)" if world > 1 else ""
+print(f"torch  {mode} size={a.image_size} batch={global_batch}{ranks} threads={torch.get_num_threads()} precision={a.precision}{layout}{on}: "
+      f"{global_batch / secs:.2f} img/s ({secs:.3f} s/step)")

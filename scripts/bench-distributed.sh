@@ -3,7 +3,10 @@
 # (inception-bench, random data) with 1 rank x 2 threads, then with 2 ranks x
 # 1 thread over Gloo on 127.0.0.1, the same global batch; the all-reduce time
 # per step, its share of the step, and the scaling efficiency (2 ranks' img/s
-# over 1 rank's: the same two cores either way, so 1.0 is ideal).
+# over 1 rank's: the same two cores either way, so 1.0 is ideal). Beside it,
+# in the same rounds, PyTorch's own DistributedDataParallel (torchvision's
+# inception_v3 under torchrun, bench/torchvision_bench.py; channels_last, no
+# auxiliary head: torchvision's needs 299 px) the same two ways.
 #   scripts/bench-distributed.sh [STEPS] [ROUNDS]
 # BENCH_SIZE (149), BENCH_BATCH (32, the global batch), BENCH_PRECISIONS ("fp32 bf16").
 set -euo pipefail
@@ -36,11 +39,19 @@ for round in $(seq "$rounds"); do
     echo "round $round $precision efficiency $(echo "$one" | rate) $(echo "$two" | rate)" \
       | awk '{ printf "round %s %s scaling efficiency (2 ranks x 1 thread / 1 rank x 2 threads): %.3f\n", $2, $3, $6 / $5 }' \
       | tee -a "$log"
+    torch_common=(bench/torchvision_bench.py --image-size "$size" --batch-size "$batch" --steps "$steps" --precision "$precision" --channels-last --no-aux)
+    one="$(.venv/bin/python "${torch_common[@]}" --threads 2)"
+    echo "round $round $precision torch-1x2 | $one" | tee -a "$log"
+    two="$(.venv/bin/torchrun --standalone --nproc-per-node 2 "${torch_common[@]}" --threads 1 2>/dev/null)"
+    echo "round $round $precision torch-2x1 | $two" | tee -a "$log"
+    echo "round $round $precision efficiency $(echo "$one" | rate) $(echo "$two" | rate)" \
+      | awk '{ printf "round %s %s PyTorch DDP scaling efficiency: %.3f\n", $2, $3, $6 / $5 }' \
+      | tee -a "$log"
   done
 done
 echo "medians over $rounds rounds:"
 for precision in $precisions; do
-  for shape in 1x2 2x1; do
+  for shape in 1x2 2x1 torch-1x2 torch-2x1; do
     grep " $precision $shape " "$log" | rate | sort -n | awk -v p="$precision" -v s="$shape" \
       '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "  %s %s: %.2f img/s\n", p, s, m }'
   done

@@ -7,11 +7,14 @@
 # would; every request is the same demo photo.
 #   scripts/bench-serve.sh [--sizes "299 75"] [--clients "1 8 32"] [--requests N]
 #                          [--max-seconds S] [--depth-multiplier D] [--batch-size B]
-#                          [--max-wait 5ms] [--threads T] [--release] [--skip-torch]
-#                          [--workdir DIR]
+#                          [--max-wait 5ms] [--threads T] [--precision P] [--release]
+#                          [--skip-torch] [--workdir DIR]
 # --sizes: input sides; 299 is the published model. The full width is used
 #   at every size (torchvision cannot build a narrower one); with
 #   --depth-multiplier below 1 (the tests' 0.1) the baseline is skipped.
+# --precision: serve.precision (default auto: bf16 on CPUs with avx512_bf16
+#   or amx_bf16, else fp32); the PyTorch baseline is fp32, as plain serving
+#   scripts are.
 # --requests: requests of each run (one server, one client count; default
 #   200), each run also bounded by --max-seconds (default 60). --release builds optimised binaries first
 #   (the default is target/debug, whose hot crates are optimised anyway).
@@ -30,6 +33,7 @@ depth=1.0
 batch_size=16
 max_wait=5ms
 threads=0
+precision=auto
 profile=debug
 skip_torch=0
 workdir=var/bench-serve
@@ -43,10 +47,11 @@ while [ $# -gt 0 ]; do
     --batch-size) batch_size="$2"; shift 2 ;;
     --max-wait) max_wait="$2"; shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
+    --precision) precision="$2"; shift 2 ;;
     --release) profile=release; shift ;;
     --skip-torch) skip_torch=1; shift ;;
     --workdir) workdir="$2"; shift 2 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "bench-serve: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -116,13 +121,14 @@ for size in $sizes; do
   INCEPTION__SERVE__METRICS_ADDR="127.0.0.1:$metrics" \
   INCEPTION__SERVE__DEVICE=cpu \
   INCEPTION__SERVE__THREADS="$threads" \
+  INCEPTION__SERVE__PRECISION="$precision" \
   INCEPTION__SERVE__BATCH_SIZE="$batch_size" \
   INCEPTION__SERVE__MAX_WAIT="$max_wait" \
   RUST_LOG=warn "$serve_bin" 2>"$dir/serve.log" &
   pid=$!; pids+=("$pid")
   wait_ready "http://127.0.0.1:$port/readyz" "$pid"
-  load inception-serve "$size" "http://127.0.0.1:$port/v1/classify"
-  curl -fs "http://127.0.0.1:$metrics/metrics" | grep '^inception_serve_batch_images_\(sum\|count\)' \
+  load "inception-serve-$precision" "$size" "http://127.0.0.1:$port/v1/classify"
+  curl -fs "http://127.0.0.1:$metrics/metrics" | grep '^inception_serve_\(batch_images_sum\|batch_images_count\|info\)' \
     | tr '\n' ' ' | sed 's/^/  batches: /'; echo
   kill "$pid"; wait "$pid" 2>/dev/null || true
 
