@@ -2,8 +2,10 @@
 # Data-parallel training on one machine: the full-size model's training step
 # (inception-bench, random data) with 1 rank x 2 threads, then with 2 ranks x
 # 1 thread over Gloo on 127.0.0.1, the same global batch; the all-reduce time
-# per step, its share of the step, and the scaling efficiency (2 ranks' img/s
-# over 1 rank's: the same two cores either way, so 1.0 is ideal). Beside it,
+# per step when it follows the backward pass (--no-overlap; by default it
+# overlaps it, as distributed.overlap), its share of the step, and the
+# scaling efficiency (2 ranks' img/s over 1 rank's: the same two cores
+# either way, so 1.0 is ideal). Beside it,
 # in the same rounds, PyTorch's own DistributedDataParallel (torchvision's
 # inception_v3 under torchrun, bench/torchvision_bench.py; channels_last, no
 # auxiliary head: torchvision's needs 299 px) the same two ways.
@@ -39,6 +41,15 @@ for round in $(seq "$rounds"); do
     echo "round $round $precision efficiency $(echo "$one" | rate) $(echo "$two" | rate)" \
       | awk '{ printf "round %s %s scaling efficiency (2 ranks x 1 thread / 1 rank x 2 threads): %.3f\n", $2, $3, $6 / $5 }' \
       | tee -a "$log"
+    port="$(free_port)"
+    WORLD_SIZE=2 RANK=1 MASTER_ADDR=127.0.0.1 MASTER_PORT="$port" "$bench" "${common[@]}" --threads 1 --no-overlap >/dev/null &
+    rank1=$!
+    after="$(WORLD_SIZE=2 RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT="$port" "$bench" "${common[@]}" --threads 1 --no-overlap)"
+    wait "$rank1"
+    echo "round $round $precision 2x1-after | $after" | tee -a "$log"
+    echo "round $round $precision efficiency $(echo "$one" | rate) $(echo "$after" | rate)" \
+      | awk '{ printf "round %s %s scaling efficiency, all-reduce after the backward pass: %.3f\n", $2, $3, $6 / $5 }' \
+      | tee -a "$log"
     torch_common=(bench/torchvision_bench.py --image-size "$size" --batch-size "$batch" --steps "$steps" --precision "$precision" --channels-last --no-aux)
     one="$(.venv/bin/python "${torch_common[@]}" --threads 2)"
     echo "round $round $precision torch-1x2 | $one" | tee -a "$log"
@@ -51,10 +62,10 @@ for round in $(seq "$rounds"); do
 done
 echo "medians over $rounds rounds:"
 for precision in $precisions; do
-  for shape in 1x2 2x1 torch-1x2 torch-2x1; do
+  for shape in 1x2 2x1 2x1-after torch-1x2 torch-2x1; do
     grep " $precision $shape " "$log" | rate | sort -n | awk -v p="$precision" -v s="$shape" \
       '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "  %s %s: %.2f img/s\n", p, s, m }'
   done
-  grep " $precision 2x1 " "$log" | sed -n 's/.*all-reduce \([0-9.]*\) s\/step, \([0-9.]*\)%.*/\1 \2/p' | sort -n | awk -v p="$precision" \
+  grep " $precision 2x1-after " "$log" | sed -n 's/.*all-reduce \([0-9.]*\) s\/step, \([0-9.]*\)%.*/\1 \2/p' | sort -n | awk -v p="$precision" \
     '{ v[NR] = $1; w[NR] = $2 } END { i = int((NR + 1) / 2); printf "  %s all-reduce: %.3f s/step, %.1f%% of the step\n", p, v[i], w[i] }'
 done

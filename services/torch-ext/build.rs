@@ -112,8 +112,14 @@ fn torch_build(include: &Path) -> cc::Build {
 }
 
 fn main() {
-    for file in ["csrc/shim.cpp", "csrc/distributed.cpp", "csrc/nccl.cpp", "csrc/message.hpp", "csrc/process_group.hpp"]
-    {
+    for file in [
+        "csrc/shim.cpp",
+        "csrc/distributed.cpp",
+        "csrc/reducer.cpp",
+        "csrc/nccl.cpp",
+        "csrc/message.hpp",
+        "csrc/process_group.hpp",
+    ] {
         println!("cargo:rerun-if-changed={file}");
     }
     println!("cargo:rerun-if-changed={GLOO_CONFIG_HEADER}");
@@ -134,6 +140,7 @@ fn main() {
     torch_build(&include)
         .file("csrc/shim.cpp")
         .file("csrc/distributed.cpp")
+        .file("csrc/reducer.cpp")
         // Without it ProcessGroupGloo.hpp declares nothing.
         .define("USE_C10D_GLOO", None)
         .compile("inception_torch_ext");

@@ -184,6 +184,10 @@ pub async fn serve(
 
 fn install_recorder() -> Result<PrometheusHandle, TelemetryError> {
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    // One installer at a time: two threads that both found HANDLE empty
+    // both installed, and the second failed ("a recorder was already set").
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _alone = INSTALLING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(h) = HANDLE.get() {
         return Ok(h.clone());
     }

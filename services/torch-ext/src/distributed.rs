@@ -42,6 +42,9 @@ use tch::{Device, Kind, Tensor};
 
 use crate::take_message;
 
+mod reducer;
+pub use reducer::GradientReducer;
+
 /// The C++ side: the store and the group (opaque here).
 #[repr(C)]
 struct ExtProcessGroup {

@@ -88,6 +88,7 @@ fn rank_child() {
             }
         }
         "timing" => timing(&group),
+        "reducer" => reducer(&group),
         other => panic!("unknown scenario {other}"),
     }
     println!("rank {} {} ok", role.rank, role.scenario);
@@ -139,6 +140,47 @@ fn refuses_what_gloo_cannot_take(group: &ProcessGroup) {
     let err = group.broadcast(&mut tensor, group.world_size()).unwrap_err();
     assert!(err.operation.starts_with("broadcast of 3 floats from rank"), "{err}");
     assert!(err.message.contains("not below world_size"), "{err}");
+}
+
+/// The gradient reducer (c10d's Reducer): refused parameters name
+/// themselves; each backward pass leaves every rank's `.grad` the average
+/// of the ranks' gradients, for several steps (the buckets are rebuilt
+/// after the first), with gradients accumulated into `.grad` in place.
+fn reducer(group: &ProcessGroup) {
+    let (rank, world) = (group.rank(), group.world_size());
+    let err = group.gradient_reducer(&[]).err().unwrap();
+    assert!(err.message.contains("no parameters"), "{err}");
+    let frozen = Tensor::zeros([3], (Kind::Float, Device::Cpu));
+    let err = group.gradient_reducer(&[frozen]).err().unwrap();
+    assert!(err.message.contains("parameter 0"), "{err}");
+    assert!(err.operation.contains("gradient reducer over 1 parameters"), "{err}");
+
+    let shapes: [&[i64]; 3] = [&[3, 4], &[5], &[2, 2]];
+    let weights: Vec<Tensor> =
+        shapes.iter().map(|shape| Tensor::ones(*shape, (Kind::Float, Device::Cpu)).set_requires_grad(true)).collect();
+    let reducer = group.gradient_reducer(&weights).unwrap();
+    for step in 1..=3_i64 {
+        tch::no_grad(|| {
+            for w in &weights {
+                let mut grad = w.grad();
+                if grad.defined() {
+                    let _ = grad.zero_();
+                }
+            }
+        });
+        reducer.before_forward().unwrap();
+        // d/dw of sum(w * c) is c: rank r's gradient is (r + 1) * step.
+        let factor = (i64::from(rank) + 1) * step;
+        let loss = weights.iter().map(|w| (w * factor).sum(Kind::Float)).fold(Tensor::from(0f32), |a, b| a + b);
+        reducer.before_backward().unwrap();
+        loss.backward();
+        let mean = (i64::from(world) + 1) as f64 / 2.0 * step as f64;
+        for (i, w) in weights.iter().enumerate() {
+            let grad = w.grad();
+            let want = Tensor::full(w.size(), mean, (Kind::Float, Device::Cpu));
+            assert!(grad.allclose(&want, 1e-6, 1e-6, false), "step {step}, parameter {i} on rank {rank}: {grad}");
+        }
+    }
 }
 
 fn large(group: &ProcessGroup) {
@@ -355,6 +397,16 @@ fn two_ranks_sum_broadcast_and_meet() {
 #[test]
 fn three_ranks_sum_broadcast_and_meet() {
     run_healthy("collectives", 3);
+}
+
+#[test]
+fn two_ranks_average_gradients_during_the_backward_pass() {
+    run_healthy("reducer", 2);
+}
+
+#[test]
+fn three_ranks_average_gradients_during_the_backward_pass() {
+    run_healthy("reducer", 3);
 }
 
 #[test]

@@ -23,7 +23,9 @@
 use inception_core::settings::{DistributedBackend, DistributedSettings};
 use inception_core::Store;
 use inception_model::checkpoint::ShardCount;
-use inception_torch_ext::distributed::{nccl_built, Backend, DistributedError, ProcessGroup, Rendezvous};
+use inception_torch_ext::distributed::{
+    nccl_built, Backend, DistributedError, GradientReducer, ProcessGroup, Rendezvous,
+};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
@@ -133,6 +135,55 @@ pub struct Reduced {
     pub examples: u64,
 }
 
+/// The sums of the step buffer's tail over the ranks.
+#[derive(Debug, Clone, Copy)]
+struct Tail {
+    loss_sum: f64,
+    diverged_ranks: f32,
+    examples: u64,
+}
+
+/// Whether the gradients' all-reduce overlaps the backward pass.
+enum Overlap {
+    /// Yes where it applies: decided at the first step.
+    Wanted,
+    Off,
+    On(GradientReducer),
+}
+
+/// A rank's local outcome: gradients and loss, or its divergence (no
+/// gradients); other errors end the step.
+fn split_outcome(local: Result<(Vec<Tensor>, f64), TrainError>) -> Result<(Vec<Tensor>, f64, bool), TrainError> {
+    match local {
+        Ok((g, loss)) => Ok((g, loss, false)),
+        Err(TrainError::Diverged { loss, .. }) => Ok((Vec::new(), loss, true)),
+        Err(e) => Err(e),
+    }
+}
+
+fn flat_of(state: &TrainState) -> Result<&crate::flat::FlatVariables, TrainError> {
+    state
+        .flat
+        .as_ref()
+        .ok_or_else(|| TrainError::Config("data-parallel training needs the model's variables in one buffer".into()))
+}
+
+/// The gradients at their places in `buffer` (zeros where one is undefined,
+/// or everywhere for none: a diverged rank's share).
+fn pack_gradients(buffer: &Tensor, gradients: &[Tensor], offsets: &[i64], lens: &[i64], grads_len: i64) {
+    for (i, g) in gradients.iter().enumerate() {
+        let mut place = buffer.narrow(0, offsets[i], lens[i]);
+        if g.defined() {
+            place.copy_(&g.reshape([-1]));
+        } else {
+            let _ = place.zero_();
+        }
+    }
+    if gradients.is_empty() {
+        let _ = buffer.narrow(0, 0, grads_len).zero_();
+    }
+}
+
 /// This rank's process group.
 pub struct DataParallel {
     group: ProcessGroup,
@@ -142,6 +193,7 @@ pub struct DataParallel {
     buffer: Option<Tensor>,
     /// The device the model computes on ([`DataParallel::on`]).
     compute: Device,
+    overlap: Overlap,
 }
 
 impl From<DistributedError> for TrainError {
@@ -167,7 +219,16 @@ impl DataParallel {
             _ => ProcessGroup::new(rendezvous, backend),
         })?;
         tracing::info!("rank {} of {}: process group up ({backend:?})", group.rank(), group.world_size());
-        Ok(Self { group, timeout: rendezvous.timeout, buffer: None, compute: device })
+        Ok(Self { group, timeout: rendezvous.timeout, buffer: None, compute: device, overlap: Overlap::Wanted })
+    }
+
+    /// Whether [`DataParallel::step`] overlaps the gradients' all-reduce
+    /// with the backward pass (`distributed.overlap`; on by default): c10d's
+    /// Reducer, DistributedDataParallel's engine, all-reduces each bucket of
+    /// gradients as the backward pass makes it ready.
+    pub fn with_overlap(mut self, on: bool) -> Self {
+        self.overlap = if on { Overlap::Wanted } else { Overlap::Off };
+        self
     }
 
     pub fn rank(&self) -> u32 {
@@ -248,6 +309,63 @@ impl DataParallel {
         Ok(Agreement { ready: t.double_value(&[0]) >= f64::from(self.world_size()), stop: t.double_value(&[1]) > 0.0 })
     }
 
+    /// One step's gradients on `images` and `labels`, averaged over the
+    /// ranks with the batch-norm statistics, loss and examples: through the
+    /// gradient reducer where it applies ([`DataParallel::with_overlap`]),
+    /// else computed whole and then reduced ([`DataParallel::reduce`]).
+    pub fn step(
+        &mut self,
+        state: &mut TrainState,
+        images: &Tensor,
+        labels: &Tensor,
+        examples: u64,
+    ) -> Result<Reduced, TrainError> {
+        self.decide_overlap(state)?;
+        let Overlap::On(reducer) = &self.overlap else {
+            let local = state.guarded_gradients(images, labels);
+            return self.reduce(state, local, examples);
+        };
+        let local = state.guarded_reduced_gradients(images, labels, reducer);
+        if matches!(&local, Err(e) if !matches!(e, TrainError::Diverged { .. })) {
+            reducer.mark_failed();
+        }
+        let (gradients, loss, diverged) = split_outcome(local)?;
+        let (averaged, tail) = self.average(state, None, loss, diverged, examples)?;
+        drop(averaged);
+        let mean_loss = self.settle_divergence(state, tail, loss, diverged)?;
+        Ok(Reduced { gradients, mean_loss, examples: tail.examples })
+    }
+
+    /// Whether this run overlaps (decided at its first step): the reducer
+    /// needs one tower per rank (the towers' gradients are summed after
+    /// their backward passes) and a backend that takes the model's device.
+    fn decide_overlap(&mut self, state: &TrainState) -> Result<(), TrainError> {
+        if !matches!(self.overlap, Overlap::Wanted) {
+            return Ok(());
+        }
+        let variables = state.optimizer.variables();
+        let device = variables.first().map_or(Device::Cpu, Tensor::device);
+        let why_not = if state.towers() > 1 {
+            Some(format!("{} towers per rank", state.towers()))
+        } else if self.collective_device(device) != device {
+            Some(format!("{:?} takes no tensors on {device:?}", self.group.backend()))
+        } else {
+            None
+        };
+        self.overlap = match why_not {
+            Some(why) => {
+                tracing::info!("rank {}: gradients are all-reduced after the backward pass ({why})", self.rank());
+                Overlap::Off
+            }
+            None => {
+                let reducer = self.group.gradient_reducer(&variables)?;
+                tracing::info!("rank {}: gradients are all-reduced during the backward pass", self.rank());
+                Overlap::On(reducer)
+            }
+        };
+        Ok(())
+    }
+
     /// Averages this step's gradients (`local`, or its divergence) and
     /// batch-norm statistics over the ranks; every rank gets the same.
     /// Any rank's divergence is every rank's error.
@@ -257,68 +375,89 @@ impl DataParallel {
         local: Result<(Vec<Tensor>, f64), TrainError>,
         examples: u64,
     ) -> Result<Reduced, TrainError> {
-        let (gradients, loss, diverged) = match local {
-            Ok((g, loss)) => (g, loss, false),
-            Err(TrainError::Diverged { loss, .. }) => (Vec::new(), loss, true),
-            Err(e) => return Err(e),
-        };
-        let flat = state.flat.as_ref().ok_or_else(|| {
-            TrainError::Config("data-parallel training needs the model's variables in one buffer".into())
-        })?;
-        let (grads_len, total) = (flat.trainable.total, flat.layout.total);
-        let device = self.collective_device(flat.all.device());
-        let buffer = match self.buffer.take() {
-            Some(b) if b.size() == [total + 3] && b.device() == device => b,
-            _ => Tensor::zeros([total + 3], (Kind::Float, device)),
-        };
-        tch::no_grad(|| {
-            for (i, g) in gradients.iter().enumerate() {
-                let mut place = buffer.narrow(0, flat.trainable.offsets[i], flat.trainable.lens[i]);
-                if g.defined() {
-                    place.copy_(&g.reshape([-1]));
-                } else {
-                    let _ = place.zero_();
-                }
-            }
-            if gradients.is_empty() {
-                let _ = buffer.narrow(0, 0, grads_len).zero_();
-            }
-            let stats = flat.all.narrow(0, grads_len, total - grads_len);
-            buffer.narrow(0, grads_len, total - grads_len).copy_(&stats);
-            let tail = [if diverged { 0.0 } else { loss as f32 }, f32::from(u8::from(diverged)), examples as f32];
-            buffer.narrow(0, total, 3).copy_(&Tensor::from_slice(&tail));
-        });
-        let mut start = 0;
-        while start < total + 3 {
-            let mut bucket = buffer.narrow(0, start, BUCKET_ELEMENTS.min(total + 3 - start));
-            self.sum(&mut bucket)?;
-            start += BUCKET_ELEMENTS;
-        }
-        let tail: Vec<f32> = Vec::try_from(&buffer.narrow(0, total, 3).to_device(Device::Cpu)).unwrap_or_default();
-        let (loss_sum, diverged_ranks, examples_sum) = match tail[..] {
-            [a, b, c] => (f64::from(a), b, c),
-            _ => return Err(TrainError::Distributed("the step's buffer lost its tail".into())),
-        };
-        if diverged_ranks > 0.0 {
-            let loss = if diverged { loss } else { f64::NAN };
-            tracing::error!("{diverged_ranks} of {} ranks diverged at step {}", self.world_size(), state.step + 1);
-            return Err(TrainError::Diverged { step: state.step, loss });
-        }
-        let world = f64::from(self.world_size());
-        let averaged = tch::no_grad(|| {
-            let mut sums = buffer.narrow(0, 0, total);
-            let _ = sums.g_div_scalar_(world);
-            sums.to_device(flat.all.device())
-        });
-        tch::no_grad(|| {
-            flat.all.narrow(0, grads_len, total - grads_len).copy_(&averaged.narrow(0, grads_len, total - grads_len));
-        });
+        let (gradients, loss, diverged) = split_outcome(local)?;
+        let (averaged, tail) = self.average(state, Some(&gradients), loss, diverged, examples)?;
+        let mean_loss = self.settle_divergence(state, tail, loss, diverged)?;
+        let flat = flat_of(state)?;
         let shapes: Vec<Vec<i64>> = state.optimizer.variables().iter().map(Tensor::size).collect();
         let gradients = shapes.iter().enumerate().map(|(i, shape)| flat.trainable.view(&averaged, i, shape)).collect();
-        // The gradients are views of it until the update is applied; the
-        // next step writes it again.
+        Ok(Reduced { gradients, mean_loss, examples: tail.examples })
+    }
+
+    /// All-reduces and averages, in the step's buffer: `gradients` when
+    /// given (else only what follows them), the batch-norm statistics (which
+    /// are then set to the average) and the tail (loss, divergence,
+    /// examples). Returns the averaged part from the gradients on, or from
+    /// the statistics on, and the tail's sums.
+    fn average(
+        &mut self,
+        state: &TrainState,
+        gradients: Option<&[Tensor]>,
+        loss: f64,
+        diverged: bool,
+        examples: u64,
+    ) -> Result<(Tensor, Tail), TrainError> {
+        let flat = flat_of(state)?;
+        let (grads_len, total) = (flat.trainable.total, flat.layout.total);
+        let start = if gradients.is_some() { 0 } else { grads_len };
+        let len = total - start;
+        let device = self.collective_device(flat.all.device());
+        let buffer = match self.buffer.take() {
+            Some(b) if b.size() == [len + 3] && b.device() == device => b,
+            _ => Tensor::zeros([len + 3], (Kind::Float, device)),
+        };
+        tch::no_grad(|| {
+            if let Some(gradients) = gradients {
+                pack_gradients(&buffer, gradients, &flat.trainable.offsets, &flat.trainable.lens, grads_len);
+            }
+            let stats = flat.all.narrow(0, grads_len, total - grads_len);
+            buffer.narrow(0, grads_len - start, total - grads_len).copy_(&stats);
+            let tail = [if diverged { 0.0 } else { loss as f32 }, f32::from(u8::from(diverged)), examples as f32];
+            buffer.narrow(0, len, 3).copy_(&Tensor::from_slice(&tail));
+        });
+        let mut at = 0;
+        while at < len + 3 {
+            let mut bucket = buffer.narrow(0, at, BUCKET_ELEMENTS.min(len + 3 - at));
+            self.sum(&mut bucket)?;
+            at += BUCKET_ELEMENTS;
+        }
+        let sums: Vec<f32> = Vec::try_from(&buffer.narrow(0, len, 3).to_device(Device::Cpu)).unwrap_or_default();
+        let tail = match sums[..] {
+            [loss_sum, diverged_ranks, examples] => {
+                Tail { loss_sum: f64::from(loss_sum), diverged_ranks, examples: examples.round() as u64 }
+            }
+            _ => return Err(TrainError::Distributed("the step's buffer lost its tail".into())),
+        };
+        let world = f64::from(self.world_size());
+        let averaged = tch::no_grad(|| {
+            let mut sums = buffer.narrow(0, 0, len);
+            let _ = sums.g_div_scalar_(world);
+            let averaged = sums.to_device(flat.all.device());
+            if tail.diverged_ranks == 0.0 {
+                let stats = averaged.narrow(0, grads_len - start, total - grads_len);
+                flat.all.narrow(0, grads_len, total - grads_len).copy_(&stats);
+            }
+            averaged
+        });
+        // What is returned views it until the update is applied; the next
+        // step writes it again.
         self.buffer = Some(buffer);
-        Ok(Reduced { gradients, mean_loss: loss_sum / world, examples: examples_sum.round() as u64 })
+        Ok((averaged, tail))
+    }
+
+    /// The mean loss over the ranks, or the divergence of any.
+    fn settle_divergence(&self, state: &TrainState, tail: Tail, loss: f64, diverged: bool) -> Result<f64, TrainError> {
+        if tail.diverged_ranks > 0.0 {
+            let loss = if diverged { loss } else { f64::NAN };
+            tracing::error!(
+                "{} of {} ranks diverged at step {}",
+                tail.diverged_ranks,
+                self.world_size(),
+                state.step + 1
+            );
+            return Err(TrainError::Diverged { step: state.step, loss });
+        }
+        Ok(tail.loss_sum / f64::from(self.world_size()))
     }
 
     /// At a checkpoint: every rank but 0 hands its lineage since the last

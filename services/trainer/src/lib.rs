@@ -143,7 +143,7 @@ pub async fn run(
     let mut group = match &job {
         Some(r) => {
             let backend = distributed::backend_for(settings.distributed.backend, device).map_err(TrainError::Config)?;
-            Some(DataParallel::join(r, backend, device)?)
+            Some(DataParallel::join(r, backend, device)?.with_overlap(settings.distributed.overlap))
         }
         None => None,
     };
@@ -282,8 +282,7 @@ impl Training<'_> {
                 }
             };
             let (images, labels) = delivery.tensors();
-            let local = state.guarded_gradients(&images, &labels);
-            let mut reduced = match group.reduce(state, local, examples) {
+            let mut reduced = match group.step(state, &images, &labels, examples) {
                 Ok(r) => r,
                 Err(e) => {
                     delivery.settle(Outcome::StepFailed, self.store).await;

@@ -15,6 +15,7 @@ use crate::optimizer::{Optimizer, Rule};
 use crate::scaler::LossScaler;
 use crate::towers::Replica;
 use crate::TrainError;
+use inception_torch_ext::distributed::GradientReducer;
 
 /// Everything that changes as training goes.
 pub struct TrainState {
@@ -275,6 +276,67 @@ impl TrainState {
     pub fn guarded_gradients(&mut self, images: &Tensor, labels: &Tensor) -> Result<(Vec<Tensor>, f64), TrainError> {
         let batch = images.size().first().copied().unwrap_or(0);
         self.guarded(batch, |state| state.compute_gradients(images, labels))
+    }
+
+    /// Towers per step: the master and its replicas.
+    pub fn towers(&self) -> usize {
+        1 + self.replicas.len()
+    }
+
+    /// [`TrainState::guarded_gradients`] for one tower whose backward pass
+    /// all-reduces its gradients as it goes (`reducer`, over the optimizer's
+    /// variables): they come back averaged over the ranks, in the
+    /// optimizer's order, as the variables' `.grad` (views of the reducer's
+    /// buckets, zeroed here before each pass). A non-finite loss still runs
+    /// the backward pass, whose collectives every rank must make, and is
+    /// then returned as the divergence.
+    pub fn guarded_reduced_gradients(
+        &mut self,
+        images: &Tensor,
+        labels: &Tensor,
+        reducer: &GradientReducer,
+    ) -> Result<(Vec<Tensor>, f64), TrainError> {
+        let batch = images.size().first().copied().unwrap_or(0);
+        self.guarded(batch, |state| state.reduced_gradients(images, labels, reducer))
+    }
+
+    fn reduced_gradients(
+        &mut self,
+        images: &Tensor,
+        labels: &Tensor,
+        reducer: &GradientReducer,
+    ) -> Result<(Vec<Tensor>, f64), TrainError> {
+        let variables = self.optimizer.variables();
+        // In place: after the first pass they are views of the reducer's
+        // buckets (tch's zero_grad detaches, which views refuse).
+        tch::no_grad(|| {
+            for v in &variables {
+                let mut grad = v.grad();
+                if grad.defined() {
+                    let _ = grad.zero_();
+                }
+            }
+        });
+        let device = variables.first().map_or(Device::Cpu, Tensor::device);
+        let momentum = debiased_momentum(self.bn_decay, self.bn_updates + 1);
+        let loss_scale = self.scaler.as_ref().map_or(1.0, LossScaler::scale);
+        reducer.before_forward()?;
+        let x = images_to_input(&images.to_device(device));
+        let y = labels.to_device(device);
+        let (logits, aux) = self.model.forward_in(self.precision, &x, Mode::Train { bn_momentum: momentum });
+        let total = loss::total_loss(&self.loss, &logits, aux.as_ref(), &y, &[]);
+        let value = total.double_value(&[]);
+        reducer.before_backward()?;
+        let scaled = if loss_scale == 1.0 { total } else { total * loss_scale };
+        scaled.f_backward().map_err(|e| TrainError::Distributed(format!("backward pass with its all-reduce: {e}")))?;
+        if !value.is_finite() {
+            return Err(TrainError::Diverged { step: self.step, loss: value });
+        }
+        let gradients: Vec<Tensor> = variables.iter().map(Tensor::grad).collect();
+        if let Some(i) = gradients.iter().position(|g| !g.defined()) {
+            return Err(TrainError::Distributed(format!("variable {i} got no gradient from the backward pass")));
+        }
+        Ok((gradients, value))
     }
 
     fn guarded<T>(

@@ -10,6 +10,10 @@
 //!   moving averages, optimizer slots) is bit-identical, though rank 1
 //!   started from other weights (rank 0's are broadcast).
 //! - One rank's divergence stops every rank.
+//!
+//! Each both ways: gradients all-reduced after the backward pass
+//! (`DataParallel::reduce`) and during it (`DataParallel::step` with the
+//! overlap on: c10d's Reducer, DistributedDataParallel's engine).
 
 use inception_core::Settings;
 use inception_model::ModelConfig;
@@ -30,6 +34,8 @@ const OUT: &str = "INCEPTION_DP_OUT";
 /// Images each rank trains on per step.
 const PER_RANK: i64 = 3;
 const STEPS: u64 = 3;
+/// Held while this process draws from libtorch's random generator.
+static REFERENCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn cfg() -> ModelConfig {
     ModelConfig { dropout: 0.0, ..ModelConfig::tiny(6) }
@@ -66,7 +72,7 @@ fn rank_child() {
     tch::set_num_threads(1);
     // Rank 0's seed is the reference's; the others start elsewhere.
     let mut state = state(7 + i64::from(rank) * 1000, 1);
-    let mut group = DataParallel::join(
+    let group = DataParallel::join(
         &Rendezvous {
             master_addr: "127.0.0.1".into(),
             master_port: number(PORT) as u16,
@@ -80,19 +86,31 @@ fn rank_child() {
     )
     .unwrap();
     group.broadcast_state(&mut state).unwrap();
+    let overlap = scenario.starts_with("overlap");
+    let diverge = scenario.ends_with("diverge");
+    let mut group = group.with_overlap(overlap);
+    if overlap && diverge && rank == 1 {
+        // Its forward pass gives a NaN loss, its gradients are NaN: all-reduced all the same.
+        let _ = tch::no_grad(|| state.optimizer.variables()[0].shallow_clone().fill_(f64::NAN));
+    }
     for step in 0..STEPS {
         let (images, labels) = global_batch(step, i64::from(world));
         let (mine, my_labels) = (
             images.narrow(0, i64::from(rank) * PER_RANK, PER_RANK),
             labels.narrow(0, i64::from(rank) * PER_RANK, PER_RANK),
         );
-        let local = if scenario == "diverge" && rank == 1 {
-            Err(TrainError::Diverged { step: state.step, loss: f64::NAN })
+        let outcome = if overlap {
+            group.step(&mut state, &mine, &my_labels, PER_RANK as u64)
         } else {
-            state.compute_gradients(&mine, &my_labels)
+            let local = if diverge && rank == 1 {
+                Err(TrainError::Diverged { step: state.step, loss: f64::NAN })
+            } else {
+                state.compute_gradients(&mine, &my_labels)
+            };
+            group.reduce(&state, local, PER_RANK as u64)
         };
-        let mut reduced = match group.reduce(&state, local, PER_RANK as u64) {
-            Err(TrainError::Diverged { .. }) if scenario == "diverge" => {
+        let mut reduced = match outcome {
+            Err(TrainError::Diverged { .. }) if diverge => {
                 println!("rank {rank}: diverged together");
                 return;
             }
@@ -161,9 +179,9 @@ fn read(path: &Path) -> Vec<(String, Tensor)> {
     named
 }
 
-fn check_job(world: u32) {
+fn check_job(world: u32, scenario: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let outputs = run_ranks("train", world, dir.path());
+    let outputs = run_ranks(scenario, world, dir.path());
     for (rank, text) in outputs.iter().enumerate() {
         assert!(text.contains(&format!("rank {rank}: done at step {STEPS}")), "{text}");
     }
@@ -184,10 +202,17 @@ fn check_job(world: u32) {
     // towers, with the ranks' one thread (the tiny model's early layers are
     // so ill-conditioned that another thread count's summation order moves
     // their gradients by percents).
-    tch::set_num_threads(1);
-    let mut single = state(7, world as usize);
-    let (images, labels) = global_batch(0, i64::from(world));
-    let (expected, _) = single.compute_gradients(&images, &labels).unwrap();
+    // Under a lock: libtorch's random generator is one per process, and
+    // tests run on parallel threads (another test's draws between the
+    // seed and ours changed the reference's weights or batch).
+    let (single, expected) = {
+        let _alone = REFERENCE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        tch::set_num_threads(1);
+        let mut single = state(7, world as usize);
+        let (images, labels) = global_batch(0, i64::from(world));
+        let (expected, _) = single.compute_gradients(&images, &labels).unwrap();
+        (single, expected)
+    };
     let got = read(&dir.path().join("gradients-0.safetensors"));
     let by_name: std::collections::HashMap<String, Tensor> = got.into_iter().collect();
     let mut compared = 0;
@@ -207,19 +232,38 @@ fn check_job(world: u32) {
 
 #[test]
 fn two_ranks_average_gradients_and_stay_bit_identical() {
-    check_job(2);
+    check_job(2, "train");
 }
 
 #[test]
 fn three_ranks_average_gradients_and_stay_bit_identical() {
-    check_job(3);
+    check_job(3, "train");
+}
+
+#[test]
+fn two_ranks_overlapping_the_all_reduce_average_gradients_and_stay_bit_identical() {
+    check_job(2, "overlap");
+}
+
+#[test]
+fn three_ranks_overlapping_the_all_reduce_average_gradients_and_stay_bit_identical() {
+    check_job(3, "overlap");
+}
+
+fn check_divergence(scenario: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let outputs = run_ranks(scenario, 2, dir.path());
+    for (rank, text) in outputs.iter().enumerate() {
+        assert!(text.contains(&format!("rank {rank}: diverged together")), "{text}");
+    }
 }
 
 #[test]
 fn one_ranks_divergence_stops_every_rank() {
-    let dir = tempfile::tempdir().unwrap();
-    let outputs = run_ranks("diverge", 2, dir.path());
-    for (rank, text) in outputs.iter().enumerate() {
-        assert!(text.contains(&format!("rank {rank}: diverged together")), "{text}");
-    }
+    check_divergence("diverge");
+}
+
+#[test]
+fn one_ranks_divergence_stops_every_rank_overlapping_the_all_reduce() {
+    check_divergence("overlap-diverge");
 }

@@ -601,6 +601,8 @@ pub struct DistributedSettings {
     pub timeout: Duration,
     /// Gloo or NCCL.
     pub backend: DistributedBackend,
+    /// All-reduce the gradients during the backward pass (c10d's Reducer).
+    pub overlap: bool,
 }
 
 impl Settings {
