@@ -27,37 +27,41 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 rate() { sed -n 's/.*: \([0-9.]*\) img\/s.*/\1/p'; }
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
+# two_ranks ARGS...: inception-bench as 2 ranks x 1 thread; rank 0's line.
+two_ranks() {
+  local port rank1 line
+  port="$(free_port)"
+  WORLD_SIZE=2 RANK=1 MASTER_ADDR=127.0.0.1 MASTER_PORT="$port" "$bench" "$@" --threads 1 >/dev/null &
+  rank1=$!
+  line="$(WORLD_SIZE=2 RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT="$port" "$bench" "$@" --threads 1)"
+  wait "$rank1"
+  echo "$line"
+}
+# record ROUND PRECISION SHAPE LINE
+record() { echo "round $1 $2 $3 | $4" | tee -a "$log"; }
+# efficiency ROUND PRECISION WHAT ONE TWO
+efficiency() {
+  echo "$(echo "$4" | rate) $(echo "$5" | rate)" \
+    | awk -v r="$1" -v p="$2" -v w="$3" '{ printf "round %s %s scaling efficiency, %s: %.3f\n", r, p, w, $2 / $1 }' \
+    | tee -a "$log"
+}
 for round in $(seq "$rounds"); do
   for precision in $precisions; do
     common=(--image-size "$size" --batch-size "$batch" --steps "$steps" --device cpu --precision "$precision")
     one="$("$bench" "${common[@]}" --threads 2)"
-    echo "round $round $precision 1x2 | $one" | tee -a "$log"
-    port="$(free_port)"
-    WORLD_SIZE=2 RANK=1 MASTER_ADDR=127.0.0.1 MASTER_PORT="$port" "$bench" "${common[@]}" --threads 1 >/dev/null &
-    rank1=$!
-    two="$(WORLD_SIZE=2 RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT="$port" "$bench" "${common[@]}" --threads 1)"
-    wait "$rank1"
-    echo "round $round $precision 2x1 | $two" | tee -a "$log"
-    echo "round $round $precision efficiency $(echo "$one" | rate) $(echo "$two" | rate)" \
-      | awk '{ printf "round %s %s scaling efficiency (2 ranks x 1 thread / 1 rank x 2 threads): %.3f\n", $2, $3, $6 / $5 }' \
-      | tee -a "$log"
-    port="$(free_port)"
-    WORLD_SIZE=2 RANK=1 MASTER_ADDR=127.0.0.1 MASTER_PORT="$port" "$bench" "${common[@]}" --threads 1 --no-overlap >/dev/null &
-    rank1=$!
-    after="$(WORLD_SIZE=2 RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT="$port" "$bench" "${common[@]}" --threads 1 --no-overlap)"
-    wait "$rank1"
-    echo "round $round $precision 2x1-after | $after" | tee -a "$log"
-    echo "round $round $precision efficiency $(echo "$one" | rate) $(echo "$after" | rate)" \
-      | awk '{ printf "round %s %s scaling efficiency, all-reduce after the backward pass: %.3f\n", $2, $3, $6 / $5 }' \
-      | tee -a "$log"
+    record "$round" "$precision" 1x2 "$one"
+    two="$(two_ranks "${common[@]}")"
+    record "$round" "$precision" 2x1 "$two"
+    efficiency "$round" "$precision" "all-reduce overlapped" "$one" "$two"
+    after="$(two_ranks "${common[@]}" --no-overlap)"
+    record "$round" "$precision" 2x1-after "$after"
+    efficiency "$round" "$precision" "all-reduce after the backward pass" "$one" "$after"
     torch_common=(bench/torchvision_bench.py --image-size "$size" --batch-size "$batch" --steps "$steps" --precision "$precision" --channels-last --no-aux)
     one="$(.venv/bin/python "${torch_common[@]}" --threads 2)"
-    echo "round $round $precision torch-1x2 | $one" | tee -a "$log"
+    record "$round" "$precision" torch-1x2 "$one"
     two="$(.venv/bin/torchrun --standalone --nproc-per-node 2 "${torch_common[@]}" --threads 1 2>/dev/null)"
-    echo "round $round $precision torch-2x1 | $two" | tee -a "$log"
-    echo "round $round $precision efficiency $(echo "$one" | rate) $(echo "$two" | rate)" \
-      | awk '{ printf "round %s %s PyTorch DDP scaling efficiency: %.3f\n", $2, $3, $6 / $5 }' \
-      | tee -a "$log"
+    record "$round" "$precision" torch-2x1 "$two"
+    efficiency "$round" "$precision" "PyTorch DDP" "$one" "$two"
   done
 done
 echo "medians over $rounds rounds:"
