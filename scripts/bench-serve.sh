@@ -7,14 +7,16 @@
 # would; every request is the same demo photo.
 #   scripts/bench-serve.sh [--sizes "299 75"] [--clients "1 8 32"] [--requests N]
 #                          [--max-seconds S] [--depth-multiplier D] [--batch-size B]
-#                          [--max-wait 5ms] [--threads T] [--precision P] [--release]
-#                          [--skip-torch] [--workdir DIR]
+#                          [--max-wait 5ms] [--threads T] [--precision P]
+#                          [--torch-precision fp32|bf16] [--release] [--skip-torch]
+#                          [--workdir DIR]
 # --sizes: input sides; 299 is the published model. The full width is used
 #   at every size (torchvision cannot build a narrower one); with
 #   --depth-multiplier below 1 (the tests' 0.1) the baseline is skipped.
 # --precision: serve.precision (default auto: bf16 on CPUs with avx512_bf16
-#   or amx_bf16, else fp32); the PyTorch baseline is fp32, as plain serving
-#   scripts are.
+#   or amx_bf16, else fp32). --torch-precision: the PyTorch baseline's
+#   (default fp32, as plain serving scripts are; bf16: autocast and
+#   channels_last, PyTorch's own fast recipe).
 # --requests: requests of each run (one server, one client count; default
 #   200), each run also bounded by --max-seconds (default 60). --release builds optimised binaries first
 #   (the default is target/debug, whose hot crates are optimised anyway).
@@ -34,6 +36,7 @@ batch_size=16
 max_wait=5ms
 threads=0
 precision=auto
+torch_precision=fp32
 profile=debug
 skip_torch=0
 workdir=var/bench-serve
@@ -48,10 +51,11 @@ while [ $# -gt 0 ]; do
     --max-wait) max_wait="$2"; shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
     --precision) precision="$2"; shift 2 ;;
+    --torch-precision) torch_precision="$2"; shift 2 ;;
     --release) profile=release; shift ;;
     --skip-torch) skip_torch=1; shift ;;
     --workdir) workdir="$2"; shift 2 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "bench-serve: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -138,10 +142,10 @@ for size in $sizes; do
   fi
   port="$(free_port)"
   .venv/bin/python bench/serve_torch.py --weights "$weights" --port "$port" --image-size "$size" \
-    --threads "$threads" 2>"$dir/torch.log" &
+    --threads "$threads" --precision "$torch_precision" 2>"$dir/torch.log" &
   pid=$!; pids+=("$pid")
   wait_ready "http://127.0.0.1:$port/" "$pid"
-  load pytorch-http.server "$size" "http://127.0.0.1:$port/v1/classify"
+  load "pytorch-http.server-$torch_precision" "$size" "http://127.0.0.1:$port/v1/classify"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 done
 
