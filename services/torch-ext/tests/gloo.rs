@@ -173,7 +173,7 @@ fn reducer(group: &ProcessGroup) {
         let factor = (i64::from(rank) + 1) * step;
         let loss = weights.iter().map(|w| (w * factor).sum(Kind::Float)).fold(Tensor::from(0f32), |a, b| a + b);
         reducer.before_backward().unwrap();
-        loss.backward();
+        reducer.backward(&loss).unwrap();
         let mean = (i64::from(world) + 1) as f64 / 2.0 * step as f64;
         for (i, w) in weights.iter().enumerate() {
             let grad = w.grad();

@@ -326,12 +326,9 @@ impl DataParallel {
             return self.reduce(state, local, examples);
         };
         let local = state.guarded_reduced_gradients(images, labels, reducer);
-        if matches!(&local, Err(e) if !matches!(e, TrainError::Diverged { .. })) {
-            reducer.mark_failed();
-        }
         let (gradients, loss, diverged) = split_outcome(local)?;
-        let (averaged, tail) = self.average(state, None, loss, diverged, examples)?;
-        drop(averaged);
+        // The gradients are averaged already: only the statistics and the tail follow.
+        let (_, tail) = self.average(state, None, loss, diverged, examples)?;
         let mean_loss = self.settle_divergence(state, tail, loss, diverged)?;
         Ok(Reduced { gradients, mean_loss, examples: tail.examples })
     }

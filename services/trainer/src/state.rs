@@ -77,23 +77,36 @@ type TowerResult = (Vec<Tensor>, f64);
 fn tower_pass(
     model: &InceptionV3,
     vars: &[Tensor],
+    batch: (&Tensor, &Tensor),
+    weights: &LossWeights,
+    pass: (f64, Precision, f64),
+) -> TowerResult {
+    let device = vars.first().map_or(Device::Cpu, Tensor::device);
+    let (scaled, value) = tower_loss(model, device, batch, weights, pass);
+    if !value.is_finite() {
+        return (Vec::new(), value);
+    }
+    (Tensor::run_backward(&[&scaled], vars, false, false), value)
+}
+
+/// A tower's forward pass on `device` and its loss: the loss to
+/// differentiate (times the fp16 loss scale) and its value (unscaled,
+/// without the L2 term, whose gradient the optimizer applies).
+fn tower_loss(
+    model: &InceptionV3,
+    device: Device,
     (images, labels): (&Tensor, &Tensor),
     weights: &LossWeights,
     (bn_momentum, precision, loss_scale): (f64, Precision, f64),
-) -> TowerResult {
-    let device = vars.first().map_or(Device::Cpu, Tensor::device);
+) -> (Tensor, f64) {
     let x = images_to_input(&images.to_device(device));
     let y = labels.to_device(device);
     // Autocast covers the forward pass; the loss is computed in fp32.
     let (logits, aux) = model.forward_in(precision, &x, Mode::Train { bn_momentum });
-    // The L2 term's gradient is applied by the optimizer.
     let total = loss::total_loss(weights, &logits, aux.as_ref(), &y, &[]);
     let value = total.double_value(&[]);
-    if !value.is_finite() {
-        return (Vec::new(), value);
-    }
     let scaled = if loss_scale == 1.0 { total } else { total * loss_scale };
-    (Tensor::run_backward(&[&scaled], vars, false, false), value)
+    (scaled, value)
 }
 
 impl TrainState {
@@ -148,10 +161,9 @@ impl TrainState {
     /// which saves a zeroing and an addition pass per step), and the mean loss
     /// without the L2 term. Moves the batch-norm statistics (last tower's).
     pub fn compute_gradients(&mut self, images: &Tensor, labels: &Tensor) -> Result<(Vec<Tensor>, f64), TrainError> {
-        let towers = 1 + self.replicas.len();
-        let momentum = debiased_momentum(self.bn_decay, self.bn_updates + 1);
+        let towers = self.towers();
+        let (momentum, precision, loss_scale) = self.pass_settings();
         // Only the last tower moves the batch-norm statistics.
-        let (precision, loss_scale) = (self.precision, self.scaler.as_ref().map_or(1.0, LossScaler::scale));
         let pass = |tower: usize| (if tower + 1 == towers { momentum } else { 0.0 }, precision, loss_scale);
         for r in &mut self.replicas {
             r.pull();
@@ -283,6 +295,13 @@ impl TrainState {
         1 + self.replicas.len()
     }
 
+    /// This step's tower pass: the batch-norm momentum (for a tower that
+    /// moves the statistics), the precision and the fp16 loss scale.
+    fn pass_settings(&self) -> (f64, Precision, f64) {
+        let momentum = debiased_momentum(self.bn_decay, self.bn_updates + 1);
+        (momentum, self.precision, self.scaler.as_ref().map_or(1.0, LossScaler::scale))
+    }
+
     /// [`TrainState::guarded_gradients`] for one tower whose backward pass
     /// all-reduces its gradients as it goes (`reducer`, over the optimizer's
     /// variables): they come back averaged over the ranks, in the
@@ -318,17 +337,10 @@ impl TrainState {
             }
         });
         let device = variables.first().map_or(Device::Cpu, Tensor::device);
-        let momentum = debiased_momentum(self.bn_decay, self.bn_updates + 1);
-        let loss_scale = self.scaler.as_ref().map_or(1.0, LossScaler::scale);
         reducer.before_forward()?;
-        let x = images_to_input(&images.to_device(device));
-        let y = labels.to_device(device);
-        let (logits, aux) = self.model.forward_in(self.precision, &x, Mode::Train { bn_momentum: momentum });
-        let total = loss::total_loss(&self.loss, &logits, aux.as_ref(), &y, &[]);
-        let value = total.double_value(&[]);
+        let (scaled, value) = tower_loss(&self.model, device, (images, labels), &self.loss, self.pass_settings());
         reducer.before_backward()?;
-        let scaled = if loss_scale == 1.0 { total } else { total * loss_scale };
-        scaled.f_backward().map_err(|e| TrainError::Distributed(format!("backward pass with its all-reduce: {e}")))?;
+        reducer.backward(&scaled)?;
         if !value.is_finite() {
             return Err(TrainError::Diverged { step: self.step, loss: value });
         }

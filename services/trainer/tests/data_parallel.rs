@@ -72,7 +72,9 @@ fn rank_child() {
     tch::set_num_threads(1);
     // Rank 0's seed is the reference's; the others start elsewhere.
     let mut state = state(7 + i64::from(rank) * 1000, 1);
-    let group = DataParallel::join(
+    let overlap = scenario.starts_with("overlap");
+    let diverge = scenario.ends_with("diverge");
+    let mut group = DataParallel::join(
         &Rendezvous {
             master_addr: "127.0.0.1".into(),
             master_port: number(PORT) as u16,
@@ -84,11 +86,9 @@ fn rank_child() {
         Backend::Gloo,
         Device::Cpu,
     )
-    .unwrap();
+    .unwrap()
+    .with_overlap(overlap);
     group.broadcast_state(&mut state).unwrap();
-    let overlap = scenario.starts_with("overlap");
-    let diverge = scenario.ends_with("diverge");
-    let mut group = group.with_overlap(overlap);
     if overlap && diverge && rank == 1 {
         // Its forward pass gives a NaN loss, its gradients are NaN: all-reduced all the same.
         let _ = tch::no_grad(|| state.optimizer.variables()[0].shallow_clone().fill_(f64::NAN));

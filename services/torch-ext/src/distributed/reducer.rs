@@ -7,8 +7,8 @@
 //! ranks (a view of its bucket).
 //!
 //! Per step, on every rank: [`GradientReducer::before_forward`], the forward
-//! pass, [`GradientReducer::before_backward`], then the backward pass. A
-//! failed collective surfaces as the backward pass's error. Every parameter
+//! pass, [`GradientReducer::before_backward`], then
+//! [`GradientReducer::backward`], whose error names the rank. Every parameter
 //! must get a gradient in every backward pass (no unused parameters).
 
 use std::cell::Cell;
@@ -103,28 +103,42 @@ impl GradientReducer {
         self.call("preparing the backward pass", |raw| unsafe { ext_reducer_before_backward(raw) })
     }
 
-    /// Marks the reducer broken after its backward pass failed: later steps
-    /// are refused.
-    pub fn mark_failed(&self) {
-        self.failed.set(true);
+    /// The backward pass of `loss` (accumulating into `.grad`), with the
+    /// bucket all-reduces it starts and waits for. A failure (a peer gone, a
+    /// collective timed out) names this rank and breaks the reducer.
+    pub fn backward(&self, loss: &Tensor) -> Result<(), DistributedError> {
+        let operation = "the backward pass and its all-reduces";
+        self.check_usable(operation)?;
+        loss.f_backward().map_err(|e| {
+            self.failed.set(true);
+            self.error(operation, e.to_string())
+        })
     }
 
     fn call(&self, operation: &str, f: impl FnOnce(*mut ExtReducer) -> *mut c_char) -> Result<(), DistributedError> {
-        let error = |message: String| DistributedError {
-            rank: self.rank,
-            world_size: self.world_size,
-            operation: format!("gradient reducer: {operation}"),
-            message,
-        };
-        if self.failed.get() {
-            return Err(error("an earlier backward pass failed; the reducer is broken".into()));
-        }
+        self.check_usable(operation)?;
         match take_message(f(self.raw.as_ptr())) {
             Some(message) => {
                 self.failed.set(true);
-                Err(error(message))
+                Err(self.error(operation, message))
             }
             None => Ok(()),
+        }
+    }
+
+    fn check_usable(&self, operation: &str) -> Result<(), DistributedError> {
+        if self.failed.get() {
+            return Err(self.error(operation, "an earlier step failed; the reducer is broken"));
+        }
+        Ok(())
+    }
+
+    fn error(&self, operation: &str, message: impl Into<String>) -> DistributedError {
+        DistributedError {
+            rank: self.rank,
+            world_size: self.world_size,
+            operation: format!("gradient reducer: {operation}"),
+            message: message.into(),
         }
     }
 }

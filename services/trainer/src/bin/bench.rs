@@ -141,7 +141,8 @@ fn bench_data_parallel(
     let backend =
         inception_trainer::distributed::backend_for(inception_core::settings::DistributedBackend::Auto, device)
             .map_err(anyhow::Error::msg)?;
-    let group = inception_trainer::distributed::DataParallel::join(rendezvous, backend, device)?;
+    let mut group =
+        inception_trainer::distributed::DataParallel::join(rendezvous, backend, device)?.with_overlap(!args.no_overlap);
     let world = i64::from(group.world_size());
     anyhow::ensure!(
         args.batch_size % world == 0,
@@ -152,7 +153,6 @@ fn bench_data_parallel(
     let start = i64::from(group.rank()) * share;
     let (mine, my_targets) = (images.narrow(0, start, share), targets.narrow(0, start, share));
     group.broadcast_state(state)?;
-    let mut group = group.with_overlap(!args.no_overlap);
     // Overlapped, the all-reduce runs inside the backward pass and is not
     // timed apart; else the reduction (packing included) is.
     let mut step = |timed: bool| -> anyhow::Result<f64> {
