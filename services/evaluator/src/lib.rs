@@ -207,8 +207,9 @@ impl Evaluator {
             checkpoint::read(&self.store, metadata_key).await.map_err(|e| checkpoint_error(metadata_key, e))?;
         // `read` refused metadata out of bounds before reading any weight.
         let vs = VarStore::new(self.device);
-        let model = InceptionV3::new(&vs.root(), &meta.model);
+        let mut model = InceptionV3::new(&vs.root(), &meta.model);
         let averaged = checkpoint::load_for_inference(&vs, &tensors).map_err(|e| fail(e.to_string()))?;
+        inception_model::catch_torch(|| model.fold_batch_norm()).map_err(|f| fail(f.message))?;
         tracing::info!("evaluating {} weights", if averaged { "moving-average" } else { "raw" });
         println!("{}: Successfully loaded model from {metadata_key} at step={}.", log_timestamp(), meta.step);
 

@@ -59,6 +59,18 @@ pub struct BasicConv {
     running_var: Tensor,
     stride: i64,
     padding: [i64; 2],
+    /// Batch norm folded into the convolution, for [`Mode::Eval`] only.
+    folded: Option<FoldedConv>,
+}
+
+/// A convolution with its batch norm's running statistics folded in:
+/// `relu(conv(x, w * s) + (beta - mean * s))` with `s = gamma / sqrt(var + eps)`,
+/// which is what eval-mode batch norm after a bias-free convolution computes,
+/// in one kernel instead of two passes over the activations.
+#[derive(Debug)]
+struct FoldedConv {
+    weight: Tensor,
+    bias: Tensor,
 }
 
 impl BasicConv {
@@ -73,10 +85,30 @@ impl BasicConv {
             running_var: bn.ones_no_train("running_var", &[cout]),
             stride,
             padding,
+            folded: None,
         }
     }
 
+    /// Computes [`FoldedConv`] from the current weights and statistics. (The
+    /// input's channels_last layout carries through the convolution: giving
+    /// the folded weight channels_last strides too, or bf16 for a bf16
+    /// pass, measured no faster on CPU.)
+    fn fold(&mut self) {
+        let folded = tch::no_grad(|| {
+            let scale = &self.bn_weight / (&self.running_var + BN_EPSILON).sqrt();
+            let weight = &self.weight * scale.view([-1, 1, 1, 1]);
+            let bias = &self.bn_bias - &self.running_mean * &scale;
+            FoldedConv { weight, bias }
+        });
+        self.folded = Some(folded);
+    }
+
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Tensor {
+        if let (Some(f), Mode::Eval) = (&self.folded, mode) {
+            let mut z = x.conv2d(&f.weight, Some(&f.bias), [self.stride, self.stride], self.padding, [1, 1], 1);
+            let _ = z.relu_();
+            return z;
+        }
         let y = x.conv2d(&self.weight, None::<Tensor>, [self.stride, self.stride], self.padding, [1, 1], 1);
         let (training, momentum) = match mode {
             Mode::Train { bn_momentum } => (true, bn_momentum),
@@ -114,6 +146,17 @@ enum Op {
 }
 
 impl Op {
+    fn fold(&mut self) {
+        match self {
+            Op::Conv(c) => c.fold(),
+            Op::Split(a, b) => {
+                a.fold();
+                b.fold();
+            }
+            Op::MaxPool | Op::AvgPool { .. } => {}
+        }
+    }
+
     fn forward(&self, x: &Tensor, mode: Mode) -> Tensor {
         match self {
             Op::Conv(c) => c.forward(x, mode),
@@ -324,6 +367,19 @@ impl InceptionV3 {
 
     pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+
+    /// Folds every batch norm's running statistics into its convolution for
+    /// inference (serving, evaluation, `classify`): [`Mode::Eval`] then runs
+    /// one biased convolution and a ReLU per layer (6–10 % more images/s on
+    /// CPU at 299 px, docs/benchmarks.md).
+    /// Call it after the weights are loaded and only on a model that is no
+    /// longer trained: the folded copies do not follow later updates
+    /// ([`Mode::Train`] keeps using the variables themselves).
+    pub fn fold_batch_norm(&mut self) {
+        let blocks = self.mixed_5_6.iter_mut().chain(self.mixed_7.iter_mut());
+        let ops = self.stem.iter_mut().chain(blocks.flat_map(|b| b.branches.iter_mut().flatten()));
+        ops.for_each(Op::fold);
     }
 
     /// `x`: `[N, 3, S, S]` floats in [-1, 1]. Returns the logits and, in

@@ -62,6 +62,10 @@ struct Args {
     /// pass (distributed.overlap = false), timing the all-reduce apart.
     #[arg(long)]
     no_overlap: bool,
+    /// With --eval: keep batch norm apart from the convolutions instead of
+    /// folding it in, as the evaluator, classify and inception-serve do.
+    #[arg(long)]
+    no_fold: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -95,7 +99,7 @@ fn main() -> anyhow::Result<()> {
         Tensor::randint(256, [args.batch_size, args.image_size, args.image_size, 3], (Kind::Uint8, Device::Cpu));
     let targets = Tensor::randint_low(1, args.labels as i64 + 1, [args.batch_size], (Kind::Int64, Device::Cpu));
     if args.eval {
-        return bench_eval(&state, &images, &args, device, retained);
+        return bench_eval(&mut state, &images, &args, device, retained);
     }
     let job = inception_trainer::distributed::rendezvous(&settings.distributed, |k| std::env::var(k).ok())
         .map_err(anyhow::Error::msg)?;
@@ -196,8 +200,17 @@ fn bench_data_parallel(
     Ok(())
 }
 
-fn bench_eval(state: &TrainState, images: &Tensor, args: &Args, device: Device, retained: bool) -> anyhow::Result<()> {
+fn bench_eval(
+    state: &mut TrainState,
+    images: &Tensor,
+    args: &Args,
+    device: Device,
+    retained: bool,
+) -> anyhow::Result<()> {
     use inception_model::{images_to_input, Mode};
+    if !args.no_fold {
+        state.model.fold_batch_norm();
+    }
     let run = || {
         tch::no_grad(|| {
             let x = images_to_input(&images.to_device(device));
@@ -213,8 +226,8 @@ fn bench_eval(state: &TrainState, images: &Tensor, args: &Args, device: Device, 
     }
     let secs = started.elapsed().as_secs_f64() / args.steps as f64;
     println!(
-        "ours   eval size={} batch={} threads={} device={:?} precision={} retain_freed_memory={retained} cudnn_benchmark={}: {:.2} img/s ({:.3} s/batch)",
-        args.image_size, args.batch_size, tch::get_num_threads(), device, state.precision, args.cudnn_benchmark, args.batch_size as f64 / secs, secs
+        "ours   eval size={} batch={} threads={} device={:?} precision={} retain_freed_memory={retained} cudnn_benchmark={} batch_norm_folded={}: {:.2} img/s ({:.3} s/batch)",
+        args.image_size, args.batch_size, tch::get_num_threads(), device, state.precision, args.cudnn_benchmark, !args.no_fold, args.batch_size as f64 / secs, secs
     );
     Ok(())
 }
