@@ -132,7 +132,7 @@ for size in $sizes; do
   pid=$!; pids+=("$pid")
   wait_ready "http://127.0.0.1:$port/readyz" "$pid"
   load "inception-serve-$precision" "$size" "http://127.0.0.1:$port/v1/classify"
-  curl -fs "http://127.0.0.1:$metrics/metrics" | grep '^inception_serve_\(batch_images_sum\|batch_images_count\|info\)' \
+  curl -fs "http://127.0.0.1:$metrics/metrics" | grep '^inception_serve_\(batch_images_sum\|batch_images_count\|forward_seconds_sum\|forward_seconds_count\|request_seconds_sum\|request_seconds_count\|info\)' \
     | tr '\n' ' ' | sed 's/^/  batches: /'; echo
   kill "$pid"; wait "$pid" 2>/dev/null || true
 

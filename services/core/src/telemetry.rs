@@ -268,6 +268,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("inception_serve_requests_total", Kind::Counter, "POST /v1/classify requests by outcome (ok, bad_request, too_large, unauthorized, unavailable, error)."),
     ("inception_serve_request_seconds", Kind::Histogram, "Time to answer one classify request, from its arrival to its response, by outcome."),
     ("inception_serve_batch_images", Kind::Histogram, "Images in each forward pass of the server (concurrent requests batched together)."),
+    ("inception_serve_forward_seconds", Kind::Histogram, "One forward pass of the server: the batch's tensor, the network, the softmax and the top-k."),
     ("inception_serve_step", Kind::Gauge, "Global step of the checkpoint the server answers with."),
     ("inception_serve_info", Kind::Gauge, "The server's forward pass (always 1), by precision (serve.precision resolved: fp32, bf16, fp16) and device."),
     ("inception_serve_swaps_total", Kind::Counter, "Checkpoints the server put into service (the first one included)."),

@@ -7,6 +7,10 @@
 //! * `load`: N concurrent clients POST the photo on loopback, bounded by a
 //!   request count and a time limit; prints one JSON line: requests/s and
 //!   latency p50/p99.
+//! * `forward`: loads DIR's checkpoint as the server does and times its
+//!   forward pass alone (`ServedModel::classify`) at a batch size, on the
+//!   main thread and on a thread of its own, as the server's batch worker
+//!   runs it; prints one JSON line.
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
@@ -58,6 +62,20 @@ enum Command {
         #[arg(long, default_value_t = 60.0)]
         max_seconds: f64,
     },
+    /// Times the server's forward pass on DIR's checkpoint, without HTTP.
+    Forward {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "bench")]
+        run: String,
+        #[arg(long, default_value_t = 1)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 20)]
+        passes: usize,
+        /// As serve.precision.
+        #[arg(long, default_value = "auto")]
+        precision: String,
+    },
 }
 
 #[tokio::main]
@@ -69,7 +87,48 @@ async fn main() -> anyhow::Result<()> {
         Command::Load { url, image, clients, requests, max_seconds } => {
             load(&url, &image, clients, requests, Duration::from_secs_f64(max_seconds)).await
         }
+        Command::Forward { dir, run, batch_size, passes, precision } => {
+            forward(&dir, &run, batch_size, passes, &precision).await
+        }
     }
+}
+
+async fn forward(dir: &std::path::Path, run: &str, batch: usize, passes: usize, precision: &str) -> anyhow::Result<()> {
+    use inception_model::precision::Precision;
+    use inception_serve::model::ServedModel;
+    let _ = inception_core::memory::retain_freed_memory();
+    let mut settings = Settings::defaults()?;
+    settings.store = StoreSettings { url: format!("file://{}", dir.join("store").display()), ..settings.store };
+    let store = Store::open(&settings.store)?;
+    let key = checkpoint::read_promoted(&store, run).await?.context("no promoted checkpoint")?.metadata;
+    let (meta, tensors) = checkpoint::read(&store, &key).await?;
+    let device = tch::Device::Cpu;
+    let setting = serde_json::from_value(serde_json::json!(precision)).context("--precision")?;
+    let precision = Precision::resolve(setting, device, "--precision").map_err(anyhow::Error::msg)?;
+    let model = ServedModel::build(&key, meta, tensors, device, precision, 0.875)?;
+    let photo = std::fs::read(dir.join("photo.jpg"))?;
+    let pixels = model.preprocess(&photo, u64::MAX).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let time = |model: &ServedModel| -> anyhow::Result<f64> {
+        let images: Vec<&[u8]> = (0..batch).map(|_| pixels.as_slice()).collect();
+        model.classify(&images, 1).map_err(|f| anyhow::anyhow!(f.message))?;
+        let started = Instant::now();
+        for _ in 0..passes {
+            model.classify(&images, 1).map_err(|f| anyhow::anyhow!(f.message))?;
+        }
+        Ok(started.elapsed().as_secs_f64() / passes as f64)
+    };
+    // The second shows what inception_serve::placement avoids: a pass led by a thread
+    // other than the initial one while the initial one has a team.
+    let main_thread = time(&model)?;
+    let own_thread = std::thread::scope(|s| s.spawn(|| time(&model)).join())
+        .map_err(|_| anyhow::anyhow!("the timing thread panicked"))??;
+    let result = serde_json::json!({
+        "batch": batch, "precision": precision.to_string(), "threads": tch::get_num_threads(),
+        "main_thread_seconds_per_pass": main_thread, "own_thread_seconds_per_pass": own_thread,
+        "images_per_second": batch as f64 / main_thread,
+    });
+    println!("{result}");
+    Ok(())
 }
 
 async fn write_checkpoint(

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::model::{Prediction, ServedModel};
+use crate::placement::{Finished, WorkerThread};
 
 /// What a job's requester gets: its predictions, or why the pass failed.
 pub(crate) type Reply = Result<Vec<Prediction>, String>;
@@ -48,6 +49,16 @@ pub(crate) struct Coming {
     coming: Arc<AtomicUsize>,
 }
 
+impl Coming {
+    /// One of the images is no longer coming (it is being queued).
+    fn arrived(&mut self) {
+        if self.count > 0 {
+            self.count -= 1;
+            self.coming.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
 impl Drop for Coming {
     fn drop(&mut self) {
         self.coming.fetch_sub(self.count, Ordering::SeqCst);
@@ -55,19 +66,18 @@ impl Drop for Coming {
 }
 
 impl Batcher {
-    /// Starts the worker thread; it ends once every [`Batcher`] is dropped
+    /// Starts the worker where `placement` says; it ends once every [`Batcher`] is dropped
     /// and the jobs already queued are done.
     pub(crate) fn start(
         batch_size: usize,
         max_wait: Duration,
         capacity: usize,
-    ) -> std::io::Result<(Self, std::thread::JoinHandle<()>)> {
+        placement: WorkerThread,
+    ) -> std::io::Result<(Self, Finished)> {
         let (queue, jobs) = mpsc::sync_channel(capacity);
         let coming = Arc::new(AtomicUsize::new(0));
         let waiting_for = Arc::clone(&coming);
-        let worker = std::thread::Builder::new()
-            .name("serve-batches".into())
-            .spawn(move || work(&jobs, batch_size.max(1), max_wait, &waiting_for))?;
+        let worker = placement.run("serve-batches", move || work(&jobs, batch_size.max(1), max_wait, &waiting_for))?;
         Ok((Self { queue, coming }, worker))
     }
 
@@ -77,8 +87,11 @@ impl Batcher {
         Coming { count, coming: Arc::clone(&self.coming) }
     }
 
-    /// Queues a job without waiting for room.
-    pub(crate) fn submit(&self, job: Job) -> Result<(), Refused> {
+    /// Queues a job without waiting for room; it is no longer `coming`.
+    /// (Uncounted before it is queued: a worker that saw it still coming
+    /// after it had arrived would wait `max_wait` for nothing.)
+    pub(crate) fn submit(&self, job: Job, coming: &mut Coming) -> Result<(), Refused> {
+        coming.arrived();
         self.queue.try_send(job).map_err(|e| match e {
             TrySendError::Full(_) => Refused::Full,
             TrySendError::Disconnected(_) => Refused::Stopped,
@@ -143,7 +156,9 @@ fn run(group: Vec<Job>) {
     let model = Arc::clone(&group[0].model);
     let k = group.iter().map(|j| j.top_k).max().unwrap_or(1);
     let images: Vec<&[u8]> = group.iter().map(|j| j.pixels.as_slice()).collect();
+    let started = Instant::now();
     let outcome = model.classify(&images, k);
+    metrics::histogram!("inception_serve_forward_seconds").record(started.elapsed().as_secs_f64());
     drop(images);
     match outcome {
         Ok(all) => {

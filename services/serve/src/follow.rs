@@ -202,17 +202,24 @@ impl Follower {
             return Err(ServeError::Checkpoint { key: key.to_string(), message: format!("not below {dir}/") });
         }
         let started = std::time::Instant::now();
-        let (meta, tensors) = checkpoint::read(&self.store, key).await.map_err(|e| match e {
-            checkpoint::CheckpointError::Store(e) => ServeError::Store(e),
-            e => ServeError::Checkpoint { key: key.to_string(), message: e.to_string() },
-        })?;
-        let (owned_key, device, precision, fraction) =
-            (key.to_string(), self.device, self.precision, self.central_fraction);
-        let model = tokio::task::spawn_blocking(move || {
+        let (owned_key, store, device, precision, fraction) =
+            (key.to_string(), self.store.clone(), self.device, self.precision, self.central_fraction);
+        let runtime = tokio::runtime::Handle::current();
+        // Read and built on a thread that ends with the load: libtorch work
+        // here (the weights bound, copies, the trial pass) would otherwise
+        // leave an OpenMP team on a runtime thread for good (see
+        // crate::placement).
+        let built = crate::placement::on_passing_thread("serve-load", move || {
+            let (meta, tensors) = runtime.block_on(checkpoint::read(&store, &owned_key)).map_err(|e| match e {
+                checkpoint::CheckpointError::Store(e) => ServeError::Store(e),
+                e => ServeError::Checkpoint { key: owned_key.clone(), message: e.to_string() },
+            })?;
             ServedModel::build(&owned_key, meta, tensors, device, precision, fraction)
         })
         .await
-        .map_err(|e| ServeError::Checkpoint { key: key.to_string(), message: e.to_string() })??;
+        .map_err(|e| ServeError::Server(format!("cannot start a thread to load {key}: {e}")))?;
+        let model = built
+            .ok_or_else(|| ServeError::Checkpoint { key: key.to_string(), message: "loading it panicked".into() })??;
         let model = Arc::new(model);
         let old = self.slot.swap(Arc::clone(&model));
         metrics::gauge!("inception_serve_step").set(model.step as f64);

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::oneshot;
 
-use crate::batcher::{Batcher, Job, Refused};
+use crate::batcher::{Batcher, Coming, Job, Refused};
 use crate::follow::Slot;
 use crate::model::{ImageError, Prediction, ServedModel};
 
@@ -169,11 +169,10 @@ async fn answer(state: &AppState, headers: &HeaderMap, request: Request) -> Resu
     let count = images.len();
     let names: Vec<Option<String>> = images.iter().map(|(name, _)| name.clone()).collect();
     // Tells the batch worker that these images are on their way.
-    let coming = state.batcher.coming(count);
+    let mut coming = state.batcher.coming(count);
     let pixels = preprocess(Arc::clone(&model), images, state.max_pixels).await?;
-    let replies = submit(state, &model, pixels, top_k.min(model.labelled_outputs()));
+    let replies = submit(state, &model, pixels, top_k.min(model.labelled_outputs()), &mut coming)?;
     drop(coming);
-    let replies = replies?;
     let mut results = Vec::with_capacity(count);
     for (image, (reply, name)) in replies.into_iter().zip(names).enumerate() {
         let predictions = match reply.await {
@@ -304,12 +303,13 @@ fn submit(
     model: &Arc<ServedModel>,
     pixels: Vec<Vec<u8>>,
     top_k: usize,
+    coming: &mut Coming,
 ) -> Result<Vec<oneshot::Receiver<crate::batcher::Reply>>, ApiError> {
     let mut replies = Vec::with_capacity(pixels.len());
     for pixels in pixels {
         let (reply, answer) = oneshot::channel();
         let job = Job { model: Arc::clone(model), pixels, top_k: top_k.max(1), reply };
-        state.batcher.submit(job).map_err(|refused| match refused {
+        state.batcher.submit(job, coming).map_err(|refused| match refused {
             Refused::Full => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded: too many images wait for the model (serve.queue_images); try again",

@@ -13,12 +13,14 @@ pub mod batcher;
 pub mod follow;
 pub mod http;
 pub mod model;
+pub mod placement;
 
 use inception_core::settings::{ServeSettings, Settings, SettingsError};
 use inception_core::shutdown::CancellationToken;
 use inception_core::telemetry::Readiness;
 use inception_core::Store;
 use inception_model::precision::{self, Precision};
+use placement::WorkerThread;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -65,9 +67,10 @@ pub enum ServeError {
 }
 
 impl ServeError {
-    /// Whether trying again later may succeed (a store outage).
+    /// Whether trying again later may succeed (a store outage, or no thread
+    /// to load a checkpoint on).
     pub fn is_transient(&self) -> bool {
-        matches!(self, ServeError::Store(_))
+        matches!(self, ServeError::Store(_) | ServeError::Server(_))
     }
 
     /// This error for a service main: a [`ServeError::Settings`] becomes
@@ -92,14 +95,27 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `serve.listen_addr`, starts the batch worker and the follower
-    /// of the served pointer, and serves until `shutdown`: then requests in
-    /// flight are finished before [`Server::wait`] returns.
+    /// Binds `serve.listen_addr`, starts the batch worker on a thread of its
+    /// own and the follower of the served pointer, and serves until
+    /// `shutdown`: then requests in flight are finished before
+    /// [`Server::wait`] returns.
     pub async fn start(
         settings: &Settings,
         store: Store,
         readiness: Readiness,
         shutdown: CancellationToken,
+    ) -> Result<Self, ServeError> {
+        Self::start_on(settings, store, readiness, shutdown, WorkerThread::Own).await
+    }
+
+    /// As [`Server::start`], with the batch worker where `placement` says
+    /// (the binary lends it its main thread: [`placement`] says why).
+    pub async fn start_on(
+        settings: &Settings,
+        store: Store,
+        readiness: Readiness,
+        shutdown: CancellationToken,
+        placement: WorkerThread,
     ) -> Result<Self, ServeError> {
         let s = settings.serve.clone();
         inception_model::set_cpu_threads(s.threads, "serve.threads");
@@ -117,8 +133,9 @@ impl Server {
             .map_err(|source| ServeError::Bind { addr: s.listen_addr.clone(), source })?;
         let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: s.listen_addr.clone(), source })?;
         warn_if_exposed(&addr, &s);
-        let (batcher, worker) = batcher::Batcher::start(s.batch_size as usize, s.max_wait, s.queue_images as usize)
-            .map_err(|e| ServeError::Server(format!("cannot start the batch worker: {e}")))?;
+        let (batcher, worker) =
+            batcher::Batcher::start(s.batch_size as usize, s.max_wait, s.queue_images as usize, placement)
+                .map_err(|e| ServeError::Server(format!("cannot start the batch worker: {e}")))?;
         let slot = follow::Slot::new(readiness);
         let run = settings.pipeline.run.clone();
         let follower = follow::Follower::new(
@@ -150,10 +167,10 @@ impl Server {
             let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
             // The router (and with it the queue's last sender) is gone: the
             // worker finishes what is queued and stops.
-            let joined = tokio::task::spawn_blocking(move || worker.join()).await;
+            let finished = tokio::task::spawn_blocking(move || worker.wait()).await;
             served.map_err(|e| ServeError::Server(e.to_string()))?;
-            match joined {
-                Ok(Ok(())) => Ok(()),
+            match finished {
+                Ok(true) => Ok(()),
                 _ => Err(ServeError::Server("the batch worker panicked".into())),
             }
         });

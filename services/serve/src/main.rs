@@ -4,6 +4,7 @@ use clap::Parser;
 use inception_core::bootstrap::{self, ServiceSpec};
 use inception_core::cli::{flag, CommonArgs, LogArgs};
 use inception_core::shutdown::CancellationToken;
+use inception_serve::placement::WorkerThread;
 use std::process::ExitCode;
 
 /// Answers POST /v1/classify (an image as the body, or several as
@@ -35,15 +36,30 @@ const SPEC: ServiceSpec = ServiceSpec {
     name: "serve",
     metrics_addr: |s| &s.serve.metrics_addr,
     metrics_addr_key: "serve.metrics_addr",
-    retain_freed_memory: None,
+    retain_freed_memory: Some((|s| s.serve.retain_freed_memory, "serve.retain_freed_memory")),
     one_shot: |_| false,
 };
 
 fn main() -> ExitCode {
-    bootstrap::exit(bootstrap::block_on(run(Args::parse())))
+    let args = Args::parse();
+    // The batch worker runs here, on the initial thread, where libtorch's
+    // OpenMP teams keep spinning between kernels (inception_serve::placement);
+    // the async runtime gets a thread of its own.
+    let (placement, lender) = inception_serve::placement::lend_this_thread();
+    let runtime = std::thread::Builder::new()
+        .name("serve-runtime".into())
+        .spawn(move || bootstrap::block_on(run(args, placement)));
+    let outcome = match runtime {
+        Ok(runtime) => {
+            lender.run();
+            runtime.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the server's runtime panicked")))
+        }
+        Err(e) => Err(anyhow::anyhow!("cannot start the server's runtime thread: {e}")),
+    };
+    bootstrap::exit(outcome)
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(args: Args, placement: WorkerThread) -> anyhow::Result<()> {
     let mut o = Vec::new();
     flag(&mut o, "pipeline.run", &args.run);
     flag(&mut o, "serve.listen_addr", &args.listen_addr);
@@ -51,10 +67,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     flag(&mut o, "serve.checkpoint", &args.checkpoint);
     let local = bootstrap::start_local(&SPEC, &args.common, &args.logs, o).await?;
     let shutdown = local.shutdown.clone();
-    let server =
-        inception_serve::Server::start(&local.settings, local.store.clone(), local.readiness.clone(), shutdown.clone())
-            .await
-            .map_err(inception_serve::ServeError::into_anyhow)?;
+    let (settings, store, readiness) = (&local.settings, local.store.clone(), local.readiness.clone());
+    let server = inception_serve::Server::start_on(settings, store, readiness, shutdown.clone(), placement)
+        .await
+        .map_err(inception_serve::ServeError::into_anyhow)?;
     // Announcements only speed swaps up: the server serves from the store
     // while NATS is away (it is retried without end).
     let (hints, which, run) = (server.hints(), server.checkpoint(), server.run().to_string());

@@ -558,6 +558,8 @@ pub struct ServeSettings {
     pub precision: PrecisionSetting,
     /// libtorch's CPU threads; 0 = one per core.
     pub threads: u32,
+    /// As `train.retain_freed_memory`.
+    pub retain_freed_memory: bool,
     /// Which checkpoint is served: `promoted`, `best` or `latest`.
     pub checkpoint: ServedCheckpoint,
     /// How often the store's pointer is read, besides the announcements.
