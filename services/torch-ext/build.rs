@@ -1,4 +1,5 @@
-//! Builds csrc/shim.cpp (autocast) and csrc/distributed.cpp (c10d: TCPStore,
+//! Builds csrc/shim.cpp (autocast), csrc/fused.cpp (fused optimizer
+//! updates, always at -O3) and csrc/distributed.cpp (c10d: TCPStore,
 //! ProcessGroupGloo) against the headers of the libtorch that tch links (the
 //! project venv's `torch` package, or `LIBTORCH`), the way torch-sys builds
 //! its own C++: C++17, the new libstdc++ ABI the wheel is built with.
@@ -116,6 +117,7 @@ fn main() {
         "csrc/shim.cpp",
         "csrc/distributed.cpp",
         "csrc/reducer.cpp",
+        "csrc/fused.cpp",
         "csrc/nccl.cpp",
         "csrc/message.hpp",
         "csrc/process_group.hpp",
@@ -144,6 +146,13 @@ fn main() {
         // Without it ProcessGroupGloo.hpp declares nothing.
         .define("USE_C10D_GLOO", None)
         .compile("inception_torch_ext");
+    // Optimised whatever the profile: its loop is the whole point.
+    // (No errno from sqrt, so that it vectorises.)
+    torch_build(&include)
+        .file("csrc/fused.cpp")
+        .opt_level(3)
+        .flag("-fno-math-errno")
+        .compile("inception_torch_ext_fused");
     match &nccl {
         Ok(cuda_includes) => {
             let mut build = torch_build(&include);

@@ -16,6 +16,7 @@ use std::ffi::{c_char, c_int, CStr};
 use std::marker::PhantomData;
 
 pub mod distributed;
+pub mod fused;
 
 extern "C" {
     fn ext_autocast_enter(device: c_int, dtype: c_int) -> *mut c_char;

@@ -241,6 +241,9 @@ impl Optimizer {
     /// lie in one buffer).
     fn step_all(&mut self, lr: f64, gradients: &[Tensor]) {
         tch::no_grad(|| {
+            if self.fused_rmsprop(lr, gradients) {
+                return;
+            }
             let coupled = self.weight_decay != 0.0 && !self.rule.decoupled();
             let g = match &self.flat {
                 Some(flat) => {
@@ -276,6 +279,30 @@ impl Optimizer {
                 }
             }
         });
+    }
+
+    /// TF RMSProp with its coupled weight decay in one fused pass over the
+    /// flat CPU buffers ([`inception_torch_ext::fused`]); false, with nothing
+    /// changed, where that does not apply (another rule, variables not in
+    /// one buffer, another device or kind), and the caller runs the ops.
+    fn fused_rmsprop(&mut self, lr: f64, gradients: &[Tensor]) -> bool {
+        use inception_torch_ext::fused::{fusable, fused_rmsprop, RmsPropStep};
+        let Rule::RmsProp { decay, momentum, epsilon } = self.rule else { return false };
+        let Some(flat) = &mut self.flat else { return false };
+        if !fusable(&[&flat.vars, &flat.decay_mask, &self.a_all, &self.b_all]) {
+            return false;
+        }
+        let g = self.layout.gather(gradients, &self.zeros);
+        let (mut a, mut b) = (self.a_all.shallow_clone(), self.b_all.shallow_clone());
+        let step = RmsPropStep { lr, decay, momentum, epsilon };
+        match fused_rmsprop(&mut flat.vars, &g, &flat.decay_mask, &mut a, &mut b, step) {
+            Ok(()) => true,
+            Err(e) => {
+                // Refused before touching anything: the ops do the update.
+                tracing::warn!("{e}; updating with separate operations");
+                false
+            }
+        }
     }
 
     /// The same update variable by variable, skipping those without a gradient.
@@ -587,7 +614,11 @@ mod tests {
         for lr in [0.1, 0.05] {
             flat.step(lr, &grads.iter().map(Tensor::copy).collect::<Vec<_>>());
             each.step_each(lr, &grads.iter().map(Tensor::copy).collect::<Vec<_>>());
-            assert_eq!(snapshot(&flat), snapshot(&each), "after a step at lr {lr}");
+            // The flat CPU buffers take the fused pass, whose arithmetic is
+            // the same up to float rounding (lr * g / d, not g / (d / lr)).
+            for (f, e) in snapshot(&flat).iter().flatten().zip(snapshot(&each).iter().flatten()) {
+                assert!((f - e).abs() <= 1e-6 * e.abs().max(1.0), "after a step at lr {lr}: {f} against {e}");
+            }
         }
         // Variables not where the layout puts them: refused, updated one by one.
         let (opt, _) = three(5);
