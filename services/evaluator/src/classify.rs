@@ -65,9 +65,7 @@ impl Classifier {
         let key = metadata_key(store, run, checkpoint).await?;
         let (meta, tensors) = checkpoint::read(store, &key).await.map_err(|e| e.to_string())?;
         let vs = VarStore::new(device);
-        let mut model = InceptionV3::new(&vs.root(), &meta.model);
-        checkpoint::load_for_inference(&vs, &tensors).map_err(|e| format!("{key}: {e}"))?;
-        inception_model::catch_torch(|| model.fold_batch_norm()).map_err(|f| format!("{key}: {}", f.message))?;
+        let (model, _) = checkpoint::inference_model(&vs, &meta.model, &tensors).map_err(|e| format!("{key}: {e}"))?;
         let central_fraction = inception_vision::transform::EVAL_CENTRAL_FRACTION;
         Ok(Self { model, _vs: vs, meta, device, central_fraction, precision: Precision::Fp32 })
     }

@@ -32,7 +32,7 @@ use inception_core::tfevents::OptionalEvents;
 use inception_core::{keys, tfrecord, Settings, Store};
 use inception_model::checkpoint::{self, BestPointer, CheckpointPointer, PromotedPointer};
 use inception_model::precision::Precision;
-use inception_model::{images_to_input, InceptionV3, Mode, TorchFailure};
+use inception_model::{images_to_input, Mode, TorchFailure};
 use inception_proto::pipeline::{CheckpointPromoted, CheckpointReady, EvalResult};
 use inception_proto::Message;
 use scores::{ClassScore, ConfusionMatrix, ScoreError, Tally};
@@ -207,9 +207,8 @@ impl Evaluator {
             checkpoint::read(&self.store, metadata_key).await.map_err(|e| checkpoint_error(metadata_key, e))?;
         // `read` refused metadata out of bounds before reading any weight.
         let vs = VarStore::new(self.device);
-        let mut model = InceptionV3::new(&vs.root(), &meta.model);
-        let averaged = checkpoint::load_for_inference(&vs, &tensors).map_err(|e| fail(e.to_string()))?;
-        inception_model::catch_torch(|| model.fold_batch_norm()).map_err(|f| fail(f.message))?;
+        let (model, averaged) =
+            checkpoint::inference_model(&vs, &meta.model, &tensors).map_err(|e| fail(e.to_string()))?;
         tracing::info!("evaluating {} weights", if averaged { "moving-average" } else { "raw" });
         println!("{}: Successfully loaded model from {metadata_key} at step={}.", log_timestamp(), meta.step);
 

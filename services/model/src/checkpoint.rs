@@ -12,6 +12,7 @@ use tch::nn::VarStore;
 use tch::Tensor;
 
 use crate::config::ModelConfig;
+use crate::inception::InceptionV3;
 use inception_core::store::StoreError;
 use inception_core::{keys, Store};
 
@@ -341,6 +342,23 @@ pub fn load_for_inference(vs: &VarStore, tensors: &HashMap<String, Tensor>) -> R
         names.into_iter().map(|n| (n.clone(), tensors[&format!("ema/{n}")].shallow_clone())).collect();
     load_into(vs, &averaged)?;
     Ok(true)
+}
+
+/// The network of `cfg` on `vs`, ready for inference: the checkpoint's
+/// weights as [`load_for_inference`] loads them, then batch norm folded into
+/// the convolutions ([`InceptionV3::fold_batch_norm`]); what the evaluator,
+/// `classify` and `inception-serve` run. Returns it and whether moving
+/// averages were used. libtorch's failures come back as errors.
+pub fn inference_model(
+    vs: &VarStore,
+    cfg: &ModelConfig,
+    tensors: &HashMap<String, Tensor>,
+) -> Result<(InceptionV3, bool), CheckpointError> {
+    let failed = |f: crate::TorchFailure| CheckpointError::Tensors(f.message);
+    let mut model = crate::catch_torch(|| InceptionV3::new(&vs.root(), cfg)).map_err(failed)?;
+    let averaged = load_for_inference(vs, tensors)?;
+    crate::catch_torch(|| model.fold_batch_norm()).map_err(failed)?;
+    Ok((model, averaged))
 }
 
 /// Reads a weights file by its extension: `.safetensors`; `.pth`, `.pt` or

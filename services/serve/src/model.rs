@@ -73,9 +73,7 @@ impl ServedModel {
     ) -> Result<Self, ServeError> {
         let failed = |message: String| ServeError::Checkpoint { key: key.to_string(), message };
         let vs = VarStore::new(device);
-        let mut model = catch_torch(|| InceptionV3::new(&vs.root(), &meta.model)).map_err(|f| failed(f.message))?;
-        checkpoint::load_for_inference(&vs, &tensors).map_err(|e| failed(e.to_string()))?;
-        catch_torch(|| model.fold_batch_norm()).map_err(|f| failed(f.message))?;
+        let (model, _) = checkpoint::inference_model(&vs, &meta.model, &tensors).map_err(|e| failed(e.to_string()))?;
         let served = Self {
             step: meta.step,
             key: key.to_string(),

@@ -21,10 +21,8 @@ use std::sync::mpsc;
 type Work = Box<dyn FnOnce() + Send>;
 
 /// Where the batch worker runs.
-#[derive(Default)]
 pub enum WorkerThread {
     /// A thread of its own (tests, and embedders that keep their main thread).
-    #[default]
     Own,
     /// A thread lent by [`lend_this_thread`].
     Lent(mpsc::Sender<Work>),
