@@ -119,6 +119,41 @@ char* ext_pg_all_reduce_sum(ExtProcessGroup* pg, at::Tensor* tensor) {
   });
 }
 
+// Sums each of `tensors` over all ranks, in place: all started at once, so
+// that Gloo's worker threads carry several at a time, then waited for in
+// order. After a failure the rest are still waited for (each bounded), so
+// that none is left writing into its tensor; the first error is reported.
+char* ext_pg_all_reduce_sum_each(ExtProcessGroup* pg, at::Tensor* const* tensors, int64_t count) {
+  return ext::guarded([&] {
+    c10d::AllreduceOptions options;
+    options.reduceOp = c10d::ReduceOp::SUM;
+    options.timeout = pg->timeout;
+    std::vector<c10::intrusive_ptr<c10d::Work>> works;
+    works.reserve(static_cast<size_t>(count));
+    std::exception_ptr failure;
+    for (int64_t i = 0; i < count && !failure; ++i) {
+      try {
+        std::vector<at::Tensor> one{*tensors[i]};
+        works.push_back(pg->group->allreduce(one, options));
+      } catch (...) {
+        failure = std::current_exception();
+      }
+    }
+    for (const auto& work : works) {
+      try {
+        wait(*pg, work);
+      } catch (...) {
+        if (!failure) {
+          failure = std::current_exception();
+        }
+      }
+    }
+    if (failure) {
+      std::rethrow_exception(failure);
+    }
+  });
+}
+
 // Copies rank `root`'s `tensor` into every rank's, in place.
 char* ext_pg_broadcast(ExtProcessGroup* pg, at::Tensor* tensor, int root) {
   return ext::guarded([&] {

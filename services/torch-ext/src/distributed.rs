@@ -76,6 +76,7 @@ extern "C" {
         device_out: *mut c_int,
     ) -> *mut c_char;
     fn ext_pg_all_reduce_sum(group: *mut ExtProcessGroup, tensor: *mut c_void) -> *mut c_char;
+    fn ext_pg_all_reduce_sum_each(group: *mut ExtProcessGroup, tensors: *const *mut c_void, count: i64) -> *mut c_char;
     fn ext_pg_broadcast(group: *mut ExtProcessGroup, tensor: *mut c_void, root: c_int) -> *mut c_char;
     fn ext_pg_barrier(group: *mut ExtProcessGroup) -> *mut c_char;
     fn ext_pg_free(group: *mut ExtProcessGroup);
@@ -386,6 +387,25 @@ impl ProcessGroup {
         // SAFETY: `raw` is live; `tensor` is an `at::Tensor*` valid for the
         // call, and the shim returns only once the backend is done with it.
         self.finish(&operation, unsafe { ext_pg_all_reduce_sum(self.raw.as_ptr(), tensor) })
+    }
+
+    /// [`ProcessGroup::all_reduce_sum`] of each of `tensors`, all started
+    /// at once (the backend's threads carry several together; on two
+    /// cores that is faster than one after another), then waited for.
+    pub fn all_reduce_sum_each(&self, tensors: &mut [Tensor]) -> Result<(), DistributedError> {
+        let elements: usize = tensors.iter().filter(|t| t.defined()).map(Tensor::numel).sum();
+        let operation = format!("all_reduce of {} tensors ({} elements)", tensors.len(), thousands(elements));
+        for (i, tensor) in tensors.iter().enumerate() {
+            let what = format!("{operation}, tensor {i}: {}", describe(tensor));
+            self.check_tensor(tensor, &what)?;
+            if !matches!(tensor.kind(), Kind::Float | Kind::Double | Kind::Int64) {
+                return Err(self.error(what, format!("{:?} is not f32, f64 or i64", tensor.kind())));
+            }
+        }
+        let raw: Vec<*mut c_void> = tensors.iter_mut().map(|t| t.as_mut_ptr().cast()).collect();
+        let count = i64::try_from(raw.len()).map_err(|_| self.error(&operation, "too many tensors"))?;
+        // SAFETY: as in `all_reduce_sum`, for each of `count` live tensors.
+        self.finish(&operation, unsafe { ext_pg_all_reduce_sum_each(self.raw.as_ptr(), raw.as_ptr(), count) })
     }
 
     /// Copies rank `root`'s `tensor` into every rank's, in place.

@@ -115,6 +115,7 @@ fn collectives(group: &ProcessGroup) {
         group.all_reduce_sum(&mut tensor).unwrap();
         assert!(tensor.equal(&expected_sum(world, kind)), "{kind:?} sum on rank {rank}: {tensor}");
     }
+    sums_each_of_several(group);
     for root in 0..world.min(2) {
         for kind in [Kind::Float, Kind::Int64] {
             let mut tensor = rank_values(rank, kind);
@@ -123,6 +124,31 @@ fn collectives(group: &ProcessGroup) {
         }
     }
     group.barrier().unwrap();
+}
+
+/// Several tensors of different kinds and sizes, reduced together: each
+/// comes back its own sum. A bad tensor among them is named by its place,
+/// and nothing is started (the group stays usable for what follows).
+fn sums_each_of_several(group: &ProcessGroup) {
+    let (rank, world) = (group.rank(), group.world_size());
+    let mut bad = vec![rank_values(rank, Kind::Float), rank_values(rank, Kind::Float).transpose(0, 1)];
+    let err = group.all_reduce_sum_each(&mut bad).unwrap_err();
+    assert!(err.operation.contains("tensor 1"), "{err}");
+    assert!(err.message.contains("not contiguous"), "{err}");
+    assert!(bad[0].equal(&rank_values(rank, Kind::Float)), "refused, yet tensor 0 changed on rank {rank}");
+
+    let kinds = [Kind::Float, Kind::Int64, Kind::Double, Kind::Float];
+    let mut tensors: Vec<Tensor> = kinds.iter().map(|&kind| rank_values(rank, kind)).collect();
+    // A long one too, so that several are really in flight at once.
+    let long = Tensor::arange(300_000, (Kind::Int64, Device::Cpu)).remainder(977).to_kind(Kind::Float);
+    tensors.push(&long * i64::from(rank + 1));
+    group.all_reduce_sum_each(&mut tensors).unwrap();
+    for (i, (tensor, &kind)) in tensors.iter().zip(&kinds).enumerate() {
+        assert!(tensor.equal(&expected_sum(world, kind)), "tensor {i} ({kind:?}) on rank {rank}: {tensor}");
+    }
+    let w = i64::from(world);
+    assert!(tensors[4].equal(&(long * (w * (w + 1) / 2))), "the long tensor on rank {rank}");
+    group.all_reduce_sum_each(&mut []).unwrap();
 }
 
 /// Refused before crossing into C++; the group stays usable (the caller's

@@ -8,8 +8,9 @@
 //!    ([`round_wait`]) without a batch votes "not yet": no step is taken and
 //!    the holders keep theirs, so an empty queue never runs into the
 //!    collective time-out, and all ranks stop at the same step.
-//! 2. one buffer per rank, all-reduced in fixed-order buckets and divided
-//!    by the world size: the gradients (the optimizer's order), the
+//! 2. one buffer per rank, all-reduced in fixed-order buckets (several in
+//!    flight at once) and divided by the world size (the gradients as they
+//!    are copied in, before the sum): the gradients (the optimizer's order), the
 //!    batch-norm moving statistics (so that they, and their moving averages,
 //!    stay identical on every rank) and the loss, a divergence flag and the
 //!    examples. Every rank then applies the same update to the same weights:
@@ -168,19 +169,20 @@ fn flat_of(state: &TrainState) -> Result<&crate::flat::FlatVariables, TrainError
         .ok_or_else(|| TrainError::Config("data-parallel training needs the model's variables in one buffer".into()))
 }
 
-/// The gradients at their places in `buffer` (zeros where one is undefined,
-/// or everywhere for none: a diverged rank's share).
-fn pack_gradients(buffer: &Tensor, gradients: &[Tensor], offsets: &[i64], lens: &[i64], grads_len: i64) {
+/// The gradients times `scale` at their places in `buffer` (zeros where one
+/// is undefined, or everywhere for none: a diverged rank's share); scaled
+/// as they are copied, which saves a pass over the buffer after the sum.
+fn pack_gradients(buffer: &Tensor, gradients: &[Tensor], scale: &Tensor, layout: &crate::flat::Layout) {
     for (i, g) in gradients.iter().enumerate() {
-        let mut place = buffer.narrow(0, offsets[i], lens[i]);
+        let mut place = buffer.narrow(0, layout.offsets[i], layout.lens[i]);
         if g.defined() {
-            place.copy_(&g.reshape([-1]));
+            let _ = g.reshape([-1]).mul_out(&place, scale);
         } else {
             let _ = place.zero_();
         }
     }
     if gradients.is_empty() {
-        let _ = buffer.narrow(0, 0, grads_len).zero_();
+        let _ = buffer.narrow(0, 0, layout.total).zero_();
     }
 }
 
@@ -250,6 +252,20 @@ impl DataParallel {
     fn sum(&self, tensor: &mut Tensor) -> Result<(), TrainError> {
         let started = Instant::now();
         tokio::task::block_in_place(|| self.group.all_reduce_sum(tensor))?;
+        metrics::histogram!("inception_trainer_allreduce_seconds").record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// [`DataParallel::sum`] of `buffer` in buckets of [`BUCKET_ELEMENTS`],
+    /// several in flight at once.
+    fn sum_in_buckets(&self, buffer: &Tensor) -> Result<(), TrainError> {
+        let started = Instant::now();
+        let len = buffer.size()[0];
+        let mut buckets: Vec<Tensor> = (0..len)
+            .step_by(BUCKET_ELEMENTS as usize)
+            .map(|at| buffer.narrow(0, at, BUCKET_ELEMENTS.min(len - at)))
+            .collect();
+        tokio::task::block_in_place(|| self.group.all_reduce_sum_each(&mut buckets))?;
         metrics::histogram!("inception_trainer_allreduce_seconds").record(started.elapsed().as_secs_f64());
         Ok(())
     }
@@ -403,21 +419,18 @@ impl DataParallel {
             Some(b) if b.size() == [len + 3] && b.device() == device => b,
             _ => Tensor::zeros([len + 3], (Kind::Float, device)),
         };
+        let world = f64::from(self.world_size());
         tch::no_grad(|| {
             if let Some(gradients) = gradients {
-                pack_gradients(&buffer, gradients, &flat.trainable.offsets, &flat.trainable.lens, grads_len);
+                let scale = Tensor::from(1.0 / world as f32);
+                pack_gradients(&buffer, gradients, &scale, &flat.trainable);
             }
             let stats = flat.all.narrow(0, grads_len, total - grads_len);
             buffer.narrow(0, grads_len - start, total - grads_len).copy_(&stats);
             let tail = [if diverged { 0.0 } else { loss as f32 }, f32::from(u8::from(diverged)), examples as f32];
             buffer.narrow(0, len, 3).copy_(&Tensor::from_slice(&tail));
         });
-        let mut at = 0;
-        while at < len + 3 {
-            let mut bucket = buffer.narrow(0, at, BUCKET_ELEMENTS.min(len + 3 - at));
-            self.sum(&mut bucket)?;
-            at += BUCKET_ELEMENTS;
-        }
+        self.sum_in_buckets(&buffer)?;
         let sums: Vec<f32> = Vec::try_from(&buffer.narrow(0, len, 3).to_device(Device::Cpu)).unwrap_or_default();
         let tail = match sums[..] {
             [loss_sum, diverged_ranks, examples] => {
@@ -425,11 +438,10 @@ impl DataParallel {
             }
             _ => return Err(TrainError::Distributed("the step's buffer lost its tail".into())),
         };
-        let world = f64::from(self.world_size());
         let averaged = tch::no_grad(|| {
-            let mut sums = buffer.narrow(0, 0, len);
-            let _ = sums.g_div_scalar_(world);
-            let averaged = sums.to_device(flat.all.device());
+            // The gradients came scaled; the statistics are averaged here.
+            let _ = buffer.narrow(0, grads_len - start, total - grads_len).g_div_scalar_(world);
+            let averaged = buffer.narrow(0, 0, len).to_device(flat.all.device());
             if tail.diverged_ranks == 0.0 {
                 let stats = averaged.narrow(0, grads_len - start, total - grads_len);
                 flat.all.narrow(0, grads_len, total - grads_len).copy_(&stats);

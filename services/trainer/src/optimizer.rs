@@ -292,10 +292,19 @@ impl Optimizer {
         if !fusable(&[&flat.vars, &flat.decay_mask, &self.a_all, &self.b_all]) {
             return false;
         }
-        let g = self.layout.gather(gradients, &self.zeros);
+        // Read in place: each gradient as the layout places its variable.
+        let in_place = gradients.len() == self.layout.lens.len()
+            && gradients.iter().zip(&self.layout.lens).all(|(g, len)| fusable(&[g]) && g.numel() as i64 == *len);
+        let gathered;
+        let (grads, offsets): (&[Tensor], &[i64]) = if in_place {
+            (gradients, &self.layout.offsets)
+        } else {
+            gathered = [self.layout.gather(gradients, &self.zeros)];
+            (&gathered, &[0])
+        };
         let (mut a, mut b) = (self.a_all.shallow_clone(), self.b_all.shallow_clone());
         let step = RmsPropStep { lr, decay, momentum, epsilon };
-        match fused_rmsprop(&mut flat.vars, &g, &flat.decay_mask, &mut a, &mut b, step) {
+        match fused_rmsprop(&mut flat.vars, grads, offsets, &flat.decay_mask, &mut a, &mut b, step) {
             Ok(()) => true,
             Err(e) => {
                 // Refused before touching anything: the ops do the update.

@@ -159,27 +159,40 @@ fn bench_data_parallel(
     group.broadcast_state(state)?;
     // Overlapped, the all-reduce runs inside the backward pass and is not
     // timed apart; else the reduction (packing included) is.
-    let mut step = |timed: bool| -> anyhow::Result<f64> {
-        let (mut reduced, communication) = if args.no_overlap {
+    // Per step: gradients (with the overlapped all-reduce), the reduction
+    // after them, the update.
+    let mut step = || -> anyhow::Result<[f64; 3]> {
+        let t = Instant::now();
+        let (mut reduced, computed, communication) = if args.no_overlap {
             let local = state.compute_gradients(&mine, &my_targets);
+            let computed = t.elapsed().as_secs_f64();
             let t = Instant::now();
-            (group.reduce(state, local, share as u64)?, t.elapsed().as_secs_f64())
+            (group.reduce(state, local, share as u64)?, computed, t.elapsed().as_secs_f64())
         } else {
-            (group.step(state, &mine, &my_targets, share as u64)?, 0.0)
+            (group.step(state, &mine, &my_targets, share as u64)?, t.elapsed().as_secs_f64(), 0.0)
         };
+        let t = Instant::now();
         state.apply_update(0.01, &mut reduced.gradients, reduced.examples);
-        Ok(if timed { communication } else { 0.0 })
+        Ok([computed, communication, t.elapsed().as_secs_f64()])
     };
     for _ in 0..args.warmup {
-        step(false)?;
+        step()?;
     }
     let started = Instant::now();
-    let mut communication = 0.0;
+    let mut phases = [0.0; 3];
     for _ in 0..args.steps {
-        communication += step(true)?;
+        for (total, phase) in phases.iter_mut().zip(step()?) {
+            *total += phase;
+        }
     }
     let secs = started.elapsed().as_secs_f64() / args.steps as f64;
-    let per_step = communication / args.steps as f64;
+    let [computed, per_step, update] = phases.map(|p| p / args.steps as f64);
+    if args.breakdown {
+        eprintln!(
+            "rank {}: phases per step: gradients {computed:.3} s, all-reduce after them {per_step:.3} s, update {update:.3} s",
+            group.rank()
+        );
+    }
     if group.is_leader() {
         let all_reduce = if args.no_overlap {
             format!("all-reduce {per_step:.3} s/step, {:.1}% of the step", 100.0 * per_step / secs)
