@@ -22,10 +22,13 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 # The contenders take turns, round after round, so that a slow spell of a
 # shared machine hits all of them; the medians are printed at the end.
-# BENCH_PRECISIONS (default "fp32 bf16"): ours in each (train.precision), and
+# BENCH_PRECISIONS (default "fp32 bf16", "fp32" on a CPU without avx512_bf16
+# or amx_bf16): ours in each (train.precision), and
 # PyTorch with torch.autocast in each, channels_last; PyTorch's plain fp32 and
 # fp32 with our malloc settings as before.
-precisions="${BENCH_PRECISIONS:-fp32 bf16}"
+# bf16 only where the CPU has bf16 instructions: emulated, it is ~11x slower.
+if grep -m1 '^flags' /proc/cpuinfo | grep -qwE 'avx512_bf16|amx_bf16'; then default_precisions="fp32 bf16"; else default_precisions="fp32"; fi
+precisions="${BENCH_PRECISIONS:-$default_precisions}"
 flags="$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(amx_bf16|avx512_bf16|avx512f|amx_tile)$' | xargs || true)"
 echo "bf16-related CPU flags: ${flags:-none}"
 for size in $sizes; do

@@ -42,11 +42,22 @@ pub fn cpu_has_bf16() -> bool {
 
 impl Precision {
     /// `setting` on `device`: `auto` per the measured defaults; fp16 on a
-    /// CPU is refused (slow there, and bf16 needs no loss scaling).
+    /// CPU is refused (slow there, and bf16 needs no loss scaling); bf16 on
+    /// a CPU without bf16 instructions is allowed with a warning (emulated,
+    /// it trained at 1/11 of fp32's speed on an AVX2-only AMD EPYC).
     pub fn resolve(setting: PrecisionSetting, device: Device, key: &str) -> Result<Self, String> {
         match (setting, device.is_cuda()) {
             (PrecisionSetting::Fp32, _) => Ok(Precision::Fp32),
-            (PrecisionSetting::Bf16, _) => Ok(Precision::Bf16),
+            (PrecisionSetting::Bf16, true) => Ok(Precision::Bf16),
+            (PrecisionSetting::Bf16, false) => {
+                if !cpu_has_bf16() {
+                    tracing::warn!(
+                        "{key} = \"bf16\" on a CPU without avx512_bf16 or amx_bf16: bf16 is emulated there, \
+                         many times slower than fp32 (\"auto\" picks fp32 on it)"
+                    );
+                }
+                Ok(Precision::Bf16)
+            }
             (PrecisionSetting::Fp16, true) => Ok(Precision::Fp16),
             (PrecisionSetting::Fp16, false) => {
                 Err(format!("{key} = \"fp16\" needs a CUDA device; on the CPU use \"bf16\" or \"fp32\""))

@@ -19,7 +19,7 @@ use inception_core::settings::{ServeSettings, Settings, SettingsError};
 use inception_core::shutdown::CancellationToken;
 use inception_core::telemetry::Readiness;
 use inception_core::Store;
-use inception_model::precision::{self, Precision};
+use inception_model::precision::Precision;
 use placement::WorkerThread;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -122,12 +122,6 @@ impl Server {
         let device = inception_model::device_from_setting(s.device).map_err(ServeError::Device)?;
         let precision = Precision::resolve(s.precision, device, "serve.precision")
             .map_err(|e| ServeError::Settings(SettingsError::Rejected(vec![e])))?;
-        if precision == Precision::Bf16 && !device.is_cuda() && !precision::cpu_has_bf16() {
-            tracing::warn!(
-                "serve.precision = \"bf16\" on a CPU without avx512_bf16 or amx_bf16: bf16 is emulated \
-                 there, slower than fp32 (\"auto\" picks fp32 on it)"
-            );
-        }
         let listener = tokio::net::TcpListener::bind(&s.listen_addr)
             .await
             .map_err(|source| ServeError::Bind { addr: s.listen_addr.clone(), source })?;

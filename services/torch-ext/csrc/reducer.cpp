@@ -45,7 +45,16 @@ char* ext_reducer_new(ExtProcessGroup* pg, int rank, int world_size, at::Tensor*
     std::vector<at::Tensor> tensors;
     tensors.reserve(count);
     for (size_t i = 0; i < count; ++i) {
-      tensors.push_back(*params[i]);
+      at::Tensor param = *params[i];
+      // A zero `.grad` in the parameter's own layout before the first pass:
+      // the reducer makes it a bucket view now, and autograd accumulates
+      // into it in place. Left undefined, a channels_last model's first
+      // backward pass makes its convolutions' gradients channels_last,
+      // which the reducer must copy (warning that the strides differ).
+      if (!param.mutable_grad().defined()) {
+        param.mutable_grad() = at::zeros_like(param, at::MemoryFormat::Preserve);
+      }
+      tensors.push_back(std::move(param));
     }
     auto r = std::make_unique<ExtReducer>();
     r->group = c10::make_intrusive<c10d::ProcessGroup>(pg->store, rank, world_size);
