@@ -26,11 +26,14 @@ trap 'rm -f "$log"' EXIT
 # or amx_bf16): ours in each (train.precision), and
 # PyTorch with torch.autocast in each, channels_last; PyTorch's plain fp32 and
 # fp32 with our malloc settings as before.
-# bf16 only where the CPU has bf16 instructions: emulated, it is ~11x slower.
-if grep -m1 '^flags' /proc/cpuinfo | grep -qwE 'avx512_bf16|amx_bf16'; then default_precisions="fp32 bf16"; else default_precisions="fp32"; fi
-precisions="${BENCH_PRECISIONS:-$default_precisions}"
 flags="$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(amx_bf16|avx512_bf16|avx512f|amx_tile)$' | xargs || true)"
 echo "bf16-related CPU flags: ${flags:-none}"
+# bf16 only where the CPU has bf16 instructions: emulated, it is ~11x slower.
+case " $flags " in
+  *" avx512_bf16 "* | *" amx_bf16 "*) default_precisions="fp32 bf16" ;;
+  *) default_precisions="fp32" ;;
+esac
+precisions="${BENCH_PRECISIONS:-$default_precisions}"
 for size in $sizes; do
   aux=""
   if [ -z "$eval_flag" ] && [ "$size" -lt 299 ]; then aux="--no-aux"; fi

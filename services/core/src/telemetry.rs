@@ -246,7 +246,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("inception_trainer_examples_total", Kind::Counter, "Examples trained on."),
     ("inception_trainer_step_seconds", Kind::Histogram, "One step, from batch fetched to acknowledged (_count = steps)."),
     ("inception_trainer_data_wait_seconds", Kind::Histogram, "Time waiting for the next batch."),
-    ("inception_trainer_allreduce_seconds", Kind::Histogram, "One all-reduce of data-parallel training (a vote, or a bucket of the step's gradients)."),
+    ("inception_trainer_allreduce_seconds", Kind::Histogram, "One all-reduce of data-parallel training (a vote, or the step's gradient buffer, all its buckets together)."),
     ("inception_trainer_queue_batches", Kind::Gauge, "Batches still queued when the trainer took the last one (its consumer's num_pending)."),
     ("inception_trainer_checkpoints_total", Kind::Counter, "Checkpoints written."),
     ("inception_trainer_rejected_batches_total", Kind::Counter, "Unusable batch messages or objects (terminated: they leave the queue and are never delivered again)."),

@@ -250,22 +250,27 @@ impl DataParallel {
     }
 
     fn sum(&self, tensor: &mut Tensor) -> Result<(), TrainError> {
-        let started = Instant::now();
-        tokio::task::block_in_place(|| self.group.all_reduce_sum(tensor))?;
-        metrics::histogram!("inception_trainer_allreduce_seconds").record(started.elapsed().as_secs_f64());
-        Ok(())
+        self.timed_all_reduce(|group| group.all_reduce_sum(tensor))
     }
 
     /// [`DataParallel::sum`] of `buffer` in buckets of [`BUCKET_ELEMENTS`],
-    /// several in flight at once.
+    /// several in flight at once (timed as one all-reduce).
     fn sum_in_buckets(&self, buffer: &Tensor) -> Result<(), TrainError> {
-        let started = Instant::now();
         let len = buffer.size()[0];
         let mut buckets: Vec<Tensor> = (0..len)
             .step_by(BUCKET_ELEMENTS as usize)
             .map(|at| buffer.narrow(0, at, BUCKET_ELEMENTS.min(len - at)))
             .collect();
-        tokio::task::block_in_place(|| self.group.all_reduce_sum_each(&mut buckets))?;
+        self.timed_all_reduce(|group| group.all_reduce_sum_each(&mut buckets))
+    }
+
+    /// Runs `all_reduce` off the async workers, into the all-reduce histogram.
+    fn timed_all_reduce(
+        &self,
+        all_reduce: impl FnOnce(&ProcessGroup) -> Result<(), DistributedError>,
+    ) -> Result<(), TrainError> {
+        let started = Instant::now();
+        tokio::task::block_in_place(|| all_reduce(&self.group))?;
         metrics::histogram!("inception_trainer_allreduce_seconds").record(started.elapsed().as_secs_f64());
         Ok(())
     }
